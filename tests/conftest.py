@@ -1,0 +1,28 @@
+"""Shared fixtures: the golden vectors beside the checkout and tiny model overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+# Keeps every variant's structure and widths, shrinks depth and the token grid (STYLE "every-model test").
+TINY = dict(depth=1, temporal_depth=1, img_size=32, num_frames=4)
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """``../shared/golden``; skipped with a reason when absent, an error under CI (CI always has it)."""
+    if not GOLDEN_DIR.is_dir():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"golden vectors missing at {GOLDEN_DIR}; CI must run with ../shared beside the checkout")
+        pytest.skip(f"golden vectors not found at {GOLDEN_DIR} (clone with ../shared beside the checkout)")
+    return GOLDEN_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

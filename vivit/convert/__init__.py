@@ -1,0 +1,59 @@
+"""Weights from other implementations: the reference (scenic/flax) and Hugging Face transformers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .scenic import (
+    convert_scenic_params,
+    fit_pos_embeds,
+    flatten_params,
+    model_args_from_scenic,
+    weights_grid,
+)
+
+__all__ = ["from_scenic"]
+
+
+def from_scenic(
+    params_or_path: Mapping[str, Any] | str,
+    config: Mapping[str, Any],
+    *,
+    img_size: int | tuple[int, int],
+    num_frames: int | None = None,
+    **model_kwargs: Any,
+):
+    """Build a ViViT from reference (scenic) parameters and the reference config.
+
+    Args:
+        params_or_path: ``'/'``-joined flax paths -> arrays (a leading ``params/`` is stripped), a nested flax params
+            tree, or the path of a reference checkpoint file.
+        config: The scenic ``ConfigDict`` as a plain dict (``model``, ``dataset_configs``).
+        img_size: Frame size ``H`` or ``(H, W)`` the model takes; positional embeddings are resampled when it differs
+            from the trained size.
+        num_frames: Clip length; defaults to ``config["dataset_configs"]["num_frames"]``.
+        **model_kwargs: Overrides of runtime options (``attn_impl``, ``drop_path_rate``, ...).
+
+    Returns:
+        A ``ViViT`` in eval mode whose logits match the reference's.
+    """
+    from ..model import ViViT
+
+    if isinstance(params_or_path, (str, bytes)) or hasattr(params_or_path, "__fspath__"):
+        from .checkpoint import read_scenic_checkpoint
+
+        params = read_scenic_checkpoint(params_or_path)
+    else:
+        params = flatten_params(params_or_path)
+    params = {k: np.asarray(v) for k, v in params.items()}
+    args = model_args_from_scenic(params, config, img_size=img_size, num_frames=num_frames)
+    trained_grid = weights_grid(params, config, args)
+    args.update(model_kwargs)
+    model = ViViT(**args)
+    state = convert_scenic_params(params, args["variant"])
+    fit_pos_embeds(state, model, trained_grid)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

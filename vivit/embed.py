@@ -1,0 +1,114 @@
+"""Video -> tokens: tubelet embedding, uniform frame sampling, and positional-embedding resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def sample_frame_indices(num_frames: int, n_sampled_frames: int, exact: bool = False) -> list[int]:
+    """Frame indices of the reference's uniform temporal sampling.
+
+    scenic: ``common_lib/video_utils.sample_frames_uniformly``. The float32 ``arange`` can produce
+    ``n_sampled_frames + 1`` indices and repeat the last frame (T=32, n=2 -> 11, 21, 31; T=8, n=5 -> 1, 3, 4, 5, 7, 7);
+    that is what the reference models were trained with, so it is the default. ``exact=True`` is an opt-in
+    correction giving exactly ``min(n, T)`` indices ``round(i * T / (n + 1))``, ``i = 1..n``.
+    """
+    if num_frames < 1 or n_sampled_frames < 1:
+        raise ValueError(f"need num_frames >= 1 and n_sampled_frames >= 1, got {num_frames} and {n_sampled_frames}")
+    if exact:
+        if n_sampled_frames >= num_frames:
+            return list(range(num_frames))
+        return np.round(np.arange(1, n_sampled_frames + 1) * num_frames / (n_sampled_frames + 1)).astype(int).tolist()
+    if n_sampled_frames < num_frames:
+        start = step = num_frames / (n_sampled_frames + 1)
+    else:
+        start, step = 0, 1
+    # jnp.arange with float arguments and x64 disabled computes in float32, as np.arange(dtype=float32) does.
+    idx = np.round(np.arange(start, num_frames, step, dtype=np.float32)).astype(np.int64)
+    return np.minimum(idx, num_frames - 1).tolist()
+
+
+class TubeletEmbed(nn.Module):
+    """``Conv3d`` tubelets, tokens flattened t-major then h then w; leftover frames/pixels are dropped."""
+
+    def __init__(
+        self, img_size: tuple[int, int], num_frames: int, tubelet_size: tuple[int, int, int], in_chans: int, dim: int
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=tubelet_size, stride=tubelet_size)
+        self.grid_size = (num_frames // tubelet_size[0], img_size[0] // tubelet_size[1], img_size[1] // tubelet_size[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, c, T, H, W) -> (b, t*h*w, d)``."""
+        return rearrange(self.proj(x), "b d t h w -> b (t h w) d")
+
+
+class FrameSamplingEmbed(nn.Module):
+    """Uniform frame sampling + 2D patches of the frames stacked along height (scenic ``temporal_sampling``)."""
+
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        num_frames: int,
+        patch_size: tuple[int, int],
+        in_chans: int,
+        dim: int,
+        n_sampled_frames: int,
+        exact_frame_count: bool = False,
+    ) -> None:
+        super().__init__()
+        idx = sample_frame_indices(num_frames, n_sampled_frames, exact=exact_frame_count)
+        self.register_buffer("frame_indices", torch.tensor(idx, dtype=torch.long), persistent=False)
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        t, (fh, fw) = len(idx), img_size
+        if fh % patch_size[0] == 0:
+            self.grid_size = (t, fh // patch_size[0], fw // patch_size[1])
+        else:  # patch rows straddle frames: the tokens only form one tall image
+            self.grid_size = (1, (t * fh) // patch_size[0], fw // patch_size[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, c, T, H, W) -> (b, n, d)``."""
+        x = rearrange(x.index_select(2, self.frame_indices), "b c t h w -> b c (t h) w")
+        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, ...],
+    new_grid: tuple[int, ...],
+    num_prefix_tokens: int = 0,
+) -> torch.Tensor:
+    """Resample a learned positional embedding ``(1, prefix + prod(grid), d)`` to another token grid.
+
+    The grid is ``(t, h, w)`` (or ``(h, w)`` / ``(t,)``); the spatial plane is resized bilinearly with
+    ``align_corners=True`` (the reference's ``scipy.ndimage.zoom(order=1)`` keeps the corner samples), the time axis
+    linearly, also with aligned corners. Prefix (CLS) slots are kept unchanged.
+    """
+    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+    if len(old_grid) != len(new_grid):
+        raise ValueError(f"grids must have the same rank, got {old_grid} and {new_grid}")
+    expected = num_prefix_tokens + int(np.prod(old_grid))
+    if pos_embed.ndim != 3 or pos_embed.shape[1] != expected:
+        raise ValueError(
+            f"pos_embed of shape {tuple(pos_embed.shape)} does not fit grid {old_grid} with {num_prefix_tokens} "
+            f"prefix tokens (expected (1, {expected}, d))"
+        )
+    if old_grid == new_grid:
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    full_old = (1,) * (3 - len(old_grid)) + old_grid
+    full_new = (1,) * (3 - len(new_grid)) + new_grid
+    dtype = grid.dtype
+    grid = rearrange(grid.float(), "1 (t h w) d -> t d h w", t=full_old[0], h=full_old[1], w=full_old[2])
+    if full_old[1:] != full_new[1:]:
+        grid = F.interpolate(grid, size=full_new[1:], mode="bilinear", align_corners=True)
+    if full_old[0] != full_new[0]:
+        tokens = rearrange(grid, "t d h w -> (h w) d t")
+        tokens = F.interpolate(tokens, size=full_new[0], mode="linear", align_corners=True)
+        grid = rearrange(tokens, "(h w) d t -> t d h w", h=full_new[1])
+    grid = rearrange(grid, "t d h w -> 1 (t h w) d").to(dtype)
+    return torch.cat([prefix, grid], dim=1)

@@ -1,0 +1,188 @@
+"""The four ViViT encoders. Each maps embedded tokens ``(b, t*h*w, d)`` to normed features.
+
+A variant is chosen once, at construction, through ``ENCODERS[variant]``; the forward passes hold no variant switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, pool_tokens
+
+
+@dataclass(frozen=True)
+class BlockArgs:
+    """Block settings shared by every layer of an encoder."""
+
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    act_layer: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    attn_impl: str = "sdpa"
+
+
+def drop_path_rates(depth: int, drop_path_rate: float) -> list[float]:
+    """scenic ``Encoder``: layer ``l`` of ``L`` drops with ``l / max(L - 1, 1) * rate``."""
+    return [i / max(depth - 1, 1) * drop_path_rate for i in range(depth)]
+
+
+class Transformer(nn.Module):
+    """Optional CLS token, learned positional embedding, dropout, blocks, final LayerNorm.
+
+    Tokens sit on axis -2 of ``(b, *groups, n, d)``; subclasses re-group them for their blocks in ``_to_blocks`` /
+    ``_from_blocks``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, blocks: list[nn.Module], use_cls: bool, args: BlockArgs) -> None:
+        super().__init__()
+        self.num_prefix_tokens = int(use_cls)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_cls else None
+        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens + self.num_prefix_tokens, dim) * 0.02)
+        self.pos_drop = nn.Dropout(args.drop_rate)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim, eps=args.norm_eps)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, *groups, n, d) -> (b, *groups, prefix + n, d)``, after the final norm."""
+        return self.norm(self.forward_blocks(self.embed_tokens(x)))
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the CLS token (one per group) and add the positional embedding."""
+        if x.shape[-2] + self.num_prefix_tokens != self.pos_embed.shape[1]:
+            raise ValueError(
+                f"got {x.shape[-2]} tokens but the positional embedding holds "
+                f"{self.pos_embed.shape[1] - self.num_prefix_tokens}; resample it with resample_pos_embed"
+            )
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(*x.shape[:-2], 1, -1), x], dim=-2)
+        return self.pos_drop(x + self.pos_embed)
+
+    def forward_blocks(self, x: torch.Tensor, indices: set[int] | None = None) -> torch.Tensor:
+        """Run the blocks; with ``indices``, also return the outputs of those blocks (ungrouped)."""
+        x = self._to_blocks(x)
+        taken = []
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            if indices is not None and i in indices:
+                taken.append(self._from_blocks(x))
+        x = self._from_blocks(x)
+        return x if indices is None else (x, taken)
+
+    def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def pool(self, x: torch.Tensor, global_pool: str) -> torch.Tensor:
+        """``(b, prefix + n, d) -> (b, d)``."""
+        return pool_tokens(x, global_pool, self.num_prefix_tokens)
+
+
+class SpacetimeEncoder(Transformer):
+    """Model 1: one transformer over all ``t*h*w`` tokens (+ CLS)."""
+
+    def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
+                 use_cls: bool, drop_path_rate: float, args: BlockArgs, attn_cls: type[nn.Module] | None = None) -> None:
+        blocks = [
+            Block(dim, num_heads, mlp_dim, drop=args.drop_rate, attn_drop=args.attn_drop_rate, drop_path=p,
+                  act_layer=args.act_layer, norm_eps=args.norm_eps, attn_impl=args.attn_impl,
+                  **({"attn_cls": attn_cls} if attn_cls else {}))
+            for p in drop_path_rates(depth, drop_path_rate)
+        ]
+        super().__init__(grid[0] * grid[1] * grid[2], dim, blocks, use_cls, args)
+        self.grid = grid
+
+
+class _FrameGrouped:
+    """Mixin for blocks that see the token grid as ``(b, t, s, d)``."""
+
+    grid: tuple[int, int, int]
+
+    def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b (t s) d -> b t s d", t=self.grid[0])
+
+    def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(x, "b t s d -> b (t s) d")
+
+
+def _refuse_cls(variant: str, use_cls: bool) -> None:
+    # scenic ViViT.__call__ asserts classifier not in ['token', '0'] for the factorised-attention variants.
+    if use_cls:
+        raise ValueError(f"{variant} has no CLS token: use global_pool 'avg', 'max' or 'sum'")
+
+
+class FactorizedDotProductEncoder(_FrameGrouped, SpacetimeEncoder):
+    """Model 4: Model 1's blocks on ``(b, t, s, d)``; half the heads attend over time, half over space."""
+
+    def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
+                 use_cls: bool, drop_path_rate: float, args: BlockArgs) -> None:
+        _refuse_cls("factorized_dot_product", use_cls)
+        super().__init__(grid, dim, depth, num_heads, mlp_dim, use_cls=False, drop_path_rate=drop_path_rate,
+                         args=args, attn_cls=FactorizedDotProductAttention)
+
+
+class FactorizedSelfAttentionEncoder(_FrameGrouped, Transformer):
+    """Model 3: each block attends over space (per frame) and over time (per position), then runs its MLP."""
+
+    def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
+                 use_cls: bool, drop_path_rate: float, args: BlockArgs, attention_order: str = "space_time") -> None:
+        _refuse_cls("factorized_self_attention", use_cls)
+        blocks = [
+            FactorizedSelfAttentionBlock(dim, num_heads, mlp_dim, attention_order=attention_order,
+                                         drop=args.drop_rate, attn_drop=args.attn_drop_rate, act_layer=args.act_layer,
+                                         norm_eps=args.norm_eps, attn_impl=args.attn_impl)
+            for _ in range(depth)
+        ]
+        super().__init__(grid[0] * grid[1] * grid[2], dim, blocks, False, args)
+        self.grid = grid
+
+
+class FactorizedEncoder(nn.Module):
+    """Model 2: a spatial transformer per frame (shared weights and CLS), pooled to frame tokens, then a temporal one.
+
+    With ``spatial_only_baseline`` there is no temporal transformer and the frame tokens are averaged.
+    """
+
+    def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
+                 use_cls: bool, drop_path_rate: float, args: BlockArgs, global_pool: str, temporal_depth: int,
+                 temporal_num_heads: int | None = None, temporal_mlp_dim: int | None = None,
+                 spatial_only_baseline: bool = False) -> None:
+        super().__init__()
+        self.grid = grid
+        self.spatial_pool = global_pool  # scenic uses one `classifier` for both encoders
+        self.spatial = SpacetimeEncoder((1, grid[1], grid[2]), dim, depth, num_heads, mlp_dim, use_cls=use_cls,
+                                        drop_path_rate=drop_path_rate, args=args)
+        self.temporal = None if spatial_only_baseline else SpacetimeEncoder(
+            (grid[0], 1, 1), dim, temporal_depth, temporal_num_heads or num_heads, temporal_mlp_dim or mlp_dim,
+            use_cls=use_cls, drop_path_rate=drop_path_rate, args=args)
+        self.num_prefix_tokens = 0 if self.temporal is None else self.temporal.num_prefix_tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, t*s, d) -> (b, prefix + t, d)``: temporal features, or frame tokens for the spatial-only baseline."""
+        x = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=self.grid[0]))
+        x = self.spatial.pool(x, self.spatial_pool)
+        return x if self.temporal is None else self.temporal(x)
+
+    def pool(self, x: torch.Tensor, global_pool: str) -> torch.Tensor:
+        """``(b, prefix + t, d) -> (b, d)``; the spatial-only baseline averages its frames (scenic ``jnp.mean``)."""
+        if self.temporal is None:
+            return x.mean(dim=1)
+        return self.temporal.pool(x, global_pool)
+
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    "spacetime": SpacetimeEncoder,
+    "factorized_encoder": FactorizedEncoder,
+    "factorized_self_attention": FactorizedSelfAttentionEncoder,
+    "factorized_dot_product": FactorizedDotProductEncoder,
+}

@@ -1,0 +1,284 @@
+"""ViViT: embed -> encoder variant -> pool -> pre_logits -> head, with timm's backbone surface."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .embed import FrameSamplingEmbed, TubeletEmbed
+from .encoders import ENCODERS, BlockArgs, Transformer
+from .layers import POOL_TYPES, Attention, Mlp
+
+_logger = logging.getLogger(__name__)
+
+VARIANTS = tuple(ENCODERS)
+# scenic ViViT.__call__: the factorised-attention variants cannot have a CLS token.
+_NO_CLS_VARIANTS = ("factorized_self_attention", "factorized_dot_product")
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class PreLogits(nn.Module):
+    """scenic ``pre_logits``: Dense + tanh."""
+
+    def __init__(self, dim: int, representation_size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, representation_size)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, d) -> (b, representation_size)``."""
+        return self.act(self.fc(x))
+
+
+class ViViT(nn.Module):
+    """Video Vision Transformer (Arnab et al., ICCV 2021), all four model variants.
+
+    Input is a float video ``B x C x T x H x W`` scaled like the reference (``x * 2 / 255 - 1``); output logits
+    ``B x num_classes``. Keyword arguments are described in ``docs/architecture.md`` and SPEC 1.1.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: str = "spacetime",
+        img_size: int | tuple[int, int] = 224,
+        num_frames: int = 32,
+        in_chans: int = 3,
+        tubelet_size: tuple[int, int, int] = (2, 16, 16),
+        embedding: str = "tubelet",
+        n_sampled_frames: int | None = None,
+        exact_frame_count: bool = False,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        temporal_depth: int = 4,
+        temporal_num_heads: int | None = None,
+        temporal_mlp_dim: int | None = None,
+        num_classes: int = 400,
+        global_pool: str | None = None,
+        representation_size: int | None = None,
+        attention_order: str = "space_time",
+        spatial_only_baseline: bool = False,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        act_layer: str = "gelu_tanh",
+        norm_eps: float = 1e-6,
+        attn_impl: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if variant not in ENCODERS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        global_pool = global_pool or ("avg" if variant in _NO_CLS_VARIANTS else "token")
+        if global_pool not in POOL_TYPES:
+            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+        if variant in _NO_CLS_VARIANTS and global_pool in ("token", "first"):
+            raise ValueError(f"{variant} has no CLS token (scenic forbids it): use global_pool 'avg', 'max' or 'sum'")
+        self.variant = variant
+        self.img_size = _pair(img_size)
+        self.num_frames = num_frames
+        self.in_chans = in_chans
+        self.tubelet_size = tuple(int(v) for v in tubelet_size)
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = representation_size or embed_dim
+        self.pretrained_cfg: dict[str, Any] = {}
+
+        if embedding == "tubelet":
+            self.patch_embed = TubeletEmbed(self.img_size, num_frames, self.tubelet_size, in_chans, embed_dim)
+        elif embedding == "frame_sampling":
+            if self.tubelet_size[0] != 1:
+                raise ValueError(f"frame_sampling embeds 2D patches: tubelet_size must be (1, h, w), got {tubelet_size}")
+            if n_sampled_frames is None:
+                raise ValueError("embedding='frame_sampling' needs n_sampled_frames")
+            self.patch_embed = FrameSamplingEmbed(
+                self.img_size, num_frames, self.tubelet_size[1:], in_chans, embed_dim, n_sampled_frames,
+                exact_frame_count,
+            )
+            if variant != "spacetime" and self.img_size[0] % self.tubelet_size[1]:
+                raise ValueError(
+                    f"{variant} needs frame-aligned tokens: the patch height {self.tubelet_size[1]} must divide the "
+                    f"frame height {self.img_size[0]}"
+                )
+        else:
+            raise ValueError(f"embedding must be 'tubelet' or 'frame_sampling', got {embedding!r}")
+        grid = self.patch_embed.grid_size
+        if min(grid) < 1:
+            raise ValueError(
+                f"input {num_frames}x{self.img_size[0]}x{self.img_size[1]} is smaller than one tubelet "
+                f"{self.tubelet_size}: no tokens"
+            )
+
+        args = BlockArgs(drop_rate, attn_drop_rate, act_layer, norm_eps, attn_impl)
+        encoder_kwargs: dict[str, Any] = {}
+        if variant == "factorized_encoder":
+            encoder_kwargs = dict(global_pool=global_pool, temporal_depth=temporal_depth,
+                                  temporal_num_heads=temporal_num_heads, temporal_mlp_dim=temporal_mlp_dim,
+                                  spatial_only_baseline=spatial_only_baseline)
+        elif variant == "factorized_self_attention":
+            encoder_kwargs = dict(attention_order=attention_order)
+            if drop_path_rate:
+                _logger.warning("factorized_self_attention has no stochastic depth in the reference; ignoring "
+                                "drop_path_rate=%s", drop_path_rate)
+        self.encoder = ENCODERS[variant](grid, embed_dim, depth, num_heads, mlp_dim, use_cls=global_pool == "token",
+                                         drop_path_rate=drop_path_rate, args=args, **encoder_kwargs)
+        self.pre_logits = PreLogits(embed_dim, representation_size) if representation_size else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The reference's initialisers (scenic ``vivit/model.py`` and flax defaults)."""
+        for module in self.modules():
+            if isinstance(module, Attention):  # flax MHA: xavier_uniform over the (d, heads*hd) kernel, zero bias
+                bound = math.sqrt(6.0 / (2 * module.proj.in_features))
+                for linear in (module.qkv, module.proj):
+                    nn.init.uniform_(linear.weight, -bound, bound)
+                    nn.init.zeros_(linear.bias)
+            elif isinstance(module, Mlp):  # MlpBlock: xavier_uniform kernels, normal(1e-6) biases
+                for linear in (module.fc1, module.fc2):
+                    nn.init.xavier_uniform_(linear.weight)
+                    nn.init.normal_(linear.bias, std=1e-6)
+            elif isinstance(module, (nn.Conv2d, nn.Conv3d, PreLogits)):  # flax default: lecun_normal, zero bias
+                layer = module.fc if isinstance(module, PreLogits) else module
+                fan_in = layer.weight[0].numel()
+                std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+                nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(layer.bias)
+        if isinstance(self.head, nn.Linear):  # scenic output_projection: zeros
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # --------------------------------------------------------------- forward
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is a float ``B x C x T x H x W`` clip of the size the model was built for."""
+        expected = f"B x {self.in_chans} x {self.num_frames} x {self.img_size[0]} x {self.img_size[1]}"
+        if x.ndim != 5 or tuple(x.shape[1:]) != (self.in_chans, self.num_frames, *self.img_size):
+            raise ValueError(
+                f"expected a video tensor B x C x T x H x W = {expected}, got shape {tuple(x.shape)}. "
+                "Resample frames/resize to match, or create the model with num_frames=/img_size= for this size."
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"expected a float video ({expected}) scaled to [-1, 1], got dtype {x.dtype}; "
+                "convert uint8 frames with x.float() * 2 / 255 - 1 (vivit.transforms does this)"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W) -> (B, prefix + N, D)`` normed encoder tokens.
+
+        Models 1, 3, 4: all ``t*h*w`` tokens (+ CLS). Model 2: the temporal encoder's ``[1+]t`` tokens; its
+        spatial-only baseline: the ``t`` per-frame pooled tokens.
+        """
+        self.check_input(x)
+        return self.encoder(self.patch_embed(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, prefix + N, D) -> (B, num_classes)``, or the pooled ``(B, num_features)`` with ``pre_logits``."""
+        x = self.pre_logits(self.encoder.pool(x, self.global_pool))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W) -> (B, num_classes)`` logits (``(B, num_features)`` when ``num_classes == 0``)."""
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def forward_attention_maps(self, x: torch.Tensor) -> dict[str, Any]:
+        """Softmax attention weights of every attention layer, keyed by module name (needs ``attn_impl="eager"``).
+
+        Each value is ``(B, *groups, heads, n, n)`` for the tokens that layer attends over; Model 4 layers give a dict
+        ``{"time": ..., "space": ...}``.
+        """
+        layers = {name: m for name, m in self.named_modules() if isinstance(m, Attention)}
+        if any(m.attn_impl != "eager" for m in layers.values()):
+            raise ValueError("attention maps need a model created with attn_impl='eager'")
+        for m in layers.values():
+            m.record_attn = True
+        try:
+            self.forward(x)
+            return {name: m.attn_map for name, m in layers.items()}
+        finally:
+            for m in layers.values():
+                m.record_attn, m.attn_map = False, None
+
+    # ------------------------------------------------------------ timm surface
+    def get_classifier(self) -> nn.Module:
+        """The final classification layer."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a zero-initialised one for ``num_classes`` (0: no head, forward returns features)."""
+        if global_pool is not None:
+            if global_pool not in POOL_TYPES:
+                raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+            if (global_pool == "token") != (self.encoder.num_prefix_tokens > 0):
+                raise ValueError(
+                    f"cannot switch global_pool from {self.global_pool!r} to {global_pool!r}: it changes whether the "
+                    "model has a CLS token; create a new model instead"
+                )
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (same outputs, less memory)."""
+        for module in self.modules():
+            if isinstance(module, Transformer):
+                module.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Positional embeddings and CLS tokens (timm convention)."""
+        return {name for name, _ in self.named_parameters() if name.endswith(("pos_embed", "cls_token"))}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise LR decay: stem, blocks (Model 2: spatial, then temporal), final norms."""
+        block = r"^encoder\.(?:spatial\.)?blocks\.(\d+)"
+        matcher: dict[str, Any] = {
+            "stem": r"^patch_embed|^encoder\.(?:spatial\.)?(?:cls_token|pos_embed)",
+            "blocks": block if coarse else [(block, None), (r"^encoder\.(?:spatial\.)?norm", (99999,))],
+        }
+        if getattr(self.encoder, "temporal", None) is not None:
+            temporal = r"^encoder\.temporal\.blocks\.(\d+)"
+            matcher["temporal"] = temporal if coarse else [
+                (r"^encoder\.temporal\.(?:cls_token|pos_embed)", (0,)),
+                (temporal, (1,)),
+                (r"^encoder\.temporal\.norm", (99999,)),
+            ]
+        return matcher
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of ``pretrained_cfg`` (timm)."""
+        return self.pretrained_cfg
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Token grid ``(t, h, w)``."""
+        return tuple(self.patch_embed.grid_size)
+
+
+def parse_block_index(name: str) -> int | None:
+    """Block number in a parameter name (``encoder.blocks.3.attn...`` -> 3), else ``None``."""
+    match = re.search(r"blocks\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def tokens_to_maps(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``(B, t*h*w, D) -> (B, D, t, h, w)``."""
+    return rearrange(x, "b (t h w) d -> b d t h w", t=grid[0], h=grid[1], w=grid[2])
