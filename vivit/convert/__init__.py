@@ -50,10 +50,9 @@ def from_scenic(
         params = flatten_params(params_or_path)
     params = {k: np.asarray(v) for k, v in params.items()}
     args = model_args_from_scenic(params, config, img_size=img_size, num_frames=num_frames)
-    trained_grid = weights_grid(params, config, args)
     args.update(model_kwargs)
     model = ViViT(**args)
     state = convert_scenic_params(params, args["variant"])
-    fit_pos_embeds(state, model, trained_grid)
+    fit_pos_embeds(state, model, weights_grid(params, config, args, model.grid_size))
     model.load_state_dict(state, strict=True)
     return model.eval()

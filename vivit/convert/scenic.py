@@ -245,13 +245,15 @@ def fit_pos_embeds(state: dict[str, torch.Tensor], model: torch.nn.Module, weigh
             state[key] = resample_pos_embed(state[key], old, new, prefix)
 
 
-def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[int, ...]:
+def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: Mapping[str, Any],
+                 model_grid: tuple[int, int, int]) -> tuple[int, int, int]:
     """The token grid the weights were trained on: time from the config's frame count, space from the posemb length.
 
-    The reference only resizes square grids; a non-square training crop is read from ``dataset_configs.crop_size``
-    when present.
+    When the spatial token count equals the model's, the model's ``(h, w)`` is taken (no resampling). Otherwise the
+    trained grid is square, as the reference assumes when it resizes, unless ``dataset_configs.crop_size`` says more.
     """
-    trained_frames = int((config.get("dataset_configs") or {}).get("num_frames", args["num_frames"]))
+    dataset = config.get("dataset_configs") or {}
+    trained_frames = int(dataset.get("num_frames", args["num_frames"]))
     if args.get("embedding") == "frame_sampling":
         t = len(sample_frame_indices(trained_frames, args["n_sampled_frames"]))
     else:
@@ -261,11 +263,10 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
         spatial_tokens = params["SpatialTransformer/posembed_input/pos_embedding"].shape[1] - num_prefix
     else:
         spatial_tokens = (params["Transformer/posembed_input/pos_embedding"].shape[1] - num_prefix) // max(t, 1)
-    crop = (config.get("dataset_configs") or {}).get("crop_size")
-    if crop:
-        h = int(crop if isinstance(crop, int) else crop[0]) // args["tubelet_size"][1]
-    else:
-        h = math.isqrt(spatial_tokens)
+    if spatial_tokens == model_grid[1] * model_grid[2]:
+        return (t, model_grid[1], model_grid[2])
+    crop = dataset.get("crop_size")
+    h = int(crop if isinstance(crop, int) else crop[0]) // args["tubelet_size"][1] if crop else math.isqrt(spatial_tokens)
     w = spatial_tokens // max(h, 1)
     if h * w != spatial_tokens:
         raise ValueError(f"cannot infer the trained token grid from {spatial_tokens} spatial tokens; "
