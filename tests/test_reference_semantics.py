@@ -25,8 +25,8 @@ def _dense(rng, i, o):
 
 def _mha(rng, d, heads):
     hd = d // heads
-    p = {n: {"kernel": rng.standard_normal((d, heads, hd)) / np.sqrt(d), "bias": 0.05 * rng.standard_normal((heads, hd))}
-         for n in ("query", "key", "value")}
+    p = {n: {"kernel": rng.standard_normal((d, heads, hd)) / np.sqrt(d),
+             "bias": 0.05 * rng.standard_normal((heads, hd))} for n in ("query", "key", "value")}
     p["out"] = {"kernel": rng.standard_normal((heads, hd, d)) / np.sqrt(d), "bias": 0.05 * rng.standard_normal(d)}
     return p
 
@@ -39,8 +39,9 @@ def _transformer(rng, d, depth, heads, mlp, tokens, fsa=False):
             block.update({f"MultiHeadDotProductAttention_{a}": _mha(rng, d, heads) for a in ("space", "time")})
             block["MlpBlock"] = {"Dense_0": _dense(rng, d, mlp), "Dense_1": _dense(rng, mlp, d)}
         else:
-            block = {"LayerNorm_0": _ln(rng, d), "LayerNorm_1": _ln(rng, d), "MultiHeadDotProductAttention_0":
-                     _mha(rng, d, heads), "MlpBlock_0": {"Dense_0": _dense(rng, d, mlp), "Dense_1": _dense(rng, mlp, d)}}
+            block = {"LayerNorm_0": _ln(rng, d), "LayerNorm_1": _ln(rng, d),
+                     "MultiHeadDotProductAttention_0": _mha(rng, d, heads),
+                     "MlpBlock_0": {"Dense_0": _dense(rng, d, mlp), "Dense_1": _dense(rng, mlp, d)}}
         p[f"encoderblock_{i}"] = block
     return p
 

@@ -103,7 +103,8 @@ def resample_pos_embed(
     full_old = (1,) * (3 - len(old_grid)) + old_grid
     full_new = (1,) * (3 - len(new_grid)) + new_grid
     dtype = grid.dtype
-    grid = rearrange(grid.float(), "1 (t h w) d -> t d h w", t=full_old[0], h=full_old[1], w=full_old[2])
+    grid = grid.to(torch.promote_types(dtype, torch.float32))  # interpolate in at least float32
+    grid = rearrange(grid, "1 (t h w) d -> t d h w", t=full_old[0], h=full_old[1], w=full_old[2])
     if full_old[1:] != full_new[1:]:
         grid = F.interpolate(grid, size=full_new[1:], mode="bilinear", align_corners=True)
     if full_old[0] != full_new[0]:

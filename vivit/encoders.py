@@ -92,7 +92,8 @@ class SpacetimeEncoder(Transformer):
     """Model 1: one transformer over all ``t*h*w`` tokens (+ CLS)."""
 
     def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
-                 use_cls: bool, drop_path_rate: float, args: BlockArgs, attn_cls: type[nn.Module] | None = None) -> None:
+                 use_cls: bool, drop_path_rate: float, args: BlockArgs,
+                 attn_cls: type[nn.Module] | None = None) -> None:
         blocks = [
             Block(dim, num_heads, mlp_dim, drop=args.drop_rate, attn_drop=args.attn_drop_rate, drop_path=p,
                   act_layer=args.act_layer, norm_eps=args.norm_eps, attn_impl=args.attn_impl,

@@ -100,7 +100,8 @@ class ViViT(nn.Module):
             self.patch_embed = TubeletEmbed(self.img_size, num_frames, self.tubelet_size, in_chans, embed_dim)
         elif embedding == "frame_sampling":
             if self.tubelet_size[0] != 1:
-                raise ValueError(f"frame_sampling embeds 2D patches: tubelet_size must be (1, h, w), got {tubelet_size}")
+                raise ValueError(f"frame_sampling embeds 2D patches: tubelet_size must be (1, h, w), "
+                                 f"got {tubelet_size}")
             if n_sampled_frames is None:
                 raise ValueError("embedding='frame_sampling' needs n_sampled_frames")
             self.patch_embed = FrameSamplingEmbed(
@@ -164,7 +165,7 @@ class ViViT(nn.Module):
 
     # --------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is a float ``B x C x T x H x W`` clip of the size the model was built for."""
+        """Raise ``ValueError`` unless ``x`` is a float ``B x C x T x H x W`` clip of the model's size."""
         expected = f"B x {self.in_chans} x {self.num_frames} x {self.img_size[0]} x {self.img_size[1]}"
         if x.ndim != 5 or tuple(x.shape[1:]) != (self.in_chans, self.num_frames, *self.img_size):
             raise ValueError(

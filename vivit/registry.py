@@ -197,3 +197,62 @@ def create_model(
 
         load_pretrained(model, cfg.name, num_classes_changed=model.num_classes != cfg.num_classes)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------- timm registry
+default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute
+
+
+def _timm_cfg(cfg: PretrainedCfg) -> dict[str, Any]:
+    """Our cfg in timm's ``PretrainedCfg`` fields (timm drops nothing it knows; it refuses unknown fields)."""
+    return dict(url=cfg.url or "", hf_hub_id=cfg.hf_hub_id, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode,
+                interpolation=cfg.interpolation, license=cfg.license, paper_ids=cfg.paper_ids,
+                paper_name=cfg.paper_name, origin_url=cfg.origin_url, first_conv="patch_embed.proj",
+                classifier="head", notes=cfg.notes or None)
+
+
+def _timm_entrypoint(arch: str):
+    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,
+                   **kwargs: Any) -> ViViT:
+        kwargs.pop("pretrained_model_args", None)
+        kwargs.pop("cache_dir", None)
+        name, source = arch, None
+        if isinstance(pretrained_cfg, str):  # timm passes the tag of "arch.tag"
+            name = f"{arch}.{pretrained_cfg}" if pretrained_cfg else arch
+        elif pretrained_cfg is not None:
+            cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict()
+            if cfg.get("source") == "hf-hub":  # timm.create_model("hf-hub:org/repo") read our config.json
+                source = f"hf-hub:{cfg['hf_hub_id']}"
+            elif cfg.get("source") == "local-dir":
+                source = cfg["file"]
+            elif cfg.get("tag"):
+                name = f"{arch}.{cfg['tag']}"
+        model = create_model(name, pretrained=pretrained and source is None, **kwargs)
+        if pretrained and source is not None:
+            from .pretrained import load_pretrained
+
+            load_pretrained(model, source)
+        return model
+
+    entrypoint.__name__ = entrypoint.__qualname__ = arch
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"timm entrypoint of vivit's {arch} (vivit.create_model does the work)."
+    return entrypoint
+
+
+def register_timm_models() -> bool:
+    """Register every architecture and pretrained tag into timm's registry; ``False`` if timm is not installed."""
+    try:
+        from timm.models import generate_default_cfgs, register_model
+    except ImportError:
+        return False
+    cfgs = {cfg.name if cfg.tag else cfg.architecture: _timm_cfg(cfg) for cfg in PRETRAINED.values()}
+    for arch in ARCHS:
+        if not any(cfg.architecture == arch for cfg in PRETRAINED.values()):
+            cfgs[arch] = _timm_cfg(_arch_defaults(arch))
+    default_cfgs.clear()
+    default_cfgs.update(generate_default_cfgs(cfgs))
+    for arch in ARCHS:
+        register_model(_timm_entrypoint(arch))
+    return True

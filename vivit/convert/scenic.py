@@ -266,7 +266,10 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
     if spatial_tokens == model_grid[1] * model_grid[2]:
         return (t, model_grid[1], model_grid[2])
     crop = dataset.get("crop_size")
-    h = int(crop if isinstance(crop, int) else crop[0]) // args["tubelet_size"][1] if crop else math.isqrt(spatial_tokens)
+    if crop:
+        h = int(crop if isinstance(crop, int) else crop[0]) // args["tubelet_size"][1]
+    else:
+        h = math.isqrt(spatial_tokens)
     w = spatial_tokens // max(h, 1)
     if h * w != spatial_tokens:
         raise ValueError(f"cannot infer the trained token grid from {spatial_tokens} spatial tokens; "

@@ -1,0 +1,124 @@
+"""The zoo: every registered architecture builds, trains and matches the paper's size; names resolve; timm sees it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vivit
+from tests.conftest import TINY
+from vivit.registry import ARCHS, PRETRAINED
+
+PAPER_PARAMS_B = {"vivit_b_16x2": 88.9e6, "vivit_b_16x2_fe": 115.1e6, "vivit_b_16x2_fsa": 117.3e6,
+                  "vivit_b_16x2_fdp": 88.9e6}
+
+
+def test_registry_has_the_19_architectures_of_the_spec():
+    names = vivit.list_models()
+    assert len(names) == 19
+    assert "vivit_ti_16x2_fdp" not in names  # 3 heads cannot be split between time and space
+    for size in ("ti", "s", "b", "l", "h"):
+        for suffix in ("", "_fe", "_fsa") + (("_fdp",) if size != "ti" else ()):
+            assert f"vivit_{size}_16x2{suffix}" in names
+
+
+def test_list_models_filters_and_lists_pretrained_tags():
+    assert vivit.list_models("*_fe") == ["vivit_b_16x2_fe", "vivit_h_16x2_fe", "vivit_l_16x2_fe",
+                                         "vivit_s_16x2_fe", "vivit_ti_16x2_fe"]
+    assert vivit.list_models(pretrained=True) == ["vivit_b_16x2.k400", "vivit_b_16x2_fe.k400",
+                                                  "vivit_l_16x2_fe.ek100", "vivit_l_16x2_fe.k400",
+                                                  "vivit_l_16x2_fe.k600"]
+    assert vivit.list_models("vivit_l*", pretrained=True) == ["vivit_l_16x2_fe.ek100", "vivit_l_16x2_fe.k400",
+                                                              "vivit_l_16x2_fe.k600"]
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_every_model_trains_at_tiny_size(name):
+    model = vivit.create_model(name, num_classes=3, **TINY)
+    torch.nn.init.normal_(model.head.weight)  # a zero head would zero every upstream gradient
+    model.train()
+    logits = model(torch.randn(2, 3, 4, 32, 32))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    logits.logsumexp(-1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad
+
+
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_every_model_builds_full_size_on_meta(name):
+    with torch.device("meta"):
+        model = vivit.create_model(name)
+    assert model.grid_size == (16, 14, 14)
+    assert model.embed_dim == ARCHS[name]["embed_dim"] and model.num_classes == 400
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 32, 224, 224) and cfg["mean"] == cfg["std"] == (0.5, 0.5, 0.5)
+    assert cfg["label_set"] and cfg["paper_ids"] == "arXiv:2103.15691"
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS_B))
+def test_vivit_b_parameter_counts_match_the_paper(name):
+    with torch.device("meta"):
+        model = vivit.create_model(name, num_classes=400)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - PAPER_PARAMS_B[name]) / PAPER_PARAMS_B[name] < 0.005, count
+
+
+def test_large_fe_uses_a_24_layer_temporal_encoder():
+    with torch.device("meta"):
+        model = vivit.create_model("vivit_l_16x2_fe")
+    assert len(model.encoder.spatial.blocks) == 24 and len(model.encoder.temporal.blocks) == 24
+
+
+def test_default_pooling_per_variant():
+    assert vivit.create_model("vivit_ti_16x2", **TINY).global_pool == "token"
+    assert vivit.create_model("vivit_ti_16x2_fe", **TINY).global_pool == "token"
+    assert vivit.create_model("vivit_ti_16x2_fsa", **TINY).global_pool == "avg"
+    assert vivit.create_model("vivit_s_16x2_fdp", **TINY).global_pool == "avg"
+
+
+def test_create_model_overrides_frames_size_and_classes():
+    model = vivit.create_model("vivit_ti_16x2", num_classes=7, num_frames=8, img_size=(48, 64), depth=1)
+    assert model.grid_size == (4, 3, 4) and model.num_classes == 7
+    assert model.pretrained_cfg["input_size"] == (3, 8, 48, 64)
+    assert model(torch.randn(1, 3, 8, 48, 64)).shape == (1, 7)
+
+
+@pytest.mark.parametrize(("name", "close"), [("vivit_b_16x2_fee", "vivit_b_16x2_fe"), ("vivit_b16x2", "vivit_b_16x2"),
+                                             ("vivit_b_16x2_fe.k700", "vivit_b_16x2_fe.k400")])
+def test_unknown_names_list_the_closest_registered_ones(name, close):
+    with pytest.raises(ValueError, match="unknown model") as err:
+        vivit.create_model(name)
+    assert close in str(err.value)
+
+
+def test_pretrained_without_released_weights_says_what_exists():
+    with pytest.raises(ValueError, match="no released weights"):
+        vivit.create_model("vivit_h_16x2", pretrained=True, **TINY)
+
+
+def test_pretrained_cfgs_describe_the_released_checkpoints():
+    ek = PRETRAINED["vivit_l_16x2_fe.ek100"]
+    assert ek.num_classes == 397 and ek.class_splits == (300, 97) and ek.top1 == 43.6
+    assert PRETRAINED["vivit_b_16x2.k400"].hf_hub_id == "google/vivit-b-16x2-kinetics400"
+    for cfg in PRETRAINED.values():
+        assert cfg.has_weights and cfg.input_size == (3, 32, 224, 224)
+        assert (cfg.url or "").startswith(("", "https://storage.googleapis.com/scenic-bucket/vivit/"))
+
+
+def test_timm_sees_every_architecture_and_tag():
+    timm = pytest.importorskip("timm")
+    assert sorted(timm.list_models("vivit*")) == vivit.list_models()
+    assert sorted(timm.list_pretrained("vivit*")) == vivit.list_models(pretrained=True)
+    model = timm.create_model("vivit_s_16x2_fsa", num_classes=2, **TINY)
+    assert isinstance(model, vivit.ViViT) and model.num_classes == 2
+    assert model(torch.randn(1, 3, 4, 32, 32)).shape == (1, 2)
+
+
+def test_import_vivit_loads_no_optional_heavy_dependency():
+    code = ("import sys, vivit; "
+            "print(sorted(m for m in ('av', 'torchcodec', 'transformers', 'msgpack') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
