@@ -3,7 +3,9 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import convert
+from .inflate import inflate
 from .model import ViViT
+from .pretrained import load_pretrained
 from .registry import create_model, list_models, register_timm_models
 
 try:
@@ -13,4 +15,4 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
 
-__all__ = ["ViViT", "create_model", "list_models", "convert", "__version__"]
+__all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "__version__"]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from .embed import FrameSamplingEmbed, TubeletEmbed
@@ -263,6 +261,19 @@ class ViViT(nn.Module):
             ]
         return matcher
 
+    # ---------------------------------------------------------------- weights
+    def save_pretrained(self, save_directory: str, *, label_names: list[str] | None = None) -> Any:
+        """Write ``model.safetensors``, a timm-schema ``config.json`` and a ``README.md`` card to a folder."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, label_names=label_names)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload ``save_pretrained``'s folder to the Hugging Face Hub repo ``repo_id``; returns the commit URL."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     @property
     def default_cfg(self) -> dict[str, Any]:
         """Alias of ``pretrained_cfg`` (timm)."""
@@ -272,14 +283,3 @@ class ViViT(nn.Module):
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid ``(t, h, w)``."""
         return tuple(self.patch_embed.grid_size)
-
-
-def parse_block_index(name: str) -> int | None:
-    """Block number in a parameter name (``encoder.blocks.3.attn...`` -> 3), else ``None``."""
-    match = re.search(r"blocks\.(\d+)\.", name)
-    return int(match.group(1)) if match else None
-
-
-def tokens_to_maps(x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """``(B, t*h*w, D) -> (B, D, t, h, w)``."""
-    return rearrange(x, "b (t h w) d -> b d t h w", t=grid[0], h=grid[1], w=grid[2])

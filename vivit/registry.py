@@ -195,7 +195,7 @@ def create_model(
             )
         from .pretrained import load_pretrained
 
-        load_pretrained(model, cfg.name, num_classes_changed=model.num_classes != cfg.num_classes)
+        load_pretrained(model, cfg.name)
     return model
 
 

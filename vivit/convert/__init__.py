@@ -7,15 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from .scenic import (
-    convert_scenic_params,
-    fit_pos_embeds,
-    flatten_params,
-    model_args_from_scenic,
-    weights_grid,
-)
+from .checkpoint import read_scenic_checkpoint
+from .scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
+from .transformers import from_transformers
 
-__all__ = ["from_scenic"]
+__all__ = ["from_scenic", "from_transformers", "read_scenic_checkpoint"]
 
 
 def from_scenic(
@@ -41,10 +37,9 @@ def from_scenic(
         A ``ViViT`` in eval mode whose logits match the reference's.
     """
     from ..model import ViViT
+    from ..pretrained import fit_pos_embeds
 
     if isinstance(params_or_path, (str, bytes)) or hasattr(params_or_path, "__fspath__"):
-        from .checkpoint import read_scenic_checkpoint
-
         params = read_scenic_checkpoint(params_or_path)
     else:
         params = flatten_params(params_or_path)

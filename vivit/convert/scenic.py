@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..embed import resample_pos_embed, sample_frame_indices
+from ..embed import sample_frame_indices
 
 Array = np.ndarray
 # (flax source paths, our key, transform of the source arrays)
@@ -228,21 +228,6 @@ def convert_scenic_params(params: Mapping[str, Array], variant: str) -> dict[str
     if unused:
         raise ValueError(f"{len(unused)} scenic parameters have no place in a {variant} model: {unused[:10]}")
     return state
-
-
-def fit_pos_embeds(state: dict[str, torch.Tensor], model: torch.nn.Module, weights_grid: tuple[int, int, int]) -> None:
-    """Resample every positional embedding in ``state`` from the weights' token grid to the model's (SPEC 4.3)."""
-    target = model.state_dict()
-    grid = model.grid_size
-    grids = {  # our key -> (weights grid, model grid) for that transformer
-        "encoder.pos_embed": (weights_grid, grid),
-        "encoder.spatial.pos_embed": (weights_grid[1:], grid[1:]),
-        "encoder.temporal.pos_embed": (weights_grid[:1], grid[:1]),
-    }
-    for key, (old, new) in grids.items():
-        if key in state and tuple(old) != tuple(new):
-            prefix = target[key].shape[1] - math.prod(new)
-            state[key] = resample_pos_embed(state[key], old, new, prefix)
 
 
 def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: Mapping[str, Any],

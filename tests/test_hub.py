@@ -1,0 +1,400 @@
+"""vivit.hub against a loopback server: cached downloads, Hub files, saved folders, model cards, push errors.
+
+``huggingface_hub`` reads ``HF_ENDPOINT`` and ``HF_HOME`` when imported, so every Hub call runs in a subprocess
+pointed at the loopback server; plain URL downloads (urllib) run in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vivit
+from vivit import hub
+
+from .hub_server import COMMIT, HubServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = dict(variant="spacetime", img_size=32, num_frames=4, tubelet_size=(2, 16, 16), embed_dim=32, depth=1,
+                 num_heads=2, mlp_dim=64, num_classes=5)
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several read chunks
+
+
+@pytest.fixture(autouse=True)
+def _online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback requests bypass any proxy; offline switches start unset."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    for name in ("HF_HUB_OFFLINE", "VIVIT_OFFLINE", "VIVIT_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def tiny_model(**overrides: object) -> vivit.ViViT:
+    return vivit.ViViT(**{**TINY_ARGS, **overrides}).eval()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------- download_url
+def test_download_url_caches_and_reuses_without_a_request(tmp_path: Path) -> None:
+    with HubServer(files={"w.bin": PAYLOAD}) as server:
+        url = server.file_url("w.bin")
+        first = hub.download_url(url, tmp_path)
+        second = hub.download_url(url, tmp_path)
+    assert first == second == hub.cache_path(url, tmp_path)
+    assert first.read_bytes() == PAYLOAD
+    assert first.name.endswith("-w.bin") and len(first.name) == len("0123456789abcdef-w.bin")
+    assert server.requests == [("GET", "/files/w.bin")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no temp files left
+
+
+def test_download_url_default_cache_is_vivit_cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "env-cache"))
+    with HubServer(files={"w.bin": b"abc"}) as server:
+        path = hub.download_url(server.file_url("w.bin"))
+    assert path.parent == tmp_path / "env-cache"
+
+
+def test_urls_with_the_same_basename_get_different_cache_files(tmp_path: Path) -> None:
+    a = hub.cache_path("https://example.com/a/checkpoint", tmp_path)
+    b = hub.cache_path("https://example.com/b/checkpoint", tmp_path)
+    assert a != b and a.name.endswith("-checkpoint") and b.name.endswith("-checkpoint")
+
+
+def test_killed_download_raises_and_leaves_no_cache_entry(tmp_path: Path) -> None:
+    with HubServer(files={"w.bin": PAYLOAD}, drop_after={"/files/w.bin": 300_000}) as server:
+        url = server.file_url("w.bin")
+        with pytest.raises(RuntimeError, match="incomplete") as info:
+            hub.download_url(url, tmp_path)
+        assert "300000 of 1048576 bytes" in str(info.value) and str(hub.cache_path(url, tmp_path)) in str(info.value)
+        assert list(tmp_path.iterdir()) == []  # neither the cache file nor a temp file
+        server.drop_after.clear()  # the next attempt downloads afresh instead of reusing the partial file
+        assert hub.download_url(url, tmp_path).read_bytes() == PAYLOAD
+    assert server.requests.count(("GET", "/files/w.bin")) == 2
+
+
+def test_http_404_is_one_clear_error(tmp_path: Path) -> None:
+    with HubServer() as server:
+        url = server.file_url("missing.bin")
+        with pytest.raises(RuntimeError, match="HTTP 404") as info:
+            hub.download_url(url, tmp_path)
+    message = str(info.value)
+    assert url in message and str(hub.cache_path(url, tmp_path)) in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback wall
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_error_says_network_and_where_to_put_the_file(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/weights/checkpoint"
+    with pytest.raises(RuntimeError, match="network may be unreachable") as info:
+        hub.download_url(url, tmp_path, timeout=5)
+    message = str(info.value)
+    assert url in message and "refused" in message.lower() and f"save it as {hub.cache_path(url, tmp_path)}" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("switch", ["HF_HUB_OFFLINE", "VIVIT_OFFLINE"])
+def test_offline_without_cache_names_url_and_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switch: str
+) -> None:
+    monkeypatch.setenv(switch, "1")
+    with HubServer(files={"w.bin": PAYLOAD}) as server:
+        url = server.file_url("w.bin")
+        with pytest.raises(RuntimeError, match="offline") as info:
+            hub.download_url(url, tmp_path)
+    assert url in str(info.value) and str(hub.cache_path(url, tmp_path)) in str(info.value)
+    assert server.requests == []
+
+
+def test_offline_with_cache_returns_the_cached_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with HubServer(files={"w.bin": PAYLOAD}) as server:
+        url = server.file_url("w.bin")
+        cached = hub.download_url(url, tmp_path)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert hub.download_url(url, tmp_path) == cached
+    assert len(server.requests) == 1
+
+
+def test_sha256_mismatch_caches_nothing(tmp_path: Path) -> None:
+    with HubServer(files={"w.bin": PAYLOAD}) as server:
+        with pytest.raises(RuntimeError, match="sha256"):
+            hub.download_url(server.file_url("w.bin"), tmp_path, sha256="00" * 32)
+        assert list(tmp_path.iterdir()) == []
+        digest = hashlib.sha256(PAYLOAD).hexdigest()
+        assert hub.download_url(server.file_url("w.bin"), tmp_path, sha256=digest[:12]).is_file()
+
+
+def test_non_http_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="http"):
+        hub.download_url(str(tmp_path / "weights.bin"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ parse_hub_name
+@pytest.mark.parametrize("name, expected", [
+    ("hf-hub:google/vivit-b-16x2-kinetics400", ("google/vivit-b-16x2-kinetics400", None)),
+    ("hf-hub:org/vivit_b_16x2.k400@v1.0", ("org/vivit_b_16x2.k400", "v1.0")),
+    (f"hf_hub:org/repo@{COMMIT}", ("org/repo", COMMIT)),
+    ("hf-hub:org/repo@refs/pr/1", ("org/repo", "refs/pr/1")),
+])
+def test_parse_hub_name(name: str, expected: tuple[str, str | None]) -> None:
+    assert hub.parse_hub_name(name) == expected
+
+
+@pytest.mark.parametrize("name", [
+    "google/vivit", "hf-hub:", "hf-hub:repo", "hf-hub:a/b/c", "hf-hub:org/re po", "hf-hub:org/repo@",
+    "hf-hub:org/a..b", "hf-hub:org/-repo", "hf-hub:/repo",
+])
+def test_parse_hub_name_rejects_malformed_names(name: str) -> None:
+    with pytest.raises(ValueError, match="hf-hub|repo id|revision"):
+        hub.parse_hub_name(name)
+
+
+# -------------------------------------------------------------------------------- save_pretrained / load_saved
+def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> None:
+    model = tiny_model()
+    with torch.no_grad():  # non-zero head so the logits comparison means something
+        model.head.weight.normal_()
+    out = hub.save_pretrained(model, tmp_path / "saved")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+    config, state = hub.load_saved(out)
+    expected = model.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    rebuilt = vivit.ViViT(**config["model_args"]).eval()
+    rebuilt.load_state_dict(state)  # strict
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(video), model(video), rtol=0, atol=0)
+
+    assert config["architecture"] == "vivit" and config["library_name"] == "vivit"
+    assert (config["num_classes"], config["num_features"], config["global_pool"]) == (5, 32, "token")
+    assert config["model_args"]["tubelet_size"] == [2, 16, 16]  # JSON lists, not tuples
+    assert config["pretrained_cfg"]["input_size"] == [3, 4, 32, 32]
+    assert config["pretrained_cfg"]["mean"] == config["pretrained_cfg"]["std"] == [0.5] * 3
+
+
+def test_save_pretrained_records_the_current_head(tmp_path: Path) -> None:
+    model = tiny_model(variant="factorized_dot_product", global_pool="avg")
+    model.reset_classifier(3, global_pool="max")
+    config, state = hub.load_saved(hub.save_pretrained(model, tmp_path))
+    assert config["model_args"]["num_classes"] == config["num_classes"] == 3
+    assert config["model_args"]["global_pool"] == "max"
+    vivit.ViViT(**config["model_args"]).load_state_dict(state)
+
+
+def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -> None:
+    model = vivit.create_model("vivit_b_16x2.k400", depth=1, img_size=32, num_frames=4, embed_dim=32, num_heads=2,
+                               mlp_dim=64)
+    labels = [f"class {i}" for i in range(400)]
+    config, _ = hub.load_saved(hub.save_pretrained(model, tmp_path, label_names=labels, repo_id="me/tiny.k400"))
+    cfg = config["pretrained_cfg"]
+    assert config["architecture"] == cfg["architecture"] == "vivit_b_16x2"
+    assert config["label_names"] == labels
+    assert "hf_hub_id" not in cfg and "url" not in cfg  # a saved folder is its own source (timm's remove_source)
+    assert cfg["source_checkpoint"] == "hf-hub:google/vivit-b-16x2-kinetics400"
+    assert cfg["source_format"] == "vivit" and cfg["source_checkpoint_format"] == "transformers"
+    card = (tmp_path / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    for line in ("library_name: vivit", "license: apache-2.0", "- video-classification", "- vivit", "- timm",
+                 "pipeline_tag: video-classification"):
+        assert line in front.splitlines()
+    for text in ("# me/tiny.k400", "`vivit_b_16x2`", "Model 1", "Parameters:", "GMACs", "B × 3 × 4 × 32 × 32",
+                 "tubelet 2×16×16", "x * 2 / 255 - 1", "400 classes (Kinetics-400)", "`class 0`",
+                 "hf-hub:google/vivit-b-16x2-kinetics400", 'vivit.create_model("hf-hub:me/tiny.k400"',
+                 "| Kinetics-400 | 79.9 | 4x3 |", "@inproceedings{arnab2021vivit", "Schmid, Cordelia"):
+        assert text in body, text
+
+
+def test_new_head_drops_the_source_accuracy_from_the_card(tmp_path: Path) -> None:
+    model = vivit.create_model("vivit_b_16x2.k400", num_classes=7, depth=1, img_size=32, num_frames=4, embed_dim=32,
+                               num_heads=2, mlp_dim=64)
+    config, _ = hub.load_saved(hub.save_pretrained(model, tmp_path))
+    assert "top1" not in config["pretrained_cfg"] and "label_set" not in config["pretrained_cfg"]
+    assert "## Evaluation" not in (tmp_path / "README.md").read_text()
+
+
+def test_label_names_must_match_num_classes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="3 names.*5 classes"):
+        hub.save_pretrained(tiny_model(), tmp_path, label_names=["a", "b", "c"])
+
+
+def test_stale_model_args_are_refused(tmp_path: Path) -> None:
+    model = tiny_model()
+    model.head = torch.nn.Linear(32, 7)  # swapped by hand: model_args still say 5 classes
+    with pytest.raises(ValueError, match="model_args no longer describe"):
+        hub.save_pretrained(model, tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_meta_model_cannot_be_saved(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        model = tiny_model()
+    with pytest.raises(ValueError, match="meta device"):
+        hub.save_pretrained(model, tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_safetensors_error_names_the_file(tmp_path: Path, damage: str) -> None:
+    hub.save_pretrained(tiny_model(), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(b"\x07not a safetensors file" if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match="safetensors") as info:
+        hub.load_saved(tmp_path)
+    assert str(weights) in str(info.value)
+
+
+def test_missing_or_broken_config_error_names_the_file(tmp_path: Path) -> None:
+    hub.save_pretrained(tiny_model(), tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text("{ not json")
+    with pytest.raises(ValueError, match="not valid JSON") as info:
+        hub.load_saved(tmp_path)
+    assert str(config) in str(info.value)
+    config.write_text(json.dumps({"model_type": "vivit", "hidden_size": 768}))
+    with pytest.raises(ValueError, match="from_transformers"):
+        hub.load_saved(tmp_path)
+    config.unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        hub.load_saved(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        hub.load_saved(tmp_path / "nowhere")
+
+
+def test_missing_weights_error_names_the_file(tmp_path: Path) -> None:
+    hub.save_pretrained(tiny_model(), tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        hub.load_saved(tmp_path)
+
+
+# --------------------------------------------------------------------------------- Hub (in a subprocess)
+_PRELUDE = """
+import json, sys
+from vivit import hub
+
+def attempt(fn, *args, **kwargs):
+    try:
+        return {"ok": str(fn(*args, **kwargs))}
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        return {"error": type(err).__name__, "message": str(err)}
+"""
+
+
+def run_hub(code: str, server: HubServer, hf_home: Path, **env: str) -> dict:
+    """Run ``code`` (after ``_PRELUDE``) against the loopback Hub; returns the JSON its last line prints."""
+    child = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIVIT_"))}
+    child.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(hf_home), HF_HUB_DISABLE_XET="1",
+                 HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost",
+                 no_proxy="127.0.0.1,localhost", **env)
+    child["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _PRELUDE + code], env=child, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def saved_repo(tmp_path: Path) -> tuple[vivit.ViViT, Path]:
+    model = tiny_model()
+    return model, hub.save_pretrained(model, tmp_path / "repo")
+
+
+def test_hf_hub_file_round_trip_through_the_loopback_hub(tmp_path: Path, saved_repo: tuple) -> None:
+    model, folder = saved_repo
+    code = f"""
+import torch, vivit
+config = hub.hf_hub_file("vivit-test/tiny", "config.json")
+weights = hub.hf_hub_file("vivit-test/tiny", "model.safetensors", revision="{COMMIT}")
+cfg, state = hub.load_saved(weights.parent)
+rebuilt = vivit.ViViT(**cfg["model_args"])
+rebuilt.load_state_dict(state)
+torch.save(rebuilt.state_dict(), {str(tmp_path / "rebuilt.pt")!r})
+print(json.dumps({{"same_folder": config.parent == weights.parent, "commit": weights.parent.name}}))
+"""
+    with HubServer(repos={"vivit-test/tiny": folder}) as server:
+        result = run_hub(code, server, tmp_path / "hf")
+    assert result == {"same_folder": True, "commit": COMMIT}
+    rebuilt = torch.load(tmp_path / "rebuilt.pt", weights_only=True)
+    assert all(torch.equal(rebuilt[k], v) for k, v in model.state_dict().items())
+    assert ("HEAD", "/vivit-test/tiny/resolve/main/config.json") in server.requests
+    assert not any(path.startswith("/api/models") for _, path in server.requests)  # resolve is all it needs
+
+
+def test_hf_hub_file_missing_file_repo_and_revision_are_clear_errors(tmp_path: Path) -> None:
+    code = """
+print(json.dumps([attempt(hub.hf_hub_file, "vivit-test/tiny", "model.safetensors"),
+                  attempt(hub.hf_hub_file, "vivit-test/nope", "config.json"),
+                  attempt(hub.hf_hub_file, "vivit-test/tiny", "config.json", "v9")]))
+"""
+    with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}) as server:
+        file, repo, revision = run_hub(code, server, tmp_path / "hf")
+    assert file["error"] == "FileNotFoundError"
+    assert "'vivit-test/tiny'" in file["message"] and "no file 'model.safetensors'" in file["message"]
+    assert f"{server.endpoint}/vivit-test/tiny/resolve/main/model.safetensors" in file["message"]
+    assert repo["error"] == "FileNotFoundError" and "'vivit-test/nope' was not found" in repo["message"]
+    assert revision["error"] == "FileNotFoundError" and "no revision 'v9'" in revision["message"]
+
+
+def test_hf_hub_file_offline_with_empty_cache_is_a_clear_error(tmp_path: Path) -> None:
+    code = 'print(json.dumps(attempt(hub.hf_hub_file, "vivit-test/tiny", "config.json")))'
+    with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}) as server:
+        result = run_hub(code, server, tmp_path / "hf", HF_HUB_OFFLINE="1")
+    assert result["error"] == "RuntimeError"
+    for text in ("offline", "'vivit-test/tiny'", "'config.json'", "revision 'main'", "vivit.load_pretrained",
+                 "hf download vivit-test/tiny config.json"):
+        assert text in result["message"], text
+    assert not any(path.startswith("/vivit-test") for _, path in server.requests)
+
+
+def test_hf_hub_file_offline_serves_the_hugging_face_cache(tmp_path: Path) -> None:
+    code = 'print(json.dumps(attempt(hub.hf_hub_file, "vivit-test/tiny", "config.json")))'
+    with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}) as server:
+        online = run_hub(code, server, tmp_path / "hf")
+        n = len(server.requests)
+        offline = run_hub(code, server, tmp_path / "hf", VIVIT_OFFLINE="1")
+    assert "ok" in online and offline == online
+    assert len(server.requests) == n
+
+
+def test_push_to_hub_refused_by_the_hub_is_a_clear_error(tmp_path: Path) -> None:
+    code = f"""
+import vivit
+model = vivit.ViViT(**{TINY_ARGS!r})
+print(json.dumps(attempt(hub.push_to_hub, model, "me/tiny", private=True)))
+"""
+    with HubServer() as server:
+        result = run_hub(code, server, tmp_path / "hf", HF_TOKEN="hf_loopbacktesttoken")
+    assert result["error"] == "RuntimeError"
+    assert "'me/tiny'" in result["message"] and "403" in result["message"] and "hf auth login" in result["message"]
+    assert ("POST", "/api/repos/create") in server.requests
+
+
+def test_push_to_hub_checks_arguments_and_offline_mode_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="repo id"):
+        hub.push_to_hub(tiny_model(), "not a repo")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="offline mode"):
+        hub.push_to_hub(tiny_model(), "hf-hub:me/tiny@dev")
+
+
+def test_importing_hub_loads_no_optional_dependency() -> None:
+    code = ("import sys, vivit; before = set(sys.modules); import vivit.hub; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(new & {'huggingface_hub', 'safetensors', 'httpx2', 'httpx', 'tqdm'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
