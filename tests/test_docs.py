@@ -1,0 +1,26 @@
+"""Generated documentation stays in sync with the registry."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_models_table_is_generated_from_the_registry():
+    spec = importlib.util.spec_from_file_location("flops", ROOT / "benchmarks" / "flops.py")
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    assert (ROOT / "docs" / "models.md").read_text() == flops.table(), (
+        "docs/models.md is stale: run python benchmarks/flops.py --write docs/models.md")
+
+
+def test_paper_compute_is_reproduced_within_one_percent():
+    spec = importlib.util.spec_from_file_location("flops", ROOT / "benchmarks" / "flops.py")
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    for name, gflops in flops.PAPER_GFLOPS.items():
+        params, gmacs = flops.count(name)
+        assert abs(gmacs - gflops) / gflops < 0.01, (name, gmacs)
+        assert abs(params - flops.PAPER_PARAMS_M[name]) / flops.PAPER_PARAMS_M[name] < 0.005, (name, params)
