@@ -110,7 +110,8 @@ def test_pretrained_cfgs_describe_the_released_checkpoints():
 
 def test_timm_sees_every_architecture_and_tag():
     timm = pytest.importorskip("timm")
-    assert sorted(timm.list_models("vivit*")) == vivit.list_models()
+    assert sorted(timm.list_models("vivit_*")) == vivit.list_models()
+    assert "vivit" in timm.list_models("vivit")  # custom configurations saved by save_pretrained
     assert sorted(timm.list_pretrained("vivit*")) == vivit.list_models(pretrained=True)
     model = timm.create_model("vivit_s_16x2_fsa", num_classes=2, **TINY)
     assert isinstance(model, vivit.ViViT) and model.num_classes == 2

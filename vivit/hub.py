@@ -315,10 +315,10 @@ def _json_safe(value: Any, key: str = "") -> Any:
 
 
 def _architecture(model: nn.Module) -> str:
-    from .registry import ARCHS
+    from .registry import ARCHS, GENERIC_ARCH
 
     arch = model.pretrained_cfg.get("architecture")
-    return arch if arch in ARCHS else "vivit"
+    return arch if arch in ARCHS else GENERIC_ARCH
 
 
 def model_config(model: nn.Module, *, label_names: Sequence[str] | None = None) -> dict[str, Any]:

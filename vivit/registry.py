@@ -201,6 +201,8 @@ def create_model(
 
 # ---------------------------------------------------------------------------------------------------- timm registry
 default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute
+# save_pretrained names a model that is no registered architecture "vivit"; timm rebuilds it from model_args.
+GENERIC_ARCH = "vivit"
 
 
 def _timm_cfg(cfg: PretrainedCfg) -> dict[str, Any]:
@@ -228,7 +230,12 @@ def _timm_entrypoint(arch: str):
                 source = cfg["file"]
             elif cfg.get("tag"):
                 name = f"{arch}.{cfg['tag']}"
-        model = create_model(name, pretrained=pretrained and source is None, **kwargs)
+        if arch == GENERIC_ARCH:  # a saved custom configuration: config.json's model_args are the kwargs
+            if pretrained and source is None:
+                raise ValueError("the generic 'vivit' architecture has no weights of its own; name a source")
+            model = ViViT(**kwargs)
+        else:
+            model = create_model(name, pretrained=pretrained and source is None, **kwargs)
         if pretrained and source is not None:
             from .pretrained import load_pretrained
 
@@ -253,6 +260,6 @@ def register_timm_models() -> bool:
             cfgs[arch] = _timm_cfg(_arch_defaults(arch))
     default_cfgs.clear()
     default_cfgs.update(generate_default_cfgs(cfgs))
-    for arch in ARCHS:
+    for arch in (*ARCHS, GENERIC_ARCH):
         register_model(_timm_entrypoint(arch))
     return True
