@@ -276,7 +276,7 @@ def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True) ->
         _logger.warning("strict=False: %d missing keys %s, %d unexpected keys %s", len(missing), missing[:12],
                         len(unexpected), unexpected[:12])
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
-    if head_kept and weights.label_names:
+    if head_kept and weights.label_names and len(weights.label_names) == model.num_classes:
         model.pretrained_cfg["label_names"] = list(weights.label_names)
     return model
 
@@ -294,6 +294,10 @@ def fetch_weights(source: str | Path, model: ViViT) -> Weights:
         if weights.grid is None and cfg.source_format == "scenic":
             c, t, h, w = cfg.input_size
             weights.grid = _grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
+        if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
+            from .labels import label_names
+
+            weights.label_names = label_names(cfg.label_set)
         return weights
     if text.startswith(hub.HUB_PREFIXES):
         repo_id, revision = hub.parse_hub_name(text)
