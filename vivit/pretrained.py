@@ -348,6 +348,27 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
     return load_weights_into(model, weights, strict=strict)
 
 
+def _model_from_config(config: Mapping[str, Any], weights_file: Any, where: str, overrides: Mapping[str, Any]):
+    """A model built from a vivit or transformers ``config.json`` (``weights_file()`` is read only when needed)."""
+    if isinstance(config.get("model_args"), dict):
+        args, labels = dict(config["model_args"]), config.get("label_names")
+        pretrained_cfg = dict(config.get("pretrained_cfg") or {})
+    elif config.get("model_type") == "vivit":
+        from .convert.transformers import _config_dict, model_args_from_transformers
+
+        args = model_args_from_transformers(_config_dict(config), _read_flat(weights_file()))
+        labels, pretrained_cfg = None, {}
+    else:
+        raise ValueError(f"{where} is not a vivit or transformers ViViT model (config.json keys: "
+                         f"{sorted(config)[:10]})")
+    model = ViViT(**{**args, **overrides})
+    model.pretrained_cfg = {**pretrained_cfg, "input_size": (model.in_chans, model.num_frames, *model.img_size),
+                            "num_classes": model.num_classes}
+    if labels and model.num_classes == len(labels):
+        model.pretrained_cfg["label_names"] = list(labels)
+    return model
+
+
 def create_from_hub(name: str, pretrained: bool = False, **overrides: Any) -> ViViT:
     """``create_model("hf-hub:org/repo[@rev]")``: rebuild the architecture from the repo's config.json.
 
@@ -359,25 +380,23 @@ def create_from_hub(name: str, pretrained: bool = False, **overrides: Any) -> Vi
 
     repo_id, revision = hub.parse_hub_name(name)
     config = _read_json(hub.hf_hub_file(repo_id, "config.json", revision))
-    if isinstance(config.get("model_args"), dict):
-        args = dict(config["model_args"])
-        labels = config.get("label_names")
-        pretrained_cfg = dict(config.get("pretrained_cfg") or {})
-    elif config.get("model_type") == "vivit":
-        from .convert.transformers import _config_dict, model_args_from_transformers
+    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision), f"hf-hub:{repo_id}", overrides)
+    model.pretrained_cfg.update(hf_hub_id=repo_id, source="hf-hub")
+    return load_pretrained(model, name) if pretrained else model
 
-        weights = _hub_weights_file(repo_id, revision)
-        args = model_args_from_transformers(_config_dict(config), _read_flat(weights))
-        labels, pretrained_cfg = None, {}
-    else:
-        raise ValueError(f"hf-hub:{repo_id} is not a vivit or transformers ViViT repo (config.json keys: "
-                         f"{sorted(config)[:10]})")
-    model = ViViT(**{**args, **overrides})
-    model.pretrained_cfg = {**pretrained_cfg, "hf_hub_id": repo_id, "source": "hf-hub",
-                            "input_size": (model.in_chans, model.num_frames, *model.img_size),
-                            "num_classes": model.num_classes}
-    if labels and model.num_classes == len(labels):
-        model.pretrained_cfg["label_names"] = list(labels)
-    if pretrained:
-        load_pretrained(model, name)
-    return model
+
+def create_from_folder(path: str | Path, pretrained: bool = True, **overrides: Any) -> ViViT:
+    """``create_model("local-dir:PATH")``: a folder written by ``save_pretrained`` or a transformers ViViT folder."""
+    folder = Path(path)
+    fmt = detect_format(folder)
+    if fmt not in ("vivit-folder", "transformers-folder"):
+        raise ValueError(f"{folder} is a {fmt} source, not a model folder: create the architecture and call "
+                         "vivit.load_pretrained(model, path)")
+
+    def weights_file() -> Path:
+        return next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()),
+                    folder / "model.safetensors")
+
+    model = _model_from_config(_read_json(folder / "config.json"), weights_file, str(folder), overrides)
+    model.pretrained_cfg.update(file=str(folder), source="local-dir")
+    return load_pretrained(model, folder) if pretrained else model

@@ -168,7 +168,8 @@ def create_model(
     """Create a registered ViViT, optionally with weights.
 
     Args:
-        name: ``"vivit_b_16x2_fe"``, ``"vivit_b_16x2_fe.k400"`` (a pretrained tag) or ``"hf-hub:org/repo[@rev]"``.
+        name: ``"vivit_b_16x2_fe"``, ``"vivit_b_16x2_fe.k400"`` (a pretrained tag), ``"hf-hub:org/repo[@rev]"`` or
+            ``"local-dir:PATH"`` (a ``save_pretrained`` or transformers ViViT folder).
         pretrained: Load the tag's weights (the architecture's first released tag when none is named).
         num_classes: New head size; with weights, only the head is left at its (zero) init.
         num_frames: Clip length; positional embeddings of loaded weights are resampled to it.
@@ -177,10 +178,14 @@ def create_model(
     """
     overrides = {k: v for k, v in dict(num_classes=num_classes, num_frames=num_frames, img_size=img_size).items()
                  if v is not None}
-    if name.startswith("hf-hub:"):
+    if name.startswith(("hf-hub:", "hf_hub:")):
         from .pretrained import create_from_hub
 
         return create_from_hub(name, pretrained=pretrained, **overrides, **kwargs)
+    if name.startswith("local-dir:"):
+        from .pretrained import create_from_folder
+
+        return create_from_folder(name[len("local-dir:"):], pretrained=pretrained, **overrides, **kwargs)
     arch, cfg = resolve_name(name)
     args = {**ARCHS[arch], "num_classes": cfg.num_classes, **overrides, **kwargs}
     model = ViViT(**args)

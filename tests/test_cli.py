@@ -1,0 +1,70 @@
+"""The ``vivit`` command, run as a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vivit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vivit", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_list_prints_architectures_and_tags():
+    out = run_cli("list", "vivit_b*")
+    assert out.returncode == 0 and out.stdout.split() == vivit.list_models("vivit_b*")
+    tags = run_cli("list", "--pretrained", "--json")
+    rows = json.loads(tags.stdout)
+    assert [r["architecture"] + "." + r["tag"] for r in rows] == vivit.list_models(pretrained=True)
+
+
+def test_convert_reference_checkpoint_writes_a_hub_ready_folder(tmp_path, golden_dir):
+    checkpoint = golden_dir / "scenic" / "checkpoints" / "vivit_spacetime_A_optax" / "checkpoint_1000"
+    sidecar = golden_dir / "scenic" / "vivit_spacetime_A.json"
+    out = run_cli("convert", checkpoint, tmp_path / "out", "--scenic-config", sidecar, "--img-size", "16")
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
+    model = vivit.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).eval()
+    arrays = np.load(golden_dir / "scenic" / "vivit_spacetime_A.npz")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(arrays["input"]).permute(0, 4, 1, 2, 3)).numpy()
+    np.testing.assert_allclose(logits, arrays["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_convert_transformers_folder_and_resample_frames(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 16, 16], hidden_size=16,
+                                      num_hidden_layers=1, num_attention_heads=4, intermediate_size=32, num_labels=3)
+    transformers.VivitForVideoClassification(config).save_pretrained(tmp_path / "hf")
+    out = run_cli("convert", tmp_path / "hf", tmp_path / "out", "--num-frames", "8")
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_args"]["num_frames"] == 8
+    assert saved["model_args"]["act_layer"] == "gelu_tanh"  # VivitConfig's default hidden_act is gelu_fast
+
+
+def test_convert_bare_weights_need_an_architecture(tmp_path):
+    model = vivit.create_model("vivit_ti_16x2", depth=1, img_size=32, num_frames=4, num_classes=2)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    out = run_cli("convert", tmp_path / "w.pt", tmp_path / "out")
+    assert out.returncode != 0 and "--arch" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("convert", tmp_path / "w.pt", tmp_path / "out", "--arch", "vivit_ti_16x2", "--num-classes", "2",
+                  "--img-size", "32", "--num-frames", "4")
+    assert out.returncode == 1 and "encoder.blocks.1" in out.stderr  # depth 12 expected, the file has 1 block
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "junk.bin").write_bytes(b"\x00\x01junk" * 10)
+    out = run_cli("convert", tmp_path / "junk.bin", tmp_path / "out", "--arch", "vivit_ti_16x2")
+    assert out.returncode == 1 and "junk.bin" in out.stderr and "Traceback" not in out.stderr
