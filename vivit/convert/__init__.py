@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .checkpoint import read_scenic_checkpoint
 from .scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
 from .transformers import from_transformers
+
+if TYPE_CHECKING:
+    from ..model import ViViT
 
 __all__ = ["from_scenic", "from_transformers", "read_scenic_checkpoint"]
 
@@ -21,7 +24,7 @@ def from_scenic(
     img_size: int | tuple[int, int],
     num_frames: int | None = None,
     **model_kwargs: Any,
-):
+) -> ViViT:
     """Build a ViViT from reference (scenic) parameters and the reference config.
 
     Args:
