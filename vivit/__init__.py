@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import convert
+from . import convert, transforms, video
 from .inflate import inflate
 from .model import ViViT
 from .pretrained import load_pretrained
@@ -15,4 +15,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
 
-__all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "__version__"]
+__all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "video", "transforms",
+           "__version__"]

@@ -1,0 +1,72 @@
+"""vivit.evaluate: views are batched and their logits averaged, no softmax first (SPEC 4.2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vivit
+from vivit.evaluate import predict_video, predict_views
+
+from .conftest import TINY
+
+
+class _Recorder(torch.nn.Module):
+    """Logits = per-view mean value times a fixed vector; remembers batch sizes and its mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor([1.0, -2.0, 30.0]))
+        self.batches: list[int] = []
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        self.modes.append(self.training)
+        return x.mean(dim=(1, 2, 3, 4))[:, None] * self.scale
+
+
+def test_logits_are_averaged_over_views_in_batches():
+    model = _Recorder()
+    clips = torch.arange(7, dtype=torch.float32).view(7, 1, 1, 1, 1).expand(7, 3, 2, 4, 4)
+    logits = predict_views(model, clips, batch_size=3)
+    assert model.batches == [3, 3, 1]
+    torch.testing.assert_close(logits, 3.0 * model.scale.detach())  # mean of 0..6 times the vector
+    per_view = predict_views(model, clips, batch_size=7, reduce=False)
+    assert per_view.shape == (7, 3)
+    torch.testing.assert_close(per_view.mean(0), logits)
+
+
+def test_the_mean_is_of_logits_not_probabilities():
+    model = _Recorder()
+    clips = torch.stack([torch.full((3, 2, 4, 4), v) for v in (1.0, 10.0)])
+    logits = predict_views(model, clips)
+    torch.testing.assert_close(logits, 5.5 * model.scale.detach())  # raw scores: one is negative, none sum to 1
+    assert logits[1] < 0
+
+
+def test_the_model_runs_in_eval_mode_and_gets_its_mode_back():
+    model = _Recorder().train()
+    predict_views(model, torch.zeros(2, 3, 2, 4, 4))
+    assert model.modes == [False] and model.training
+
+
+def test_views_must_be_five_dimensional():
+    with pytest.raises(ValueError, match=r"expected views \(V, C, T, H, W\)"):
+        predict_views(_Recorder(), torch.zeros(3, 2, 4, 4))
+
+
+def test_predict_video_runs_a_vivit_on_a_real_file(tmp_path):
+    pytest.importorskip("av")
+    from .videos import write_video
+
+    path = write_video(tmp_path / "clip.mp4", 30, 48, 64)
+    model = vivit.create_model("vivit_ti_16x2", num_classes=5, **TINY)
+    torch.nn.init.normal_(model.head.weight)
+    from vivit.video import multi_view_clips
+
+    clips = multi_view_clips(path, model, "2x3")
+    assert clips.shape == (6, 3, 4, 32, 32)
+    logits = predict_video(model, path, "2x3", batch_size=4)
+    assert logits.shape == (5,)
+    torch.testing.assert_close(logits, model.eval()(clips).mean(0), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,74 @@
+"""Multi-view evaluation (SPEC 4.2): run a model over a video's views in batches and average the logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@torch.inference_mode()
+def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int = 4, *,
+                  device: torch.device | str | None = None, reduce: bool = True,
+                  progress: bool = False) -> torch.Tensor:
+    """Logits of every view, averaged as the reference does (mean of logits, no softmax first).
+
+    The model runs in eval mode (its previous mode is restored afterwards), ``batch_size`` views at a time.
+
+    Args:
+        model: A classifier taking ``(B, C, T, H, W)``.
+        clips: ``(V, C, T, H, W)`` views, e.g. from :func:`vivit.video.multi_view_clips`.
+        batch_size: Views per forward pass.
+        device: Where to run; default the model's device. Views are moved there one batch at a time.
+        reduce: ``False`` returns the per-view logits ``(V, K)`` instead of their mean.
+        progress: Show a tqdm bar over batches (needs ``tqdm``).
+
+    Returns:
+        ``(K,)`` float32 averaged logits (``(V, K)`` with ``reduce=False``), on the CPU.
+    """
+    if clips.ndim != 5:
+        raise ValueError(f"expected views (V, C, T, H, W), found shape {tuple(clips.shape)}; add a view dim with "
+                         "clips[None] for a single clip")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+    param = next(model.parameters(), None)
+    device = torch.device(device) if device is not None else (param.device if param is not None else clips.device)
+    dtype = param.dtype if param is not None and param.is_floating_point() else clips.dtype
+    batches = range(0, clips.shape[0], batch_size)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as err:
+            raise ImportError('progress bars need tqdm: pip install tqdm (or pip install "vivit[video]")') from err
+        batches = tqdm(batches, desc="views", unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = torch.cat([model(clips[i : i + batch_size].to(device, dtype)).float().cpu() for i in batches])
+    finally:
+        model.train(was_training)
+    return logits.mean(0) if reduce else logits
+
+
+def predict_video(model: torch.nn.Module, path: str | Path, views: Any = (4, 3), batch_size: int = 4, *,
+                  device: torch.device | str | None = None, backend: str = "auto",
+                  short_video: str = "loop") -> torch.Tensor:
+    """Decode ``path`` into the model's test views and return the view-averaged logits ``(K,)``.
+
+    Args:
+        model: A ViViT (its ``pretrained_cfg`` fixes clip length, stride and preprocessing).
+        path: A video file.
+        views: ``(clips, crops)`` or ``"4x3"``.
+        batch_size: Views per forward pass.
+        device: Where to run; default the model's device.
+        backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
+        short_video: ``"loop"`` (reference) or ``"error"`` for videos shorter than one clip.
+    """
+    from .video import multi_view_clips
+
+    clips = multi_view_clips(path, model, views, backend=backend, short_video=short_video)
+    return predict_views(model, clips, batch_size, device=device)
+
+
+__all__ = ["predict_video", "predict_views"]
