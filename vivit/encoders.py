@@ -5,6 +5,7 @@ A variant is chosen once, at construction, through ``ENCODERS[variant]``; the fo
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,8 @@ class Transformer(nn.Module):
     ``_from_blocks``.
     """
 
+    intermediate_blocks = "blocks"  # submodule whose block outputs forward_intermediates returns
+
     def __init__(self, num_tokens: int, dim: int, blocks: list[nn.Module], use_cls: bool, args: BlockArgs) -> None:
         super().__init__()
         self.num_prefix_tokens = int(use_cls)
@@ -63,11 +66,17 @@ class Transformer(nn.Module):
             x = torch.cat([self.cls_token.expand(*x.shape[:-2], 1, -1), x], dim=-2)
         return self.pos_drop(x + self.pos_embed)
 
-    def forward_blocks(self, x: torch.Tensor, indices: set[int] | None = None) -> torch.Tensor:
-        """Run the blocks; with ``indices``, also return the outputs of those blocks (ungrouped)."""
+    def forward_blocks(
+        self, x: torch.Tensor, indices: Collection[int] | None = None, stop_early: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the blocks; with ``indices``, also return the outputs of those blocks (ungrouped).
+
+        ``stop_early`` skips the blocks after the last one in ``indices``.
+        """
         x = self._to_blocks(x)
         taken = []
-        for i, block in enumerate(self.blocks):
+        blocks = self.blocks[: max(indices) + 1] if stop_early and indices else self.blocks
+        for i, block in enumerate(blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
@@ -76,6 +85,36 @@ class Transformer(nn.Module):
                 taken.append(self._from_blocks(x))
         x = self._from_blocks(x)
         return x if indices is None else (x, taken)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Collection[int], *, norm: bool = False, stop_early: bool = False,
+        final: bool = True,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor] | None]:
+        """Embedded tokens ``(b, *groups, n, d)`` -> final features and the outputs of the blocks in ``indices``.
+
+        Args:
+            x: Patch tokens ``(b, *groups, n, d)``, before CLS token and positional embedding.
+            indices: Block indices to return, in increasing order.
+            norm: Pass the returned block outputs through the final norm.
+            stop_early: Skip the blocks after the last one in ``indices``.
+            final: Also compute the final features (else ``None`` is returned for them).
+
+        Returns:
+            The normed final tokens ``(b, *groups, prefix + n, d)`` (or ``None``), and per chosen block its patch
+            tokens ``(b, *groups, n, d)`` and its prefix tokens ``(b, *groups, prefix, d)`` (``None`` without any).
+        """
+        x, taken = self.forward_blocks(self.embed_tokens(x), indices, stop_early)
+        taken = [self.norm(y) for y in taken] if norm else taken
+        p = self.num_prefix_tokens
+        prefix = [y[..., :p, :] for y in taken] if p else None
+        return self.norm(x) if final else None, [y[..., p:, :] for y in taken], prefix
+
+    def prune(self, num_blocks: int, prune_norm: bool = False, prune_head: bool = True) -> None:
+        """Keep the first ``num_blocks`` blocks; ``prune_norm`` replaces the final norm by ``nn.Identity``."""
+        del prune_head  # nothing after the final norm here; the model owns the head
+        self.blocks = self.blocks[:num_blocks]
+        if prune_norm:
+            self.norm = nn.Identity()
 
     def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -154,6 +193,8 @@ class FactorizedEncoder(nn.Module):
     With ``spatial_only_baseline`` there is no temporal transformer and the frame tokens are averaged.
     """
 
+    intermediate_blocks = "spatial.blocks"  # per-frame maps; the temporal tokens have no spatial grid
+
     def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
                  use_cls: bool, drop_path_rate: float, args: BlockArgs, global_pool: str, temporal_depth: int,
                  temporal_num_heads: int | None = None, temporal_mlp_dim: int | None = None,
@@ -170,9 +211,48 @@ class FactorizedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, t*s, d) -> (b, prefix + t, d)``: temporal features, or frame tokens for the spatial-only baseline."""
-        x = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=self.grid[0]))
+        return self._across_frames(self.spatial(rearrange(x, "b (t s) d -> b t s d", t=self.grid[0])))
+
+    def _across_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed spatial features ``(b, t, prefix + s, d) -> (b, prefix + t, d)`` (pool each frame, then time)."""
         x = self.spatial.pool(x, self.spatial_pool)
         return x if self.temporal is None else self.temporal(x)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Collection[int], *, norm: bool = False, stop_early: bool = False,
+        final: bool = True,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor] | None]:
+        """Intermediates of the spatial encoder, final features of the temporal one.
+
+        Args:
+            x: Patch tokens ``(b, t*s, d)``.
+            indices: Spatial block indices to return, in increasing order.
+            norm: Pass the returned block outputs through the spatial encoder's final norm.
+            stop_early: Skip the spatial blocks after the last one in ``indices`` (the final features then come from
+                the truncated spatial encoder).
+            final: Also compute the final features (else ``None`` is returned for them).
+
+        Returns:
+            The temporal encoder's normed tokens ``(b, prefix + t, d)`` (spatial-only baseline: frame tokens
+            ``(b, t, d)``) or ``None``; per chosen spatial block its patch tokens ``(b, t*s, d)`` and its per-frame
+            prefix tokens ``(b, t, prefix, d)`` (``None`` without a CLS token).
+        """
+        x, patches, prefix = self.spatial.forward_intermediates(
+            rearrange(x, "b (t s) d -> b t s d", t=self.grid[0]), indices, norm=norm, stop_early=stop_early,
+            final=final)
+        patches = [rearrange(y, "b t s d -> b (t s) d") for y in patches]
+        return None if x is None else self._across_frames(x), patches, prefix
+
+    def prune(self, num_blocks: int, prune_norm: bool = False, prune_head: bool = True) -> None:
+        """Keep ``num_blocks`` spatial blocks; ``prune_head`` also drops the temporal encoder.
+
+        The temporal encoder reads only the pooled frames, never an intermediate, so for feature extraction it is part
+        of the head; without it the encoder behaves as the spatial-only baseline (frame tokens, mean pooling).
+        """
+        self.spatial.prune(num_blocks, prune_norm)
+        if prune_head:
+            self.temporal = None
+            self.num_prefix_tokens = 0
 
     def pool(self, x: torch.Tensor, global_pool: str) -> torch.Tensor:
         """``(b, prefix + t, d) -> (b, d)``; the spatial-only baseline averages its frames (scenic ``jnp.mean``)."""

@@ -355,7 +355,7 @@ def model_config(model: nn.Module, *, label_names: Sequence[str] | None = None) 
         crop_pct=source.get("crop_pct", 224 / 256),
         num_classes=model.num_classes,
     )
-    if label_names is None and len(source.get("label_names") or ()) == model.num_classes:
+    if label_names is None and source.get("label_names") and len(source["label_names"]) == model.num_classes:
         label_names = source["label_names"]
     if label_names is not None:
         label_names = [str(n) for n in label_names]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .embed import FrameSamplingEmbed, TubeletEmbed
@@ -22,6 +24,30 @@ _NO_CLS_VARIANTS = ("factorized_self_attention", "factorized_dot_product")
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) -> list[int]:
+    """Absolute block indices, with the meaning timm's ``feature_take_indices`` gives them.
+
+    Args:
+        num_blocks: How many blocks there are to choose from.
+        indices: ``None``: every block; an int ``n``: the last ``n`` blocks; a sequence: those blocks (negative
+            indices count from the end).
+
+    Returns:
+        The chosen indices, each in ``[0, num_blocks)``.
+    """
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {num_blocks}")
+        return list(range(num_blocks - indices, num_blocks))
+    taken = [i + num_blocks if i < 0 else i for i in indices]
+    if not taken or any(not 0 <= i < num_blocks for i in taken):
+        raise ValueError(f"block indices {list(indices)} must be a non-empty list of values in "
+                         f"[-{num_blocks}, {num_blocks}): the model has {num_blocks} blocks")
+    return taken
 
 
 class PreLogits(nn.Module):
@@ -213,7 +239,86 @@ class ViViT(nn.Module):
             for m in layers.values():
                 m.record_attn, m.attn_map = False, None
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCTHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """Per-block feature maps, as timm's ``forward_intermediates`` (the video version of its ``NCHW`` maps).
+
+        Models 1, 3 and 4 return their encoder blocks. Model 2 returns its *spatial* blocks, which see each frame
+        group on its own: its maps are per-frame features stacked along ``T'``. Its temporal encoder only mixes the
+        pooled frame tokens, so it adds no map; it contributes the final features, which are the same as
+        ``forward_features`` (the temporal encoder's normed ``B x [1+]T' x D`` tokens).
+
+        Args:
+            x: Video ``B x C x T x H x W``.
+            indices: ``None``: every block; an int ``n``: the last ``n`` blocks; a sequence: those block indices
+                (negative from the end).
+            return_prefix_tokens: Return ``(map, prefix)`` pairs, ``prefix`` being the CLS token ``B x 1 x D``
+                (Model 2: one per frame, ``B x T' x 1 x D``). Models without a CLS token return plain maps.
+            norm: Pass each intermediate through the final norm of its encoder.
+            stop_early: Skip the blocks after the last chosen one (the final features then come from the truncated
+                encoder).
+            output_fmt: ``"NCTHW"``: maps ``B x D x T' x H' x W'``; ``"NLC"``: tokens ``B x T'H'W' x D``, t-major.
+            intermediates_only: Return only the list of intermediates.
+
+        Returns:
+            ``(final features, intermediates)``, or just the intermediates; intermediates are in block order.
+        """
+        if output_fmt not in ("NCTHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCTHW' (B x D x T' x H' x W' maps) or 'NLC', got {output_fmt!r}")
+        take = take_indices(len(self.encoder.get_submodule(self.encoder.intermediate_blocks)), indices)
+        self.check_input(x)
+        final, maps, prefix = self.encoder.forward_intermediates(
+            self.patch_embed(x), set(take), norm=norm, stop_early=stop_early, final=not intermediates_only)
+        if output_fmt == "NCTHW":
+            t, h, w = self.grid_size
+            maps = [rearrange(y, "b (t h w) d -> b d t h w", t=t, h=h, w=w).contiguous() for y in maps]
+        if return_prefix_tokens and prefix is not None:
+            maps = list(zip(maps, prefix, strict=True))
+        return maps if intermediates_only else (final, maps)
+
     # ------------------------------------------------------------ timm surface
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what ``forward_intermediates(indices=...)`` does not need (timm); returns the kept indices.
+
+        Args:
+            indices: The intermediates that will be asked for, as in ``forward_intermediates``.
+            prune_norm: Replace the final norm (Model 2: the spatial encoder's) by ``nn.Identity``.
+            prune_head: Remove ``pre_logits`` and the classifier; Model 2 also drops its temporal encoder, which reads
+                only pooled frames (the model then pools like the spatial-only baseline).
+        """
+        take = take_indices(len(self.encoder.get_submodule(self.encoder.intermediate_blocks)), indices)
+        self.encoder.prune(max(take) + 1, prune_norm=prune_norm, prune_head=prune_head)
+        self.model_args["depth"] = max(take) + 1  # keeps save_pretrained's config able to rebuild the model
+        if prune_head:
+            self.pre_logits = nn.Identity()
+            self.num_features = self.head_hidden_size = self.embed_dim
+            self.reset_classifier(0)
+            self.model_args.update(representation_size=None, spatial_only_baseline=(
+                hasattr(self.encoder, "temporal") and self.encoder.temporal is None))
+        return take
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """One entry per block ``forward_intermediates`` can return (timm): channels, strides, module name.
+
+        ``reduction`` is the spatial stride (the tubelet's height), ``temporal_reduction`` the tubelet's length
+        (1 for frame sampling, whose token frames are sampled frames).
+        """
+        blocks = self.encoder.intermediate_blocks
+        return [dict(module=f"encoder.{blocks}.{i}", num_chs=self.embed_dim, reduction=self.tubelet_size[1],
+                     temporal_reduction=self.tubelet_size[0])
+                for i in range(len(self.encoder.get_submodule(blocks)))]
+
     def get_classifier(self) -> nn.Module:
         """The final classification layer."""
         return self.head

@@ -77,6 +77,8 @@ class PretrainedCfg:
     paper_name: str = "ViViT: A Video Vision Transformer"
     origin_url: str = "https://github.com/google-research/scenic/tree/main/scenic/projects/vivit"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    first_conv: str = "patch_embed.proj"
+    classifier: str = "head"
 
     @property
     def name(self) -> str:
@@ -215,15 +217,38 @@ def _timm_cfg(cfg: PretrainedCfg) -> dict[str, Any]:
     return dict(url=cfg.url or "", hf_hub_id=cfg.hf_hub_id, num_classes=cfg.num_classes, input_size=cfg.input_size,
                 mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode,
                 interpolation=cfg.interpolation, license=cfg.license, paper_ids=cfg.paper_ids,
-                paper_name=cfg.paper_name, origin_url=cfg.origin_url, first_conv="patch_embed.proj",
-                classifier="head", notes=cfg.notes or None)
+                paper_name=cfg.paper_name, origin_url=cfg.origin_url, first_conv=cfg.first_conv,
+                classifier=cfg.classifier, notes=cfg.notes or None)
+
+
+def _features_only(model: ViViT, out_indices: int | list[int] | tuple[int, ...] | None = None,
+                   feature_cls: str = "getter", **feature_kwargs: Any) -> Any:
+    """Wrap ``model`` in timm's ``FeatureGetterNet``, as timm wraps its ViTs (``feature_cls='getter'``).
+
+    ``out_indices`` defaults to the last three blocks, as timm's ViT (fewer if the model has fewer). Returns a module
+    whose forward gives the chosen blocks' ``B x D x T' x H' x W'`` maps.
+    """
+    from timm.models._builder import pretrained_cfg_for_features
+    from timm.models._features import FeatureGetterNet
+
+    if feature_cls != "getter":
+        raise ValueError(f"vivit models support feature_cls='getter' (forward_intermediates), got {feature_cls!r}")
+    output_fmt = feature_kwargs.pop("output_fmt", "NCTHW")
+    if out_indices is None:
+        out_indices = min(3, len(model.feature_info))
+    features = FeatureGetterNet(model, out_indices=out_indices, **feature_kwargs)
+    features.output_fmt = output_fmt  # timm's Format enum knows only 2-D layouts; forward passes this through
+    features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return features
 
 
 def _timm_entrypoint(arch: str):
     def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,
-                   **kwargs: Any) -> ViViT:
+                   features_only: bool = False, **kwargs: Any) -> Any:
         kwargs.pop("pretrained_model_args", None)
         kwargs.pop("cache_dir", None)
+        feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls", "output_fmt", "norm", "prune")
+                          if features_only and k in kwargs}
         name, source = arch, None
         if isinstance(pretrained_cfg, str):  # timm passes the tag of "arch.tag"
             name = f"{arch}.{pretrained_cfg}" if pretrained_cfg else arch
@@ -245,7 +270,7 @@ def _timm_entrypoint(arch: str):
             from .pretrained import load_pretrained
 
             load_pretrained(model, source)
-        return model
+        return _features_only(model, **feature_kwargs) if features_only else model
 
     entrypoint.__name__ = entrypoint.__qualname__ = arch
     entrypoint.__module__ = __name__
