@@ -68,3 +68,45 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"\x00\x01junk" * 10)
     out = run_cli("convert", tmp_path / "junk.bin", tmp_path / "out", "--arch", "vivit_ti_16x2")
     assert out.returncode == 1 and "junk.bin" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ classify
+def _offline_env(tmp_path) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIVIT_"))}
+    env.update(HF_HUB_OFFLINE="1", VIVIT_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), VIVIT_CACHE=str(tmp_path / "c"))
+    return env
+
+
+def test_classify_reports_every_video_and_fails_at_the_end(tmp_path):
+    pytest.importorskip("av")
+    from tests.videos import write_truncated, write_video
+
+    model = vivit.ViViT(variant="factorized_encoder", img_size=32, num_frames=8, tubelet_size=(2, 16, 16),
+                        embed_dim=16, depth=1, temporal_depth=1, num_heads=2, mlp_dim=32, num_classes=3)
+    torch.nn.init.normal_(model.head.weight)
+    model.save_pretrained(tmp_path / "model", label_names=["left", "right", "still"])
+    good = write_video(tmp_path / "good.mp4", num_frames=20, height=40, width=56)
+    other = write_video(tmp_path / "other.avi", num_frames=12, height=36, width=36, codec="mpeg4_avi")
+    truncated = write_truncated(tmp_path / "cut.mp4", good)
+    out = run_cli("classify", good, tmp_path / "missing.mp4", truncated, other, "--model", tmp_path / "model",
+                  "--views", "2x3", "--top-k", "2", "--json", env=_offline_env(tmp_path))
+    assert out.returncode == 1, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [Path(r["video"]).name for r in rows] == ["good.mp4", "other.avi"]
+    assert all(len(r["top_k"]) == 2 and r["top_k"][0]["label"] in {"left", "right", "still"} for r in rows)
+    assert rows[0]["views"] == "2x3"
+    assert "missing.mp4" in out.stderr and "cut.mp4" in out.stderr and "Traceback" not in out.stderr
+    assert "2 of 4 videos failed" in out.stderr
+
+
+def test_classify_offline_default_model_names_the_offline_option(tmp_path):
+    pytest.importorskip("av")
+    from tests.videos import write_video
+
+    video = write_video(tmp_path / "v.mp4", num_frames=8)
+    out = run_cli("classify", video, env=_offline_env(tmp_path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "vivit_b_16x2.k400" in out.stderr and "--model vivit_motion" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

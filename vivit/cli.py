@@ -1,4 +1,4 @@
-"""The ``vivit`` command: ``list``, ``convert``. No logic of its own: it calls the package's public functions."""
+"""The ``vivit`` command: ``classify``, ``demo``, ``list``, ``convert``; it only calls the package's functions."""
 
 from __future__ import annotations
 
@@ -60,11 +60,89 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_MODEL = "vivit_b_16x2.k400"
+OFFLINE_HINT = "use --model vivit_motion (ships with vivit) or --model PATH (a saved folder or weights file)"
+
+
+def _progress(items: Sequence, desc: str):
+    """tqdm over ``items`` when stderr is a terminal and tqdm is installed; the plain sequence otherwise."""
+    if not sys.stderr.isatty():
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="video", leave=False)
+
+
+def load_model_for_cli(name: str, device: str | None = None):
+    """A model from a tag/arch name, ``hf-hub:`` name, or a local folder; one-line errors for the CLI."""
+    import vivit
+
+    if Path(name).is_dir():
+        name = f"local-dir:{name}"
+    try:
+        model = vivit.create_model(name, pretrained=True)
+    except (RuntimeError, FileNotFoundError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RuntimeError(f"cannot load {name}: {first} — {OFFLINE_HINT}") from None
+    return model.to(device).eval() if device else model.eval()
+
+
+def _top_k(logits, labels: Sequence[str] | None, k: int) -> list[dict]:
+    import torch
+
+    probs = torch.softmax(logits.float(), dim=-1)
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [{"label": labels[i] if labels else str(i), "index": int(i), "score": round(float(v), 6)}
+            for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import time
+
+    from vivit.evaluate import predict_video
+    from vivit.video import parse_views
+
+    views = parse_views(args.views)
+    model = load_model_for_cli(args.model, args.device)
+    labels = model.pretrained_cfg.get("label_names")
+    failed = 0
+    for path in _progress(args.videos, "classifying"):
+        start = time.perf_counter()
+        try:
+            logits = predict_video(model, path, views, args.batch_size, device=args.device)
+        except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+            failed += 1
+            message = str(err).splitlines()[0]
+            print(message if str(path) in message else f"{path}: {message}", file=sys.stderr)
+            continue
+        top = _top_k(logits, labels, args.top_k)
+        if args.json:
+            print(json.dumps({"video": str(path), "model": args.model, "views": f"{views[0]}x{views[1]}",
+                              "top_k": top, "seconds": round(time.perf_counter() - start, 3)}), flush=True)
+        else:
+            print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.1%})" for t in top), flush=True)
+    if failed:
+        print(f"vivit classify: {failed} of {len(args.videos)} videos failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
-    parser = argparse.ArgumentParser(prog="vivit", description="ViViT video models: list, convert")
+    parser = argparse.ArgumentParser(prog="vivit", description="ViViT video models: classify, demo, list, convert")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify videos (logits averaged over temporal x spatial views)")
+    p.add_argument("videos", nargs="+", type=Path, help="video files")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--views", default="4x3", help="temporal x spatial views, e.g. 4x3 (Kinetics) or 1x1")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per video")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--batch-size", type=int, default=4, help="views per forward pass")
+    p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("list", help="list architectures (or pretrained tags)")
     p.add_argument("filter", nargs="?", help="fnmatch pattern, e.g. 'vivit_b*'")
