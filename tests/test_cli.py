@@ -110,3 +110,19 @@ def test_classify_offline_default_model_names_the_offline_option(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "vivit_b_16x2.k400" in out.stderr and "--model vivit_motion" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_explain_writes_a_png_for_a_video(tmp_path):
+    pytest.importorskip("av")
+    pytest.importorskip("matplotlib")
+    from tests.videos import write_video
+
+    model = vivit.ViViT(variant="factorized_self_attention", img_size=32, num_frames=8, tubelet_size=(2, 16, 16),
+                        embed_dim=16, depth=1, num_heads=2, mlp_dim=32, num_classes=3)
+    model.save_pretrained(tmp_path / "model")
+    video = write_video(tmp_path / "clip.mp4", num_frames=20, height=40, width=56)
+    out = run_cli("explain", video, "--model", tmp_path / "model", "--out", tmp_path / "maps",
+                  env=_offline_env(tmp_path))
+    assert out.returncode == 0, out.stderr
+    png = tmp_path / "maps" / "clip_attention.png"
+    assert out.stdout.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"

@@ -75,14 +75,14 @@ def _progress(items: Sequence, desc: str):
     return tqdm(items, desc=desc, unit="video", leave=False)
 
 
-def load_model_for_cli(name: str, device: str | None = None):
+def load_model_for_cli(name: str, device: str | None = None, **kwargs: object):
     """A model from a tag/arch name, ``hf-hub:`` name, or a local folder; one-line errors for the CLI."""
     import vivit
 
     if Path(name).is_dir():
         name = f"local-dir:{name}"
     try:
-        model = vivit.create_model(name, pretrained=True)
+        model = vivit.create_model(name, pretrained=True, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RuntimeError(f"cannot load {name}: {first} — {OFFLINE_HINT}") from None
@@ -128,6 +128,19 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from vivit.explain import attention_heatmap, frames_for_tokens, save_attention_grid
+    from vivit.video import multi_view_clips
+
+    model = load_model_for_cli(args.model, attn_impl="eager")
+    clip = multi_view_clips(args.video, model, (1, 1))[0]
+    heat = attention_heatmap(model, clip)
+    out = save_attention_grid(frames_for_tokens(model, clip), heat, args.out / f"{args.video.stem}_attention.png",
+                              title=f"{args.model}: last-layer spatial attention")
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
     parser = argparse.ArgumentParser(prog="vivit", description="ViViT video models: classify, demo, list, convert")
@@ -143,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=4, help="views per forward pass")
     p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("explain", help="draw the model's last-layer spatial attention over a video's frames (PNG)")
+    p.add_argument("video", type=Path)
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for <video>_attention.png")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="tag, hf-hub:org/repo or folder")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("list", help="list architectures (or pretrained tags)")
     p.add_argument("filter", nargs="?", help="fnmatch pattern, e.g. 'vivit_b*'")
@@ -169,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
         print(f"vivit {args.command}: {err}", file=sys.stderr)
         return 1
 

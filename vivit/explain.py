@@ -1,0 +1,78 @@
+"""Where a ViViT looks: last-layer spatial attention over the token grid, drawn over the clip's frames.
+
+The heatmap is the attention the last spatial attention layer pays to each patch token: the CLS token's attention row
+when the model has one, else the mean over all query tokens, averaged over heads (Model 4: its space heads). It needs
+a model created with ``attn_impl="eager"``. Drawing needs matplotlib (``pip install "vivit[explain]"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from einops import rearrange
+
+from .model import ViViT
+
+
+def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
+    """Attention received per token of the last spatial attention layer.
+
+    Args:
+        model: A ViViT built with ``attn_impl="eager"``.
+        clip: One normalised clip ``(C, T, H, W)`` (or a batch of one).
+
+    Returns:
+        ``(t', h', w')`` heatmap on the model's token grid, scaled to ``[0, 1]``.
+    """
+    video = clip if clip.ndim == 5 else clip[None]
+    if video.shape[0] != 1:
+        raise ValueError(f"attention_heatmap explains one clip; got a batch of {video.shape[0]}")
+    maps = model.forward_attention_maps(video)
+    # The last layer that attends over space: Model 2's temporal and Model 3's time attention are skipped.
+    name = [n for n in maps if ".temporal." not in n and not n.endswith("attn_time")][-1]
+    weights = maps[name]["space"] if isinstance(maps[name], dict) else maps[name]  # (1, [t,] heads, q, k)
+    t, h, w = model.grid_size
+    keys = h * w if weights.ndim == 5 else t * h * w
+    prefix = weights.shape[-1] - keys
+    received = weights[..., 0, prefix:] if prefix else weights.mean(dim=-2)  # (1, [t,] heads, keys)
+    heat = received.mean(dim=-2).reshape(t, h, w)
+    return (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
+
+
+def frames_for_tokens(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
+    """One displayable uint8 frame ``(t', H, W, C)`` per temporal token: the tubelet's central frame."""
+    pixels = ((clip.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # undo x * 2 / 255 - 1
+    indices = getattr(model.patch_embed, "frame_indices", None)
+    t = model.grid_size[0]
+    if indices is None:
+        step = model.tubelet_size[0]
+        indices = torch.arange(t) * step + step // 2
+    return rearrange(pixels[:, indices[:t]], "c t h w -> t h w c")
+
+
+def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """Draw ``heat`` ``(t', h', w')`` over ``frames`` ``(t', H, W, C)`` as one PNG row; returns the path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError('drawing attention maps needs matplotlib: pip install "vivit[explain]"') from None
+    t = heat.shape[0]
+    fig, axes = plt.subplots(1, t, figsize=(2.2 * t, 2.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(frames[i].numpy())
+        size = frames.shape[1:3]
+        upsampled = torch.nn.functional.interpolate(heat[i][None, None], size=size, mode="bilinear")[0, 0]
+        ax.imshow(upsampled.numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
+        ax.set_title(f"t'={i}", fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
