@@ -30,6 +30,7 @@ def build_pair(num_frames: int, img_size: int, attn_impl: str) -> tuple[torch.nn
     hf = VivitForVideoClassification(config).eval()
     for p in hf.parameters():  # non-trivial weights so the equality check means something
         torch.nn.init.normal_(p, std=0.02)
+    torch.nn.init.normal_(hf.classifier.weight, std=1.0)  # logits of order 1, not 1e-3
     ours = vivit.convert.from_transformers(hf).eval()
     return hf, ours
 

@@ -233,6 +233,15 @@ def _as_index_list(indices: Sequence[int] | torch.Tensor) -> list[int]:
     return [int(i) for i in np.asarray(indices).reshape(-1).tolist()]
 
 
+def _check_indices(path: Path, indices: list[int], num_frames: int) -> None:
+    if not indices:
+        raise ValueError(f"{path}: indices is empty; pass at least one frame index or None for all frames")
+    bad = [i for i in indices if not 0 <= i < num_frames]
+    if bad:
+        raise VideoReadError(f"{path}: frame index {bad[0]} is out of range; the video has {num_frames} "
+                             f"frames (0 .. {num_frames - 1})")
+
+
 def _check_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -429,12 +438,7 @@ class _PyAVReader:
             if not frames:
                 raise VideoReadError(f"{self.path}: no frame could be decoded; re-fetch or re-encode it")
             return _rotate(torch.from_numpy(np.stack(frames)), self.rotation)
-        if not indices:
-            raise ValueError(f"{self.path}: indices is empty; pass at least one frame index or None for all frames")
-        bad = [i for i in indices if not 0 <= i < self.num_frames]
-        if bad:
-            raise VideoReadError(f"{self.path}: frame index {bad[0]} is out of range; the video has {self.num_frames} "
-                                 f"frames (0 .. {self.num_frames - 1})")
+        _check_indices(self.path, indices, self.num_frames)
         # The previous call's frames are kept: consecutive multi-view clips share their boundary frame.
         got = {i: self._last[i] for i in set(indices) if i in self._last}
         wanted = sorted(set(indices) - set(got))
@@ -545,12 +549,7 @@ class _TorchCodecReader:
     def read(self, indices: list[int] | None) -> torch.Tensor:
         if indices is None:
             indices = list(range(self.num_frames))
-        if not indices:
-            raise ValueError(f"{self.path}: indices is empty; pass at least one frame index or None for all frames")
-        bad = [i for i in indices if not 0 <= i < self.num_frames]
-        if bad:
-            raise VideoReadError(f"{self.path}: frame index {bad[0]} is out of range; the video has {self.num_frames} "
-                                 f"frames (0 .. {self.num_frames - 1})")
+        _check_indices(self.path, indices, self.num_frames)
         wanted = sorted(set(indices))
         frames = self._get(wanted)
         position = {i: k for k, i in enumerate(wanted)}
