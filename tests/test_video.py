@@ -313,3 +313,18 @@ def test_one_crop_views_use_the_centre_crop(files):
     clips = video.multi_view_clips(files["long_h264"], cfg, (2, 1))
     expected = eval_transform(cfg)(video.read_video(files["long_h264"], video.clip_indices(100, 4, 2, 2)[1]))
     assert clips.shape == (2, 3, 4, 32, 32) and torch.equal(clips[1], expected)
+
+
+def test_write_video_round_trips_frames(tmp_path):
+    from vivit.video import read_video, write_video
+
+    frames = torch.zeros(6, 32, 48, 3, dtype=torch.uint8)
+    for t in range(6):
+        frames[t, :, : 8 * (t + 1)] = 200  # a bar that grows each frame
+    path = write_video(tmp_path / "bar.mp4", frames, fps=8)
+    decoded = read_video(path)
+    assert decoded.shape == frames.shape
+    assert (decoded.float() - frames.float()).abs().mean() < 6  # lossy, but the same picture
+    assert not list(tmp_path.glob(".*part*"))
+    with pytest.raises(ValueError, match="even"):
+        write_video(tmp_path / "odd.mp4", torch.zeros(2, 31, 32, 3, dtype=torch.uint8))

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,31 @@ def video_info(path: str | Path, *, backend: str = "auto") -> VideoInfo:
     """
     with _open(path, backend) as reader:
         return reader.info
+
+
+def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 10.0, codec: str = "libx264") -> Path:
+    """Encode uint8 ``(T, H, W, C)`` RGB frames to a video file with PyAV (H.264 in the file's container by default).
+
+    Even frame sizes are required by the default 4:2:0 codec; the file is written to a temporary name and renamed, so
+    an interrupted write never leaves a partial video behind.
+    """
+    av = _import_av()
+    frames = torch.as_tensor(np.asarray(frames))
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"write_video expects uint8 frames T x H x W x 3, got {tuple(frames.shape)} {frames.dtype}")
+    height, width = frames.shape[1:3]
+    if codec == "libx264" and (height % 2 or width % 2):
+        raise ValueError(f"H.264 (4:2:0) needs even frame sizes, got {height} x {width}; pad or resize first")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part{path.suffix}")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames.numpy():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+    return path
 
 
 def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = None, *,
@@ -566,4 +593,4 @@ def _reason(err: BaseException, path: Path | None = None) -> str:
 
 
 __all__ = ["BACKENDS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips", "parse_views",
-           "read_video", "video_info"]
+           "read_video", "video_info", "write_video"]
