@@ -55,13 +55,13 @@ def test_every_architecture_is_a_timm_backbone_without_graph_breaks(name):
     assert isinstance(model, vivit.ViViT)
     x = clip()
     final, maps = model.forward_intermediates(x)
-    assert [m.shape for m in maps] == [(2, model.embed_dim, *GRID)] * len(model.feature_info)
+    assert [m.shape for m in maps] == [(2, model.embed_dim, *model.grid_size)] * len(model.feature_info)
     torch.testing.assert_close(final, model.forward_features(x))
 
     features = timm.create_model(name, features_only=True, **TINY)
-    assert [m.shape for m in features(x)] == [(2, model.embed_dim, *GRID)]
+    assert [m.shape for m in features(x)] == [(2, model.embed_dim, *model.grid_size)]
     assert features.feature_info.channels() == [model.embed_dim]
-    assert features.feature_info.reduction() == [16]
+    assert features.feature_info.reduction() == [model.tubelet_size[1]]
 
     explain = torch._dynamo.explain(model)(x)
     assert explain.graph_break_count == 0, explain.break_reasons

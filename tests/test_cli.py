@@ -126,3 +126,17 @@ def test_explain_writes_a_png_for_a_video(tmp_path):
     assert out.returncode == 0, out.stderr
     png = tmp_path / "maps" / "clip_attention.png"
     assert out.stdout.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
+    pytest.importorskip("av")
+    out = run_cli("demo", "--out", tmp_path / "demo", "--num", "4", env=_offline_env(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "4/4 correct" in out.stdout and "vivit classify" in out.stdout
+    videos = sorted((tmp_path / "demo").glob("*.mp4"))
+    assert len(videos) == 4
+    again = run_cli("classify", *videos, "--model", "vivit_motion", "--views", "1x1", "--json", "--top-k", "1",
+                    env=_offline_env(tmp_path))
+    assert again.returncode == 0, again.stderr
+    for video, line in zip(videos, again.stdout.splitlines(), strict=True):
+        assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]

@@ -14,9 +14,10 @@ import pytest
 from vivit.labels import LABEL_SETS, label_names
 
 REPO = Path(__file__).resolve().parents[1]
-LABEL_FILES = ("kinetics400.txt", "kinetics600.txt", "epic_kitchens100_nouns.txt", "epic_kitchens100_verbs.txt")
+LABEL_FILES = ("kinetics400.txt", "kinetics600.txt", "epic_kitchens100_nouns.txt", "epic_kitchens100_verbs.txt",
+               "motion.txt")
 COUNTS = {"kinetics400": 400, "kinetics600": 600, "epic_kitchens100_nouns": 300, "epic_kitchens100_verbs": 97,
-          "epic_kitchens100": 397}
+          "epic_kitchens100": 397, "motion": 10}
 
 
 @pytest.mark.parametrize("label_set", sorted(COUNTS))
@@ -33,6 +34,12 @@ def test_counts_no_duplicates_no_blanks(label_set: str):
 
 def test_every_label_set_is_tested():
     assert set(LABEL_SETS) == set(COUNTS)
+
+
+def test_motion_labels_are_the_generator_classes():
+    from vivit.synthetic import MOTION_CLASSES
+
+    assert label_names("motion") == list(MOTION_CLASSES)
 
 
 def test_kinetics400_equals_torchvision():

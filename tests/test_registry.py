@@ -16,9 +16,9 @@ PAPER_PARAMS_B = {"vivit_b_16x2": 88.9e6, "vivit_b_16x2_fe": 115.1e6, "vivit_b_1
                   "vivit_b_16x2_fdp": 88.9e6}
 
 
-def test_registry_has_the_19_architectures_of_the_spec():
+def test_registry_has_the_19_architectures_of_the_spec_and_the_embedded_model():
     names = vivit.list_models()
-    assert len(names) == 19
+    assert len(names) == 20 and "vivit_motion" in names
     assert "vivit_ti_16x2_fdp" not in names  # 3 heads cannot be split between time and space
     for size in ("ti", "s", "b", "l", "h"):
         for suffix in ("", "_fe", "_fsa") + (("_fdp",) if size != "ti" else ()):
@@ -30,7 +30,7 @@ def test_list_models_filters_and_lists_pretrained_tags():
                                          "vivit_s_16x2_fe", "vivit_ti_16x2_fe"]
     assert vivit.list_models(pretrained=True) == ["vivit_b_16x2.k400", "vivit_b_16x2_fe.k400",
                                                   "vivit_l_16x2_fe.ek100", "vivit_l_16x2_fe.k400",
-                                                  "vivit_l_16x2_fe.k600"]
+                                                  "vivit_l_16x2_fe.k600", "vivit_motion.synthetic"]
     assert vivit.list_models("vivit_l*", pretrained=True) == ["vivit_l_16x2_fe.ek100", "vivit_l_16x2_fe.k400",
                                                               "vivit_l_16x2_fe.k600"]
 
@@ -47,8 +47,8 @@ def test_every_model_trains_at_tiny_size(name):
     assert not no_grad, no_grad
 
 
-@pytest.mark.parametrize("name", sorted(ARCHS))
-def test_every_model_builds_full_size_on_meta(name):
+@pytest.mark.parametrize("name", sorted(set(ARCHS) - {"vivit_motion"}))
+def test_every_paper_model_builds_full_size_on_meta(name):
     with torch.device("meta"):
         model = vivit.create_model(name)
     assert model.grid_size == (16, 14, 14)
@@ -103,7 +103,7 @@ def test_pretrained_cfgs_describe_the_released_checkpoints():
     ek = PRETRAINED["vivit_l_16x2_fe.ek100"]
     assert ek.num_classes == 397 and ek.class_splits == (300, 97) and ek.top1 == 43.6
     assert PRETRAINED["vivit_b_16x2.k400"].hf_hub_id == "google/vivit-b-16x2-kinetics400"
-    for cfg in PRETRAINED.values():
+    for cfg in (c for c in PRETRAINED.values() if c.architecture != "vivit_motion"):
         assert cfg.has_weights and cfg.input_size == (3, 32, 224, 224)
         assert (cfg.url or "").startswith(("", "https://storage.googleapis.com/scenic-bucket/vivit/"))
 
@@ -123,3 +123,18 @@ def test_import_vivit_loads_no_optional_heavy_dependency():
             "print(sorted(m for m in ('av', 'torchcodec', 'transformers', 'msgpack') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_embedded_motion_model_works_offline_and_needs_time(monkeypatch):
+    from vivit.synthetic import make_dataset
+
+    monkeypatch.setenv("VIVIT_OFFLINE", "1")
+    model = vivit.create_model("vivit_motion", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"][-2:] == ["blinking", "static"]
+    videos, labels = make_dataset(60, seed=2024)
+    x = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() * 2 / 255 - 1
+    with torch.no_grad():
+        accuracy = (model(x).argmax(-1) == torch.from_numpy(labels)).float().mean()
+        reversed_accuracy = (model(x.flip(2)).argmax(-1) == torch.from_numpy(labels)).float().mean()
+    assert accuracy >= 0.95
+    assert reversed_accuracy < 0.5  # playing the clips backwards changes the answer: the model reads time

@@ -128,6 +128,40 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from vivit.evaluate import predict_video
+    from vivit.synthetic import MOTION_CLASSES, make_clip
+    from vivit.video import write_video
+
+    model = load_model_for_cli("vivit_motion")
+    labels = model.pretrained_cfg["label_names"]
+    frames, size = model.num_frames, model.img_size[0]
+    out = args.out or Path(tempfile.mkdtemp(prefix="vivit-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    print(f"vivit demo: {args.num} generated clips -> {out}, classified by vivit_motion (ships with vivit, offline)")
+    correct = 0
+    for i in range(args.num):
+        label = int(rng.integers(len(MOTION_CLASSES)))
+        clip = torch.from_numpy(make_clip(label, rng, num_frames=frames, size=size))
+        big = clip.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)  # 4x larger to look at
+        path = write_video(out / f"clip{i}_{MOTION_CLASSES[label]}.mp4", big, fps=8)
+        probs = torch.softmax(predict_video(model, path, (1, 1)), dim=-1)
+        score, index = probs.max(dim=-1)
+        ok = labels[int(index)] == MOTION_CLASSES[label]
+        correct += ok
+        print(f"  {path.name:34s} truth {MOTION_CLASSES[label]:18s} predicted {labels[int(index)]:18s} "
+              f"{float(score):6.1%} {'ok' if ok else 'WRONG'}")
+    print(f"{correct}/{args.num} correct. Next: vivit classify YOUR_VIDEO.mp4 (the paper's ViViT-B, Kinetics-400; "
+          "downloads once) or vivit classify YOUR_VIDEO.mp4 --model vivit_motion --views 1x1 (offline)")
+    return 0
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from vivit.explain import attention_heatmap, frames_for_tokens, save_attention_grid
     from vivit.video import multi_view_clips
@@ -156,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=4, help="views per forward pass")
     p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
+    p.add_argument("--out", type=Path, help="folder for the clips (default: a new temporary folder)")
+    p.add_argument("--num", type=int, default=6, help="how many clips")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("explain", help="draw the model's last-layer spatial attention over a video's frames (PNG)")
     p.add_argument("video", type=Path)

@@ -290,8 +290,14 @@ def fetch_weights(source: str | Path, model: ViViT) -> Weights:
     text = str(source)
     if text in PRETRAINED:
         cfg = PRETRAINED[text]
-        weights = fetch_weights(f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url, model)
-        if weights.grid is None and cfg.source_format == "scenic":
+        if cfg.file:  # shipped inside the package
+            from importlib import resources
+
+            source_path = Path(str(resources.files("vivit").joinpath(cfg.file)))
+        else:
+            source_path = f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+        weights = fetch_weights(source_path, model)
+        if weights.grid is None and cfg.source_format in ("scenic", "vivit"):
             c, t, h, w = cfg.input_size
             weights.grid = _grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
         if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
@@ -340,7 +346,7 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
     if source is None:
         cfg = model.pretrained_cfg or {}
         name = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg.get("architecture")
-        if not cfg.get("hf_hub_id") and not cfg.get("url"):
+        if not cfg.get("hf_hub_id") and not cfg.get("url") and not cfg.get("file"):
             raise ValueError(f"model {name or '(unnamed)'} has no default weights; pass a source (tag, 'hf-hub:...', "
                              "URL or local path)")
         source = name

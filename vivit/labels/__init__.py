@@ -25,6 +25,7 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
     "epic_kitchens100": ("epic_kitchens100_nouns.txt", "epic_kitchens100_verbs.txt"),
     "epic_kitchens100_nouns": ("epic_kitchens100_nouns.txt",),
     "epic_kitchens100_verbs": ("epic_kitchens100_verbs.txt",),
+    "motion": ("motion.txt",),
 }
 
 
