@@ -30,6 +30,14 @@ def count(name: str) -> tuple[float, float]:
     return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e9
 
 
+def _source(cfg) -> str:
+    if cfg.hf_hub_id:
+        return f"Hub `{cfg.hf_hub_id}`"
+    if cfg.url:
+        return f"[reference]({cfg.url})"
+    return "in the package"
+
+
 def table() -> str:
     """The zoo table in Markdown."""
     lines = [
@@ -39,15 +47,18 @@ def table() -> str:
         "sync. Parameters with a 400-class head; GMACs (the paper's \"FLOPs\") per 32×224² view, counted with",
         "`torch.utils.flop_counter` on the meta device.",
         "",
-        "| architecture | variant | params (M) | GMACs | paper params / GFLOPs | released weights (top-1, views) |",
-        "| --- | --- | ---: | ---: | --- | --- |",
+        "| architecture | variant | input (T×H×W) | params (M) | GMACs | paper params / GFLOPs | "
+        "released weights (top-1 %, views, source, license) |",
+        "| --- | --- | --- | ---: | ---: | --- | --- |",
     ]
     for name in sorted(ARCHS):
         params, gmacs = count(name)
         paper = f"{PAPER_PARAMS_M[name]} / {PAPER_GFLOPS[name]}" if name in PAPER_GFLOPS else ""
-        tags = [f"`.{c.tag}` ({c.top1}, {c.eval_views})" for c in PRETRAINED.values() if c.architecture == name]
-        lines.append(f"| `{name}` | {ARCHS[name]['variant']} | {params:.1f} | {gmacs:.1f} | {paper} | "
-                     f"{', '.join(tags)} |")
+        tags = [f"`.{c.tag}` ({c.top1}, {c.eval_views}, {_source(c)}, {c.license})"
+                for c in PRETRAINED.values() if c.architecture == name]
+        arch = ARCHS[name]
+        lines.append(f"| `{name}` | {arch['variant']} | {arch['num_frames']}×{arch['img_size']}² | {params:.1f} | "
+                     f"{gmacs:.1f} | {paper} | {'; '.join(tags)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,3 +24,15 @@ def test_paper_compute_is_reproduced_within_one_percent():
         params, gmacs = flops.count(name)
         assert abs(gmacs - gflops) / gflops < 0.01, (name, gmacs)
         assert abs(params - flops.PAPER_PARAMS_M[name]) / flops.PAPER_PARAMS_M[name] < 0.005, (name, params)
+
+
+def test_figures_are_generated_by_the_script(tmp_path):
+    pytest = __import__("pytest")
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    written = figures.main(tmp_path)
+    assert [p.name for p in written] == ["token_grouping.png", "attention_motion.png", "compute.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+    assert all((ROOT / "docs" / "images" / p.name).is_file() for p in written)  # the committed copies exist
