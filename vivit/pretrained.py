@@ -101,7 +101,7 @@ def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} is not a readable torch file ({str(err)[:200]}); it may be truncated") from None
     for key in ("state_dict", "model", "model_state_dict", "module"):  # training checkpoints wrap the weights
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict) and key not in ("head",):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
