@@ -570,28 +570,14 @@ def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
 
 
 def _load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from .pretrained import read_safetensors, read_torch_state_dict
+
     path = directory / WEIGHTS_NAME
     if path.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except SafetensorError as err:
-            raise ValueError(f"{path} is not a valid safetensors file ({err}); it is corrupt or truncated: re-save "
-                             "or re-download it") from None
+        return read_safetensors(path)
     legacy = directory / LEGACY_WEIGHTS_NAME
     if legacy.is_file():
-        import pickle
-
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"{legacy} is not a readable torch state dict ({_first_line(err)}); it is corrupt or "
-                             "truncated: re-save or re-download it") from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{legacy} does not hold a flat state dict of tensors")
-        return state
+        return read_torch_state_dict(legacy)
     raise FileNotFoundError(f"{path} is missing: {directory} has no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
 
 

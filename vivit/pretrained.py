@@ -13,7 +13,7 @@ import math
 import pickle
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ class Weights:
     state: dict[str, torch.Tensor]
     grid: tuple[int, int, int] | None = None  # token grid the weights were trained on, when known
     label_names: list[str] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -91,7 +90,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------- reading
-def _load_torch(path: Path) -> dict[str, torch.Tensor]:
+def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A torch state dict file (``weights_only=True``; training checkpoints' ``state_dict``/``model`` unwrapped)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)  # never executes pickled code
     except pickle.UnpicklingError as err:
@@ -109,7 +109,8 @@ def _load_torch(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file; ``ValueError`` naming it when corrupt or truncated."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -136,7 +137,7 @@ def read_weights(path: str | Path, model: ViViT) -> Weights:
         from .hub import load_saved
 
         config, state = load_saved(path)
-        return Weights(state, _grid_of_args(config["model_args"]), config.get("label_names"), {"format": fmt})
+        return Weights(state, _grid_of_args(config["model_args"]), config.get("label_names"))
     if fmt == "transformers-folder":
         weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
         if weights is None:
@@ -148,13 +149,13 @@ def read_weights(path: str | Path, model: ViViT) -> Weights:
         from .convert.scenic import convert_scenic_params
 
         params = read_scenic_checkpoint(path) if fmt == "scenic" else _load_npz(path)
-        return Weights(convert_scenic_params(params, model.variant), meta={"format": fmt})
+        return Weights(convert_scenic_params(params, model.variant))
     state = _read_flat(path)
     return _from_state_dict(state, path)
 
 
 def _read_flat(path: Path) -> dict[str, torch.Tensor]:
-    return _load_safetensors(path) if detect_format(path) == "safetensors" else _load_torch(path)
+    return read_safetensors(path) if detect_format(path) == "safetensors" else read_torch_state_dict(path)
 
 
 def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
@@ -169,15 +170,14 @@ def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
             k.startswith("encoder.") for k in keys):
         raise ValueError(f"{path} holds a 2D image ViT (patch_embed.proj is a Conv2d): use vivit.inflate(model, "
                          "state_dict) to inflate it into a video model")
-    return Weights(state, meta={"format": "state-dict"})
+    return Weights(state)
 
 
 def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
     from .convert.transformers import from_transformers
 
     source = from_transformers(state, config)
-    return Weights(source.state_dict(), source.grid_size, source.pretrained_cfg.get("label_names"),
-                   {"format": "transformers"})
+    return Weights(source.state_dict(), source.grid_size, source.pretrained_cfg.get("label_names"))
 
 
 def _grid_of_args(args: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -310,8 +310,7 @@ def fetch_weights(source: str | Path, model: ViViT) -> Weights:
         config = _read_json(hub.hf_hub_file(repo_id, "config.json", revision))
         weights_file = _hub_weights_file(repo_id, revision)
         if isinstance(config.get("model_args"), dict):
-            return Weights(_read_flat(weights_file), _grid_of_args(config["model_args"]), config.get("label_names"),
-                           {"format": "vivit-hub", "repo": repo_id})
+            return Weights(_read_flat(weights_file), _grid_of_args(config["model_args"]), config.get("label_names"))
         if config.get("model_type") == "vivit":
             return _from_transformers(_read_flat(weights_file), config)
         raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
