@@ -38,6 +38,44 @@ def test_forward_is_forward_head_of_forward_features(variant):
     assert model(x).shape == (2, 3)
 
 
+@pytest.mark.parametrize("variant, kwargs", [
+    ("spacetime", {}), ("spacetime", dict(global_pool="first")), ("factorized_encoder", {}),
+    ("factorized_encoder", dict(spatial_only_baseline=True)), ("factorized_encoder", dict(global_pool="first")),
+])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_last_block_computes_token_zero_alone_with_the_same_values_and_gradients(variant, kwargs, checkpointing):
+    model = tiny(variant, **kwargs).train()  # no dropout configured, so train mode is deterministic
+    model.set_grad_checkpointing(checkpointing)
+    x = torch.randn(2, 3, 4, 16, 24)
+    seen = []
+    last_blocks = [enc.blocks[-1] for enc in (getattr(model.encoder, "spatial", model.encoder),
+                                               getattr(model.encoder, "temporal", None)) if enc is not None]
+    for block in last_blocks:
+        block.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-2]))
+
+    full = model.forward_head(model.forward_features(x))
+    full_grads = torch.autograd.grad(full.square().sum(), list(model.parameters()), allow_unused=True)
+    seen_full, seen[:] = list(seen), []
+    trimmed = model(x)
+    trimmed_grads = torch.autograd.grad(trimmed.square().sum(), list(model.parameters()), allow_unused=True)
+
+    assert all(n == 1 for n in seen) and all(n > 1 for n in seen_full), (seen, seen_full)
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-6)
+    names = [n for n, _ in model.named_parameters()]
+    for name, a, b in zip(names, trimmed_grads, full_grads, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            # Summation order differs (fewer rows in the last block), so compare against the gradient's scale.
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (name, (a - b).abs().max(), b.abs().max())
+
+
+@pytest.mark.parametrize("variant", ["factorized_self_attention", "factorized_dot_product"])
+def test_regrouped_encoders_ignore_head_token_only(variant):
+    model = tiny(variant)  # token pooling is refused for these; their encoders still take the flag safely
+    tokens = model.patch_embed(torch.randn(1, 3, 4, 16, 24))
+    torch.testing.assert_close(model.encoder(tokens, head_token_only=True), model.encoder(tokens))
+
+
 def test_forward_features_shapes():
     x = torch.randn(1, 3, 4, 16, 24)  # token grid t=2, h=2, w=3
     assert tiny("spacetime").forward_features(x).shape == (1, 1 + 12, 16)

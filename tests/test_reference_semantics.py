@@ -154,8 +154,10 @@ def test_matches_independent_reference_port(case, attn_impl):
     with torch.no_grad():
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
         logits = model.forward_head(model.forward_features(x))
+        forward_logits = model(x)  # token pooling: the last block computes token 0 alone
     np.testing.assert_allclose(pre.numpy(), want_pre, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(logits.numpy(), want_logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(forward_logits.numpy(), want_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_reference_port_reproduces_the_golden_vectors(golden_dir):

@@ -40,6 +40,9 @@ class Transformer(nn.Module):
     """
 
     intermediate_blocks = "blocks"  # submodule whose block outputs forward_intermediates returns
+    # Whether the last block can compute token 0 alone (see forward): only when its blocks see the token sequence
+    # as it is, not regrouped into frames.
+    can_trim_last_block = True
 
     def __init__(self, num_tokens: int, dim: int, blocks: list[nn.Module], use_cls: bool, args: BlockArgs) -> None:
         super().__init__()
@@ -51,9 +54,14 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=args.norm_eps)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(b, *groups, n, d) -> (b, *groups, prefix + n, d)``, after the final norm."""
-        return self.norm(self.forward_blocks(self.embed_tokens(x)))
+    def forward(self, x: torch.Tensor, head_token_only: bool = False) -> torch.Tensor:
+        """``(b, *groups, n, d) -> (b, *groups, prefix + n, d)``, after the final norm.
+
+        ``head_token_only`` is for callers that read only token 0 (``token`` / ``first`` pooling): the last block then
+        computes that token alone and ``(b, *groups, 1, d)`` is returned, equal to ``[..., :1, :]`` of the full output.
+        Encoders that regroup tokens into frames ignore it and return every token.
+        """
+        return self.norm(self.forward_blocks(self.embed_tokens(x), head_token_only=head_token_only))
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Prepend the CLS token (one per group) and add the positional embedding."""
@@ -67,20 +75,23 @@ class Transformer(nn.Module):
         return self.pos_drop(x + self.pos_embed)
 
     def forward_blocks(
-        self, x: torch.Tensor, indices: Collection[int] | None = None, stop_early: bool = False
+        self, x: torch.Tensor, indices: Collection[int] | None = None, stop_early: bool = False,
+        head_token_only: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the blocks; with ``indices``, also return the outputs of those blocks (ungrouped).
 
-        ``stop_early`` skips the blocks after the last one in ``indices``.
+        ``stop_early`` skips the blocks after the last one in ``indices``; ``head_token_only``: see ``forward``.
         """
         x = self._to_blocks(x)
         taken = []
         blocks = self.blocks[: max(indices) + 1] if stop_early and indices else self.blocks
+        trim_at = len(blocks) - 1 if head_token_only and self.can_trim_last_block and indices is None else None
         for i, block in enumerate(blocks):
+            args = (x, 1) if i == trim_at else (x,)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, *args, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(*args)
             if indices is not None and i in indices:
                 taken.append(self._from_blocks(x))
         x = self._from_blocks(x)
@@ -147,6 +158,7 @@ class _FrameGrouped:
     """Mixin for blocks that see the token grid as ``(b, t, s, d)``."""
 
     grid: tuple[int, int, int]
+    can_trim_last_block = False
 
     def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b (t s) d -> b t s d", t=self.grid[0])
@@ -209,14 +221,19 @@ class FactorizedEncoder(nn.Module):
             use_cls=use_cls, drop_path_rate=drop_path_rate, args=args)
         self.num_prefix_tokens = 0 if self.temporal is None else self.temporal.num_prefix_tokens
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(b, t*s, d) -> (b, prefix + t, d)``: temporal features, or frame tokens for the spatial-only baseline."""
-        return self._across_frames(self.spatial(rearrange(x, "b (t s) d -> b t s d", t=self.grid[0])))
+    def forward(self, x: torch.Tensor, head_token_only: bool = False) -> torch.Tensor:
+        """``(b, t*s, d) -> (b, prefix + t, d)``: temporal features, or frame tokens for the spatial-only baseline.
 
-    def _across_frames(self, x: torch.Tensor) -> torch.Tensor:
+        ``head_token_only`` (for ``token`` / ``first`` pooling, which both encoders share): each encoder's last block
+        computes token 0 alone, and the temporal output is ``(b, 1, d)``.
+        """
+        frames = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=self.grid[0]), head_token_only)
+        return self._across_frames(frames, head_token_only)
+
+    def _across_frames(self, x: torch.Tensor, head_token_only: bool = False) -> torch.Tensor:
         """Normed spatial features ``(b, t, prefix + s, d) -> (b, prefix + t, d)`` (pool each frame, then time)."""
         x = self.spatial.pool(x, self.spatial_pool)
-        return x if self.temporal is None else self.temporal(x)
+        return x if self.temporal is None else self.temporal(x, head_token_only)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: Collection[int], *, norm: bool = False, stop_early: bool = False,
