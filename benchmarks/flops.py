@@ -21,12 +21,16 @@ PAPER_PARAMS_M = {"vivit_b_16x2": 88.9, "vivit_b_16x2_fe": 115.1, "vivit_b_16x2_
 
 
 def count(name: str) -> tuple[float, float]:
-    """(parameters in millions, GMACs per 32x224x224 view) with a 400-class head."""
+    """(parameters in millions, GMACs per 32x224x224 view) with a 400-class head.
+
+    Counts the whole architecture, as the paper does: ``forward_features`` then the head. ``model(video)`` does a
+    little less for token pooling (its last block computes only the CLS token), which would not be the paper's number.
+    """
     with torch.device("meta"):
         model = vivit.create_model(name, num_classes=400).eval()
         video = torch.empty(1, 3, model.num_frames, *model.img_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(video)
+        model.forward_head(model.forward_features(video))
     return sum(p.numel() for p in model.parameters()) / 1e6, counter.get_total_flops() / 2e9
 
 

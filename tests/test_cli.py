@@ -140,3 +140,8 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
     assert again.returncode == 0, again.stderr
     for video, line in zip(videos, again.stdout.splitlines(), strict=True):
         assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]
+    in_bf16 = run_cli("classify", *videos, "--model", "vivit_motion", "--views", "1x1", "--json", "--top-k", "1",
+                      "--dtype", "bfloat16", env=_offline_env(tmp_path))
+    assert in_bf16.returncode == 0, in_bf16.stderr
+    for video, line in zip(videos, in_bf16.stdout.splitlines(), strict=True):
+        assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]

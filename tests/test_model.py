@@ -213,3 +213,17 @@ def test_frame_sampling_model_with_straddling_patches_runs_as_spacetime():
                   num_classes=2)
     assert model(torch.randn(1, 3, 8, 12, 16)).shape == (1, 2)
     assert model.grid_size == (1, 4, 2)  # 3 frames x 12 rows = 36 rows -> 4 patch rows
+
+
+def test_every_variant_runs_in_bfloat16_close_to_float32(variant):
+    model = tiny(variant)
+    x = torch.rand(2, 3, 4, 16, 24) * 2 - 1
+    with torch.no_grad():
+        want = model(x)
+        cast = model.to(torch.bfloat16)(x.bfloat16())
+        model.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(x)
+    for got in (cast, autocast):
+        assert got.dtype == torch.bfloat16
+        assert (got.float() - want).abs().max() <= 0.05 * want.abs().max(), (got, want)

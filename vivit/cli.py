@@ -62,6 +62,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 DEFAULT_MODEL = "vivit_b_16x2.k400"
 OFFLINE_HINT = "use --model vivit_motion (ships with vivit) or --model PATH (a saved folder or weights file)"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _progress(items: Sequence, desc: str):
@@ -75,8 +76,13 @@ def _progress(items: Sequence, desc: str):
     return tqdm(items, desc=desc, unit="video", leave=False)
 
 
-def load_model_for_cli(name: str, device: str | None = None, **kwargs: object):
-    """A model from a tag/arch name, ``hf-hub:`` name, or a local folder; one-line errors for the CLI."""
+def load_model_for_cli(name: str, device: str | None = None, dtype: str | None = None, **kwargs: object):
+    """A model from a tag/arch name, ``hf-hub:`` name, or a local folder; one-line errors for the CLI.
+
+    ``dtype`` (``float32`` / ``bfloat16`` / ``float16``) casts the weights; inputs follow the weights' dtype.
+    """
+    import torch
+
     import vivit
 
     if Path(name).is_dir():
@@ -86,6 +92,8 @@ def load_model_for_cli(name: str, device: str | None = None, **kwargs: object):
     except (RuntimeError, FileNotFoundError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RuntimeError(f"cannot load {name}: {first} — {OFFLINE_HINT}") from None
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
     return model.to(device).eval() if device else model.eval()
 
 
@@ -105,7 +113,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from vivit.video import parse_views
 
     views = parse_views(args.views)
-    model = load_model_for_cli(args.model, args.device)
+    model = load_model_for_cli(args.model, args.device, args.dtype)
     labels = model.pretrained_cfg.get("label_names")
     failed = 0
     for path in _progress(args.videos, "classifying"):
@@ -189,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per video")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=4, help="views per forward pass")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="run the model in this precision; bfloat16 is ~3x faster on CPUs with AMX or AVX512-BF16")
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
