@@ -2,7 +2,8 @@
 
 Usage (on a machine with a CUDA GPU): ``python benchmarks/gpu.py [--dtype bf16] [--batch 8] [--train] [--json f]``.
 MFU = model FLOPs per second / the GPU's dense peak (``--peak-tflops``; H100 SXM bf16 dense ~989). Model FLOPs are
-counted with ``torch.utils.flop_counter`` on the meta device (2 x MACs; a training step counts 3x the forward).
+counted with ``torch.utils.flop_counter`` on the meta device (2 x MACs; a training step counts 3x the forward) for
+``model(x)``, the work the timed forward does (its last block computes only the CLS token under token pooling).
 The SDPA backend is pinned in turn to flash and memory-efficient: a variant whose attention shapes the fused kernels
 refuse raises, so "math" (a materialised attention matrix) can never run silently.
 """

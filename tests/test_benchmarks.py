@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end (tiny clips, one repeat): their numbers are not checked, their plumbing is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vs_transformers_reports_a_ratio_only_for_agreeing_outputs(tmp_path, dtype):
+    pytest.importorskip("transformers")
+    out = run_script("vs_transformers.py", "--sizes", "2x32", "--repeats", "1", "--dtype", dtype,
+                     "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert "vivit is" in out.stdout
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert row["dtype"] == dtype and row["speedup"] > 0
+    assert set(row["seconds"]) == {"vivit", "transformers[sdpa]", "transformers[eager]"}
+    assert row["max_abs_diff"] < (1e-4 if dtype == "float32" else 1.0)
+
+
+def test_cpu_dtypes_compares_bfloat16_with_float32(tmp_path):
+    out = run_script("cpu_dtypes.py", "--size", "2x32", "--repeats", "1", "--models", "vivit_b_16x2",
+                     "vivit_b_16x2_fdp", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["vivit_b_16x2", "vivit_b_16x2_fdp"]
+    for row in rows:
+        assert set(row["speedup"]) == {"bfloat16", "autocast_bf16"}
+        assert all(v < 0.05 for v in row["max_rel_diff"].values()), row
+
+
+def test_gpu_benchmark_refuses_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: benchmarks/gpu.py would run for real")
+    out = run_script("gpu.py", "--models", "vivit_b_16x2")
+    assert out.returncode != 0 and "needs a CUDA GPU" in out.stderr
