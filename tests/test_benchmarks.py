@@ -48,3 +48,16 @@ def test_gpu_benchmark_refuses_without_a_gpu():
         pytest.skip("a GPU is present: benchmarks/gpu.py would run for real")
     out = run_script("gpu.py", "--models", "vivit_b_16x2")
     assert out.returncode != 0 and "needs a CUDA GPU" in out.stderr
+
+
+def test_scaling_measures_each_configuration_in_its_own_process(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = run_script("scaling.py", "--frames", "2", "4", "--models", "Model 1", "Model 2", "--out",
+                     str(tmp_path / "s.png"), "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["frames"]) for r in rows] == [("Model 1", 2), ("Model 1", 4), ("Model 2", 2), ("Model 2", 4)]
+    for row in rows:
+        assert row["gmacs"] > 0 and row["cpu_s"] > 0 and row["forward_mem_gib"] >= 0
+    assert rows[1]["gmacs"] > rows[0]["gmacs"]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vivit import ViViT
+from vivit.layers import Attention
 
 TINY_VARIANTS = {
     "spacetime": {},
@@ -227,3 +228,20 @@ def test_every_variant_runs_in_bfloat16_close_to_float32(variant):
     for got in (cast, autocast):
         assert got.dtype == torch.bfloat16
         assert (got.float() - want).abs().max() <= 0.05 * want.abs().max(), (got, want)
+
+
+def test_sdpa_models_never_form_an_attention_matrix_on_cpu(variant):
+    """Every attention call of the default path lands in the fused CPU kernel; no softmax over scores is formed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = tiny(variant)
+    x = torch.randn(1, 3, 4, 16, 24)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+        model.forward_features(x)
+    ops = {e.key: e.count for e in prof.key_averages()}
+    fused = ops.get("aten::_scaled_dot_product_flash_attention_for_cpu", 0)
+    attention_layers = sum(isinstance(m, Attention) for m in model.modules())
+    calls_per_forward = attention_layers * (2 if variant == "factorized_dot_product" else 1)  # time + space heads
+    assert fused == 2 * calls_per_forward, ops
+    assert not any(k in ops for k in ("aten::softmax", "aten::_softmax", "aten::bmm", "aten::baddbmm")), ops
