@@ -6,7 +6,7 @@ reported when the two outputs agree at 1e-4 (float32); with ``--dtype bfloat16``
 stay within 2 % of the logits' scale of the float32 result.
 
 Usage: ``python benchmarks/vs_transformers.py [--sizes 8x160 32x224] [--repeats 5] [--compile] [--dtype bfloat16]
-[--json out.json]``.
+[--compile-mode max-autotune] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def timed(fn: Callable[[], torch.Tensor]) -> float:
 
 
 def bench(num_frames: int, img_size: int, repeats: int, compile_models: bool,
-          dtype: torch.dtype = torch.float32) -> dict:
+          dtype: torch.dtype = torch.float32, compile_mode: str | None = None) -> dict:
     """Median seconds per forward of vivit and of transformers' best attention setting."""
     video = torch.rand(1, 3, num_frames, img_size, img_size) * 2 - 1
     results: dict[str, list[float]] = {}
@@ -58,7 +58,7 @@ def bench(num_frames: int, img_size: int, repeats: int, compile_models: bool,
                 float32_logits = ours(video)
         hf, ours = hf.to(dtype), ours.to(dtype)
         if compile_models:
-            hf, ours = torch.compile(hf), torch.compile(ours)
+            hf, ours = torch.compile(hf, mode=compile_mode), torch.compile(ours, mode=compile_mode)
         runners[f"transformers[{impl}]"] = lambda hf=hf: hf(pixel_values=video.permute(0, 2, 1, 3, 4)).logits
         if impl == "sdpa":
             runners["vivit"] = lambda ours=ours: ours(video)
@@ -80,7 +80,8 @@ def bench(num_frames: int, img_size: int, repeats: int, compile_models: bool,
                 results.setdefault(name, []).append(timed(run))
     medians = {name: statistics.median(ts) for name, ts in results.items()}
     best_hf = min((v, k) for k, v in medians.items() if k.startswith("transformers"))
-    return {"frames": num_frames, "size": img_size, "compiled": compile_models, "dtype": str(dtype).split(".")[-1],
+    return {"frames": num_frames, "size": img_size, "compiled": compile_models, "compile_mode": compile_mode,
+            "dtype": str(dtype).split(".")[-1],
             "seconds": medians,
             "transformers_best": best_hf[1], "speedup": best_hf[0] / medians["vivit"],
             "max_abs_diff": max(float((o - reference).abs().max()) for o in outputs.values())}
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["8x160", "32x224"], help="FRAMESxSIZE clips")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode for both, e.g. max-autotune")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="cast both models")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--json", help="append the results to this JSON file")
@@ -100,10 +102,12 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         frames, pixels = (int(v) for v in size.split("x"))
-        row = bench(frames, pixels, args.repeats, args.compile, getattr(torch, args.dtype))
+        row = bench(frames, pixels, args.repeats, args.compile or bool(args.compile_mode), getattr(torch, args.dtype),
+                    args.compile_mode)
         rows.append(row)
         times = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row["seconds"].items())
-        print(f"{frames}x{pixels}² {args.dtype} {'compiled' if args.compile else 'eager'}: {times}; "
+        how = f"compiled ({args.compile_mode or 'default'})" if row["compiled"] else "eager"
+        print(f"{frames}x{pixels}² {args.dtype} {how}: {times}; "
               f"vivit is {row['speedup']:.2f}x transformers' best ({row['transformers_best']}), "
               f"max |Δlogits| {row['max_abs_diff']:.1e}", flush=True)
     if args.json:

@@ -41,6 +41,31 @@ def test_cpu_dtypes_compares_bfloat16_with_float32(tmp_path):
         assert all(v < 0.05 for v in row["max_rel_diff"].values()), row
 
 
+def test_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path):
+    out = run_script("gpu.py", "--device", "cpu", "--models", "vivit_b_16x2", "vivit_b_16x2_fe", "--frames", "2",
+                     "--size", "32", "--batch", "2", "--steps", "1", "--dtype", "bf16", "--train",
+                     "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    # The CPU has a flash kernel but no memory-efficient one: that backend is reported unavailable, never "math".
+    assert [(r["model"], r["backend"]) for r in rows] == [("vivit_b_16x2", "FLASH_ATTENTION"),
+                                                          ("vivit_b_16x2_fe", "FLASH_ATTENTION")]
+    assert out.stdout.count("EFFICIENT_ATTENTION: not available") == 2
+    assert all(r["train"] and r["clips_per_s"] > 0 and r["dtype"] == "bf16" for r in rows)
+
+
+def test_gpu_peak_lookup_prefers_the_most_specific_name():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.peak_tflops("NVIDIA H200") == 989.0
+    assert gpu.peak_tflops("Some Future GPU") is None
+
+
 def test_gpu_benchmark_refuses_without_a_gpu():
     import torch
 
