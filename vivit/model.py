@@ -223,10 +223,9 @@ class ViViT(nn.Module):
         head, so the last block computes that token alone (Model 1, ViViT-B, 3137 tokens: ~6 % less work); hooks on
         the last block's modules then see one token.
         """
-        if self.global_pool in ("token", "first"):
-            self.check_input(x)
-            return self.forward_head(self.encoder(self.patch_embed(x), head_token_only=True))
-        return self.forward_head(self.forward_features(x))
+        self.check_input(x)
+        head_token_only = self.global_pool in ("token", "first")
+        return self.forward_head(self.encoder(self.patch_embed(x), head_token_only=head_token_only))
 
     @torch.no_grad()
     def forward_attention_maps(self, x: torch.Tensor) -> dict[str, Any]:
