@@ -398,3 +398,37 @@ def test_importing_hub_loads_no_optional_dependency() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_legacy_pickle_repo_loads_offline_from_the_cache(tmp_path: Path, saved_repo: tuple) -> None:
+    """A repo with only pytorch_model.bin: offline, the missing safetensors must not hide the cached pickle."""
+    model, folder = saved_repo
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    code = """
+import torch, vivit
+m = vivit.create_model("hf-hub:vivit-test/tiny", pretrained=True)
+print(json.dumps({"sum": float(sum(p.double().sum() for p in m.state_dict().values()))}))
+"""
+    with HubServer(repos={"vivit-test/tiny": folder}) as server:
+        online = run_hub(code, server, tmp_path / "hf")
+        offline = run_hub(code, server, tmp_path / "hf", HF_HUB_OFFLINE="1")
+    want = float(sum(p.double().sum() for p in model.state_dict().values()))
+    assert online == offline == {"sum": pytest.approx(want)}
+
+
+def test_model_card_counts_the_full_architecture_not_the_trimmed_forward():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = vivit.ViViT(**TINY_ARGS)  # token pooling: model(x) computes only the CLS token in its last block
+        x = torch.zeros(1, 3, model.num_frames, *model.img_size)
+    counts = {}
+    runs = {"full": lambda: model.forward_head(model.forward_features(x)), "forward": lambda: model(x)}
+    for name, run in runs.items():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            run()
+        counts[name] = counter.get_total_flops() / 2e9
+    assert counts["forward"] < counts["full"]
+    config = {"pretrained_cfg": {"input_size": (3, model.num_frames, *model.img_size)}}
+    assert hub._gmacs(model, config) == pytest.approx(counts["full"])

@@ -222,3 +222,22 @@ def test_state_dict_keys_match_the_snapshot():
     snapshot = json.loads(SNAPSHOT.read_text())
     for variant in TINY_VARIANTS:
         assert _keys(variant) == snapshot[variant], variant
+
+
+def test_load_pretrained_without_source_reloads_the_folder_the_model_came_from(tmp_path):
+    source = tiny()
+    torch.nn.init.normal_(source.head.weight)
+    source.save_pretrained(str(tmp_path / "saved"))
+    model = vivit.create_model(f"local-dir:{tmp_path / 'saved'}", pretrained=False)
+    load_pretrained(model)  # no source: the folder create_model read, not a registry tag
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_frame_sampling_grid_of_saved_args_matches_the_embedding():
+    from vivit.pretrained import _grid_of_args
+
+    for img_size in (32, 24):  # 24: 16-pixel patch rows straddle frames, the tokens form one tall image
+        args = dict(variant="spacetime", img_size=img_size, num_frames=8, tubelet_size=(1, 16, 16),
+                    embedding="frame_sampling", n_sampled_frames=3, embed_dim=16, depth=1, num_heads=2, mlp_dim=32)
+        assert _grid_of_args(args) == vivit.ViViT(**args).grid_size

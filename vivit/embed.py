@@ -32,6 +32,19 @@ def sample_frame_indices(num_frames: int, n_sampled_frames: int, exact: bool = F
     return np.minimum(idx, num_frames - 1).tolist()
 
 
+def frame_sampling_grid(
+    num_sampled: int, img_size: tuple[int, int], patch_size: tuple[int, int]
+) -> tuple[int, int, int]:
+    """Token grid of sampled frames stacked along height.
+
+    ``(t, h, w)``, or ``(1, rows, w)`` when patch rows straddle frames (the tokens then only form one tall image).
+    """
+    fh, fw = img_size
+    if fh % patch_size[0] == 0:
+        return (num_sampled, fh // patch_size[0], fw // patch_size[1])
+    return (1, (num_sampled * fh) // patch_size[0], fw // patch_size[1])
+
+
 class TubeletEmbed(nn.Module):
     """``Conv3d`` tubelets, tokens flattened t-major then h then w; leftover frames/pixels are dropped."""
 
@@ -64,11 +77,7 @@ class FrameSamplingEmbed(nn.Module):
         idx = sample_frame_indices(num_frames, n_sampled_frames, exact=exact_frame_count)
         self.register_buffer("frame_indices", torch.tensor(idx, dtype=torch.long), persistent=False)
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        t, (fh, fw) = len(idx), img_size
-        if fh % patch_size[0] == 0:
-            self.grid_size = (t, fh // patch_size[0], fw // patch_size[1])
-        else:  # patch rows straddle frames: the tokens only form one tall image
-            self.grid_size = (1, (t * fh) // patch_size[0], fw // patch_size[1])
+        self.grid_size = frame_sampling_grid(len(idx), img_size, patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, T, H, W) -> (b, n, d)``."""

@@ -287,11 +287,12 @@ def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
 
 def _transport_errors() -> tuple[type[Exception], ...]:
     """Connection/timeout errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx before)."""
-    try:
-        import httpx2 as client
-    except ImportError:  # older huggingface_hub releases use httpx
-        import httpx as client
-    return (client.TransportError,)
+    for module in ("httpx2", "httpx"):  # older huggingface_hub releases use httpx
+        try:
+            return (__import__(module).TransportError,)
+        except ImportError:
+            continue
+    return ()  # neither client: nothing more to translate; the original error propagates
 
 
 def _first_line(err: BaseException) -> str:
@@ -454,7 +455,9 @@ def _gmacs(meta_model: nn.Module, config: Mapping[str, Any]) -> float | None:
     c, t, h, w = config["pretrained_cfg"]["input_size"]
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            meta_model(torch.empty(1, c, t, h, w, device="meta"))
+            # The architecture's cost, as the paper and docs/models.md count it: every token through every block
+            # (model(x) skips most of the last block under token pooling).
+            meta_model.forward_head(meta_model.forward_features(torch.empty(1, c, t, h, w, device="meta")))
     except (RuntimeError, NotImplementedError) as err:  # an op without a meta kernel: the card omits compute
         _logger.debug("FLOP count skipped: %s", err)
         return None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .embed import resample_pos_embed, sample_frame_indices
+from .embed import frame_sampling_grid, resample_pos_embed, sample_frame_indices
 from .model import ViViT
 
 _logger = logging.getLogger(__name__)
@@ -139,11 +139,7 @@ def read_weights(path: str | Path, model: ViViT) -> Weights:
         config, state = load_saved(path)
         return Weights(state, _grid_of_args(config["model_args"]), config.get("label_names"))
     if fmt == "transformers-folder":
-        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-        if weights is None:
-            raise FileNotFoundError(f"{path} has a transformers config.json but no model.safetensors or "
-                                    "pytorch_model.bin")
-        return _from_transformers(_read_flat(weights), _read_json(path / "config.json"))
+        return _from_transformers(_read_flat(_folder_weights_file(path)), _read_json(path / "config.json"))
     if fmt in ("scenic", "npz"):
         from .convert.checkpoint import read_scenic_checkpoint
         from .convert.scenic import convert_scenic_params
@@ -152,6 +148,23 @@ def read_weights(path: str | Path, model: ViViT) -> Weights:
         return Weights(convert_scenic_params(params, model.variant))
     state = _read_flat(path)
     return _from_state_dict(state, path)
+
+
+def _folder_weights_file(folder: Path) -> Path:
+    """``model.safetensors``, else the older ``pytorch_model.bin``, of a model folder."""
+    from .hub import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME
+
+    found = next((folder / n for n in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME) if (folder / n).is_file()), None)
+    if found is None:
+        raise FileNotFoundError(f"{folder} has a config.json but no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
+    return found
+
+
+def _weights_from_config(state: dict[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
+    """Weights read beside a vivit ``config.json`` (our layout) or a transformers one (converted)."""
+    if isinstance(config.get("model_args"), dict):
+        return Weights(state, _grid_of_args(config["model_args"]), config.get("label_names"))
+    return _from_transformers(state, config)
 
 
 def _read_flat(path: Path) -> dict[str, torch.Tensor]:
@@ -186,8 +199,8 @@ def _grid_of_args(args: Mapping[str, Any]) -> tuple[int, int, int]:
     t, h, w = args.get("tubelet_size", (2, 16, 16))
     frames = args.get("num_frames", 32)
     if args.get("embedding") == "frame_sampling":
-        return (len(sample_frame_indices(frames, args["n_sampled_frames"], args.get("exact_frame_count", False))),
-                img_h // h, img_w // w)
+        sampled = sample_frame_indices(frames, args["n_sampled_frames"], args.get("exact_frame_count", False))
+        return frame_sampling_grid(len(sampled), (img_h, img_w), (h, w))
     return (frames // t, img_h // h, img_w // w)
 
 
@@ -308,11 +321,8 @@ def fetch_weights(source: str | Path, model: ViViT) -> Weights:
     if text.startswith(hub.HUB_PREFIXES):
         repo_id, revision = hub.parse_hub_name(text)
         config = _read_json(hub.hf_hub_file(repo_id, "config.json", revision))
-        weights_file = _hub_weights_file(repo_id, revision)
-        if isinstance(config.get("model_args"), dict):
-            return Weights(_read_flat(weights_file), _grid_of_args(config["model_args"]), config.get("label_names"))
-        if config.get("model_type") == "vivit":
-            return _from_transformers(_read_flat(weights_file), config)
+        if isinstance(config.get("model_args"), dict) or config.get("model_type") == "vivit":
+            return _weights_from_config(_read_flat(_hub_weights_file(repo_id, revision)), config)
         raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
                          f"ViViT config (model_type 'vivit'); found keys {sorted(config)[:10]}")
     if text.startswith(("http://", "https://")):
@@ -325,8 +335,22 @@ def _hub_weights_file(repo_id: str, revision: str | None) -> Path:
 
     try:
         return hub.hf_hub_file(repo_id, hub.WEIGHTS_NAME, revision)
-    except FileNotFoundError:  # older repos only have the pickle (read with weights_only=True)
-        return hub.hf_hub_file(repo_id, hub.LEGACY_WEIGHTS_NAME, revision)
+    except (FileNotFoundError, RuntimeError) as missing:
+        # Older repos only have the pickle (read with weights_only=True). Offline, a missing safetensors file is a
+        # RuntimeError ("not in the cache"), and a cached pickle must still be found.
+        try:
+            return hub.hf_hub_file(repo_id, hub.LEGACY_WEIGHTS_NAME, revision)
+        except (FileNotFoundError, RuntimeError):
+            raise missing from None
+
+
+def saved_source(cfg: Mapping[str, Any]) -> str | None:
+    """The source a model made by ``create_model("hf-hub:...")`` / ``("local-dir:...")`` came from, else ``None``."""
+    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
+        return f"hf-hub:{cfg['hf_hub_id']}"
+    if cfg.get("source") == "local-dir" and cfg.get("file"):
+        return str(cfg["file"])
+    return None
 
 
 def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: bool = True) -> ViViT:
@@ -348,20 +372,27 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
         if not cfg.get("hf_hub_id") and not cfg.get("url") and not cfg.get("file"):
             raise ValueError(f"model {name or '(unnamed)'} has no default weights; pass a source (tag, 'hf-hub:...', "
                              "URL or local path)")
-        source = name
+        source = saved_source(cfg) or name
     weights = fetch_weights(source, model)
     return load_weights_into(model, weights, strict=strict)
 
 
-def _model_from_config(config: Mapping[str, Any], weights_file: Any, where: str, overrides: Mapping[str, Any]):
-    """A model built from a vivit or transformers ``config.json`` (``weights_file()`` is read only when needed)."""
+def _model_from_config(config: Mapping[str, Any], weights_file: Any, where: str, overrides: Mapping[str, Any],
+                       pretrained: bool) -> ViViT:
+    """A model built from a vivit or transformers ``config.json``, with its weights when ``pretrained``.
+
+    ``weights_file()`` is read at most once: a transformers config needs the weights' shapes to name the
+    architecture, and those same tensors are then loaded.
+    """
+    state = None
     if isinstance(config.get("model_args"), dict):
         args, labels = dict(config["model_args"]), config.get("label_names")
         pretrained_cfg = dict(config.get("pretrained_cfg") or {})
     elif config.get("model_type") == "vivit":
         from .convert.transformers import _config_dict, model_args_from_transformers
 
-        args = model_args_from_transformers(_config_dict(config), _read_flat(weights_file()))
+        state = _read_flat(weights_file())
+        args = model_args_from_transformers(_config_dict(config), state)
         labels, pretrained_cfg = None, {}
     else:
         raise ValueError(f"{where} is not a vivit or transformers ViViT model (config.json keys: "
@@ -371,6 +402,8 @@ def _model_from_config(config: Mapping[str, Any], weights_file: Any, where: str,
                             "num_classes": model.num_classes}
     if labels and model.num_classes == len(labels):
         model.pretrained_cfg["label_names"] = list(labels)
+    if pretrained:
+        load_weights_into(model, _weights_from_config(_read_flat(weights_file()) if state is None else state, config))
     return model
 
 
@@ -385,9 +418,10 @@ def create_from_hub(name: str, pretrained: bool = False, **overrides: Any) -> Vi
 
     repo_id, revision = hub.parse_hub_name(name)
     config = _read_json(hub.hf_hub_file(repo_id, "config.json", revision))
-    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision), f"hf-hub:{repo_id}", overrides)
+    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision), f"hf-hub:{repo_id}", overrides,
+                               pretrained)
     model.pretrained_cfg.update(hf_hub_id=repo_id, source="hf-hub")
-    return load_pretrained(model, name) if pretrained else model
+    return model
 
 
 def create_from_folder(path: str | Path, pretrained: bool = True, **overrides: Any) -> ViViT:
@@ -398,10 +432,7 @@ def create_from_folder(path: str | Path, pretrained: bool = True, **overrides: A
         raise ValueError(f"{folder} is a {fmt} source, not a model folder: create the architecture and call "
                          "vivit.load_pretrained(model, path)")
 
-    def weights_file() -> Path:
-        return next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()),
-                    folder / "model.safetensors")
-
-    model = _model_from_config(_read_json(folder / "config.json"), weights_file, str(folder), overrides)
+    model = _model_from_config(_read_json(folder / "config.json"), lambda: _folder_weights_file(folder), str(folder),
+                               overrides, pretrained)
     model.pretrained_cfg.update(file=str(folder), source="local-dir")
-    return load_pretrained(model, folder) if pretrained else model
+    return model

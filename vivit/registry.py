@@ -266,11 +266,10 @@ def _timm_entrypoint(arch: str):
             name = f"{arch}.{pretrained_cfg}" if pretrained_cfg else arch
         elif pretrained_cfg is not None:
             cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict()
-            if cfg.get("source") == "hf-hub":  # timm.create_model("hf-hub:org/repo") read our config.json
-                source = f"hf-hub:{cfg['hf_hub_id']}"
-            elif cfg.get("source") == "local-dir":
-                source = cfg["file"]
-            elif cfg.get("tag"):
+            from .pretrained import saved_source
+
+            source = saved_source(cfg)  # timm.create_model("hf-hub:org/repo") read our config.json
+            if source is None and cfg.get("tag"):
                 name = f"{arch}.{cfg['tag']}"
         if arch == GENERIC_ARCH:  # a saved custom configuration: config.json's model_args are the kwargs
             if pretrained and source is None:
