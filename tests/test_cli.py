@@ -140,8 +140,33 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
     assert again.returncode == 0, again.stderr
     for video, line in zip(videos, again.stdout.splitlines(), strict=True):
         assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]
-    in_bf16 = run_cli("classify", *videos, "--model", "vivit_motion", "--views", "1x1", "--json", "--top-k", "1",
+    in_bf16 = run_cli("classify", *videos, "--model", "vivit_motion", "--json", "--top-k", "1",
                       "--dtype", "bfloat16", env=_offline_env(tmp_path))
     assert in_bf16.returncode == 0, in_bf16.stderr
     for video, line in zip(videos, in_bf16.stdout.splitlines(), strict=True):
         assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]
+        assert json.loads(line)["views"] == "1x1"  # no --views: the model's eval_views
+
+
+def test_a_split_head_is_ranked_per_part_with_its_own_softmax():
+    import torch
+
+    from vivit.cli import _top_k
+
+    logits = torch.tensor([2.0, 0.0, 1.0, 5.0, 5.0])  # parts of 3 and 2 classes (as EPIC-Kitchens' nouns, verbs)
+    labels = ["n0", "n1", "n2", "v0", "v1"]
+    nouns, verbs = _top_k(logits, labels, 2, class_splits=(3, 2))
+    assert [t["label"] for t in nouns] == ["n0", "n2"] and [t["index"] for t in verbs] == [3, 4]
+    assert nouns[0]["score"] == pytest.approx(float(torch.softmax(logits[:3], 0)[0]), abs=1e-6)
+    assert [t["score"] for t in verbs] == [0.5, 0.5]
+    (single,) = _top_k(logits, labels, 1)
+    assert single[0]["label"] in {"v0", "v1"}
+
+
+@pytest.mark.parametrize("option", ["--top-k", "--batch-size"])
+def test_classify_refuses_non_positive_counts_before_loading_anything(option, capsys):
+    from vivit.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["classify", "clip.mp4", option, "0"])
+    assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vivit
-from vivit.evaluate import predict_video, predict_views
+from vivit.evaluate import default_views, predict_video, predict_views
 
 from .conftest import TINY
 
@@ -70,3 +70,10 @@ def test_predict_video_runs_a_vivit_on_a_real_file(tmp_path):
     logits = predict_video(model, path, "2x3", batch_size=4)
     assert logits.shape == (5,)
     torch.testing.assert_close(logits, model.eval()(clips).mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_default_views_follow_the_weights_evaluation_protocol():
+    model = _Recorder()
+    assert default_views(model) == (4, 3)  # no pretrained cfg: the paper's Kinetics protocol
+    model.pretrained_cfg = {"eval_views": "4x1"}  # EPIC-Kitchens
+    assert default_views(model) == (4, 1)

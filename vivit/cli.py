@@ -1,4 +1,5 @@
-"""The ``vivit`` command: ``classify``, ``demo``, ``list``, ``convert``; it only calls the package's functions."""
+"""The ``vivit`` command: ``classify``, ``demo``, ``explain``, ``list``, ``convert``; it only calls the package's
+functions."""
 
 from __future__ import annotations
 
@@ -97,24 +98,41 @@ def load_model_for_cli(name: str, device: str | None = None, dtype: str | None =
     return model.to(device).eval() if device else model.eval()
 
 
-def _top_k(logits, labels: Sequence[str] | None, k: int) -> list[dict]:
+def _top_k(logits, labels: Sequence[str] | None, k: int, class_splits: Sequence[int] | None = None) -> list[list[dict]]:
+    """Top-k per head: one list, or one per part of a split head (EPIC-Kitchens: nouns, then verbs).
+
+    A split head holds several classifiers side by side; each part gets its own softmax, as the reference scores them.
+    """
     import torch
 
-    probs = torch.softmax(logits.float(), dim=-1)
-    values, indices = probs.topk(min(k, probs.numel()))
-    return [{"label": labels[i] if labels else str(i), "index": int(i), "score": round(float(v), 6)}
-            for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
+    splits = list(class_splits) if class_splits else [logits.numel()]
+    tops, offset = [], 0
+    for size in splits:
+        probs = torch.softmax(logits[offset : offset + size].float(), dim=-1)
+        values, indices = probs.topk(min(k, size))
+        tops.append([{"label": labels[offset + i] if labels else str(offset + i), "index": offset + int(i),
+                      "score": round(float(v), 6)} for v, i in zip(values.tolist(), indices.tolist(), strict=True)])
+        offset += size
+    return tops
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
-    from vivit.evaluate import predict_video
+    from vivit.evaluate import default_views, predict_video
     from vivit.video import parse_views
 
-    views = parse_views(args.views)
     model = load_model_for_cli(args.model, args.device, args.dtype)
+    views = parse_views(args.views) if args.views else default_views(model)
     labels = model.pretrained_cfg.get("label_names")
+    class_splits = model.pretrained_cfg.get("class_splits")
     failed = 0
     for path in _progress(args.videos, "classifying"):
         start = time.perf_counter()
@@ -125,12 +143,15 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             message = str(err).splitlines()[0]
             print(message if str(path) in message else f"{path}: {message}", file=sys.stderr)
             continue
-        top = _top_k(logits, labels, args.top_k)
+        tops = _top_k(logits, labels, args.top_k, class_splits)
         if args.json:
-            print(json.dumps({"video": str(path), "model": args.model, "views": f"{views[0]}x{views[1]}",
-                              "top_k": top, "seconds": round(time.perf_counter() - start, 3)}), flush=True)
+            # A split head reports one list per part under "top_k_by_split" instead of "top_k".
+            ranked = {"top_k": tops[0]} if len(tops) == 1 else {"top_k_by_split": tops}
+            print(json.dumps({"video": str(path), "model": args.model, "views": f"{views[0]}x{views[1]}", **ranked,
+                              "seconds": round(time.perf_counter() - start, 3)}), flush=True)
         else:
-            print(f"{path}: " + ", ".join(f"{t['label']} ({t['score']:.1%})" for t in top), flush=True)
+            print(f"{path}: " + " | ".join(", ".join(f"{t['label']} ({t['score']:.1%})" for t in top) for top in tops),
+                  flush=True)
     if failed:
         print(f"vivit classify: {failed} of {len(args.videos)} videos failed", file=sys.stderr)
     return 1 if failed else 0
@@ -185,18 +206,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
-    parser = argparse.ArgumentParser(prog="vivit", description="ViViT video models: classify, demo, list, convert")
+    parser = argparse.ArgumentParser(prog="vivit",
+                                     description="ViViT video models: classify, demo, explain, list, convert")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="classify videos (logits averaged over temporal x spatial views)")
     p.add_argument("videos", nargs="+", type=Path, help="video files")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
-    p.add_argument("--views", default="4x3", help="temporal x spatial views, e.g. 4x3 (Kinetics) or 1x1")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--views", default=None,
+                   help="temporal x spatial views, e.g. 4x3 (Kinetics) or 1x1 (default: the model's eval_views)")
+    p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per video")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
-    p.add_argument("--batch-size", type=int, default=4, help="views per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="views per forward pass")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="run the model in this precision; bfloat16 is ~3x faster on CPUs with AMX or AVX512-BF16")
     p.set_defaults(func=_cmd_classify)
@@ -238,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+    except (ValueError, OSError, RuntimeError, ImportError) as err:  # OSError covers FileNotFoundError, permissions
         print(f"vivit {args.command}: {err}", file=sys.stderr)
         return 1
 

@@ -51,7 +51,14 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int =
     return logits.mean(0) if reduce else logits
 
 
-def predict_video(model: torch.nn.Module, path: str | Path, views: Any = (4, 3), batch_size: int = 4, *,
+def default_views(model: torch.nn.Module) -> tuple[int, int]:
+    """The test views the model's weights were evaluated with (``pretrained_cfg["eval_views"]``), else 4x3."""
+    from .video import parse_views
+
+    return parse_views(getattr(model, "pretrained_cfg", {}).get("eval_views") or (4, 3))
+
+
+def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, batch_size: int = 4, *,
                   device: torch.device | str | None = None, backend: str = "auto",
                   short_video: str = "loop") -> torch.Tensor:
     """Decode ``path`` into the model's test views and return the view-averaged logits ``(K,)``.
@@ -59,7 +66,8 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = (4, 3),
     Args:
         model: A ViViT (its ``pretrained_cfg`` fixes clip length, stride and preprocessing).
         path: A video file.
-        views: ``(clips, crops)`` or ``"4x3"``.
+        views: ``(clips, crops)`` or ``"4x3"``; default the model's ``eval_views`` (4x3 Kinetics, 4x1 EPIC-Kitchens),
+            else 4x3.
         batch_size: Views per forward pass.
         device: Where to run; default the model's device.
         backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
@@ -67,8 +75,9 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = (4, 3),
     """
     from .video import multi_view_clips
 
-    clips = multi_view_clips(path, model, views, backend=backend, short_video=short_video)
+    clips = multi_view_clips(path, model, default_views(model) if views is None else views, backend=backend,
+                             short_video=short_video)
     return predict_views(model, clips, batch_size, device=device)
 
 
-__all__ = ["predict_video", "predict_views"]
+__all__ = ["default_views", "predict_video", "predict_views"]
