@@ -1,7 +1,8 @@
 """Write a small labelled video dataset of generated motion clips, for trying ``examples/train.py`` offline.
 
-Clips come from ``vivit.synthetic`` (shapes that move, rotate, grow, shrink or blink; one frame cannot tell the classes
-apart) and are encoded as H.264 ``.mp4`` files with PyAV, so training reads them exactly as it reads real videos::
+Clips come from ``vivit.synthetic`` (a shape that moves in one of 8 directions, blinks between two colours or stays
+still: ``MOTION_CLASSES``; one frame cannot tell the classes apart) and are encoded as H.264 ``.mp4`` files with PyAV,
+so training reads them exactly as it reads real videos::
 
     python examples/make_motion_data.py data/motion --train 200 --val 40 --classes 4
     # data/motion/train.csv, val.csv (path,label), classes.txt, videos/*.mp4
@@ -21,7 +22,7 @@ from vivit.synthetic import MOTION_CLASSES, make_clip
 LAYOUTS = ("csv", "folders")
 # Classes in the order --classes N takes them: the four axis-aligned directions first (the easiest to learn).
 _AXIS = ("moving_up", "moving_down", "moving_left", "moving_right")
-CLASS_ORDER = [c for c in _AXIS if c in MOTION_CLASSES] + [c for c in MOTION_CLASSES if c not in _AXIS]
+CLASS_ORDER = [*_AXIS, *(c for c in MOTION_CLASSES if c not in _AXIS)]
 
 
 def write_clip(path: Path, frames: np.ndarray, fps: int = 12) -> Path:

@@ -251,7 +251,6 @@ class Dist:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialised: bool = False
 
@@ -298,7 +297,7 @@ def setup_distributed(device_arg: str | None, need_group: bool) -> Dist:
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    state = Dist(rank, world_size, local_rank, device)
+    state = Dist(rank, world_size, device)
     if world_size > 1 or need_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "MASTER_ADDR" in os.environ:
@@ -468,9 +467,18 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     return path
 
 
+# Settings (as resolved by resolve_args) that decide the data order, the model's shape and the optimisation; a resumed
+# run must keep them. The optimiser and scheduler states restore the old lr, momentum, weight decay and warm-up, so a
+# changed value would be silently ignored (or, for the data and loss settings, make the run differ from an
+# uninterrupted one).
+_RESUME_KEYS = ("model", "model_args", "batch_size", "accum_steps", "seed", "epochs", "recipe", "optimizer", "lr",
+                "momentum", "weight_decay", "layer_decay", "warmup_epochs", "warmup_steps", "frame_stride", "mixup",
+                "label_smoothing", "drop_path")
+
+
 def _resume_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings that decide the data order and the model's shape; a resumed run must keep them."""
-    return {k: getattr(args, k) for k in ("model", "model_args", "batch_size", "accum_steps", "seed", "epochs")}
+    """The settings of ``_RESUME_KEYS``, stored in each checkpoint and compared on resume."""
+    return {k: getattr(args, k) for k in _RESUME_KEYS}
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -492,12 +500,14 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = {k: (v, state["args"].get(k)) for k, v in _resume_args(args).items() if state["args"].get(k) != v}
+    saved = state["args"]  # checkpoints of older versions lack some keys: those cannot be checked
+    changed = {k: (v, saved[k]) for k, v in _resume_args(args).items() if k in saved and saved[k] != v}
     if changed:
         raise ValueError(f"{path}: written with other settings: "
                          + ", ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, (new, old) in
                                      changed.items())
-                         + "; resume with the same settings (they fix the data order and the model)")
+                         + "; resume with the same settings (they fix the data order, the model and the "
+                           "optimisation)")
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
@@ -540,12 +550,14 @@ def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def _tensorboard(out: Path) -> Any:
+def _tensorboard(out: Path, purge_step: int | None = None) -> Any:
+    """A TensorBoard writer, or None without ``tensorboard``. ``purge_step`` (a resume): TensorBoard drops the events
+    an interrupted run wrote at that step and later, which the resumed run writes again."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
 
 
 # ================================================================================================== loops
@@ -582,7 +594,6 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
     classes = resolve_classes(labels, args.classes)
     train_items = to_items(paths, labels, where, classes, f"--train {args.train}")
     val_items = to_items(*read_listing(args.val), classes, f"--val {args.val}") if args.val else []
-    recipe = {**TRAIN_RECIPES[args.recipe], **RECIPES[args.recipe]}
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP needs it; DDP broadcasts anyway)
     if not env.main:
@@ -591,7 +602,7 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
     if env.main:
         env.barrier()
     data_cfg = resolve_data_config(model)
-    data_cfg["frame_stride"] = args.frame_stride or recipe["frame_stride"]
+    data_cfg["frame_stride"] = args.frame_stride
     model.pretrained_cfg = {**model.pretrained_cfg, "frame_stride": data_cfg["frame_stride"], "tag": "",
                             "top1": None, "eval_views": None, "label_set": None, "class_splits": None}
     model.to(env.device)
@@ -617,9 +628,8 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
                                                   lambda s: lr_factor(s, warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(env.device.type, enabled=args.amp and args.amp_dtype == torch.float16)
 
-    views = args.eval_views or recipe["views"]
-    view_shape = (math.prod(parse_views(views)), *data_cfg["input_size"])
-    val_set = EvalClips(val_items, data_cfg, views, env.world_size, args.video_backend) if val_items else None
+    view_shape = (math.prod(parse_views(args.eval_views)), *data_cfg["input_size"])
+    val_set = EvalClips(val_items, data_cfg, args.eval_views, env.world_size, args.video_backend) if val_items else None
 
     seed_everything(args.seed, env.rank)
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
@@ -641,7 +651,7 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
                            (lambda r: int(r["step"]) <= start_step) if resumed else None)
         epochs_log = CsvLog(out / "epochs.csv", epoch_fields,
                             (lambda r: int(r["epoch"]) < progress["epoch"]) if resumed else None)
-        writer = _tensorboard(out)
+        writer = _tensorboard(out, purge_step=start_step + 1 if resumed else None)
         _logger.info("%d classes, %d training / %d validation videos; %d processes x batch %d x %d accumulation = "
                      "%d clips per step (the reference used %d); %d steps per epoch, %d epochs, warm-up %d steps",
                      len(classes), len(train_items), len(val_items), env.world_size, args.batch_size,
@@ -687,10 +697,11 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
             if args.clip_grad > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            # the lr this update used, as restored from a checkpoint on resume: the largest group's (lr_scale 1)
+            lr = max(group["lr"] for group in optimizer.param_groups)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            lr = args.lr * lr_factor(global_step, warmup_steps, total_steps)  # the lr this update used
             scheduler.step()
             step_in_epoch += 1
             global_step += 1
@@ -737,7 +748,7 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
             if writer is not None:
                 for key in ("train_loss", "val_loss", "top1", "top5"):
                     if key in row:
-                        writer.add_scalar(f"epoch/{key}", row[key], epoch)
+                        writer.add_scalar(f"epoch/{key}", row[key], global_step)  # steps, as purge_step
             _logger.info("epoch %d done: %s", epoch, ", ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
         if args.checkpoint_every:
             save_checkpoint(out, model, optimizer, scheduler, scaler,
@@ -867,16 +878,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     defaults = dict(lr=ADAMW_DEFAULTS["lr"] if adamw else recipe["lr"], epochs=recipe["epochs"],
                     drop_path=recipe["drop_path"], label_smoothing=recipe["label_smoothing"],
                     mixup=recipe["mixup_alpha"], inflate_posemb=recipe["posemb_init"],
-                    weight_decay=ADAMW_DEFAULTS["weight_decay"] if adamw else 0.0)
+                    weight_decay=ADAMW_DEFAULTS["weight_decay"] if adamw else 0.0,
+                    frame_stride=recipe["frame_stride"], eval_views=recipe["views"])
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.rand_augment is not None:
         args.rand_augment = (int(args.rand_augment[0]), args.rand_augment[1])
     args.amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
-    for key in ("batch_size", "accum_steps", "epochs", "log_every", "keep_checkpoints", "eval_every"):
+    for key in ("batch_size", "accum_steps", "epochs", "log_every", "keep_checkpoints", "eval_every", "frame_stride"):
         if getattr(args, key) < 1:
             raise DataError(f"--{key.replace('_', '-')} must be >= 1, found {getattr(args, key)}")
+    try:
+        parse_views(args.eval_views)
+    except ValueError as err:
+        raise DataError(f"--eval-views: {err}") from None
     return args
 
 

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,69 @@ def test_gradient_accumulation_matches_one_larger_batch(train_module, data, tmp_
     whole, accumulated = run(tmp_path / "whole"), run(tmp_path / "accum", "--batch-size", "2", "--accum-steps", "2")
     for key in whole:
         torch.testing.assert_close(accumulated[key], whole[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+class _FakeWriter:
+    """Stands in for TensorBoard's SummaryWriter (which may not be installed), recording what it is given."""
+
+    made: list[_FakeWriter] = []
+
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+        self.purge_step, self.scalars = purge_step, []
+        _FakeWriter.made.append(self)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, step))
+
+    def close(self) -> None:
+        pass
+
+
+def test_resume_refuses_other_optimisation_settings_and_logs_the_lr_it_uses(train_module, data, tmp_path,
+                                                                           monkeypatch):
+    tensorboard = types.ModuleType("torch.utils.tensorboard")
+    tensorboard.SummaryWriter = _FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", tensorboard)
+    monkeypatch.setattr(_FakeWriter, "made", [])
+    out = tmp_path / "run"
+    # 26 rows / batch 4 = 6 steps in the one epoch, warm-up 2 steps; checkpoint at step 1, then stop
+    argv = ["--train", str(data / "train.csv"), "--out", str(out), *ARGS, "--epochs", "1", "--workers", "0",
+            "--checkpoint-every", "1"]
+    assert train_module.main([*argv, "--stop-after-steps", "1"]) == train_module.STOPPED_EXIT_CODE
+    args_json = (out / "args.json").read_text()
+    for flags, message in ((["--lr", "0.2"], "--lr was 0.1, now 0.2"),
+                           (["--optimizer", "adamw"], "--optimizer was 'sgd', now 'adamw'"),
+                           (["--warmup-steps", "3"], "--warmup-steps was 2, now 3"),
+                           (["--label-smoothing", "0.1"], "--label-smoothing was 0.0, now 0.1"),
+                           (["--frame-stride", "2"], "--frame-stride was 1, now 2")):
+        with pytest.raises(ValueError, match=message):
+            train_module.main([*argv, *flags, "--resume", str(out)])
+    assert (out / "args.json").read_text() == args_json  # a refused resume writes nothing
+
+    assert train_module.main([*argv, "--resume", str(out)]) == 0
+    lrs = [float(r["lr"]) for r in _rows(out / "steps.csv")]
+    expected = [0.1 * train_module.lr_factor(step, 2, 6) for step in range(6)]
+    assert lrs == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    first, resumed = _FakeWriter.made[0], _FakeWriter.made[-1]
+    assert first.purge_step is None and resumed.purge_step == 2  # drops what the stopped run logged after step 1
+    assert {step for _, step in resumed.scalars} == set(range(2, 7))  # epoch scalars too are logged by step
+
+
+def test_recipe_defaults_are_resolved_before_args_json_is_written(train_module):
+    def resolve(*flags: str):
+        return train_module.resolve_args(train_module.make_parser().parse_args(["--train", "t", "--out", "o",
+                                                                                *flags]))
+
+    kinetics, epic = resolve(), resolve("--recipe", "epic_kitchens")
+    assert (kinetics.frame_stride, kinetics.eval_views, kinetics.label_smoothing) == (2, "4x3", 0.0)
+    # scenic epic_kitchens/vivit_large_factorised_encoder.py: stride 1, label_smoothing 0.2, mixup 0.1, droplayer 0.2
+    assert (epic.frame_stride, epic.eval_views, epic.label_smoothing, epic.mixup, epic.drop_path) == (1, "4x1", 0.2,
+                                                                                                     0.1, 0.2)
+    assert resolve("--frame-stride", "3", "--eval-views", "2x3").frame_stride == 3
+    with pytest.raises(train_module.DataError, match="--eval-views"):
+        resolve("--eval-views", "4x2")
+    with pytest.raises(train_module.DataError, match="--frame-stride must be >= 1"):
+        resolve("--frame-stride", "0")
 
 
 def test_unknown_label_stops_the_run_before_training(train_module, data, tmp_path, capsys):

@@ -29,9 +29,10 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
     # kinetics400/vivit_base_k400.py, vivit_*_factorised_encoder.py, kinetics600/vivit_large_factorised_encoder.py
     "kinetics": dict(scale_jitter=(0.9, 1.33), scale_jitter_prob=1.0, flip=True, color_augment=0.8, color_drop=0.1,
                      rand_augment=None, mixup_alpha=0.0, label_smoothing=0.0, frame_stride=2),
-    # epic_kitchens/vivit_large_factorised_encoder.py (do_color_augment False, RandAugment 2 layers at 15)
+    # epic_kitchens/vivit_large_factorised_encoder.py (do_color_augment False, RandAugment 2 layers at 15,
+    # mixup.alpha 0.1, label_smoothing 0.2, dataset_configs.stride 1)
     "epic_kitchens": dict(scale_jitter=(0.9, 1.33), scale_jitter_prob=1.0, flip=True, color_augment=0.0,
-                          color_drop=0.0, rand_augment=(2, 15), mixup_alpha=0.1, label_smoothing=0.0, frame_stride=1),
+                          color_drop=0.0, rand_augment=(2, 15), mixup_alpha=0.1, label_smoothing=0.2, frame_stride=1),
     # something_something_v2/vivit_large_factorised_encoder.py (min_resize 288, crop 256; dmvr keeps random flip on)
     "ssv2": dict(scale_jitter=(0.9, 1.33), scale_jitter_prob=1.0, flip=True, color_augment=0.0, color_drop=0.0,
                  rand_augment=(2, 20), mixup_alpha=0.3, label_smoothing=0.3, frame_stride=1),
