@@ -5,11 +5,12 @@ Usage (on a machine with a CUDA GPU)::
     python benchmarks/gpu.py [--dtype bf16] [--batch 8 | --batch max] [--train] [--json results.jsonl]
     python benchmarks/gpu.py --memory-sweep --frames 8 16 32 64 128   # activation memory vs clip length
 
-MFU = model FLOPs per second / the GPU's dense peak in that dtype (known GPUs are looked up by name, others need
-``--peak-tflops``). Model FLOPs are counted with ``torch.utils.flop_counter`` on the meta device (2 x MACs; a
-training step counts 3x the forward) for ``model(x)``, the work the timed forward does (its last block computes only
-the CLS token under token pooling). The SDPA backend is pinned in turn to flash and memory-efficient: a variant whose
-attention shapes a fused kernel refuses raises, so "math" (a materialised attention matrix) can never run silently.
+MFU = model FLOPs per second / the GPU's dense peak in that dtype (16-bit peaks of known GPUs are looked up by name;
+other GPUs, and fp32, need ``--peak-tflops``, else no MFU is reported). Model FLOPs are counted with
+``torch.utils.flop_counter`` on the meta device (2 x MACs; a training step counts 3x the forward) for ``model(x)``,
+the work the timed forward does (its last block computes only the CLS token under token pooling). The SDPA backend
+is pinned in turn to flash and memory-efficient: a variant whose attention shapes a fused kernel refuses raises, so
+"math" (a materialised attention matrix) can never run silently.
 ``--batch max`` doubles the batch until the GPU runs out of memory and times the largest that fits.
 ``--device cpu`` runs the same code on the CPU (tiny settings only; the test suite uses it to keep the script working).
 """
@@ -133,8 +134,9 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu for a smoke run)")
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = args.peak_tflops or peak_tflops(gpu_name)
-    if device.type == "cuda" and peak is None:
+    # The lookup table holds 16-bit tensor-core peaks; an fp32 MFU needs the fp32 (or TF32) peak given explicitly.
+    peak = args.peak_tflops or (peak_tflops(gpu_name) if args.dtype != "fp32" else None)
+    if device.type == "cuda" and peak is None and args.dtype != "fp32":
         raise SystemExit(f"unknown dense peak for {gpu_name!r}: pass --peak-tflops")
     if args.memory_sweep:
         args.batch = "1"

@@ -18,7 +18,7 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_vs_transformers_reports_a_ratio_only_for_agreeing_outputs(tmp_path, dtype):
+def test_vs_transformers_reports_a_ratio_with_agreeing_outputs(tmp_path, dtype):
     pytest.importorskip("transformers")
     out = run_script("vs_transformers.py", "--sizes", "2x32", "--repeats", "1", "--dtype", dtype,
                      "--json", str(tmp_path / "r.jsonl"))
@@ -83,6 +83,6 @@ def test_scaling_measures_each_configuration_in_its_own_process(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [(r["model"], r["frames"]) for r in rows] == [("Model 1", 2), ("Model 1", 4), ("Model 2", 2), ("Model 2", 4)]
     for row in rows:
-        assert row["gmacs"] > 0 and row["cpu_s"] > 0 and row["forward_mem_gib"] >= 0
+        assert row["gmacs"] > 0 and row["cpu_s"] > 0 and row["forward_mem_gib"] > 0  # a fresh process grows
     assert rows[1]["gmacs"] > rows[0]["gmacs"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
