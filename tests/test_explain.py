@@ -7,6 +7,7 @@ import torch
 
 from tests.test_model import TINY_VARIANTS, tiny
 from vivit.explain import attention_heatmap, frames_for_tokens, save_attention_grid
+from vivit.transforms import to_float
 
 
 @pytest.mark.parametrize("variant", list(TINY_VARIANTS))
@@ -42,3 +43,29 @@ def test_heatmap_follows_the_cls_row():
 def test_sdpa_models_are_refused():
     with pytest.raises(ValueError, match="eager"):
         attention_heatmap(tiny("spacetime"), torch.zeros(3, 4, 16, 24))
+
+
+@pytest.mark.parametrize(("mean", "std"), [((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_frames_are_the_pixels_the_clip_was_made_from(mean, std):
+    model = tiny("spacetime", attn_impl="eager")
+    model.pretrained_cfg = {"mean": mean, "std": std}
+    pixels = torch.randint(0, 256, (4, 16, 24, 3), dtype=torch.uint8)
+    clip = to_float(pixels, mean, std)  # as eval_transform normalises with the model's cfg
+    central = pixels[[1, 3]]  # tubelets of 2 frames: frames 0-1 and 2-3, centre index step // 2
+    assert torch.equal(frames_for_tokens(model, clip), central)
+    assert torch.equal(frames_for_tokens(model, clip[None]), central)  # a batch of one, as attention_heatmap takes
+    with pytest.raises(ValueError, match="batch of 2"):
+        frames_for_tokens(model, torch.stack([clip, clip]))
+
+
+def test_saving_a_grid_leaves_the_matplotlib_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's inline backend: anything but Agg
+    try:
+        model = tiny("spacetime", attn_impl="eager")
+        clip = torch.rand(3, 4, 16, 24) * 2 - 1
+        save_attention_grid(frames_for_tokens(model, clip), attention_heatmap(model, clip), tmp_path / "grid.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

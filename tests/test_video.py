@@ -119,6 +119,19 @@ def test_a_clip_near_the_end_does_not_decode_the_whole_file(files, monkeypatch):
 def test_tensor_indices_are_accepted(files):
     idx = torch.tensor([[1, 3], [5, 7]])
     assert frame_ids(video.read_video(files["h264_mp4"], idx).numpy()) == [1, 3, 5, 7]
+    assert frame_ids(video.read_video(files["h264_mp4"], np.array([2, 4], dtype=np.uint8)).numpy()) == [2, 4]
+
+
+@pytest.mark.parametrize("indices", [[1.5, 2.0], np.array([1.0, 3.0]), [1, 2.7], [True, False], np.array([True]),
+                                     torch.tensor([1.0]), torch.tensor([True])])
+def test_float_and_bool_indices_are_refused_not_truncated(files, indices):
+    with pytest.raises(ValueError, match="indices must be integers"):
+        video.read_video(files["h264_mp4"], indices)
+
+
+def test_empty_indices_are_refused(files):
+    with pytest.raises(ValueError, match="indices is empty"):
+        video.read_video(files["h264_mp4"], [])
 
 
 @needs_rotation_writer
@@ -211,6 +224,19 @@ def test_a_video_shorter_than_the_clip_loops_or_is_refused_on_request(files):
     assert clips.shape == (2, 3, 16, 32, 32)
     with pytest.raises(video.VideoReadError, match=r"h264_mp4\.mp4: the video has 24 frames, shorter than one clip"):
         video.multi_view_clips(files["h264_mp4"], cfg, (2, 1), short_video="error")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(short_video="pad"), "short_video must be one of"),
+    (dict(model_or_cfg={"input_size": (3, 4, 32, 32), "frame_stride": 0}), "the cfg's frame_stride must be >= 1"),
+])
+def test_bad_clip_arguments_are_refused_before_the_video_is_opened(files, kwargs, message):
+    kwargs = {"model_or_cfg": {"input_size": (3, 4, 32, 32)}, **kwargs}
+    for path in (files["h264_mp4"], files["missing"]):  # a missing file is not even looked for
+        with pytest.raises(ValueError, match=message) as info:
+            video.multi_view_clips(path, **kwargs)
+        assert not isinstance(info.value, video.VideoReadError), "a bad argument is not a bad video file"
+        assert str(path) not in str(info.value)
 
 
 def test_missing_decoder_says_how_to_install_it(files, monkeypatch):
@@ -328,3 +354,39 @@ def test_write_video_round_trips_frames(tmp_path):
     assert not list(tmp_path.glob(".*part*"))
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "odd.mp4", torch.zeros(2, 31, 32, 3, dtype=torch.uint8))
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    class Interrupting:
+        """PyAV, but Ctrl-C arrives at the third frame, once the partial file is on disk."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.VideoFrame = self
+
+        def __getattr__(self, name):
+            return getattr(av, name)
+
+        def from_ndarray(self, array, format):
+            self.calls += 1
+            if self.calls == 3:
+                assert list(tmp_path.iterdir()), "the interruption must come after the file was created"
+                raise KeyboardInterrupt
+            return av.VideoFrame.from_ndarray(array, format=format)
+
+    monkeypatch.setattr(video, "_import_av", Interrupting)
+    with pytest.raises(KeyboardInterrupt):  # mpeg4 muxes each frame at once (libx264 buffers its first frames)
+        video.write_video(tmp_path / "clip.avi", torch.zeros(6, 32, 48, 3, dtype=torch.uint8), codec="mpeg4")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("codec", "size", "message"), [
+    ("no_such_codec", 32, "'no_such_codec' is not an encoder"),
+    ("aac", 32, "'aac' encodes audio, not video"),
+    ("png", 32, "'png' cannot encode yuv420p"),
+    ("h264", 31, r"'h264' \(libx264, 4:2:0\) needs even frame sizes"),  # the alias, not only "libx264"
+])
+def test_write_video_names_a_codec_it_cannot_use(tmp_path, codec, size, message):
+    with pytest.raises(ValueError, match=message):
+        video.write_video(tmp_path / "clip.mkv", torch.zeros(2, size, 32, 3, dtype=torch.uint8), codec=codec)
+    assert list(tmp_path.iterdir()) == []

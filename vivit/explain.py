@@ -13,6 +13,7 @@ import torch
 from einops import rearrange
 
 from .model import ViViT
+from .transforms import resolve_data_config
 
 
 def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
@@ -41,8 +42,21 @@ def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
 
 
 def frames_for_tokens(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
-    """One displayable uint8 frame ``(t', H, W, C)`` per temporal token: the tubelet's central frame."""
-    pixels = ((clip.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # undo x * 2 / 255 - 1
+    """One displayable uint8 frame ``(t', H, W, C)`` per temporal token: the tubelet's central frame.
+
+    ``clip`` is one normalised clip ``(C, T, H, W)`` (or a batch of one); the normalisation is undone with the
+    ``mean``/``std`` of the model's pretrained cfg (the reference's 0.5 when it has none).
+    """
+    if clip.ndim == 5:
+        if clip.shape[0] != 1:
+            raise ValueError(f"frames_for_tokens shows one clip; got a batch of {clip.shape[0]}")
+        clip = clip[0]
+    # The same numbers eval_transform normalised with, so the frames are the decoded pixels again.
+    cfg = resolve_data_config(model)
+    shape = (-1, 1, 1, 1)
+    mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=clip.device).view(shape)
+    std = torch.tensor(cfg["std"], dtype=torch.float32, device=clip.device).view(shape)
+    pixels = ((clip.float() * std + mean) * 255).clamp(0, 255).round().to(torch.uint8)  # undo (x / 255 - mean) / std
     indices = getattr(model.patch_embed, "frame_indices", None)
     t = model.grid_size[0]
     if indices is None:
@@ -54,19 +68,18 @@ def frames_for_tokens(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
 def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Path, title: str = "") -> Path:
     """Draw ``heat`` ``(t', h', w')`` over ``frames`` ``(t', H, W, C)`` as one PNG row; returns the path."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure renders without pyplot, so the caller's backend (a notebook's inline one) is left alone.
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError('drawing attention maps needs matplotlib: pip install "vivit[explain]"') from None
     t = heat.shape[0]
-    fig, axes = plt.subplots(1, t, figsize=(2.2 * t, 2.6), squeeze=False)
+    fig = Figure(figsize=(2.2 * t, 2.6))
+    axes = fig.subplots(1, t, squeeze=False)
     for i, ax in enumerate(axes[0]):
-        ax.imshow(frames[i].numpy())
+        ax.imshow(frames[i].cpu().numpy())
         size = frames.shape[1:3]
-        upsampled = torch.nn.functional.interpolate(heat[i][None, None], size=size, mode="bilinear")[0, 0]
-        ax.imshow(upsampled.numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
+        upsampled = torch.nn.functional.interpolate(heat[i][None, None].float().cpu(), size=size, mode="bilinear")
+        ax.imshow(upsampled[0, 0].numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=1)
         ax.set_title(f"t'={i}", fontsize=8)
         ax.axis("off")
     if title:
@@ -74,5 +87,4 @@ def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path

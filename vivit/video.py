@@ -29,6 +29,8 @@ _logger = logging.getLogger(__name__)
 BACKENDS = ("pyav", "torchcodec")
 CLIP_MODES = ("uniform", "random")
 SHORT_VIDEO = ("loop", "error")
+# Encoders that refuse odd frame sizes in 4:2:0 (others, e.g. mpeg4 and libvpx-vp9, round the chroma planes up).
+_EVEN_SIZE_ENCODERS = ("libx264", "libx265", "mjpeg")
 # Containers whose header states a duration the muxer measured; only these are compared with the frames found.
 _HEADER_DURATION_FORMATS = ("matroska", "webm", "mov", "mp4")
 
@@ -80,25 +82,36 @@ def video_info(path: str | Path, *, backend: str = "auto") -> VideoInfo:
 def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float = 10.0, codec: str = "libx264") -> Path:
     """Encode uint8 ``(T, H, W, C)`` RGB frames to a video file with PyAV (H.264 in the file's container by default).
 
-    Even frame sizes are required by the default 4:2:0 codec; the file is written to a temporary name and renamed, so
-    an interrupted write never leaves a partial video behind.
+    Frames are encoded as 4:2:0 (``yuv420p``), so ``codec`` must be a video encoder that takes it; H.264, H.265 and
+    MJPEG also need even frame sizes. The file is written to a temporary name and renamed, so an interrupted or failed
+    write never leaves a partial video behind.
+
+    Raises:
+        ValueError: Frames that are not uint8 ``T x H x W x 3``, a codec that is unknown, not a video encoder or cannot
+            take ``yuv420p``, or odd frame sizes for a codec that needs even ones.
     """
     av = _import_av()
     frames = torch.as_tensor(np.asarray(frames))
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"write_video expects uint8 frames T x H x W x 3, got {tuple(frames.shape)} {frames.dtype}")
     height, width = frames.shape[1:3]
-    if codec == "libx264" and (height % 2 or width % 2):
-        raise ValueError(f"H.264 (4:2:0) needs even frame sizes, got {height} x {width}; pad or resize first")
+    encoder = _video_encoder(av, codec)
+    if encoder in _EVEN_SIZE_ENCODERS and (height % 2 or width % 2):
+        raise ValueError(f"codec {codec!r} ({encoder}, 4:2:0) needs even frame sizes, got {height} x {width}; pad or "
+                         "resize first")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.part{path.suffix}")
-    with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame in frames.numpy():
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    os.replace(tmp, path)
+    try:
+        with av.open(str(tmp), mode="w") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for frame in frames.numpy():
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: the promise is that no partial file is left
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -122,10 +135,12 @@ def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         VideoReadError: (a ``ValueError``) a bad file, or an index outside ``0 .. num_frames - 1``.
+        ValueError: ``indices`` that are not integers (floats, bools) or are empty.
         ImportError: Neither decoder is installed.
     """
+    wanted = None if indices is None else _as_index_list(indices)  # a bad argument is refused before decoding
     with _open(path, backend) as reader:
-        return reader.read(None if indices is None else _as_index_list(indices))
+        return reader.read(wanted)
 
 
 def clip_indices(num_frames: int, clip_len: int = 32, stride: int = 2, num_clips: int = 1, mode: str = "uniform", *,
@@ -151,12 +166,7 @@ def clip_indices(num_frames: int, clip_len: int = 32, stride: int = 2, num_clips
     Raises:
         ValueError: ``num_frames < 1``, a bad argument, or a short video with ``short_video="error"``.
     """
-    if mode not in CLIP_MODES:
-        raise ValueError(f"mode must be one of {CLIP_MODES}, found {mode!r}")
-    if short_video not in SHORT_VIDEO:
-        raise ValueError(f"short_video must be one of {SHORT_VIDEO}, found {short_video!r}")
-    if min(clip_len, stride, num_clips) < 1:
-        raise ValueError(f"clip_len, stride and num_clips must be >= 1, found {clip_len}, {stride}, {num_clips}")
+    _check_clip_args(clip_len, stride, num_clips, mode, short_video)
     if num_frames < 1:
         raise ValueError(f"a video with {num_frames} frames has no clip to sample; expected at least 1 frame")
     span = clip_len * stride
@@ -226,6 +236,7 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
         FileNotFoundError: ``path`` does not exist.
         VideoReadError: A bad file, a single-frame file (a still image), or a short video with
             ``short_video="error"``.
+        ValueError: A bad ``views``, ``short_video`` or cfg (e.g. ``frame_stride < 1``), before the file is opened.
     """
     from .transforms import eval_transform, resolve_data_config
 
@@ -233,6 +244,8 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
     cfg = resolve_data_config(model_or_cfg)
     transform = eval_transform(cfg, num_crops=num_crops)
     clip_len, stride = cfg["input_size"][1], cfg["frame_stride"]
+    # Bad arguments are refused before the file is opened, so they are not reported as a problem of the video.
+    _check_clip_args(clip_len, stride, num_clips, "uniform", short_video, stride_name="the cfg's frame_stride")
     with _open(path, backend) as reader:
         n = reader.info.num_frames
         if n < 2:
@@ -240,7 +253,7 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
                                  "model needs motion, so pass a video with at least 2 frames")
         try:
             indices = clip_indices(n, clip_len, stride, num_clips, "uniform", short_video=short_video)
-        except ValueError as err:
+        except ValueError as err:  # the arguments are checked above: only a too-short video is left to refuse
             raise VideoReadError(f"{reader.path}: {err}") from None
         if n < clip_len * stride:
             _logger.info("%s: %d frames is shorter than a clip (%d at stride %d); looping it as the reference does",
@@ -252,12 +265,46 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def _check_clip_args(clip_len: int, stride: int, num_clips: int, mode: str, short_video: str, *,
+                     stride_name: str = "stride") -> None:
+    """Refuse what :func:`clip_indices` would refuse whatever the video's length."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"mode must be one of {CLIP_MODES}, found {mode!r}")
+    if short_video not in SHORT_VIDEO:
+        raise ValueError(f"short_video must be one of {SHORT_VIDEO}, found {short_video!r}")
+    for name, value in (("clip_len", clip_len), (stride_name, stride), ("num_clips", num_clips)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, found {value!r}")
+
+
 def _as_index_list(indices: Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(indices, torch.Tensor):
-        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
             raise ValueError(f"indices must be integers, found a {indices.dtype} tensor")
         return [int(i) for i in indices.reshape(-1).tolist()]
-    return [int(i) for i in np.asarray(indices).reshape(-1).tolist()]
+    array = np.asarray(indices)
+    # int() would truncate 2.7 to 2 and read True as 1: a float or bool index is a caller's mistake, not a frame.
+    # An empty list is float64 to numpy; _check_indices refuses it with its own message.
+    if array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers, found {array.dtype} values such as {array.reshape(-1)[0]!r}")
+    return [int(i) for i in array.reshape(-1).tolist()]
+
+
+def _video_encoder(av: Any, codec: str) -> str:
+    """FFmpeg's name of the encoder ``codec`` selects ("h264" -> "libx264"); refuse one that cannot write yuv420p."""
+    try:
+        encoder = av.codec.Codec(codec, "w")
+    except ValueError:  # PyAV's UnknownCodecError
+        raise ValueError(f"codec {codec!r} is not an encoder this FFmpeg build has; use e.g. 'libx264' (mp4), "
+                         "'libvpx-vp9' (webm) or 'mpeg4' (avi)") from None
+    if encoder.type != "video":
+        raise ValueError(f"codec {codec!r} encodes {encoder.type}, not video; write_video needs a video encoder such "
+                         "as 'libx264'")
+    formats = {f.name for f in encoder.video_formats or ()}
+    if formats and "yuv420p" not in formats:
+        raise ValueError(f"codec {codec!r} cannot encode yuv420p (4:2:0), which write_video writes (it takes "
+                         f"{', '.join(sorted(formats))}); use e.g. 'libx264', 'libvpx-vp9' or 'mpeg4'")
+    return str(encoder.name)
 
 
 def _check_indices(path: Path, indices: list[int], num_frames: int) -> None:
