@@ -322,15 +322,10 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """An image ViT's weights: vivit's readers (format by content, wrappers unwrapped, clear errors)."""
+    from vivit.pretrained import detect_format, read_safetensors, read_torch_state_dict
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):  # common wrappers of a training checkpoint
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
+    return read_safetensors(path) if detect_format(path) == "safetensors" else read_torch_state_dict(path)
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
