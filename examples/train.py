@@ -323,9 +323,9 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """An image ViT's weights: vivit's readers (format by content, wrappers unwrapped, clear errors)."""
-    from vivit.pretrained import detect_format, read_safetensors, read_torch_state_dict
+    from vivit.formats import read_state_dict
 
-    return read_safetensors(path) if detect_format(path) == "safetensors" else read_torch_state_dict(path)
+    return read_state_dict(path)
 
 
 def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:

@@ -8,7 +8,7 @@ from einops import rearrange
 
 import vivit
 from tests.conftest import TINY
-from vivit.registry import ARCHS
+from vivit.zoo import ARCHS
 
 timm = pytest.importorskip("timm")
 

@@ -1,4 +1,4 @@
-"""vivit.hub against a loopback server: cached downloads, Hub files, saved folders, model cards, push errors.
+"""vivit.fetch / vivit.publish against a loopback server: cached downloads, Hub files, saved folders, cards, pushes.
 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` and ``HF_HOME`` when imported, so every Hub call runs in a subprocess
 pointed at the loopback server; plain URL downloads (urllib) run in-process.
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import vivit
-from vivit import hub
+from vivit import fetch, formats, publish
 
 from .hub_server import COMMIT, HubServer
 
@@ -51,9 +51,9 @@ def closed_port() -> int:
 def test_download_url_caches_and_reuses_without_a_request(tmp_path: Path) -> None:
     with HubServer(files={"w.bin": PAYLOAD}) as server:
         url = server.file_url("w.bin")
-        first = hub.download_url(url, tmp_path)
-        second = hub.download_url(url, tmp_path)
-    assert first == second == hub.cache_path(url, tmp_path)
+        first = fetch.download_url(url, tmp_path)
+        second = fetch.download_url(url, tmp_path)
+    assert first == second == fetch.cache_path(url, tmp_path)
     assert first.read_bytes() == PAYLOAD
     assert first.name.endswith("-w.bin") and len(first.name) == len("0123456789abcdef-w.bin")
     assert server.requests == [("GET", "/files/w.bin")]
@@ -63,13 +63,13 @@ def test_download_url_caches_and_reuses_without_a_request(tmp_path: Path) -> Non
 def test_download_url_default_cache_is_vivit_cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "env-cache"))
     with HubServer(files={"w.bin": b"abc"}) as server:
-        path = hub.download_url(server.file_url("w.bin"))
+        path = fetch.download_url(server.file_url("w.bin"))
     assert path.parent == tmp_path / "env-cache"
 
 
 def test_urls_with_the_same_basename_get_different_cache_files(tmp_path: Path) -> None:
-    a = hub.cache_path("https://example.com/a/checkpoint", tmp_path)
-    b = hub.cache_path("https://example.com/b/checkpoint", tmp_path)
+    a = fetch.cache_path("https://example.com/a/checkpoint", tmp_path)
+    b = fetch.cache_path("https://example.com/b/checkpoint", tmp_path)
     assert a != b and a.name.endswith("-checkpoint") and b.name.endswith("-checkpoint")
 
 
@@ -77,11 +77,11 @@ def test_killed_download_raises_and_leaves_no_cache_entry(tmp_path: Path) -> Non
     with HubServer(files={"w.bin": PAYLOAD}, drop_after={"/files/w.bin": 300_000}) as server:
         url = server.file_url("w.bin")
         with pytest.raises(RuntimeError, match="incomplete") as info:
-            hub.download_url(url, tmp_path)
-        assert "300000 of 1048576 bytes" in str(info.value) and str(hub.cache_path(url, tmp_path)) in str(info.value)
+            fetch.download_url(url, tmp_path)
+        assert "300000 of 1048576 bytes" in str(info.value) and str(fetch.cache_path(url, tmp_path)) in str(info.value)
         assert list(tmp_path.iterdir()) == []  # neither the cache file nor a temp file
         server.drop_after.clear()  # the next attempt downloads afresh instead of reusing the partial file
-        assert hub.download_url(url, tmp_path).read_bytes() == PAYLOAD
+        assert fetch.download_url(url, tmp_path).read_bytes() == PAYLOAD
     assert server.requests.count(("GET", "/files/w.bin")) == 2
 
 
@@ -89,9 +89,9 @@ def test_http_404_is_one_clear_error(tmp_path: Path) -> None:
     with HubServer() as server:
         url = server.file_url("missing.bin")
         with pytest.raises(RuntimeError, match="HTTP 404") as info:
-            hub.download_url(url, tmp_path)
+            fetch.download_url(url, tmp_path)
     message = str(info.value)
-    assert url in message and str(hub.cache_path(url, tmp_path)) in message
+    assert url in message and str(fetch.cache_path(url, tmp_path)) in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback wall
     assert list(tmp_path.iterdir()) == []
 
@@ -99,9 +99,10 @@ def test_http_404_is_one_clear_error(tmp_path: Path) -> None:
 def test_unreachable_server_error_says_network_and_where_to_put_the_file(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/weights/checkpoint"
     with pytest.raises(RuntimeError, match="network may be unreachable") as info:
-        hub.download_url(url, tmp_path, timeout=5)
+        fetch.download_url(url, tmp_path, timeout=5)
     message = str(info.value)
-    assert url in message and "refused" in message.lower() and f"save it as {hub.cache_path(url, tmp_path)}" in message
+    assert url in message and "refused" in message.lower()
+    assert f"save it as {fetch.cache_path(url, tmp_path)}" in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -113,32 +114,32 @@ def test_offline_without_cache_names_url_and_destination(
     with HubServer(files={"w.bin": PAYLOAD}) as server:
         url = server.file_url("w.bin")
         with pytest.raises(RuntimeError, match="offline") as info:
-            hub.download_url(url, tmp_path)
-    assert url in str(info.value) and str(hub.cache_path(url, tmp_path)) in str(info.value)
+            fetch.download_url(url, tmp_path)
+    assert url in str(info.value) and str(fetch.cache_path(url, tmp_path)) in str(info.value)
     assert server.requests == []
 
 
 def test_offline_with_cache_returns_the_cached_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with HubServer(files={"w.bin": PAYLOAD}) as server:
         url = server.file_url("w.bin")
-        cached = hub.download_url(url, tmp_path)
+        cached = fetch.download_url(url, tmp_path)
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        assert hub.download_url(url, tmp_path) == cached
+        assert fetch.download_url(url, tmp_path) == cached
     assert len(server.requests) == 1
 
 
 def test_sha256_mismatch_caches_nothing(tmp_path: Path) -> None:
     with HubServer(files={"w.bin": PAYLOAD}) as server:
         with pytest.raises(RuntimeError, match="sha256"):
-            hub.download_url(server.file_url("w.bin"), tmp_path, sha256="00" * 32)
+            fetch.download_url(server.file_url("w.bin"), tmp_path, sha256="00" * 32)
         assert list(tmp_path.iterdir()) == []
         digest = hashlib.sha256(PAYLOAD).hexdigest()
-        assert hub.download_url(server.file_url("w.bin"), tmp_path, sha256=digest[:12]).is_file()
+        assert fetch.download_url(server.file_url("w.bin"), tmp_path, sha256=digest[:12]).is_file()
 
 
 def test_non_http_url_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="http"):
-        hub.download_url(str(tmp_path / "weights.bin"), tmp_path)
+        fetch.download_url(str(tmp_path / "weights.bin"), tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ parse_hub_name
@@ -149,7 +150,7 @@ def test_non_http_url_is_refused(tmp_path: Path) -> None:
     ("hf-hub:org/repo@refs/pr/1", ("org/repo", "refs/pr/1")),
 ])
 def test_parse_hub_name(name: str, expected: tuple[str, str | None]) -> None:
-    assert hub.parse_hub_name(name) == expected
+    assert fetch.parse_hub_name(name) == expected
 
 
 @pytest.mark.parametrize("name", [
@@ -158,7 +159,7 @@ def test_parse_hub_name(name: str, expected: tuple[str, str | None]) -> None:
 ])
 def test_parse_hub_name_rejects_malformed_names(name: str) -> None:
     with pytest.raises(ValueError, match="hf-hub|repo id|revision"):
-        hub.parse_hub_name(name)
+        fetch.parse_hub_name(name)
 
 
 # -------------------------------------------------------------------------------- save_pretrained / load_saved
@@ -166,10 +167,10 @@ def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> Non
     model = tiny_model()
     with torch.no_grad():  # non-zero head so the logits comparison means something
         model.head.weight.normal_()
-    out = hub.save_pretrained(model, tmp_path / "saved")
+    out = publish.save_pretrained(model, tmp_path / "saved")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
-    config, state = hub.load_saved(out)
+    config, state = formats.load_saved(out)
     expected = model.state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
@@ -189,7 +190,7 @@ def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> Non
 def test_save_pretrained_records_the_current_head(tmp_path: Path) -> None:
     model = tiny_model(variant="factorized_dot_product", global_pool="avg")
     model.reset_classifier(3, global_pool="max")
-    config, state = hub.load_saved(hub.save_pretrained(model, tmp_path))
+    config, state = formats.load_saved(publish.save_pretrained(model, tmp_path))
     assert config["model_args"]["num_classes"] == config["num_classes"] == 3
     assert config["model_args"]["global_pool"] == "max"
     vivit.ViViT(**config["model_args"]).load_state_dict(state)
@@ -199,7 +200,7 @@ def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -
     model = vivit.create_model("vivit_b_16x2.k400", depth=1, img_size=32, num_frames=4, embed_dim=32, num_heads=2,
                                mlp_dim=64)
     labels = [f"class {i}" for i in range(400)]
-    config, _ = hub.load_saved(hub.save_pretrained(model, tmp_path, label_names=labels, repo_id="me/tiny.k400"))
+    config, _ = formats.load_saved(publish.save_pretrained(model, tmp_path, label_names=labels, repo_id="me/tiny.k400"))
     cfg = config["pretrained_cfg"]
     assert config["architecture"] == cfg["architecture"] == "vivit_b_16x2"
     assert config["label_names"] == labels
@@ -221,21 +222,21 @@ def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -
 def test_new_head_drops_the_source_accuracy_from_the_card(tmp_path: Path) -> None:
     model = vivit.create_model("vivit_b_16x2.k400", num_classes=7, depth=1, img_size=32, num_frames=4, embed_dim=32,
                                num_heads=2, mlp_dim=64)
-    config, _ = hub.load_saved(hub.save_pretrained(model, tmp_path))
+    config, _ = formats.load_saved(publish.save_pretrained(model, tmp_path))
     assert "top1" not in config["pretrained_cfg"] and "label_set" not in config["pretrained_cfg"]
     assert "## Evaluation" not in (tmp_path / "README.md").read_text()
 
 
 def test_label_names_must_match_num_classes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="3 names.*5 classes"):
-        hub.save_pretrained(tiny_model(), tmp_path, label_names=["a", "b", "c"])
+        publish.save_pretrained(tiny_model(), tmp_path, label_names=["a", "b", "c"])
 
 
 def test_stale_model_args_are_refused(tmp_path: Path) -> None:
     model = tiny_model()
     model.head = torch.nn.Linear(32, 7)  # swapped by hand: model_args still say 5 classes
     with pytest.raises(ValueError, match="model_args no longer describe"):
-        hub.save_pretrained(model, tmp_path)
+        publish.save_pretrained(model, tmp_path)
     assert not (tmp_path / "model.safetensors").exists()
 
 
@@ -243,48 +244,48 @@ def test_meta_model_cannot_be_saved(tmp_path: Path) -> None:
     with torch.device("meta"):
         model = tiny_model()
     with pytest.raises(ValueError, match="meta device"):
-        hub.save_pretrained(model, tmp_path)
+        publish.save_pretrained(model, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_safetensors_error_names_the_file(tmp_path: Path, damage: str) -> None:
-    hub.save_pretrained(tiny_model(), tmp_path)
+    publish.save_pretrained(tiny_model(), tmp_path)
     weights = tmp_path / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(b"\x07not a safetensors file" if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(ValueError, match="safetensors") as info:
-        hub.load_saved(tmp_path)
+        formats.load_saved(tmp_path)
     assert str(weights) in str(info.value)
 
 
 def test_missing_or_broken_config_error_names_the_file(tmp_path: Path) -> None:
-    hub.save_pretrained(tiny_model(), tmp_path)
+    publish.save_pretrained(tiny_model(), tmp_path)
     config = tmp_path / "config.json"
     config.write_text("{ not json")
     with pytest.raises(ValueError, match="not valid JSON") as info:
-        hub.load_saved(tmp_path)
+        formats.load_saved(tmp_path)
     assert str(config) in str(info.value)
     config.write_text(json.dumps({"model_type": "vivit", "hidden_size": 768}))
     with pytest.raises(ValueError, match="from_transformers"):
-        hub.load_saved(tmp_path)
+        formats.load_saved(tmp_path)
     config.unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        hub.load_saved(tmp_path)
+        formats.load_saved(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        hub.load_saved(tmp_path / "nowhere")
+        formats.load_saved(tmp_path / "nowhere")
 
 
 def test_missing_weights_error_names_the_file(tmp_path: Path) -> None:
-    hub.save_pretrained(tiny_model(), tmp_path)
+    publish.save_pretrained(tiny_model(), tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        hub.load_saved(tmp_path)
+        formats.load_saved(tmp_path)
 
 
 # --------------------------------------------------------------------------------- Hub (in a subprocess)
 _PRELUDE = """
 import json, sys
-from vivit import hub
+from vivit import fetch, formats, publish
 
 def attempt(fn, *args, **kwargs):
     try:
@@ -310,16 +311,16 @@ def run_hub(code: str, server: HubServer, hf_home: Path, **env: str) -> dict:
 @pytest.fixture
 def saved_repo(tmp_path: Path) -> tuple[vivit.ViViT, Path]:
     model = tiny_model()
-    return model, hub.save_pretrained(model, tmp_path / "repo")
+    return model, publish.save_pretrained(model, tmp_path / "repo")
 
 
 def test_hf_hub_file_round_trip_through_the_loopback_hub(tmp_path: Path, saved_repo: tuple) -> None:
     model, folder = saved_repo
     code = f"""
 import torch, vivit
-config = hub.hf_hub_file("vivit-test/tiny", "config.json")
-weights = hub.hf_hub_file("vivit-test/tiny", "model.safetensors", revision="{COMMIT}")
-cfg, state = hub.load_saved(weights.parent)
+config = fetch.hf_hub_file("vivit-test/tiny", "config.json")
+weights = fetch.hf_hub_file("vivit-test/tiny", "model.safetensors", revision="{COMMIT}")
+cfg, state = formats.load_saved(weights.parent)
 rebuilt = vivit.ViViT(**cfg["model_args"])
 rebuilt.load_state_dict(state)
 torch.save(rebuilt.state_dict(), {str(tmp_path / "rebuilt.pt")!r})
@@ -336,9 +337,9 @@ print(json.dumps({{"same_folder": config.parent == weights.parent, "commit": wei
 
 def test_hf_hub_file_missing_file_repo_and_revision_are_clear_errors(tmp_path: Path) -> None:
     code = """
-print(json.dumps([attempt(hub.hf_hub_file, "vivit-test/tiny", "model.safetensors"),
-                  attempt(hub.hf_hub_file, "vivit-test/nope", "config.json"),
-                  attempt(hub.hf_hub_file, "vivit-test/tiny", "config.json", "v9")]))
+print(json.dumps([attempt(fetch.hf_hub_file, "vivit-test/tiny", "model.safetensors"),
+                  attempt(fetch.hf_hub_file, "vivit-test/nope", "config.json"),
+                  attempt(fetch.hf_hub_file, "vivit-test/tiny", "config.json", "v9")]))
 """
     with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}) as server:
         file, repo, revision = run_hub(code, server, tmp_path / "hf")
@@ -350,7 +351,7 @@ print(json.dumps([attempt(hub.hf_hub_file, "vivit-test/tiny", "model.safetensors
 
 
 def test_hf_hub_file_offline_with_empty_cache_is_a_clear_error(tmp_path: Path) -> None:
-    code = 'print(json.dumps(attempt(hub.hf_hub_file, "vivit-test/tiny", "config.json")))'
+    code = 'print(json.dumps(attempt(fetch.hf_hub_file, "vivit-test/tiny", "config.json")))'
     with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}) as server:
         result = run_hub(code, server, tmp_path / "hf", HF_HUB_OFFLINE="1")
     assert result["error"] == "RuntimeError"
@@ -361,7 +362,7 @@ def test_hf_hub_file_offline_with_empty_cache_is_a_clear_error(tmp_path: Path) -
 
 
 def test_hf_hub_file_offline_serves_the_hugging_face_cache(tmp_path: Path) -> None:
-    code = 'print(json.dumps(attempt(hub.hf_hub_file, "vivit-test/tiny", "config.json")))'
+    code = 'print(json.dumps(attempt(fetch.hf_hub_file, "vivit-test/tiny", "config.json")))'
     with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}) as server:
         online = run_hub(code, server, tmp_path / "hf")
         n = len(server.requests)
@@ -374,7 +375,7 @@ def test_push_to_hub_refused_by_the_hub_is_a_clear_error(tmp_path: Path) -> None
     code = f"""
 import vivit
 model = vivit.ViViT(**{TINY_ARGS!r})
-print(json.dumps(attempt(hub.push_to_hub, model, "me/tiny", private=True)))
+print(json.dumps(attempt(publish.push_to_hub, model, "me/tiny", private=True)))
 """
     with HubServer() as server:
         result = run_hub(code, server, tmp_path / "hf", HF_TOKEN="hf_loopbacktesttoken")
@@ -385,14 +386,14 @@ print(json.dumps(attempt(hub.push_to_hub, model, "me/tiny", private=True)))
 
 def test_push_to_hub_checks_arguments_and_offline_mode_first(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="repo id"):
-        hub.push_to_hub(tiny_model(), "not a repo")
+        publish.push_to_hub(tiny_model(), "not a repo")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="offline mode"):
-        hub.push_to_hub(tiny_model(), "hf-hub:me/tiny@dev")
+        publish.push_to_hub(tiny_model(), "hf-hub:me/tiny@dev")
 
 
 def test_importing_hub_loads_no_optional_dependency() -> None:
-    code = ("import sys, vivit; before = set(sys.modules); import vivit.hub; "
+    code = ("import sys, vivit; before = set(sys.modules); import vivit.fetch, vivit.formats, vivit.publish; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new & {'huggingface_hub', 'safetensors', 'httpx2', 'httpx', 'tqdm'}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -431,4 +432,4 @@ def test_model_card_counts_the_full_architecture_not_the_trimmed_forward():
         counts[name] = counter.get_total_flops() / 2e9
     assert counts["forward"] < counts["full"]
     config = {"pretrained_cfg": {"input_size": (3, model.num_frames, *model.img_size)}}
-    assert hub._gmacs(model, config) == pytest.approx(counts["full"])
+    assert publish._gmacs(model, config) == pytest.approx(counts["full"])

@@ -14,7 +14,8 @@ import vivit
 from tests.conftest import TINY
 from tests.test_model import TINY_VARIANTS
 from vivit.embed import resample_pos_embed
-from vivit.pretrained import detect_format, load_pretrained
+from vivit.formats import detect_format
+from vivit.load import load_pretrained
 
 SNAPSHOT = __import__("pathlib").Path(__file__).parent / "snapshots" / "state_dict_keys.json"
 
@@ -235,9 +236,9 @@ def test_load_pretrained_without_source_reloads_the_folder_the_model_came_from(t
 
 
 def test_frame_sampling_grid_of_saved_args_matches_the_embedding():
-    from vivit.pretrained import _grid_of_args
+    from vivit.adapt import grid_of_args
 
     for img_size in (32, 24):  # 24: 16-pixel patch rows straddle frames, the tokens form one tall image
         args = dict(variant="spacetime", img_size=img_size, num_frames=8, tubelet_size=(1, 16, 16),
                     embedding="frame_sampling", n_sampled_frames=3, embed_dim=16, depth=1, num_heads=2, mlp_dim=32)
-        assert _grid_of_args(args) == vivit.ViViT(**args).grid_size
+        assert grid_of_args(args) == vivit.ViViT(**args).grid_size

@@ -10,7 +10,7 @@ import torch
 
 import vivit
 from tests.conftest import TINY
-from vivit.registry import ARCHS, PRETRAINED
+from vivit.zoo import ARCHS, PRETRAINED
 
 PAPER_PARAMS_B = {"vivit_b_16x2": 88.9e6, "vivit_b_16x2_fe": 115.1e6, "vivit_b_16x2_fsa": 117.3e6,
                   "vivit_b_16x2_fdp": 88.9e6}

@@ -1,4 +1,4 @@
-"""Whole weight paths end to end: registry tag / hf-hub name -> download (loopback) -> convert -> identical outputs."""
+"""Whole weight paths end to end: zoo tag / hf-hub name -> download (loopback) -> convert -> identical outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vivit
-from vivit import registry
+from vivit import zoo
 
 from .hub_server import HubServer
 from .test_hub import run_hub
@@ -25,8 +25,8 @@ def test_reference_url_tag_downloads_converts_and_matches_the_reference(tmp_path
     arrays = np.load(golden_dir / "scenic" / "vivit_factorized_encoder_A.npz")
     monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "cache"))
     with HubServer(files={"kinetics_400/vivit_base_16x2_fe/checkpoint": checkpoint.read_bytes()}) as server:
-        cfg = registry.PRETRAINED["vivit_b_16x2_fe.k400"]
-        monkeypatch.setitem(registry.PRETRAINED, cfg.name, dataclasses.replace(
+        cfg = zoo.PRETRAINED["vivit_b_16x2_fe.k400"]
+        monkeypatch.setitem(zoo.PRETRAINED, cfg.name, dataclasses.replace(
             cfg, url=server.file_url("kinetics_400/vivit_base_16x2_fe/checkpoint"), input_size=(3, 8, 16, 16),
             num_classes=5))
         model = vivit.create_model("vivit_b_16x2_fe.k400", pretrained=True, **A_FE).eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def _cmd_list(args: argparse.Namespace) -> int:
     import vivit
-    from vivit.registry import ARCHS, PRETRAINED
+    from vivit.zoo import ARCHS, PRETRAINED
 
     names = vivit.list_models(args.filter or "", pretrained=args.pretrained)
     if args.json:
@@ -27,8 +27,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _load_source(args: argparse.Namespace):
     """Build the model ``convert`` saves: a tag / hf-hub name, or a file with --arch or --scenic-config."""
     import vivit
-    from vivit.pretrained import detect_format
-    from vivit.registry import PRETRAINED
+    from vivit.formats import detect_format
+    from vivit.zoo import PRETRAINED
 
     source = args.source
     overrides = {k: v for k, v in dict(img_size=args.img_size, num_frames=args.num_frames).items() if v is not None}

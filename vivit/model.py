@@ -407,13 +407,13 @@ class ViViT(nn.Module):
     # ---------------------------------------------------------------- weights
     def save_pretrained(self, save_directory: str, *, label_names: list[str] | None = None) -> Any:
         """Write ``model.safetensors``, a timm-schema ``config.json`` and a ``README.md`` card to a folder."""
-        from .hub import save_pretrained
+        from .publish import save_pretrained
 
         return save_pretrained(self, save_directory, label_names=label_names)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload ``save_pretrained``'s folder to the Hugging Face Hub repo ``repo_id``; returns the commit URL."""
-        from .hub import push_to_hub
+        from .publish import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 

@@ -41,7 +41,7 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
 
 # ------------------------------------------------------------------------------------------------ config
 def resolve_data_config(model_or_cfg: Any) -> dict[str, Any]:
-    """The preprocessing fields of a model's pretrained cfg, defaults filled from ``registry.PretrainedCfg``.
+    """The preprocessing fields of a model's pretrained cfg, defaults filled from ``zoo.PretrainedCfg``.
 
     Args:
         model_or_cfg: A ViViT (its ``pretrained_cfg``; ``input_size`` from the model itself, so a model built with
@@ -52,11 +52,11 @@ def resolve_data_config(model_or_cfg: Any) -> dict[str, Any]:
         ``input_size`` ``(C, T, H, W)``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``interpolation``,
         ``frame_stride``.
     """
-    from .registry import PretrainedCfg
+    from .zoo import PretrainedCfg
 
     defaults = {f.name: f.default for f in fields(PretrainedCfg) if f.name in DATA_KEYS}
     if isinstance(model_or_cfg, str):
-        from .registry import resolve_name
+        from .zoo import resolve_name
 
         if model_or_cfg.startswith("hf-hub:"):
             raise ValueError(f"{model_or_cfg!r}: create the model first (vivit.create_model) and pass the model")

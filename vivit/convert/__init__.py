@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..adapt import fit_pos_embeds
+from ..model import ViViT
 from .checkpoint import read_scenic_checkpoint
 from .scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
 from .transformers import from_transformers
-
-if TYPE_CHECKING:
-    from ..model import ViViT
 
 __all__ = ["from_scenic", "from_transformers", "read_scenic_checkpoint"]
 
@@ -39,9 +38,6 @@ def from_scenic(
     Returns:
         A ``ViViT`` in eval mode whose logits match the reference's.
     """
-    from ..model import ViViT
-    from ..pretrained import fit_pos_embeds
-
     if isinstance(params_or_path, (str, bytes)) or hasattr(params_or_path, "__fspath__"):
         params = read_scenic_checkpoint(params_or_path)
     else:

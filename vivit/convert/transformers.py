@@ -10,12 +10,11 @@ module reads modules, state dicts and configs through their plain attributes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from ..model import ViViT
+from ..model import ViViT
 
 # (transformers source keys, our key, transform of the source tensors)
 Entry = tuple[tuple[str, ...], str, Callable[..., torch.Tensor]]
@@ -135,7 +134,8 @@ def _strip_prefix(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor
     return tensors, as_given
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
+def config_dict(config: Any) -> dict[str, Any]:
+    """A transformers ``VivitConfig`` (or its dict) as a plain dict; ``ValueError`` when there is none."""
     if config is None:
         raise ValueError(
             "a state dict needs config=: a transformers VivitConfig or its dict (config.json); sizes, activation, "
@@ -261,8 +261,6 @@ def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwar
         From a ``VivitModel``: ``num_classes = 0``; its pooler becomes ``pre_logits``, so ``pre_logits`` features
         equal ``pooler_output`` (without a pooler, the normed CLS token).
     """
-    from ..model import ViViT
-
     if isinstance(model_or_state_dict, torch.nn.Module):
         names = {cls.__name__ for cls in type(model_or_state_dict).__mro__}
         if not names & set(HF_CLASSES):
@@ -273,7 +271,7 @@ def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwar
         state_dict = model_or_state_dict
     else:
         raise ValueError(f"expected a transformers ViViT module or a state dict, got {type(model_or_state_dict)}")
-    cfg = _config_dict(config)
+    cfg = config_dict(config)
     tensors, as_given = _strip_prefix(state_dict)
     layout = detect_layout(set(tensors))
     args = model_args_from_transformers(cfg, tensors)

@@ -1,31 +1,17 @@
-"""Fetching and publishing weights: cached URL downloads, Hugging Face Hub files, saved-model folders and cards.
+"""Publishing a model: a folder with ``model.safetensors``, a timm-schema ``config.json`` and a ``README.md`` model
+card, and its upload to the Hugging Face Hub.
 
-Downloads go to a temporary file in the cache folder and are renamed into place only when complete, so a killed or
-truncated download never leaves a cache entry. ``huggingface_hub`` and ``safetensors`` are imported inside the
-functions that need them: ``import vivit`` loads neither.
-
-Environment:
-    VIVIT_CACHE: cache folder of :func:`download_url` (default ``~/.cache/vivit``). Hub files use the Hugging Face
-        cache (``HF_HOME`` / ``HF_HUB_CACHE``).
-    HF_HUB_OFFLINE, VIVIT_OFFLINE: ``1`` serves cached files only and never touches the network.
+Every file is written to a temporary name and renamed into place. ``huggingface_hub`` and ``safetensors`` are imported
+inside the functions that need them: ``import vivit`` loads neither.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import logging
 import math
 import os
-import re
-import ssl
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,22 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._version import __version__
+from .fetch import HUB_PREFIXES, first_line, is_offline, parse_hub_name, transport_errors
+from .formats import CONFIG_NAME, WEIGHTS_NAME
+from .zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
+
 if TYPE_CHECKING:
     from torch import nn
 
 _logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
-CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
-HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts the underscore spelling too
-DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download is abandoned
-_CHUNK = 1 << 20
-_STALE_PART_SECONDS = 24 * 3600
 # Keys that say where the *source* weights were; a saved folder is its own source (as timm's ``remove_source``).
 _SOURCE_KEYS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict")
-_HUB_PART = re.compile(r"^[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 _VARIANT_NAMES = {
     "spacetime": "Model 1, spatio-temporal attention",
     "factorized_encoder": "Model 2, factorised encoder",
@@ -66,240 +49,7 @@ CITATION = """@inproceedings{arnab2021vivit,
 }"""
 
 
-# ----------------------------------------------------------------------------------------------- plain URLs
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
-
-def is_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` or ``VIVIT_OFFLINE`` forbids network access."""
-    return _env_true("HF_HUB_OFFLINE") or _env_true("VIVIT_OFFLINE")
-
-
-def default_cache_dir() -> Path:
-    """``$VIVIT_CACHE``, else ``~/.cache/vivit``."""
-    return Path(os.environ.get("VIVIT_CACHE") or Path.home() / ".cache" / "vivit").expanduser()
-
-
-def cache_path(url: str, cache_dir: str | Path | None = None) -> Path:
-    """Where :func:`download_url` keeps ``url``: ``<cache>/<sha256(url)[:16]>-<basename>``.
-
-    The hash keeps URLs with the same basename apart (every reference checkpoint is called ``checkpoint``).
-    """
-    basename = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
-    basename = re.sub(r"[^\w.-]", "_", basename).lstrip(".") or "download"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return Path(cache_dir or default_cache_dir()).expanduser() / f"{digest}-{basename[:100]}"
-
-
-def _manual_hint(url: str, dest: Path) -> str:
-    return (f"Download {url} on a machine with network access and save it as {dest} (or pass the local file to "
-            "vivit.load_pretrained(model, path)).")
-
-
-def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str | None = None,
-                 timeout: float = DOWNLOAD_TIMEOUT) -> Path:
-    """Download ``url`` once into the cache and return the cached file.
-
-    Args:
-        url: An ``http(s)://`` URL.
-        cache_dir: Cache folder; default ``$VIVIT_CACHE`` or ``~/.cache/vivit``.
-        sha256: Expected hex digest (or a prefix of it) of the file; a mismatch keeps nothing.
-        timeout: Seconds to wait for the connection or the next chunk.
-
-    Returns:
-        The cached file (see :func:`cache_path`), reused without network access on later calls.
-
-    Raises:
-        ValueError: ``url`` is not http(s).
-        RuntimeError: Offline with no cached copy, the download failed or was incomplete; the message names the
-            URL and where to put a manually downloaded copy.
-    """
-    scheme = urllib.parse.urlparse(url).scheme
-    if scheme not in ("http", "https"):
-        raise ValueError(f"download_url needs an http(s) URL, got {url!r}; pass local files to vivit.load_pretrained")
-    dest = cache_path(url, cache_dir)
-    if dest.is_file():
-        return dest
-    if is_offline():
-        raise RuntimeError(f"offline mode (HF_HUB_OFFLINE / VIVIT_OFFLINE is set) and {url} is not cached. "
-                           + _manual_hint(url, dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(dest)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        received, expected, digest = _fetch(url, tmp, timeout, desc=dest.name)
-        if expected is not None and received != expected:
-            raise RuntimeError(f"download of {url} is incomplete: the connection closed after {received} of "
-                               f"{expected} bytes; nothing was cached. Retry, or " + _lower(_manual_hint(url, dest)))
-        if sha256 is not None and not digest.startswith(sha256.lower()):
-            raise RuntimeError(f"{url} has sha256 {digest}, expected {sha256}; nothing was cached. The file changed "
-                               "on the server or was corrupted in transit.")
-        os.replace(tmp, dest)
-    except urllib.error.HTTPError as err:
-        raise RuntimeError(f"could not download {url}: the server answered HTTP {err.code} {err.reason}. "
-                           + _manual_hint(url, dest)) from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError) as err:
-        raise RuntimeError(f"could not download {url} ({type(err).__name__}: {err}); the network may be unreachable. "
-                           + _manual_hint(url, dest)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    _logger.info("downloaded %s to %s", url, dest)
-    return dest
-
-
-def _lower(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-def _remove_stale_parts(dest: Path) -> None:
-    """Delete day-old ``.part`` files of ``dest`` left by killed processes (never cache entries, only litter)."""
-    for part in dest.parent.glob(f".{dest.name}.*.part"):
-        try:
-            if time.time() - part.stat().st_mtime > _STALE_PART_SECONDS:
-                part.unlink()
-        except FileNotFoundError:  # another process cleaned it up first
-            pass
-
-
-def _fetch(url: str, tmp: Path, timeout: float, desc: str) -> tuple[int, int | None, str]:
-    """Stream ``url`` into ``tmp``; returns (bytes received, Content-Length or None, sha256 hex)."""
-    from . import __version__
-
-    request = urllib.request.Request(url, headers={"User-Agent": f"vivit/{__version__}"})
-    digest = hashlib.sha256()
-    received = 0
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
-        length = response.headers.get("Content-Length")
-        expected = int(length) if length and length.isdigit() else None
-        with _Progress(expected, desc) as update:
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                update(len(chunk))
-    return received, expected, digest.hexdigest()
-
-
-class _Progress:
-    """A tqdm bar on an interactive stderr, otherwise nothing (logs and CI stay clean)."""
-
-    def __init__(self, total: int | None, desc: str) -> None:
-        self.bar: Any = None
-        if sys.stderr is not None and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # tqdm is optional
-                return
-            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr)
-
-    def __enter__(self) -> Callable[[int], None]:
-        return self.bar.update if self.bar is not None else (lambda n: None)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ------------------------------------------------------------------------------------------ Hugging Face Hub
-def parse_hub_name(name: str) -> tuple[str, str | None]:
-    """``"hf-hub:org/repo[@revision]"`` -> ``("org/repo", "revision" or None)``.
-
-    Raises:
-        ValueError: No ``hf-hub:`` prefix, a repo id that is not ``org/repo``, or an empty revision.
-    """
-    prefix = next((p for p in HUB_PREFIXES if name.startswith(p)), None)
-    if prefix is None:
-        raise ValueError(f"expected 'hf-hub:<org>/<repo>[@<revision>]', got {name!r}")
-    repo_id, at, revision = name[len(prefix):].partition("@")
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_HUB_PART.match(p) and ".." not in p and "--" not in p for p in parts):
-        raise ValueError(f"invalid Hub repo id {repo_id!r} in {name!r}: expected '<org>/<repo>' of letters, digits, "
-                         "'-', '_' and '.' (e.g. 'hf-hub:google/vivit-b-16x2-kinetics400')")
-    if at and (not revision or any(c.isspace() for c in revision)):
-        raise ValueError(f"invalid revision {revision!r} in {name!r}: expected a branch, tag or commit after '@'")
-    return repo_id, (revision if at else None)
-
-
-def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
-                cache_dir: str | Path | None = None) -> Path:
-    """Fetch one file of a Hub repo through the Hugging Face cache (``huggingface_hub.hf_hub_download``).
-
-    Args:
-        repo_id: ``"org/repo"``.
-        filename: Path of the file inside the repo.
-        revision: Branch, tag or commit; default ``main``.
-        cache_dir: Overrides the Hugging Face cache folder.
-
-    Raises:
-        FileNotFoundError: The repo, revision or file does not exist (or the repo is private).
-        RuntimeError: Offline without a cached copy, the Hub is unreachable, or access is refused.
-    """
-    from huggingface_hub import constants, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from . import __version__
-
-    rev = revision or constants.DEFAULT_REVISION
-    url = hf_hub_url(repo_id, filename, revision=rev)
-    where = f"Hub repo {repo_id!r} (revision {rev!r})"
-    manual = (f"Download it elsewhere (`hf download {repo_id} {filename} --revision {rev}`, or {url}) and pass the "
-              "local file or folder to vivit.load_pretrained(model, path).")
-    try:
-        path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, library_name="vivit",
-                               library_version=__version__, local_files_only=_env_true("VIVIT_OFFLINE"))
-    except RemoteEntryNotFoundError:
-        raise FileNotFoundError(f"{where} has no file {filename!r} ({url} answered 404). Check the file name; "
-                                f"vivit folders hold {WEIGHTS_NAME} and {CONFIG_NAME}.") from None
-    except RevisionNotFoundError:
-        raise FileNotFoundError(f"Hub repo {repo_id!r} has no revision {rev!r}; check the branch, tag or commit "
-                                "after '@'.") from None
-    except GatedRepoError:
-        raise RuntimeError(f"Hub repo {repo_id!r} is gated: accept its terms at {constants.ENDPOINT}/{repo_id} and "
-                           "log in (`hf auth login` or HF_TOKEN). " + manual) from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"Hub repo {repo_id!r} was not found at {constants.ENDPOINT} (or it is private and "
-                                "you are not logged in: `hf auth login` or HF_TOKEN). Check the name.") from None
-    except LocalEntryNotFoundError as err:
-        if constants.is_offline_mode() or _env_true("VIVIT_OFFLINE"):
-            reason = "offline mode (HF_HUB_OFFLINE / VIVIT_OFFLINE is set) and the file is not in the Hugging Face " \
-                     "cache"
-        else:
-            cause = err.__cause__ or err
-            reason = (f"the Hub at {constants.ENDPOINT} could not be reached ({type(cause).__name__}: "
-                      f"{_first_line(cause)}); the network may be unreachable, and the file is not cached")
-        raise RuntimeError(f"cannot get {filename!r} from {where}: {reason}. " + manual) from None
-    except HfHubHTTPError as err:
-        raise RuntimeError(f"cannot get {filename!r} from {where}: the Hub answered {_first_line(err)}. "
-                           "If the repo is private, log in (`hf auth login` or HF_TOKEN). " + manual) from None
-    except _transport_errors() as err:
-        raise RuntimeError(f"cannot get {filename!r} from {where}: {type(err).__name__}: {_first_line(err)}; the "
-                           "network may be unreachable. " + manual) from None
-    return Path(path)
-
-
-def _transport_errors() -> tuple[type[Exception], ...]:
-    """Connection/timeout errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx before)."""
-    for module in ("httpx2", "httpx"):  # older huggingface_hub releases use httpx
-        try:
-            return (__import__(module).TransportError,)
-        except ImportError:
-            continue
-    return ()  # neither client: nothing more to translate; the original error propagates
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-# ----------------------------------------------------------------------------------------- saved folders
 def _json_safe(value: Any, key: str = "") -> Any:
     """Tuples -> lists, paths -> str, recursively; anything JSON cannot hold raises naming the key."""
     if isinstance(value, Mapping):
@@ -316,8 +66,6 @@ def _json_safe(value: Any, key: str = "") -> Any:
 
 
 def _architecture(model: nn.Module) -> str:
-    from .registry import ARCHS, GENERIC_ARCH
-
     arch = model.pretrained_cfg.get("architecture")
     return arch if arch in ARCHS else GENERIC_ARCH
 
@@ -332,8 +80,6 @@ def model_config(model: nn.Module, *, label_names: Sequence[str] | None = None) 
     Raises:
         ValueError: ``label_names`` does not match ``num_classes``, or a value cannot be stored as JSON.
     """
-    from .registry import REFERENCE_MEAN, REFERENCE_STD
-
     # The head and pool may have changed since construction (reset_classifier); model_args must describe them now.
     model_args = {**model.model_args, "num_classes": model.num_classes, "global_pool": model.global_pool}
     source = model.pretrained_cfg
@@ -521,8 +267,7 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
     if repo_id:
         build = [f'model = vivit.create_model("hf-hub:{repo_id}", pretrained=True).eval()']
     else:
-        build = ['config, state_dict = vivit.hub.load_saved("path/to/this/folder")',
-                 'model = vivit.ViViT(**config["model_args"])', "model.load_state_dict(state_dict)", "model.eval()"]
+        build = ['model = vivit.create_model("local-dir:path/to/this/folder", pretrained=True).eval()']
     usage = ["```python", "import vivit", "", *build,
              f"logits = model(video)  # video: float B x {c} x {t} x {h} x {w}, preprocessed as above", "```"]
     body = [f"# {name}", "", "A ViViT video classification model (Arnab et al., ICCV 2021) for the `vivit` PyTorch "
@@ -540,48 +285,6 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
 
 def _num(x: float) -> str:
     return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
-
-
-def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a folder written by :func:`save_pretrained`: ``(config dict, state dict)``.
-
-    Falls back to ``pytorch_model.bin`` (loaded with ``weights_only=True``) when there is no ``model.safetensors``.
-
-    Raises:
-        FileNotFoundError: The folder, its ``config.json`` or its weights file is missing.
-        ValueError: A file is corrupt or truncated, or the config was not written by vivit; the message names it.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"saved-model folder {directory} does not exist (expected {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME} inside)")
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: {directory} is not a folder written by "
-                                "vivit.save_pretrained")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}); re-save or re-download it") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model_args"), dict):
-        hint = (" It looks like a transformers ViViT config: use vivit.convert.from_transformers."
-                if isinstance(config, dict) and config.get("model_type") == "vivit" else "")
-        found = sorted(config) if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{config_path} has no 'model_args' object (found {found}): not written by "
-                         f"vivit.save_pretrained.{hint}")
-    return config, _load_weights(directory)
-
-
-def _load_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from .pretrained import read_safetensors, read_torch_state_dict
-
-    path = directory / WEIGHTS_NAME
-    if path.is_file():
-        return read_safetensors(path)
-    legacy = directory / LEGACY_WEIGHTS_NAME
-    if legacy.is_file():
-        return read_torch_state_dict(legacy)
-    raise FileNotFoundError(f"{path} is missing: {directory} has no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
 
 
 def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload ViViT model",
@@ -616,7 +319,6 @@ def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-        from . import __version__
 
         api = HfApi(token=token, library_name="vivit", library_version=__version__)
         try:
@@ -626,10 +328,10 @@ def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload
             commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
                                        revision=revision)
         except HfHubHTTPError as err:
-            raise RuntimeError(f"pushing to Hub repo {repo_id!r} failed: the Hub answered {_first_line(err)}. Check "
+            raise RuntimeError(f"pushing to Hub repo {repo_id!r} failed: the Hub answered {first_line(err)}. Check "
                                "that you are logged in with write access (`hf auth login` or HF_TOKEN).") from None
-        except (*_transport_errors(), OfflineModeIsEnabled) as err:
-            raise RuntimeError(f"pushing to Hub repo {repo_id!r} failed ({type(err).__name__}: {_first_line(err)}); "
+        except (*transport_errors(), OfflineModeIsEnabled) as err:
+            raise RuntimeError(f"pushing to Hub repo {repo_id!r} failed ({type(err).__name__}: {first_line(err)}); "
                                "the network may be unreachable. Save locally with save_pretrained and upload later "
                                "with `hf upload`.") from None
     _logger.info("pushed to %s", commit.commit_url)

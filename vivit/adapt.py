@@ -1,0 +1,81 @@
+"""Fitting weights to a model's token grid: which grid a state dict was trained on, and resampling its positional
+embeddings to the model's (SPEC 4.3). Used by the converters and by loading."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .embed import frame_sampling_grid, resample_pos_embed, sample_frame_indices
+
+if TYPE_CHECKING:
+    from .model import ViViT
+
+_logger = logging.getLogger(__name__)
+
+
+def grid_of_args(args: Mapping[str, Any]) -> tuple[int, int, int]:
+    """The token grid ``(t, h, w)`` a model built with ``ViViT(**args)`` has."""
+    img = args.get("img_size", 224)
+    img_h, img_w = (img, img) if isinstance(img, int) else img
+    t, h, w = args.get("tubelet_size", (2, 16, 16))
+    frames = args.get("num_frames", 32)
+    if args.get("embedding") == "frame_sampling":
+        sampled = sample_frame_indices(frames, args["n_sampled_frames"], args.get("exact_frame_count", False))
+        return frame_sampling_grid(len(sampled), (img_h, img_w), (h, w))
+    return (frames // t, img_h // h, img_w // w)
+
+
+def source_grid(state: Mapping[str, torch.Tensor], model: ViViT,
+                known: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """The token grid the weights were made for: as stated by the source, else inferred from posemb lengths."""
+    if known is not None:
+        return tuple(known)
+    t, h, w = model.grid_size
+    target = model.state_dict()
+
+    def tokens(key: str) -> int | None:
+        if key not in state:
+            return None
+        prefix = target[key].shape[1] - math.prod(_grid_for_key(key, (t, h, w)))
+        return state[key].shape[1] - prefix
+
+    def square(n: int) -> tuple[int, int]:
+        r = math.isqrt(n)
+        if r * r != n:
+            raise ValueError(f"cannot tell the token grid of {n} positions; load into a model built for the weights' "
+                             "own frames/size, or convert with a config that states them")
+        return (r, r)
+
+    if (s := tokens("encoder.spatial.pos_embed")) is not None:
+        hw = (h, w) if s == h * w else square(s)
+        return (tokens("encoder.temporal.pos_embed") or t, *hw)
+    if (n := tokens("encoder.pos_embed")) is None or n == t * h * w:
+        return (t, h, w)
+    if n % (h * w) == 0:
+        return (n // (h * w), h, w)
+    if n % t == 0:
+        return (t, *square(n // t))
+    raise ValueError(f"the weights' positional embedding has {n} positions, which fits neither the model's "
+                     f"{t}x{h}x{w} grid with another clip length nor with another frame size")
+
+
+def _grid_for_key(key: str, grid: tuple[int, int, int]) -> tuple[int, ...]:
+    return {"encoder.spatial.pos_embed": grid[1:], "encoder.temporal.pos_embed": grid[:1]}.get(key, grid)
+
+
+def fit_pos_embeds(state: dict[str, torch.Tensor], model: ViViT, source_grid: tuple[int, int, int]) -> None:
+    """Resample every positional embedding in ``state`` from ``source_grid`` to the model's token grid (SPEC 4.3)."""
+    target = model.state_dict()
+    for key in ("encoder.pos_embed", "encoder.spatial.pos_embed", "encoder.temporal.pos_embed"):
+        if key not in state or key not in target:
+            continue
+        old, new = _grid_for_key(key, tuple(source_grid)), _grid_for_key(key, model.grid_size)
+        if old != new:
+            prefix = target[key].shape[1] - math.prod(new)
+            state[key] = resample_pos_embed(state[key], old, new, prefix)
+            _logger.info("resampled %s from grid %s to %s", key, old, new)

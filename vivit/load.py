@@ -1,0 +1,267 @@
+"""Loading weights into a model: resolve a source -> fetch -> read -> convert -> fit positional embeddings -> strict
+load; and building a model from a saved or Hub folder's ``config.json``.
+
+Sources: a zoo tag (``"vivit_b_16x2_fe.k400"``), ``"hf-hub:org/repo[@rev]"`` (a vivit folder or a transformers ViViT
+repo), an ``http(s)`` URL, a local file (safetensors, torch state dict, reference flax checkpoint, ``.npz`` of flax
+paths) or a local folder (``save_pretrained`` output, transformers folder, reference checkpoint folder).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import fetch
+from .adapt import fit_pos_embeds, grid_of_args, source_grid
+from .convert.checkpoint import read_scenic_checkpoint
+from .convert.scenic import convert_scenic_params, flatten_params
+from .convert.transformers import config_dict, from_transformers, model_args_from_transformers
+from .formats import (
+    LEGACY_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    detect_format,
+    folder_weights_file,
+    load_saved,
+    read_json,
+    read_npz,
+    read_state_dict,
+)
+from .labels import label_names
+from .model import ViViT
+from .zoo import PRETRAINED
+
+_logger = logging.getLogger(__name__)
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class Weights:
+    """Weights in one of our layouts plus what is known about where they came from."""
+
+    state: dict[str, torch.Tensor]
+    grid: tuple[int, int, int] | None = None  # token grid the weights were trained on, when known
+    label_names: list[str] | None = None
+
+
+# -------------------------------------------------------------------------------------------------- reading
+def read_weights(path: str | Path, model: ViViT) -> Weights:
+    """Read a local file or folder and bring its weights into our key layout for ``model``'s variant."""
+    path = Path(path)
+    fmt = detect_format(path)
+    _logger.info("reading %s weights from %s", fmt, path)
+    if fmt == "vivit-folder":
+        config, state = load_saved(path)
+        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"))
+    if fmt == "transformers-folder":
+        return _from_transformers(read_state_dict(folder_weights_file(path)), read_json(path / "config.json"))
+    if fmt in ("scenic", "npz"):
+        params = read_scenic_checkpoint(path) if fmt == "scenic" else flatten_params(read_npz(path))
+        return Weights(convert_scenic_params(params, model.variant))
+    state = read_state_dict(path)
+    return _from_state_dict(state, path)
+
+
+def _weights_from_config(state: dict[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
+    """Weights read beside a vivit ``config.json`` (our layout) or a transformers one (converted)."""
+    if isinstance(config.get("model_args"), dict):
+        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"))
+    return _from_transformers(state, config)
+
+
+def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
+    keys = set(state)
+    if any("patch_embeddings.projection" in k for k in keys):
+        config = path.parent / "config.json"
+        if not config.is_file():
+            raise ValueError(f"{path} holds transformers ViViT weights; put its config.json beside it (or pass the "
+                             "folder) so activation, eps and sizes can be read")
+        return _from_transformers(state, read_json(config))
+    if "patch_embed.proj.weight" in keys and state["patch_embed.proj.weight"].ndim == 4 and not any(
+            k.startswith("encoder.") for k in keys):
+        raise ValueError(f"{path} holds a 2D image ViT (patch_embed.proj is a Conv2d): use vivit.inflate(model, "
+                         "state_dict) to inflate it into a video model")
+    return Weights(state)
+
+
+def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
+    source = from_transformers(state, config)
+    return Weights(source.state_dict(), source.grid_size, source.pretrained_cfg.get("label_names"))
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True) -> ViViT:
+    """Resample, reconcile the head, and load; only the head may be left out, and only when its size changed."""
+    state = dict(weights.state)
+    fit_pos_embeds(state, model, source_grid(state, model, weights.grid))
+    target = model.state_dict()
+    allowed_missing: set[str] = set()
+    head_kept = True
+    if any(k in state for k in HEAD_KEYS):
+        source_classes = state["head.weight"].shape[0] if "head.weight" in state else None
+        if model.num_classes == 0 or source_classes != model.num_classes:
+            for k in HEAD_KEYS:
+                state.pop(k, None)
+            allowed_missing = {k for k in HEAD_KEYS if k in target}
+            head_kept = False
+            _logger.info("new classifier: %s classes in the weights, %s in the model; head left at init",
+                         source_classes, model.num_classes)
+    elif model.num_classes > 0:
+        allowed_missing = set(HEAD_KEYS)  # headless weights (a backbone): the head keeps its zero init
+        head_kept = False
+    for key, value in state.items():
+        if key in target and tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(f"weight {key} has shape {tuple(value.shape)} but the model expects "
+                             f"{tuple(target[key].shape)}: the weights belong to another architecture "
+                             f"(model: {model.variant}, embed_dim {model.embed_dim})")
+    missing = sorted(set(target) - set(state) - allowed_missing)
+    unexpected = sorted(set(state) - set(target))
+    if (missing or unexpected) and strict:
+        raise ValueError(f"weights do not fit this {model.variant} model: {len(missing)} missing keys "
+                         f"{missing[:12]}, {len(unexpected)} unexpected keys {unexpected[:12]}. Check the "
+                         "architecture, or pass strict=False to load what fits")
+    if missing or unexpected:
+        _logger.warning("strict=False: %d missing keys %s, %d unexpected keys %s", len(missing), missing[:12],
+                        len(unexpected), unexpected[:12])
+    model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
+    if head_kept and weights.label_names and len(weights.label_names) == model.num_classes:
+        model.pretrained_cfg["label_names"] = list(weights.label_names)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+def fetch_weights(source: str | Path, model: ViViT) -> Weights:
+    """Resolve ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout."""
+    text = str(source)
+    if text in PRETRAINED:
+        cfg = PRETRAINED[text]
+        if cfg.file:  # shipped inside the package
+            source_path = Path(str(resources.files("vivit").joinpath(cfg.file)))
+        else:
+            source_path = f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
+        weights = fetch_weights(source_path, model)
+        if weights.grid is None and cfg.source_format in ("scenic", "vivit"):
+            c, t, h, w = cfg.input_size
+            weights.grid = grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
+        if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
+            weights.label_names = label_names(cfg.label_set)
+        return weights
+    if text.startswith(fetch.HUB_PREFIXES):
+        repo_id, revision = fetch.parse_hub_name(text)
+        config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision))
+        if isinstance(config.get("model_args"), dict) or config.get("model_type") == "vivit":
+            return _weights_from_config(read_state_dict(_hub_weights_file(repo_id, revision)), config)
+        raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
+                         f"ViViT config (model_type 'vivit'); found keys {sorted(config)[:10]}")
+    if text.startswith(("http://", "https://")):
+        return read_weights(fetch.download_url(text), model)
+    return read_weights(Path(source), model)
+
+
+def _hub_weights_file(repo_id: str, revision: str | None) -> Path:
+    try:
+        return fetch.hf_hub_file(repo_id, WEIGHTS_NAME, revision)
+    except (FileNotFoundError, RuntimeError) as missing:
+        # Older repos only have the pickle (read with weights_only=True). Offline, a missing safetensors file is a
+        # RuntimeError ("not in the cache"), and a cached pickle must still be found.
+        try:
+            return fetch.hf_hub_file(repo_id, LEGACY_WEIGHTS_NAME, revision)
+        except (FileNotFoundError, RuntimeError):
+            raise missing from None
+
+
+def saved_source(cfg: Mapping[str, Any]) -> str | None:
+    """The source a model made by ``create_model("hf-hub:...")`` / ``("local-dir:...")`` came from, else ``None``."""
+    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
+        return f"hf-hub:{cfg['hf_hub_id']}"
+    if cfg.get("source") == "local-dir" and cfg.get("file"):
+        return str(cfg["file"])
+    return None
+
+
+def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: bool = True) -> ViViT:
+    """Load weights into ``model``, converting foreign layouts and resampling positional embeddings.
+
+    Args:
+        model: The model to fill (its variant, sizes and head decide what is expected).
+        source: ``None`` (the model's own pretrained cfg), a tag ``"arch.tag"``, ``"hf-hub:org/repo[@rev]"``, an
+            ``http(s)`` URL, or a local file/folder; the format is detected (see ``FORMATS``).
+        strict: Refuse missing or unexpected keys (listing them). A head whose size differs from the model's is
+            always dropped and left at its zero init; that is the only tolerated gap.
+
+    Returns:
+        ``model``, in place.
+    """
+    if source is None:
+        cfg = model.pretrained_cfg or {}
+        name = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg.get("architecture")
+        if not cfg.get("hf_hub_id") and not cfg.get("url") and not cfg.get("file"):
+            raise ValueError(f"model {name or '(unnamed)'} has no default weights; pass a source (tag, 'hf-hub:...', "
+                             "URL or local path)")
+        source = saved_source(cfg) or name
+    weights = fetch_weights(source, model)
+    return load_weights_into(model, weights, strict=strict)
+
+
+def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str,
+                       overrides: Mapping[str, Any], pretrained: bool) -> ViViT:
+    """A model built from a vivit or transformers ``config.json``, with its weights when ``pretrained``.
+
+    ``weights_file()`` is read at most once: a transformers config needs the weights' shapes to name the
+    architecture, and those same tensors are then loaded.
+    """
+    state = None
+    if isinstance(config.get("model_args"), dict):
+        args, labels = dict(config["model_args"]), config.get("label_names")
+        pretrained_cfg = dict(config.get("pretrained_cfg") or {})
+    elif config.get("model_type") == "vivit":
+        state = read_state_dict(weights_file())
+        args = model_args_from_transformers(config_dict(config), state)
+        labels, pretrained_cfg = None, {}
+    else:
+        raise ValueError(f"{where} is not a vivit or transformers ViViT model (config.json keys: "
+                         f"{sorted(config)[:10]})")
+    model = ViViT(**{**args, **overrides})
+    model.pretrained_cfg = {**pretrained_cfg, "input_size": (model.in_chans, model.num_frames, *model.img_size),
+                            "num_classes": model.num_classes}
+    if labels and model.num_classes == len(labels):
+        model.pretrained_cfg["label_names"] = list(labels)
+    if pretrained:
+        state = read_state_dict(weights_file()) if state is None else state
+        load_weights_into(model, _weights_from_config(state, config))
+    return model
+
+
+def create_from_hub(name: str, pretrained: bool = False, **overrides: Any) -> ViViT:
+    """``create_model("hf-hub:org/repo[@rev]")``: rebuild the architecture from the repo's config.json.
+
+    A vivit repo (``save_pretrained``) gives its ``model_args``; a transformers ViViT repo its config. ``overrides``
+    (``num_classes``, ``num_frames``, ``img_size``, any ViViT kwarg) replace the stored values; with ``pretrained``
+    the weights are loaded and resampled to them.
+    """
+    repo_id, revision = fetch.parse_hub_name(name)
+    config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision))
+    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision), f"hf-hub:{repo_id}", overrides,
+                               pretrained)
+    model.pretrained_cfg.update(hf_hub_id=repo_id, source="hf-hub")
+    return model
+
+
+def create_from_folder(path: str | Path, pretrained: bool = True, **overrides: Any) -> ViViT:
+    """``create_model("local-dir:PATH")``: a folder written by ``save_pretrained`` or a transformers ViViT folder."""
+    folder = Path(path)
+    fmt = detect_format(folder)
+    if fmt not in ("vivit-folder", "transformers-folder"):
+        raise ValueError(f"{folder} is a {fmt} source, not a model folder: create the architecture and call "
+                         "vivit.load_pretrained(model, path)")
+
+    model = _model_from_config(read_json(folder / "config.json"), lambda: folder_weights_file(folder), str(folder),
+                               overrides, pretrained)
+    model.pretrained_cfg.update(file=str(folder), source="local-dir")
+    return model
