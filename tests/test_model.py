@@ -61,13 +61,16 @@ def test_last_block_computes_token_zero_alone_with_the_same_values_and_gradients
     trimmed_grads = torch.autograd.grad(trimmed.square().sum(), list(model.parameters()), allow_unused=True)
 
     assert all(n == 1 for n in seen) and all(n > 1 for n in seen_full), (seen, seen_full)
-    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-6)
+    # One query row instead of many changes the GEMM kernel and its summation order; on CPUs without AMX (AMD EPYC)
+    # that moves logits by up to ~5e-6, so compare at the golden tolerance.
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
     names = [n for n, _ in model.named_parameters()]
     for name, a, b in zip(names, trimmed_grads, full_grads, strict=True):
         assert (a is None) == (b is None), name
         if a is not None:
-            # Summation order differs (fewer rows in the last block), so compare against the gradient's scale.
-            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (name, (a - b).abs().max(), b.abs().max())
+            # Summation order differs (fewer rows in the last block), so compare against the gradient's scale; float32
+            # backward through every block reaches 1.3e-5 of it on AMD EPYC (GEMV vs GEMM kernels), 5e-5 leaves room.
+            assert (a - b).abs().max() <= 5e-5 * b.abs().max(), (name, (a - b).abs().max(), b.abs().max())
 
 
 @pytest.mark.parametrize("variant", ["factorized_self_attention", "factorized_dot_product"])
