@@ -29,6 +29,34 @@ def test_list_prints_architectures_and_tags():
     assert [r["architecture"] + "." + r["tag"] for r in rows] == vivit.list_models(pretrained=True)
 
 
+def test_version_names_vivit_and_torch():
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith(f"vivit {vivit.__version__} (torch {torch.__version__}")
+
+
+def test_list_into_a_closed_pipe_exits_quietly():
+    # `vivit list --json | head -0`: the reader is gone before the first write, so every write gets EPIPE.
+    proc = subprocess.Popen([sys.executable, "-m", "vivit", "list", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0 and stderr == ""
+
+
+@pytest.mark.parametrize("extra", [[], ["--pretrained"]])
+def test_list_pattern_matching_nothing_fails_with_close_names(extra):
+    out = run_cli("list", "vivt*", *extra)
+    assert out.returncode == 1 and out.stdout == ""
+    assert "no model matches 'vivt*'" in out.stderr and "Closest: vivit_" in out.stderr
+    assert "`vivit list`" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def test_unknown_model_on_the_command_line_points_to_vivit_list(tmp_path):
+    out = run_cli("classify", tmp_path / "v.mp4", "--model", "vivit_b_16x2_fee", env=_offline_env(tmp_path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "vivit_b_16x2_fe" in out.stderr and "`vivit list`" in out.stderr and "list_models()" not in out.stderr
+
+
 def test_convert_reference_checkpoint_writes_a_hub_ready_folder(tmp_path, golden_dir):
     checkpoint = golden_dir / "scenic" / "checkpoints" / "vivit_spacetime_A_optax" / "checkpoint_1000"
     sidecar = golden_dir / "scenic" / "vivit_spacetime_A.json"
@@ -99,6 +127,7 @@ def test_classify_reports_every_video_and_fails_at_the_end(tmp_path):
     assert rows[0]["views"] == "2x3"
     assert "missing.mp4" in out.stderr and "cut.mp4" in out.stderr and "Traceback" not in out.stderr
     assert "2 of 4 videos failed" in out.stderr
+    assert out.stderr.splitlines()[0].endswith("2x3 views (6 clips of 3x8x32x32) per video, float32 on cpu")
 
 
 def test_classify_offline_default_model_names_the_offline_option(tmp_path):
@@ -110,6 +139,11 @@ def test_classify_offline_default_model_names_the_offline_option(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "vivit_b_16x2.k400" in out.stderr and "--model vivit_motion" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_classify_help_says_how_long_it_takes():
+    out = run_cli("classify", "--help")
+    assert out.returncode == 0 and "per view" in out.stdout and "GPU" in out.stdout and "bfloat16" in out.stdout
 
 
 def test_explain_writes_a_png_for_a_video(tmp_path):
@@ -146,6 +180,7 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
     for video, line in zip(videos, in_bf16.stdout.splitlines(), strict=True):
         assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]
         assert json.loads(line)["views"] == "1x1"  # no --views: the model's eval_views
+    assert "vivit_motion, 1x1 views (1 clips of 3x16x32x32) per video, bfloat16 on cpu" in in_bf16.stderr
 
 
 def test_a_split_head_is_ranked_per_part_with_its_own_softmax():
