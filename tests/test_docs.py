@@ -36,3 +36,25 @@ def test_figures_are_generated_by_the_script(tmp_path):
     assert [p.name for p in written] == ["token_grouping.png", "attention_motion.png", "compute.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
     assert all((ROOT / "docs" / "images" / p.name).is_file() for p in written)  # the committed copies exist
+
+
+def test_site_does_not_link_to_another_projects_repository():
+    # vivit has no public repository URL yet; a repo_url would put another project's "edit" links on every page.
+    lines = (ROOT / "mkdocs.yml").read_text().splitlines()
+    assert not [line for line in lines if line.startswith(("repo_url", "edit_uri"))]
+
+
+def test_recipe_outputs_are_git_ignored(tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest = __import__("pytest")
+        pytest.skip("needs git and the source checkout")
+    readme = (ROOT / "README.md").read_text()
+    outputs = set(re.findall(r"(?:make_motion_data\.py|--out) ((?:data|runs)/\S+)", readme))
+    assert {o.split("/")[0] for o in outputs} == {"data", "runs"}, outputs  # the README's recipe still writes these
+    probes = [f"{o}/train.csv" for o in sorted(outputs)]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(ignored.stdout.split()) == probes, f"not git-ignored: {set(probes) - set(ignored.stdout.split())}"

@@ -98,6 +98,11 @@ def test_built_wheel_contains_label_files(tmp_path: Path):
     wheel = out / proc.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as zf:
         shipped = set(zf.namelist())
+        metadata = zf.read(next(n for n in shipped if n.endswith(".dist-info/METADATA"))).decode()
+    assert "vivit/py.typed" in shipped, "the PEP 561 marker vivit/py.typed is not in the wheel"
+    core = {line.split(":", 1)[1].split(">")[0].split(";")[0].strip() for line in metadata.splitlines()
+            if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    assert {"timm", "torchvision"} <= core, f"timm-style backbones need timm and torchvision as core deps, got {core}"
     missing = [f for f in LABEL_FILES if f"vivit/labels/{f}" not in shipped]
     assert not missing, f"{missing} not in the wheel: add [tool.setuptools.package-data] 'vivit.labels' = ['*.txt']"
 

@@ -1,6 +1,6 @@
 """vivit: ViViT (Video Vision Transformer) models for PyTorch, faithful to the reference implementation."""
 
-from . import convert, transforms, video
+from . import convert, evaluate, transforms, video
 from ._version import __version__
 from .factory import create_model
 from .inflate import inflate
@@ -12,4 +12,4 @@ from .zoo import list_models
 _register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
 
 __all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "video", "transforms",
-           "__version__"]
+           "evaluate", "__version__"]

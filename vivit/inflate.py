@@ -201,7 +201,7 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
         try:
             import timm
         except ImportError as e:
-            raise ImportError("inflating from a timm model name needs timm: pip install 'vivit[timm]'") from e
+            raise ImportError("inflating from a timm model name needs timm: pip install timm") from e
         vit = timm.create_model(vit, pretrained=True)
     if isinstance(vit, nn.Module):
         if getattr(vit, "no_embed_class", False) or getattr(vit, "num_reg_tokens", 0):
