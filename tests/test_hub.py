@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -214,7 +215,7 @@ def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -
         assert line in front.splitlines()
     for text in ("# me/tiny.k400", "`vivit_b_16x2`", "Model 1", "Parameters:", "GMACs", "B × 3 × 4 × 32 × 32",
                  "tubelet 2×16×16", "x * 2 / 255 - 1", "400 classes (Kinetics-400)", "`class 0`",
-                 "hf-hub:google/vivit-b-16x2-kinetics400", 'vivit.create_model("hf-hub:me/tiny.k400"',
+                 "hf-hub:google/vivit-b-16x2-kinetics400", 'vivit.ViViT.from_pretrained("hf-hub:me/tiny.k400")',
                  "| Kinetics-400 | 79.9 | 4x3 |", "@inproceedings{arnab2021vivit", "Schmid, Cordelia"):
         assert text in body, text
 
@@ -225,6 +226,28 @@ def test_new_head_drops_the_source_accuracy_from_the_card(tmp_path: Path) -> Non
     config, _ = formats.load_saved(publish.save_pretrained(model, tmp_path))
     assert "top1" not in config["pretrained_cfg"] and "label_set" not in config["pretrained_cfg"]
     assert "## Evaluation" not in (tmp_path / "README.md").read_text()
+
+
+CODE_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+API_PATH = re.compile(r"(?<![\w/.\-'\"])vivit(?:\.[A-Za-z_]\w*)+")
+
+
+def test_model_card_snippets_run_on_the_saved_folder(tmp_path: Path) -> None:
+    model = tiny_model()
+    torch.nn.init.normal_(model.head.weight)
+    folder = publish.save_pretrained(model, tmp_path / "my model")  # a space in the path, too
+    card = (folder / "README.md").read_text()
+    snippets = CODE_BLOCK.findall(card)
+    assert snippets and publish.CARD_FOLDER in snippets[0]
+    namespace: dict = {}
+    for i, code in enumerate(snippets):  # the card's placeholder folder is the one substitution
+        exec(compile(code.replace(publish.CARD_FOLDER, str(folder)), f"card[{i}]", "exec"), namespace)  # noqa: S102
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["logits"], model(namespace["video"]), rtol=0, atol=0)
+    for path in API_PATH.findall(card):  # the prose's API paths exist too (vivit.evaluate.predict_video)
+        obj = vivit
+        for part in path.split(".")[1:]:
+            obj = getattr(obj, part)
 
 
 def test_label_names_must_match_num_classes(tmp_path: Path) -> None:
@@ -433,3 +456,25 @@ def test_model_card_counts_the_full_architecture_not_the_trimmed_forward():
     assert counts["forward"] < counts["full"]
     config = {"pretrained_cfg": {"input_size": (3, model.num_frames, *model.img_size)}}
     assert publish._gmacs(model, config) == pytest.approx(counts["full"])
+
+
+def test_hub_card_snippet_and_from_pretrained_idioms_load_the_repo(tmp_path: Path) -> None:
+    model = vivit.create_model("vivit_ti_16x2", num_classes=5, depth=1, img_size=32, num_frames=4).eval()
+    torch.nn.init.normal_(model.head.weight)
+    folder = publish.save_pretrained(model, tmp_path / "repo", repo_id="vivit-test/tiny")
+    (snippet,) = CODE_BLOCK.findall((folder / "README.md").read_text())
+    assert 'from_pretrained("hf-hub:vivit-test/tiny")' in snippet
+    code = snippet + """
+same = [vivit.ViViT.from_pretrained("vivit-test/tiny").eval(),  # "org/repo", as Hugging Face users write it
+        vivit.create_model("vivit_ti_16x2", pretrained="hf-hub:vivit-test/tiny", depth=1, img_size=32, num_frames=4)]
+with torch.no_grad():
+    print(json.dumps({"video": video.tolist(), "logits": [logits.tolist()] + [m.eval()(video).tolist() for m in same],
+                      "hub_ids": [m.pretrained_cfg.get("hf_hub_id") for m in same]}))
+"""
+    with HubServer(repos={"vivit-test/tiny": folder}) as server:
+        result = run_hub(code, server, tmp_path / "hf")
+    with torch.no_grad():
+        expected = model(torch.tensor(result["video"]))
+    for logits in result["logits"]:
+        torch.testing.assert_close(torch.tensor(logits), expected, rtol=1e-6, atol=1e-6)
+    assert result["hub_ids"] == ["vivit-test/tiny", "vivit-test/tiny"]

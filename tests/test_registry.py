@@ -99,6 +99,62 @@ def test_pretrained_without_released_weights_says_what_exists():
         vivit.create_model("vivit_h_16x2", pretrained=True, **TINY)
 
 
+def test_model_4_of_an_odd_head_count_says_why_it_is_not_registered():
+    with pytest.raises(ValueError, match="even head count and ViViT-Ti has 3") as err:
+        vivit.create_model("vivit_ti_16x2_fdp")
+    assert "vivit_ti_16x2_fsa" in str(err.value)
+
+
+@pytest.mark.parametrize(("kwargs", "hint"), [({"num_frame": 8}, "did you mean 'num_frames'"),
+                                              ({"drop_path": 0.1}, "did you mean 'drop_path_rate'"),
+                                              ({"colour": 1}, "ViViT takes")])
+def test_a_misspelt_keyword_names_the_close_match(kwargs, hint):
+    with pytest.raises(TypeError, match=hint):
+        vivit.create_model("vivit_ti_16x2", **kwargs)
+
+
+def _saved_tiny(folder, num_classes=3):
+    model = vivit.create_model("vivit_ti_16x2_fe", num_classes=num_classes, **TINY).eval()
+    torch.nn.init.normal_(model.head.weight)  # a head that is not the zero init, so a dropped head shows
+    model.save_pretrained(folder, label_names=[f"c{i}" for i in range(num_classes)])
+    return model
+
+
+def test_from_pretrained_and_a_plain_folder_name_load_a_saved_model(tmp_path, monkeypatch):
+    original = _saved_tiny(tmp_path / "saved")
+    monkeypatch.chdir(tmp_path)
+    x = torch.randn(1, 3, 4, 32, 32)
+    for model in (vivit.ViViT.from_pretrained(tmp_path / "saved"), vivit.ViViT.from_pretrained("saved"),
+                  vivit.create_model("saved", pretrained=True), vivit.create_model(str(tmp_path / "saved"),
+                                                                                   pretrained=True)):
+        torch.testing.assert_close(model.eval()(x), original(x), rtol=0, atol=0)
+        assert model.pretrained_cfg["label_names"] == ["c0", "c1", "c2"]
+
+
+def test_pretrained_as_a_string_loads_that_source_into_the_architecture(tmp_path):
+    original = _saved_tiny(tmp_path / "saved")
+    x = torch.randn(1, 3, 4, 32, 32)
+    for source in (str(tmp_path / "saved"), str(tmp_path / "saved" / "model.safetensors")):
+        model = vivit.create_model("vivit_ti_16x2_fe", pretrained=source, **TINY).eval()
+        assert model.num_classes == 3  # the head follows the weights
+        torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
+        cfg = model.pretrained_cfg
+        assert cfg["file"] == source and cfg["hf_hub_id"] is None and cfg["url"] is None and cfg["top1"] is None
+    new_head = vivit.create_model("vivit_ti_16x2_fe", pretrained=str(tmp_path / "saved"), num_classes=5, **TINY)
+    assert new_head.num_classes == 5 and not new_head.head.weight.any()  # only the head is reset
+    torch.testing.assert_close(new_head.forward_features(x), original.forward_features(x), rtol=0, atol=0)
+
+
+def test_paths_that_cannot_name_a_model_say_what_to_write(tmp_path):
+    _saved_tiny(tmp_path / "saved")
+    with pytest.raises(FileNotFoundError, match="'hf-hub:someone/vivit-repo'"):
+        vivit.create_model("someone/vivit-repo")
+    with pytest.raises(ValueError, match="pretrained="):
+        vivit.create_model(str(tmp_path / "saved" / "model.safetensors"))
+    with pytest.raises(ValueError, match="brings its own weights"):
+        vivit.create_model(str(tmp_path / "saved"), pretrained="vivit_motion.synthetic")
+
+
 def test_pretrained_cfgs_describe_the_released_checkpoints():
     ek = PRETRAINED["vivit_l_16x2_fe.ek100"]
     assert ek.num_classes == 397 and ek.class_splits == (300, 97) and ek.top1 == 43.6

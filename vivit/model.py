@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -416,6 +418,25 @@ class ViViT(nn.Module):
         from .publish import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str], **kwargs: Any) -> ViViT:
+        """A model with weights, as Hugging Face's ``from_pretrained``: ``vivit.create_model(source, pretrained=True)``.
+
+        Args:
+            source: A folder written by :meth:`save_pretrained` (or a transformers ViViT folder), ``"hf-hub:org/repo"``
+                or ``"org/repo"`` (a Hub repo, when no such local folder exists), or a tag (``"vivit_b_16x2.k400"``).
+            **kwargs: ``create_model`` keywords: ``num_classes``, ``num_frames``, ``img_size``, any ViViT keyword.
+        """
+        # The weights path sits above the model; this constructor reaches up to it, like save_pretrained (STYLE).
+        from .factory import create_model
+
+        name = os.fspath(source)
+        if os.path.isdir(name):
+            name = f"local-dir:{name}"
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name) and not os.path.exists(name):
+            name = f"hf-hub:{name}"
+        return create_model(name, pretrained=True, **kwargs)
 
     @property
     def default_cfg(self) -> dict[str, Any]:

@@ -210,6 +210,10 @@ def _gmacs(meta_model: nn.Module, config: Mapping[str, Any]) -> float | None:
     return counter.get_total_flops() / 2e9  # FlopCounterMode counts multiply and add separately
 
 
+# What a card written without a repo id says in place of its own folder (the tests substitute a real one).
+CARD_FOLDER = "path/to/this/folder"
+
+
 def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmacs: float | None = None,
                repo_id: str | None = None) -> str:
     """Markdown model card (Hub YAML front matter + details, usage, evaluation, citation) from a saved config."""
@@ -264,12 +268,16 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
     if cfg.get("origin_url"):
         details.append(f"- **Reference code:** {cfg['origin_url']}")
     details.append(f"- **License:** {cfg.get('license') or 'apache-2.0'}")
-    if repo_id:
-        build = [f'model = vivit.create_model("hf-hub:{repo_id}", pretrained=True).eval()']
-    else:
-        build = ['model = vivit.create_model("local-dir:path/to/this/folder", pretrained=True).eval()']
-    usage = ["```python", "import vivit", "", *build,
-             f"logits = model(video)  # video: float B x {c} x {t} x {h} x {w}, preprocessed as above", "```"]
+    where = f"hf-hub:{repo_id}" if repo_id else CARD_FOLDER
+    usage = ["```python", "import torch", "import vivit", "",
+             f'model = vivit.ViViT.from_pretrained("{where}").eval()'
+             + ("" if repo_id else "  # the folder holding this card"),
+             f"video = torch.rand(1, {c}, {t}, {h}, {w}) * 2 - 1  # B x C x T x H x W, preprocessed as above",
+             "with torch.no_grad():",
+             f"    logits = model(video)  # (1, {config['num_classes']})", "```", "",
+             f"`vivit.evaluate.predict_video(model, path)` classifies a video file: it decodes {t}-frame clips, "
+             "preprocesses them as above and averages the logits over the model's evaluation views; on the command "
+             f"line, `vivit classify VIDEO --model {where}`."]
     body = [f"# {name}", "", "A ViViT video classification model (Arnab et al., ICCV 2021) for the `vivit` PyTorch "
             "library.", "", "## Model details", "", *details, "", "## Usage", "", *usage]
     if cfg.get("top1") is not None:

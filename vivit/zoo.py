@@ -142,7 +142,20 @@ def default_pretrained_cfg(arch: str) -> PretrainedCfg:
     return arch_defaults(arch)
 
 
+# Names the naming scheme suggests but that cannot be built, with the reason (the unknown-name error says it).
+NOT_REGISTERED: dict[str, str] = {
+    f"vivit_{size}_16x2_fdp": (f"Model 4 (factorized dot-product) gives half its heads to time and half to space, so "
+                               f"it needs an even head count and ViViT-{size.capitalize()} has {heads}; that size "
+                               f"exists as Models 1-3 (vivit_{size}_16x2, vivit_{size}_16x2_fe, vivit_{size}_16x2_fsa)")
+    for size, (_, _, heads, _, _) in _SIZES.items() if heads % 2
+}
+
+
 def _unknown(name: str) -> ValueError:
+    arch = name.partition(".")[0]
+    if arch in NOT_REGISTERED:
+        return ValueError(f"{name!r} is not a registered model: {NOT_REGISTERED[arch]}. See vivit.list_models() for "
+                          "all names.")
     known = list(ARCHS) + list(PRETRAINED)
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     hint = f" Closest: {', '.join(close)}." if close else ""
