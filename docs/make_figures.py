@@ -2,7 +2,7 @@
 
 - ``token_grouping.png``: which tokens one query attends to in each of the four models.
 - ``attention_motion.png``: ``vivit explain``'s heatmap of the embedded ``vivit_motion`` on a generated clip.
-- ``compute.png``: parameters and GMACs of the ViViT-B variants against the paper (``benchmarks/flops.py``).
+- ``compute.png``: GMACs and parameters of the ViViT-B variants against the paper (``benchmarks/flops.py``).
 """
 
 from __future__ import annotations
@@ -27,52 +27,72 @@ T, H, W = 4, 3, 3  # a small token grid to draw
 QUERY = (1, 1, 1)  # (t, h, w) of the query token
 
 
-def _masks(model: str) -> tuple[np.ndarray, np.ndarray]:
-    """(blue, orange) key masks ``(T, H, W)``: attention over space (Model 1: everything) and over time."""
+SPACE, TIME, QUERY_RED, EMPTY = (0.55, 0.7, 0.95), (0.98, 0.7, 0.4), (0.85, 0.1, 0.1), (1.0, 1.0, 1.0)
+MODELS = {
+    "Model 1: spatio-temporal": "one attention over all t·h·w tokens of the clip",
+    "Model 2: factorised encoder": "spatial encoder: a patch attends within its frame (blue) and never to other "
+                                   "frames' patches;\ntemporal encoder: the frames' CLS outputs (one per frame) "
+                                   "attend to each other (orange; outlined: the query's own frame)",
+    "Model 3: factorised self-attention": "each block: attention within the frame (blue), then over time at the same "
+                                          "position (orange)",
+    "Model 4: factorised dot-product": "one attention: half the heads over the frame (blue), half over time at the "
+                                       "same position (orange)",
+}
+
+
+def _colours(model: str) -> tuple[np.ndarray, list[tuple[float, float, float]] | None]:
+    """Per-token colours ``(T, H, W, 3)`` of one model, and its per-frame CLS cells (Model 2 only, else None)."""
     t, h, w = QUERY
-    frame = np.zeros((T, H, W), bool)
-    frame[t] = True
-    position = np.zeros((T, H, W), bool)
-    position[:, h, w] = True
+    grid = np.ones((T, H, W, 3))
+    cls = None
     if model.startswith("Model 1"):
-        return np.ones((T, H, W), bool), np.zeros((T, H, W), bool)
-    return frame, position & ~frame
+        grid[:] = SPACE
+    else:
+        grid[t] = SPACE
+        if model.startswith("Model 2"):
+            # The temporal encoder's tokens are the spatial encoder's per-frame outputs, not patch positions.
+            cls = [TIME] * T
+        else:
+            grid[:, h, w] = np.where(np.arange(T)[:, None] == t, SPACE, TIME)
+    grid[t, h, w] = QUERY_RED
+    return grid, cls
+
+
+def _draw_frame(ax: plt.Axes, grid: np.ndarray, cls: tuple[float, float, float] | None, query_frame: bool) -> None:
+    for h in range(H):
+        for w in range(W):
+            ax.add_patch(plt.Rectangle((w, H - 1 - h), 1, 1, facecolor=grid[h, w], edgecolor="k", linewidth=0.8))
+    if cls is not None:  # the frame's CLS token, drawn above its patches
+        ax.add_patch(plt.Rectangle((W / 2 - 0.5, H + 0.35), 1, 1, facecolor=cls, linewidth=2.2 if query_frame else 0.8,
+                                   edgecolor=QUERY_RED if query_frame else "k"))
+        ax.text(W / 2, H + 0.85, "CLS", ha="center", va="center", fontsize=6.5)
+    ax.set_xlim(-0.1, W + 0.1)
+    ax.set_ylim(-0.1, H + 1.5)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
 def token_grouping(path: Path) -> Path:
-    """Draw the four models' token groupings as rows of per-frame grids."""
-    models = ["Model 1: spatio-temporal", "Model 2: factorised encoder", "Model 3: factorised self-attention",
-              "Model 4: factorised dot-product"]
-    captions = {
-        "Model 1: spatio-temporal": "one attention over all t·h·w tokens",
-        "Model 2: factorised encoder": "spatial encoder per frame (blue); its CLS outputs form the temporal "
-                                       "encoder's tokens (orange)",
-        "Model 3: factorised self-attention": "each block: space within the frame (blue), then time at the "
-                                              "position (orange)",
-        "Model 4: factorised dot-product": "one attention: half the heads over the frame (blue), half over time "
-                                           "(orange)",
-    }
-    fig, axes = plt.subplots(len(models), T, figsize=(2.0 * T, 2.2 * len(models)))
-    for row, name in enumerate(models):
-        space, time = _masks(name)
-        for t in range(T):
-            ax = axes[row, t]
-            image = np.ones((H, W, 3))
-            image[space[t]] = (0.55, 0.7, 0.95)
-            image[time[t]] = (0.98, 0.7, 0.4)
-            if t == QUERY[0]:
-                image[QUERY[1], QUERY[2]] = (0.85, 0.1, 0.1)
-            ax.imshow(image, interpolation="nearest")
-            ax.set_xticks(np.arange(-0.5, W), minor=True)
-            ax.set_yticks(np.arange(-0.5, H), minor=True)
-            ax.grid(which="minor", color="k", linewidth=0.8)
-            ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+    """Draw the four models' token groupings: one row of per-frame token grids per model."""
+    fig = plt.figure(figsize=(8.4, 10.2))
+    rows = fig.subfigures(len(MODELS), 1)
+    for sub, (name, caption) in zip(rows, MODELS.items(), strict=True):
+        grid, cls = _colours(name)
+        axes = sub.subplots(1, T)
+        for t, ax in enumerate(axes):
+            _draw_frame(ax, grid[t], cls[t] if cls else None, t == QUERY[0])
             ax.set_title(f"frame t'={t}", fontsize=8)
-        axes[row, 0].set_ylabel(name.split(":")[0], fontsize=9)
-        axes[row, T // 2].set_xlabel(captions[name], fontsize=8)
-    fig.suptitle("Keys a query token (red) attends to", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        sub.suptitle(name, fontsize=10, fontweight="bold", y=0.99)
+        sub.text(0.5, 0.02, caption, ha="center", va="bottom", fontsize=8)
+        sub.subplots_adjust(left=0.03, right=0.97, top=0.82, bottom=0.2, wspace=0.15)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="k") for c in (QUERY_RED, SPACE, TIME)]
+    fig.legend(handles, ["query token", "keys within the frame (space)", "keys across frames (time)"],
+               loc="upper center", ncol=3, fontsize=8.5, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle("Which tokens one query token attends to", fontsize=12, y=1.02)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -89,21 +109,28 @@ def attention_motion(path: Path) -> Path:
 
 
 def compute(path: Path) -> Path:
-    """Parameters and GMACs of the ViViT-B variants against the paper's numbers."""
+    """GMACs and parameters of the ViViT-B variants against the paper's numbers, one labelled quantity per panel."""
     spec = importlib.util.spec_from_file_location("flops", ROOT / "benchmarks" / "flops.py")
     flops = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(flops)
     names = list(flops.PAPER_GFLOPS)
-    ours = [flops.count(n)[1] for n in names]
-    paper = [flops.PAPER_GFLOPS[n] for n in names]
+    counted = [flops.count(n) for n in names]
+    panels = [
+        ("GMACs per 32×224² view\n(multiply-accumulates; 1 GMAC = 2 GFLOPs)",
+         [flops.PAPER_GFLOPS[n] for n in names], [c[1] for c in counted], "paper (its \"GFLOPs\" are GMACs)"),
+        ("parameters (millions)", [flops.PAPER_PARAMS_M[n] for n in names], [c[0] for c in counted], "paper"),
+    ]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.bar(x - 0.2, paper, 0.4, label="paper (GFLOPs)")
-    ax.bar(x + 0.2, ours, 0.4, label="vivit, counted (GMACs)")
-    ax.set_xticks(x, [n.replace("vivit_b_16x2", "B/16x2") for n in names])
-    ax.set_ylabel("per 32×224² view")
-    ax.legend(fontsize=8)
-    ax.set_title("Compute of the ViViT-B variants", fontsize=10)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for ax, (label, paper, ours, paper_label) in zip(axes, panels, strict=True):
+        for offset, values, legend in ((-0.2, paper, paper_label), (0.2, ours, "vivit, counted")):
+            bars = ax.bar(x + offset, values, 0.4, label=legend)
+            ax.bar_label(bars, fmt="%.1f", fontsize=6.5, padding=1)
+        ax.set_xticks(x, [n.replace("vivit_b_16x2", "B/16x2") for n in names])
+        ax.set_ylabel(label, fontsize=9)
+        ax.set_ylim(0, max(paper + ours) * 1.18)
+        ax.legend(fontsize=7.5, loc="lower right")
+    fig.suptitle("ViViT-B variants: compute and size, counted by benchmarks/flops.py vs the paper", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -58,3 +58,37 @@ def test_recipe_outputs_are_git_ignored(tmp_path):
     probes = [f"{o}/train.csv" for o in sorted(outputs)]
     ignored = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=ROOT, capture_output=True, text=True)
     assert sorted(ignored.stdout.split()) == probes, f"not git-ignored: {set(probes) - set(ignored.stdout.split())}"
+
+
+def test_readme_quick_start_and_test_set_up_are_one_line_each():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    quick = re.search(r"## Quick start\n.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    assert len(quick) == 1 and quick[0].startswith("python3 -m venv .venv && ") and quick[0].endswith("vivit demo")
+    assert " pip install" not in quick[0], "a bare pip targets the system Python, which Debian/Ubuntu refuse"
+    dev = re.search(r"## Development\n.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    assert dev == ["bash .ci/run"], "the README's test line is what CI runs"
+
+
+def test_models_table_shows_no_model_at_zero_compute():
+    rows = [line.split("|") for line in (ROOT / "docs" / "models.md").read_text().splitlines()
+            if line.startswith("| `")]
+    assert rows and all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows), "a params or GMACs cell prints as 0"
+
+
+def test_token_grouping_figure_draws_model_2_time_over_frame_tokens_not_positions():
+    pytest = __import__("pytest")
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    import numpy as np
+
+    def time_cells(grid):
+        return int(np.all(grid == figures.TIME, axis=-1).sum())
+
+    model_2, cls_2 = figures._colours("Model 2: factorised encoder")
+    model_3, cls_3 = figures._colours("Model 3: factorised self-attention")
+    assert time_cells(model_2) == 0 and cls_2 == [figures.TIME] * figures.T  # time runs over per-frame CLS outputs
+    assert time_cells(model_3) == figures.T - 1 and cls_3 is None  # time runs over one position in the other frames

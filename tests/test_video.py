@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -25,6 +26,12 @@ def _torchcodec_works() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="only CI promises torchcodec (.ci/run installs FFmpeg)")
+def test_ci_tests_the_torchcodec_decoder_too():
+    assert _torchcodec_works(), ("torchcodec or FFmpeg's shared libraries are missing in CI, so its tests skipped: "
+                                 ".ci/run installs ffmpeg with apt-get and torchcodec from the test extra")
 
 
 # Writing a display matrix needs a recent PyAV; reading one does not.
