@@ -134,12 +134,12 @@ def test_from_pretrained_and_a_plain_folder_name_load_a_saved_model(tmp_path, mo
 def test_pretrained_as_a_string_loads_that_source_into_the_architecture(tmp_path):
     original = _saved_tiny(tmp_path / "saved")
     x = torch.randn(1, 3, 4, 32, 32)
-    for source in (str(tmp_path / "saved"), str(tmp_path / "saved" / "model.safetensors")):
+    for source in (str(tmp_path / "saved"), tmp_path / "saved" / "model.safetensors"):  # a str or a Path
         model = vivit.create_model("vivit_ti_16x2_fe", pretrained=source, **TINY).eval()
         assert model.num_classes == 3  # the head follows the weights
         torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
         cfg = model.pretrained_cfg
-        assert cfg["file"] == source and cfg["hf_hub_id"] is None and cfg["url"] is None and cfg["top1"] is None
+        assert cfg["file"] == str(source) and cfg["hf_hub_id"] is None and cfg["url"] is None and cfg["top1"] is None
     new_head = vivit.create_model("vivit_ti_16x2_fe", pretrained=str(tmp_path / "saved"), num_classes=5, **TINY)
     assert new_head.num_classes == 5 and not new_head.head.weight.any()  # only the head is reset
     torch.testing.assert_close(new_head.forward_features(x), original.forward_features(x), rtol=0, atol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,20 @@ def _with_weights_from(arch: str, source: str, args: dict[str, Any], num_classes
     model.pretrained_cfg = {**cfg.to_dict(), "num_classes": model.num_classes,
                             "input_size": (model.in_chans, model.num_frames, *model.img_size)}
     if source not in PRETRAINED:  # say where the weights came from, not where the arch's released ones live
-        hub = source.startswith(HUB_PREFIXES)
-        model.pretrained_cfg.update(source="hf-hub" if hub else "local-dir" if Path(source).exists() else "url",
-                                    hf_hub_id=source.split(":", 1)[1] if hub else None, url=None,
-                                    file=None if hub else source, tag="", label_set=None, top1=None,
-                                    eval_views=None)
+        where = dict(hf_hub_id=None, url=None, file=None)
+        if source.startswith(HUB_PREFIXES):
+            where.update(source="hf-hub", hf_hub_id=source.split(":", 1)[1])
+        elif source.startswith(("http://", "https://")):
+            where.update(source="url", url=source)
+        else:
+            where.update(source="local-dir", file=source)
+        model.pretrained_cfg.update(where, tag="", label_set=None, top1=None, eval_views=None)
     return load_weights_into(model, weights)
 
 
 def create_model(
     name: str,
-    pretrained: bool | str = False,
+    pretrained: bool | str | os.PathLike[str] = False,
     *,
     num_classes: int | None = None,
     num_frames: int | None = None,
@@ -88,6 +92,8 @@ def create_model(
         **kwargs: Any other ``ViViT`` keyword (``drop_path_rate``, ``attn_impl``, ``depth`` ...).
     """
     _check_kwargs(kwargs)
+    if isinstance(pretrained, os.PathLike):
+        pretrained = os.fspath(pretrained)
     overrides = {k: v for k, v in dict(num_classes=num_classes, num_frames=num_frames, img_size=img_size).items()
                  if v is not None}
     a_path = name.partition(".")[0] not in ARCHS and (_path_like(name) or Path(name).exists())
