@@ -74,7 +74,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 DEFAULT_MODEL = "vivit_b_16x2.k400"
-OFFLINE_HINT = "use --model vivit_motion (ships with vivit) or --model PATH (a saved folder or weights file)"
+OFFLINE_HINT = ("use --model vivit_motion (ships with vivit) or --model FOLDER (a saved model; `vivit convert` makes "
+                "one from a weights file)")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
