@@ -244,12 +244,12 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-# Measured on a 2-core CPU (docs/guides/performance.md): ViViT-B/16x2, one 32x224x224 view, float32.
+# CPU numbers measured on 2-core machines (docs/guides/performance.md and this change's runs); none on a GPU yet.
 CLASSIFY_TIMING = (
     "How long it takes: the default model (ViViT-B, 4x3 = 12 views of 32x224x224) runs about 3-7 s per view on a "
-    "2-core CPU in float32, so 40-90 s per video; --dtype bfloat16 is ~3.4x faster on CPUs with AMX or AVX512-BF16, "
-    "--views 1x1 is 12x faster (a few points less accurate), and a GPU (--device cuda) takes well under a second "
-    "per video. The first run downloads the weights (~350 MB) once."
+    "2-core CPU in float32, so 40-90 s per video. --dtype bfloat16 is ~3.4x faster on CPUs with AMX (~1.5x with "
+    "AVX512-BF16 only); --views 1x1 runs 1 view instead of 12 (the published accuracies are for 4x3); a GPU "
+    "(--device cuda) is far faster (benchmarks/gpu.py measures it). The first run downloads the weights (~350 MB) once."
 )
 
 
@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="views per forward pass")
     p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="run the model in this precision; bfloat16 is ~3x faster on CPUs with AMX or AVX512-BF16")
+                   help="run the model in this precision; bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5x with "
+                   "AVX512-BF16")
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
