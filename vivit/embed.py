@@ -52,12 +52,22 @@ class TubeletEmbed(nn.Module):
         self, img_size: tuple[int, int], num_frames: int, tubelet_size: tuple[int, int, int], in_chans: int, dim: int
     ) -> None:
         super().__init__()
+        self.tubelet_size = tuple(tubelet_size)
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=tubelet_size, stride=tubelet_size)
-        self.grid_size = (num_frames // tubelet_size[0], img_size[0] // tubelet_size[1], img_size[1] // tubelet_size[2])
+        self.set_input_size(img_size, num_frames)
+
+    def set_input_size(self, img_size: tuple[int, int], num_frames: int) -> None:
+        """Set the clip size the embedding (and ``grid_size``) is for; the weights do not depend on it."""
+        self.grid_size = self.grid_for(num_frames, *img_size)
+
+    def grid_for(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Token grid ``(t, h, w)`` of a ``num_frames x height x width`` clip."""
+        return (num_frames // self.tubelet_size[0], height // self.tubelet_size[1], width // self.tubelet_size[2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, T, H, W) -> (b, t*h*w, d)``."""
-        return rearrange(self.proj(x), "b d t h w -> b (t h w) d")
+        # b d t h w -> b (t h w) d, in plain torch ops so torch.fx can trace it
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class FrameSamplingEmbed(nn.Module):
@@ -74,15 +84,22 @@ class FrameSamplingEmbed(nn.Module):
         exact_frame_count: bool = False,
     ) -> None:
         super().__init__()
-        idx = sample_frame_indices(num_frames, n_sampled_frames, exact=exact_frame_count)
-        self.register_buffer("frame_indices", torch.tensor(idx, dtype=torch.long), persistent=False)
+        self.n_sampled_frames, self.exact_frame_count, self.patch_size = n_sampled_frames, exact_frame_count, patch_size
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-        self.grid_size = frame_sampling_grid(len(idx), img_size, patch_size)
+        self.set_input_size(img_size, num_frames)
+
+    def set_input_size(self, img_size: tuple[int, int], num_frames: int) -> None:
+        """Set the clip size: recomputes the sampled frame indices and ``grid_size``."""
+        self.frame_index_list = sample_frame_indices(num_frames, self.n_sampled_frames, exact=self.exact_frame_count)
+        device = self.proj.weight.device
+        self.register_buffer("frame_indices", torch.tensor(self.frame_index_list, device=device), persistent=False)
+        self.grid_size = frame_sampling_grid(len(self.frame_index_list), img_size, self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, T, H, W) -> (b, n, d)``."""
-        x = rearrange(x.index_select(2, self.frame_indices), "b c t h w -> b c (t h) w")
-        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+        # b c t h w -> b c (t h) w -> conv -> b (h w) d, in plain torch ops so torch.fx can trace it
+        x = x.index_select(2, self.frame_indices).flatten(2, 3)
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 def resample_pos_embed(

@@ -9,11 +9,17 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .embed import resample_pos_embed
 from .layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, pool_tokens
+
+torch.fx.wrap("rearrange")  # see layers.py
+Grid = tuple[int, int, int]
+_POS_EMBED_CACHE_SIZE = 8  # token grids whose resampled positional embedding each encoder keeps
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,8 @@ class Transformer(nn.Module):
     """Optional CLS token, learned positional embedding, dropout, blocks, final LayerNorm.
 
     Tokens sit on axis -2 of ``(b, *groups, n, d)``; subclasses re-group them for their blocks in ``_to_blocks`` /
-    ``_from_blocks``.
+    ``_from_blocks``. ``grid`` is the token grid ``(t, h, w)`` the positional embedding is built for; a forward on
+    another grid (``grid=``) uses the embedding resampled to it, cached per grid while it needs no gradient.
     """
 
     intermediate_blocks = "blocks"  # submodule whose block outputs forward_intermediates returns
@@ -44,45 +51,86 @@ class Transformer(nn.Module):
     # as it is, not regrouped into frames.
     can_trim_last_block = True
 
-    def __init__(self, num_tokens: int, dim: int, blocks: list[nn.Module], use_cls: bool, args: BlockArgs) -> None:
+    def __init__(self, grid: Grid, dim: int, blocks: list[nn.Module], use_cls: bool, args: BlockArgs) -> None:
         super().__init__()
+        self.grid = tuple(grid)
         self.num_prefix_tokens = int(use_cls)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_cls else None
-        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens + self.num_prefix_tokens, dim) * 0.02)
+        # Values come from ViViT.init_weights (which also runs after meta-device creation + to_empty).
+        self.cls_token = nn.Parameter(torch.empty(1, 1, dim)) if use_cls else None
+        self.pos_embed = nn.Parameter(torch.empty(1, grid[0] * grid[1] * grid[2] + self.num_prefix_tokens, dim))
+        self._pos_embed_cache: dict[Grid, tuple[tuple, torch.Tensor]] = {}
         self.pos_drop = nn.Dropout(args.drop_rate)
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim, eps=args.norm_eps)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, head_token_only: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
         """``(b, *groups, n, d) -> (b, *groups, prefix + n, d)``, after the final norm.
 
         ``head_token_only`` is for callers that read only token 0 (``token`` / ``first`` pooling): the last block then
         computes that token alone and ``(b, *groups, 1, d)`` is returned, equal to ``[..., :1, :]`` of the full output.
-        Encoders that regroup tokens into frames ignore it and return every token.
+        Encoders that regroup tokens into frames ignore it and return every token. ``grid``: the tokens' grid when it
+        is not the built one.
         """
-        return self.norm(self.forward_blocks(self.embed_tokens(x), head_token_only=head_token_only))
+        grid = self.grid if grid is None else grid
+        return self.norm(self.forward_blocks(self.embed_tokens(x, grid), head_token_only=head_token_only, grid=grid))
 
-    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Prepend the CLS token (one per group) and add the positional embedding."""
-        if x.shape[-2] + self.num_prefix_tokens != self.pos_embed.shape[1]:
+    def embed_tokens(self, x: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """Prepend the CLS token (one per group) and add the positional embedding (resampled to ``grid``)."""
+        pos_embed = self.pos_embed_for(self.grid if grid is None else grid)
+        if not torch.fx._symbolic_trace.is_fx_tracing() and x.shape[-2] + self.num_prefix_tokens != pos_embed.shape[1]:
             raise ValueError(
                 f"got {x.shape[-2]} tokens but the positional embedding holds "
-                f"{self.pos_embed.shape[1] - self.num_prefix_tokens}; resample it with resample_pos_embed"
+                f"{pos_embed.shape[1] - self.num_prefix_tokens}; resample it with resample_pos_embed"
             )
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(*x.shape[:-2], 1, -1), x], dim=-2)
-        return self.pos_drop(x + self.pos_embed)
+            x = torch.cat([self.cls_token.expand_as(x[..., :1, :]), x], dim=-2)
+        return self.pos_drop(x + pos_embed)
+
+    def pos_embed_for(self, grid: Grid) -> torch.Tensor:
+        """The positional embedding for tokens on ``grid``: the parameter itself on the built grid, else resampled.
+
+        Resampled embeddings are cached per grid unless autograd needs them, and the cache is keyed on the parameter's
+        storage and version so in-place updates and ``.to()`` invalidate it. Compiled and exported graphs resample in
+        the graph (no Python cache there).
+        """
+        grid = tuple(grid)
+        if grid == self.grid:
+            return self.pos_embed
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
+            return resample_pos_embed(self.pos_embed, self.grid, grid, self.num_prefix_tokens)
+        p = self.pos_embed
+        key = (p.device, p.dtype, p.data_ptr(), p._version)
+        hit = self._pos_embed_cache.get(grid)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, resample_pos_embed(p, self.grid, grid, self.num_prefix_tokens))
+            self._pos_embed_cache.pop(grid, None)
+            if len(self._pos_embed_cache) >= _POS_EMBED_CACHE_SIZE:
+                self._pos_embed_cache.pop(next(iter(self._pos_embed_cache)))
+            self._pos_embed_cache[grid] = hit
+        return hit[1]
+
+    def set_grid(self, grid: Grid) -> None:
+        """Resample the positional embedding in place to ``grid`` (it stays a parameter, ``requires_grad`` kept)."""
+        grid = tuple(grid)
+        if grid == self.grid:
+            return
+        with torch.no_grad():
+            new = resample_pos_embed(self.pos_embed, self.grid, grid, self.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(new, requires_grad=self.pos_embed.requires_grad)
+        self.grid = grid
+        self._pos_embed_cache.clear()
 
     def forward_blocks(
         self, x: torch.Tensor, indices: Collection[int] | None = None, stop_early: bool = False,
-        head_token_only: bool = False,
+        head_token_only: bool = False, grid: Grid | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the blocks; with ``indices``, also return the outputs of those blocks (ungrouped).
 
         ``stop_early`` skips the blocks after the last one in ``indices``; ``head_token_only``: see ``forward``.
         """
-        x = self._to_blocks(x)
+        x = self._to_blocks(x, self.grid if grid is None else grid)
         taken = []
         blocks = self.blocks[: max(indices) + 1] if stop_early and indices else self.blocks
         trim_at = len(blocks) - 1 if head_token_only and self.can_trim_last_block and indices is None else None
@@ -99,7 +147,7 @@ class Transformer(nn.Module):
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: Collection[int], *, norm: bool = False, stop_early: bool = False,
-        final: bool = True,
+        final: bool = True, grid: Grid | None = None,
     ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor] | None]:
         """Embedded tokens ``(b, *groups, n, d)`` -> final features and the outputs of the blocks in ``indices``.
 
@@ -109,12 +157,14 @@ class Transformer(nn.Module):
             norm: Pass the returned block outputs through the final norm.
             stop_early: Skip the blocks after the last one in ``indices``.
             final: Also compute the final features (else ``None`` is returned for them).
+            grid: The tokens' grid when it is not the built one.
 
         Returns:
             The normed final tokens ``(b, *groups, prefix + n, d)`` (or ``None``), and per chosen block its patch
             tokens ``(b, *groups, n, d)`` and its prefix tokens ``(b, *groups, prefix, d)`` (``None`` without any).
         """
-        x, taken = self.forward_blocks(self.embed_tokens(x), indices, stop_early)
+        grid = self.grid if grid is None else grid
+        x, taken = self.forward_blocks(self.embed_tokens(x, grid), indices, stop_early, grid=grid)
         taken = [self.norm(y) for y in taken] if norm else taken
         p = self.num_prefix_tokens
         prefix = [y[..., :p, :] for y in taken] if p else None
@@ -127,7 +177,7 @@ class Transformer(nn.Module):
         if prune_norm:
             self.norm = nn.Identity()
 
-    def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def _to_blocks(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         return x
 
     def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,18 +200,16 @@ class SpacetimeEncoder(Transformer):
                   **({"attn_cls": attn_cls} if attn_cls else {}))
             for p in drop_path_rates(depth, drop_path_rate)
         ]
-        super().__init__(grid[0] * grid[1] * grid[2], dim, blocks, use_cls, args)
-        self.grid = grid
+        super().__init__(grid, dim, blocks, use_cls, args)
 
 
 class _FrameGrouped:
     """Mixin for blocks that see the token grid as ``(b, t, s, d)``."""
 
-    grid: tuple[int, int, int]
     can_trim_last_block = False
 
-    def _to_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(x, "b (t s) d -> b t s d", t=self.grid[0])
+    def _to_blocks(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return rearrange(x, "b (t s) d -> b t s d", t=grid[0])
 
     def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b t s d -> b (t s) d")
@@ -195,8 +243,7 @@ class FactorizedSelfAttentionEncoder(_FrameGrouped, Transformer):
                                          norm_eps=args.norm_eps, attn_impl=args.attn_impl)
             for _ in range(depth)
         ]
-        super().__init__(grid[0] * grid[1] * grid[2], dim, blocks, False, args)
-        self.grid = grid
+        super().__init__(grid, dim, blocks, False, args)
 
 
 class FactorizedEncoder(nn.Module):
@@ -221,23 +268,34 @@ class FactorizedEncoder(nn.Module):
             use_cls=use_cls, drop_path_rate=drop_path_rate, args=args)
         self.num_prefix_tokens = 0 if self.temporal is None else self.temporal.num_prefix_tokens
 
-    def forward(self, x: torch.Tensor, head_token_only: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
         """``(b, t*s, d) -> (b, prefix + t, d)``: temporal features, or frame tokens for the spatial-only baseline.
 
         ``head_token_only`` (for ``token`` / ``first`` pooling, which both encoders share): each encoder's last block
-        computes token 0 alone, and the temporal output is ``(b, 1, d)``.
+        computes token 0 alone, and the temporal output is ``(b, 1, d)``. ``grid``: the tokens' grid when it is not
+        the built one.
         """
-        frames = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=self.grid[0]), head_token_only)
-        return self._across_frames(frames, head_token_only)
+        grid = self.grid if grid is None else grid
+        frames = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=grid[0]), head_token_only, (1, *grid[1:]))
+        return self._across_frames(frames, head_token_only, grid)
 
-    def _across_frames(self, x: torch.Tensor, head_token_only: bool = False) -> torch.Tensor:
+    def _across_frames(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
         """Normed spatial features ``(b, t, prefix + s, d) -> (b, prefix + t, d)`` (pool each frame, then time)."""
         x = self.spatial.pool(x, self.spatial_pool)
-        return x if self.temporal is None else self.temporal(x, head_token_only)
+        if self.temporal is None:
+            return x
+        return self.temporal(x, head_token_only, None if grid is None else (grid[0], 1, 1))
+
+    def set_grid(self, grid: Grid) -> None:
+        """Resample both positional embeddings in place to the token grid ``(t, h, w)``."""
+        self.grid = tuple(grid)
+        self.spatial.set_grid((1, *grid[1:]))
+        if self.temporal is not None:
+            self.temporal.set_grid((grid[0], 1, 1))
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: Collection[int], *, norm: bool = False, stop_early: bool = False,
-        final: bool = True,
+        final: bool = True, grid: Grid | None = None,
     ) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor] | None]:
         """Intermediates of the spatial encoder, final features of the temporal one.
 
@@ -248,17 +306,19 @@ class FactorizedEncoder(nn.Module):
             stop_early: Skip the spatial blocks after the last one in ``indices`` (the final features then come from
                 the truncated spatial encoder).
             final: Also compute the final features (else ``None`` is returned for them).
+            grid: The tokens' grid when it is not the built one.
 
         Returns:
             The temporal encoder's normed tokens ``(b, prefix + t, d)`` (spatial-only baseline: frame tokens
             ``(b, t, d)``) or ``None``; per chosen spatial block its patch tokens ``(b, t*s, d)`` and its per-frame
             prefix tokens ``(b, t, prefix, d)`` (``None`` without a CLS token).
         """
+        grid = self.grid if grid is None else grid
         x, patches, prefix = self.spatial.forward_intermediates(
-            rearrange(x, "b (t s) d -> b t s d", t=self.grid[0]), indices, norm=norm, stop_early=stop_early,
-            final=final)
+            rearrange(x, "b (t s) d -> b t s d", t=grid[0]), indices, norm=norm, stop_early=stop_early,
+            final=final, grid=(1, *grid[1:]))
         patches = [rearrange(y, "b t s d -> b (t s) d") for y in patches]
-        return None if x is None else self._across_frames(x), patches, prefix
+        return None if x is None else self._across_frames(x, grid=grid), patches, prefix
 
     def prune(self, num_blocks: int, prune_norm: bool = False, prune_head: bool = True) -> None:
         """Keep ``num_blocks`` spatial blocks; ``prune_head`` also drops the temporal encoder.
@@ -272,8 +332,11 @@ class FactorizedEncoder(nn.Module):
             self.num_prefix_tokens = 0
 
     def pool(self, x: torch.Tensor, global_pool: str) -> torch.Tensor:
-        """``(b, prefix + t, d) -> (b, d)``; the spatial-only baseline averages its frames (scenic ``jnp.mean``)."""
-        if self.temporal is None:
+        """``(b, prefix + t, d) -> (b, d)``; the spatial-only baseline averages its frames (scenic ``jnp.mean``).
+
+        ``global_pool=""`` returns the tokens unpooled.
+        """
+        if self.temporal is None and global_pool != "":
             return x.mean(dim=1)
         return self.temporal.pool(x, global_pool)
 

@@ -10,9 +10,14 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+# torch.fx (timm feature_cls="fx", torchvision create_feature_extractor) records these as opaque calls: einops cannot
+# read a Proxy's shape, and the helpers below branch on runtime values.
+torch.fx.wrap("rearrange")
 
 ATTN_IMPLS = ("sdpa", "eager")
 ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {
@@ -21,6 +26,18 @@ ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "gelu": lambda: nn.GELU(),
 }
 POOL_TYPES = ("token", "avg", "max", "sum", "first")
+# global_pool="" (timm): no pooling, the head sees every token.
+HEAD_POOL_TYPES = (*POOL_TYPES, "")
+
+
+def _cpu_contiguous(z: torch.Tensor) -> torch.Tensor:
+    # The CPU flash kernel is ~10% faster on packed (b, heads, n, hd) inputs than on the strided views of the fused qkv
+    # output, copies included (ViViT-B, 3137 tokens: 134 -> 121 ms per layer, 2-core Xeon). CUDA kernels take the
+    # strided views as they are.
+    return z.contiguous() if z.device.type == "cpu" else z
+
+
+torch.fx.wrap("_cpu_contiguous")
 
 
 def attend(
@@ -30,6 +47,7 @@ def attend(
     impl: str = "sdpa",
     dropout_p: float = 0.0,
     return_weights: bool = False,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over the second-to-last axis.
 
@@ -40,6 +58,7 @@ def attend(
         impl: ``"sdpa"`` (fused kernels where available) or ``"eager"`` (explicit softmax).
         dropout_p: Attention-weight dropout probability (pass 0 in eval mode).
         return_weights: Also return the softmax weights ``(..., heads, n, n)``; eager only.
+        scale: The eager path's query scale; default ``1 / sqrt(hd)`` (sdpa always uses that default).
 
     Returns:
         The attended values ``(..., heads, n, hd)`` and the weights (or ``None``).
@@ -47,18 +66,14 @@ def attend(
     if impl == "sdpa":
         if return_weights:
             raise ValueError("attention maps need attn_impl='eager'; the fused sdpa kernels never form them")
-        # Fused kernels want 4-D inputs; fold every leading axis into the batch.
-        lead = q.shape[:-3]
-        q, k, v = (z.reshape(-1, *z.shape[-3:]) for z in (q, k, v))
-        if q.device.type == "cpu":
-            # The CPU flash kernel is ~10% faster on packed (b, heads, n, hd) inputs than on the strided views of the
-            # fused qkv output, copies included (ViViT-B, 3137 tokens: 134 -> 121 ms per layer, 2-core Xeon). CUDA
-            # kernels take the strided views as they are.
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        return out.reshape(*lead, *out.shape[-3:]), None
+        # Fused kernels want 4-D inputs; fold every leading axis into the batch (flatten(0, -4) keeps fx tracing
+        # free of Python arithmetic on shapes).
+        out = F.scaled_dot_product_attention(
+            *(_cpu_contiguous(z.flatten(0, -4)) for z in (q, k, v)), dropout_p=dropout_p)
+        return out.reshape(q.shape), None
     # scenic (flax dot_product_attention): the query is scaled before the product.
-    weights = torch.softmax((q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1), dim=-1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
     attn = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
     return attn @ v, (weights if return_weights else None)
 
@@ -75,6 +90,7 @@ class Attention(nn.Module):
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
         self.num_heads = num_heads
+        self.scale = 1.0 / math.sqrt(dim // num_heads)
         self.attn_impl = attn_impl
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -95,9 +111,10 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(rearrange(out, "... heads n hd -> ... n (heads hd)")))
 
     def _attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out, self.attn_map = attend(
-            q, k, v, self.attn_impl, self.attn_drop if self.training else 0.0, return_weights=self.record_attn
-        )
+        out, weights = attend(q, k, v, self.attn_impl, self.attn_drop if self.training else 0.0,
+                              return_weights=self.record_attn, scale=self.scale)
+        if self.record_attn:
+            self.attn_map = weights
         return out
 
 
@@ -125,11 +142,11 @@ class FactorizedDotProductAttention(Attention):
         drop = self.attn_drop if self.training else 0.0
         to_time = "b t heads s hd -> b s heads t hd"
         qt, kt, vt = (rearrange(z[:, :, :half], to_time) for z in (q, k, v))
-        out_time, w_time = attend(qt, kt, vt, self.attn_impl, drop, return_weights=self.record_attn)
-        out_space, w_space = attend(
-            q[:, :, half:], k[:, :, half:], v[:, :, half:], self.attn_impl, drop, return_weights=self.record_attn
-        )
-        self.attn_map = None if w_time is None else {"time": w_time, "space": w_space}
+        out_time, w_time = attend(qt, kt, vt, self.attn_impl, drop, return_weights=self.record_attn, scale=self.scale)
+        out_space, w_space = attend(q[:, :, half:], k[:, :, half:], v[:, :, half:], self.attn_impl, drop,
+                                    return_weights=self.record_attn, scale=self.scale)
+        if self.record_attn:
+            self.attn_map = {"time": w_time, "space": w_space}
         return torch.cat([rearrange(out_time, "b s heads t hd -> b t heads s hd"), out_space], dim=2)
 
 
@@ -167,11 +184,18 @@ class DropPath(nn.Module):
         """``(b, ...) -> (b, ...)``."""
         if not self.training or self.drop_prob == 0.0:
             return x
-        keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.drop_prob
-        return x * keep.to(x.dtype)
+        return _drop_paths(x, self.drop_prob)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+def _drop_paths(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= drop_prob
+    return x * keep.to(x.dtype)
+
+
+torch.fx.wrap("_drop_paths")
 
 
 class Block(nn.Module):
@@ -261,8 +285,11 @@ def pool_tokens(x: torch.Tensor, pool: str, num_prefix_tokens: int = 0) -> torch
     """Pool ``(..., n, d)`` tokens to ``(..., d)``.
 
     ``token`` and ``first`` take token 0 (the CLS token, or the first patch token when there is none); ``avg`` /
-    ``max`` / ``sum`` reduce over the patch tokens (scenic ``gap`` / ``gmp`` / ``gsp``), skipping prefix tokens.
+    ``max`` / ``sum`` reduce over the patch tokens (scenic ``gap`` / ``gmp`` / ``gsp``), skipping prefix tokens;
+    ``""`` returns the tokens unpooled (timm).
     """
+    if pool == "":
+        return x
     if pool in ("token", "first"):
         return x[..., 0, :]
     patches = x[..., num_prefix_tokens:, :]
@@ -272,4 +299,4 @@ def pool_tokens(x: torch.Tensor, pool: str, num_prefix_tokens: int = 0) -> torch
         return patches.amax(dim=-2)
     if pool == "sum":
         return patches.sum(dim=-2)
-    raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {pool!r}")
+    raise ValueError(f"global_pool must be one of {HEAD_POOL_TYPES}, got {pool!r}")

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.fx
 from einops import rearrange
 from torch import nn
 
 from .embed import FrameSamplingEmbed, TubeletEmbed
 from .encoders import ENCODERS, BlockArgs, Transformer
-from .layers import POOL_TYPES, Attention, Mlp
+from .layers import HEAD_POOL_TYPES, POOL_TYPES, Attention, Mlp
+
+torch.fx.wrap("rearrange")  # see layers.py
 
 _logger = logging.getLogger(__name__)
 
@@ -101,6 +104,8 @@ class ViViT(nn.Module):
         act_layer: ``"gelu_tanh"`` (the reference's flax default) or ``"gelu"``.
         norm_eps: LayerNorm epsilon.
         attn_impl: ``"sdpa"`` (fused kernels) or ``"eager"`` (needed for attention maps).
+        dynamic_input_size: ``forward`` takes any ``T x H x W`` that is a multiple of the tubelet, with the positional
+            embeddings resampled to its token grid (cached per grid); the built size uses them as they are.
     """
 
     def __init__(
@@ -132,11 +137,13 @@ class ViViT(nn.Module):
         act_layer: str = "gelu_tanh",
         norm_eps: float = 1e-6,
         attn_impl: str = "sdpa",
+        dynamic_input_size: bool = False,
     ) -> None:
         super().__init__()
         self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if variant not in ENCODERS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        head_pool = global_pool  # "" (timm: unpooled tokens) builds the variant's default pooling, then drops it
         global_pool = global_pool or ("avg" if variant in _NO_CLS_VARIANTS else "token")
         if global_pool not in POOL_TYPES:
             raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
@@ -172,6 +179,10 @@ class ViViT(nn.Module):
                 )
         else:
             raise ValueError(f"embedding must be 'tubelet' or 'frame_sampling', got {embedding!r}")
+        if dynamic_input_size and embedding != "tubelet":
+            raise ValueError("dynamic_input_size=True needs embedding='tubelet': frame sampling picks its frames from "
+                             "the clip length fixed at creation; use set_input_size(num_frames=...) to change it")
+        self.dynamic_input_size = dynamic_input_size
         grid = self.patch_embed.grid_size
         if min(grid) < 1:
             raise ValueError(
@@ -194,13 +205,28 @@ class ViViT(nn.Module):
                                          drop_path_rate=drop_path_rate, args=args, **encoder_kwargs)
         self.pre_logits = PreLogits(embed_dim, representation_size) if representation_size else nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if head_pool == "":
+            self.global_pool = ""
         self.init_weights()
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def init_weights(self) -> None:
-        """The reference's initialisers (scenic ``vivit/model.py`` and flax defaults)."""
+        """The reference's initialisers (scenic ``vivit/model.py`` and flax defaults), for every tensor.
+
+        Also what to call after ``with torch.device("meta")`` creation and ``to_empty()``: positional embeddings, CLS
+        tokens, LayerNorms and the frame-sampling indices are set too.
+        """
         for module in self.modules():
+            if isinstance(module, Transformer):  # scenic AddPositionEmbs: normal(0.02); CLS tokens: zeros
+                nn.init.normal_(module.pos_embed, std=0.02)
+                if module.cls_token is not None:
+                    nn.init.zeros_(module.cls_token)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, FrameSamplingEmbed):
+                module.frame_indices.copy_(torch.tensor(module.frame_index_list))
             if isinstance(module, Attention):  # flax MHA: xavier_uniform over the (d, heads*hd) kernel, zero bias
                 bound = math.sqrt(6.0 / (2 * module.proj.in_features))
                 for linear in (module.qkv, module.proj):
@@ -222,18 +248,55 @@ class ViViT(nn.Module):
 
     # --------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is a float ``B x C x T x H x W`` clip of the model's size."""
-        expected = f"B x {self.in_chans} x {self.num_frames} x {self.img_size[0]} x {self.img_size[1]}"
-        if x.ndim != 5 or tuple(x.shape[1:]) != (self.in_chans, self.num_frames, *self.img_size):
+        """Raise unless ``x`` is a float ``B x C x T x H x W`` tensor of the model's size and dtype.
+
+        ``TypeError`` for something that is no tensor (a numpy array: ``torch.from_numpy(x)``) or a float dtype other
+        than the model's (outside autocast, which casts for itself); ``ValueError`` for a wrong shape (a
+        ``B x T x C x H x W`` clip, the transformers layout, names the ``permute`` that fixes it) or integer frames.
+        Nothing is converted: a silent cast would hide a float64 pipeline or copy a clip to another dtype per call.
+        Skipped while ``torch.fx`` traces (shapes are proxies then).
+        """
+        if torch.fx._symbolic_trace.is_fx_tracing():
+            return
+        if not isinstance(x, torch.Tensor):
+            hint = " (torch.from_numpy(x) converts it)" if type(x).__module__ == "numpy" else ""
+            raise TypeError(f"expected a torch.Tensor video B x C x T x H x W, got {type(x).__module__}."
+                            f"{type(x).__qualname__}{hint}")
+        t, h, w = self.num_frames, *self.img_size
+        expected = "B x {} x {} x {} x {}".format(self.in_chans, *(("T", "H", "W") if self.dynamic_input_size
+                                                                  else (t, h, w)))
+        if x.ndim == 5 and x.shape[2] == self.in_chans and x.shape[1] != self.in_chans:
             raise ValueError(
-                f"expected a video tensor B x C x T x H x W = {expected}, got shape {tuple(x.shape)}. "
-                "Resample frames/resize to match, or create the model with num_frames=/img_size= for this size."
+                f"expected a video B x C x T x H x W = {expected}, got shape {tuple(x.shape)}, which looks like "
+                "B x T x C x H x W (the transformers layout): pass x.permute(0, 2, 1, 3, 4)"
             )
+        if self.dynamic_input_size:
+            tt, th, tw = self.tubelet_size
+            bad = x.ndim != 5 or x.shape[1] != self.in_chans or any(
+                n < k or n % k for n, k in zip(x.shape[2:], self.tubelet_size, strict=True))
+            fix = f"T, H, W must be positive multiples of the tubelet {tt} x {th} x {tw}"
+        else:
+            bad = x.ndim != 5 or tuple(x.shape[1:]) != (self.in_chans, t, h, w)
+            fix = ("Resample frames/resize to match, call model.set_input_size(num_frames=, img_size=), or create the "
+                   "model with dynamic_input_size=True")
+        if bad:
+            raise ValueError(f"expected a video tensor B x C x T x H x W = {expected}, got shape {tuple(x.shape)}. "
+                             f"{fix}.")
         if not x.is_floating_point():
             raise ValueError(
                 f"expected a float video ({expected}) scaled to [-1, 1], got dtype {x.dtype}; "
                 "convert uint8 frames with x.float() * 2 / 255 - 1 (vivit.transforms does this)"
             )
+        dtype = self.patch_embed.proj.weight.dtype
+        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"expected a {dtype} video to match the model's weights, got {x.dtype}; convert the "
+                            f"clip with x.to({dtype}) or the model with model.to({x.dtype})")
+
+    def _input_grid(self, x: torch.Tensor) -> tuple[int, int, int] | None:
+        """The token grid of ``x`` for a dynamic-size model (``None``: the built grid)."""
+        if not self.dynamic_input_size or torch.fx._symbolic_trace.is_fx_tracing():
+            return None
+        return self.patch_embed.grid_for(*x.shape[2:])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W) -> (B, prefix + N, D)`` normed encoder tokens.
@@ -242,7 +305,7 @@ class ViViT(nn.Module):
         spatial-only baseline: the ``t`` per-frame pooled tokens.
         """
         self.check_input(x)
-        return self.encoder(self.patch_embed(x))
+        return self.encoder(self.patch_embed(x), grid=self._input_grid(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, prefix + N, D) -> (B, num_classes)``, or the pooled ``(B, num_features)`` with ``pre_logits``."""
@@ -258,7 +321,8 @@ class ViViT(nn.Module):
         """
         self.check_input(x)
         head_token_only = self.global_pool in ("token", "first")
-        return self.forward_head(self.encoder(self.patch_embed(x), head_token_only=head_token_only))
+        return self.forward_head(self.encoder(self.patch_embed(x), head_token_only=head_token_only,
+                                              grid=self._input_grid(x)))
 
     @torch.no_grad()
     def forward_attention_maps(self, x: torch.Tensor) -> dict[str, Any]:
@@ -315,10 +379,11 @@ class ViViT(nn.Module):
             raise ValueError(f"output_fmt must be 'NCTHW' (B x D x T' x H' x W' maps) or 'NLC', got {output_fmt!r}")
         take = take_indices(len(self.encoder.get_submodule(self.encoder.intermediate_blocks)), indices)
         self.check_input(x)
+        grid = self._input_grid(x)
         final, maps, prefix = self.encoder.forward_intermediates(
-            self.patch_embed(x), set(take), norm=norm, stop_early=stop_early, final=not intermediates_only)
+            self.patch_embed(x), set(take), norm=norm, stop_early=stop_early, final=not intermediates_only, grid=grid)
         if output_fmt == "NCTHW":
-            t, h, w = self.grid_size
+            t, h, w = self.grid_size if grid is None else grid
             maps = [rearrange(y, "b (t h w) d -> b d t h w", t=t, h=h, w=w).contiguous() for y in maps]
         if return_prefix_tokens and prefix is not None:
             maps = list(zip(maps, prefix, strict=True))
@@ -364,21 +429,59 @@ class ViViT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a zero-initialised one for ``num_classes`` (0: no head, forward returns features)."""
+        """Replace the head with a zero-initialised one for ``num_classes`` (0: no head, forward returns features).
+
+        The new head is on the model's device and dtype and in its train/eval mode. ``global_pool=""`` stops pooling:
+        ``forward`` then returns every token (``B x prefix + N x D`` with ``num_classes=0``), as timm's ViT does.
+        """
         if global_pool is not None:
-            if global_pool not in POOL_TYPES:
-                raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
-            if (global_pool == "token") != (self.encoder.num_prefix_tokens > 0):
+            if global_pool not in HEAD_POOL_TYPES:
+                raise ValueError(f"global_pool must be one of {HEAD_POOL_TYPES}, got {global_pool!r}")
+            if global_pool != "" and (global_pool == "token") != (self.encoder.num_prefix_tokens > 0):
                 raise ValueError(
                     f"cannot switch global_pool from {self.global_pool!r} to {global_pool!r}: it changes whether the "
                     "model has a CLS token; create a new model instead"
                 )
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
+            like = self.patch_embed.proj.weight
+            self.head = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
+        self.head.train(self.training)
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None, num_frames: int | None = None) -> None:
+        """Change the clip size the model takes, resampling its positional embeddings in place (timm's name).
+
+        Spatial grids are resized bilinearly, time linearly, both with aligned corners (SPEC 4.3), exactly as loading
+        weights into a model created for the new size does. Parameters stay parameters, ``requires_grad`` is kept.
+
+        Args:
+            img_size: New frame size ``H`` or ``(H, W)`` (default: unchanged).
+            num_frames: New clip length ``T`` (default: unchanged).
+        """
+        img_size = self.img_size if img_size is None else _pair(img_size)
+        num_frames = self.num_frames if num_frames is None else int(num_frames)
+        if self.variant != "spacetime" and isinstance(self.patch_embed, FrameSamplingEmbed) and (
+                img_size[0] % self.tubelet_size[1]):
+            raise ValueError(f"{self.variant} needs frame-aligned tokens: the patch height {self.tubelet_size[1]} must "
+                             f"divide the frame height, got {img_size[0]}")
+        old = (self.img_size, self.num_frames)
+        self.patch_embed.set_input_size(img_size, num_frames)
+        grid = self.patch_embed.grid_size
+        if min(grid) < 1:
+            self.patch_embed.set_input_size(*old)
+            raise ValueError(f"input {num_frames}x{img_size[0]}x{img_size[1]} is smaller than one tubelet "
+                             f"{self.tubelet_size}: no tokens")
+        self.encoder.set_grid(grid)
+        self.img_size, self.num_frames = img_size, num_frames
+        self.model_args.update(img_size=img_size, num_frames=num_frames)
+        if "input_size" in self.pretrained_cfg:
+            self.pretrained_cfg = {**self.pretrained_cfg,
+                                   "input_size": (self.in_chans, num_frames, *img_size)}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass (same outputs, less memory)."""
