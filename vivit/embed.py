@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -107,23 +109,27 @@ def resample_pos_embed(
     old_grid: tuple[int, ...],
     new_grid: tuple[int, ...],
     num_prefix_tokens: int = 0,
+    *,
+    always: bool = False,
 ) -> torch.Tensor:
     """Resample a learned positional embedding ``(1, prefix + prod(grid), d)`` to another token grid.
 
     The grid is ``(t, h, w)`` (or ``(h, w)`` / ``(t,)``); the spatial plane is resized bilinearly with
     ``align_corners=True`` (the reference's ``scipy.ndimage.zoom(order=1)`` keeps the corner samples), the time axis
-    linearly, also with aligned corners. Prefix (CLS) slots are kept unchanged.
+    linearly, also with aligned corners. Prefix (CLS) slots are kept unchanged. ``always=True`` interpolates even
+    between equal grids (an identity with aligned corners), so a graph exported with symbolic sizes has no branch on
+    them.
     """
     old_grid, new_grid = tuple(old_grid), tuple(new_grid)
     if len(old_grid) != len(new_grid):
         raise ValueError(f"grids must have the same rank, got {old_grid} and {new_grid}")
-    expected = num_prefix_tokens + int(np.prod(old_grid))
+    expected = num_prefix_tokens + math.prod(old_grid)  # math, not numpy: torch.compile traces numpy into tensors
     if pos_embed.ndim != 3 or pos_embed.shape[1] != expected:
         raise ValueError(
             f"pos_embed of shape {tuple(pos_embed.shape)} does not fit grid {old_grid} with {num_prefix_tokens} "
             f"prefix tokens (expected (1, {expected}, d))"
         )
-    if old_grid == new_grid:
+    if not always and old_grid == new_grid:
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     full_old = (1,) * (3 - len(old_grid)) + old_grid
@@ -131,9 +137,9 @@ def resample_pos_embed(
     dtype = grid.dtype
     grid = grid.to(torch.promote_types(dtype, torch.float32))  # interpolate in at least float32
     grid = rearrange(grid, "1 (t h w) d -> t d h w", t=full_old[0], h=full_old[1], w=full_old[2])
-    if full_old[1:] != full_new[1:]:
+    if always or full_old[1:] != full_new[1:]:
         grid = F.interpolate(grid, size=full_new[1:], mode="bilinear", align_corners=True)
-    if full_old[0] != full_new[0]:
+    if always or full_old[0] != full_new[0]:
         tokens = rearrange(grid, "t d h w -> (h w) d t")
         tokens = F.interpolate(tokens, size=full_new[0], mode="linear", align_corners=True)
         grid = rearrange(tokens, "(h w) d t -> t d h w", h=full_new[1])

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .embed import resample_pos_embed
-from .layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, pool_tokens
+from .layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, fx_tracing, pool_tokens
 
 torch.fx.wrap("rearrange")  # see layers.py
 Grid = tuple[int, int, int]
@@ -78,7 +78,7 @@ class Transformer(nn.Module):
     def embed_tokens(self, x: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         """Prepend the CLS token (one per group) and add the positional embedding (resampled to ``grid``)."""
         pos_embed = self.pos_embed_for(self.grid if grid is None else grid)
-        if not torch.fx._symbolic_trace.is_fx_tracing() and x.shape[-2] + self.num_prefix_tokens != pos_embed.shape[1]:
+        if not fx_tracing() and x.shape[-2] + self.num_prefix_tokens != pos_embed.shape[1]:
             raise ValueError(
                 f"got {x.shape[-2]} tokens but the positional embedding holds "
                 f"{pos_embed.shape[1] - self.num_prefix_tokens}; resample it with resample_pos_embed"
@@ -95,6 +95,8 @@ class Transformer(nn.Module):
         the graph (no Python cache there).
         """
         grid = tuple(grid)
+        if torch.compiler.is_exporting():  # no branch on the (symbolic) input size in an exported graph
+            return resample_pos_embed(self.pos_embed, self.grid, grid, self.num_prefix_tokens, always=True)
         if grid == self.grid:
             return self.pos_embed
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):

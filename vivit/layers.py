@@ -19,6 +19,15 @@ from torch import nn
 # read a Proxy's shape, and the helpers below branch on runtime values.
 torch.fx.wrap("rearrange")
 
+
+def fx_tracing() -> bool:
+    """Whether ``torch.fx.symbolic_trace`` is tracing (shapes are proxies: no Python checks on them then).
+
+    Not true under ``torch.export`` / ``torch.compile``, whose symbolic shapes do support the checks.
+    """
+    symbolic = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)  # torch >= 2.8
+    return symbolic() if symbolic is not None else torch.fx._symbolic_trace.is_fx_tracing()
+
 ATTN_IMPLS = ("sdpa", "eager")
 ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {
     # scenic: flax.linen.gelu defaults to approximate=True.

@@ -16,7 +16,7 @@ from torch import nn
 
 from .embed import FrameSamplingEmbed, TubeletEmbed
 from .encoders import ENCODERS, BlockArgs, Transformer
-from .layers import HEAD_POOL_TYPES, POOL_TYPES, Attention, Mlp
+from .layers import HEAD_POOL_TYPES, POOL_TYPES, Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
 
@@ -256,7 +256,7 @@ class ViViT(nn.Module):
         Nothing is converted: a silent cast would hide a float64 pipeline or copy a clip to another dtype per call.
         Skipped while ``torch.fx`` traces (shapes are proxies then).
         """
-        if torch.fx._symbolic_trace.is_fx_tracing():
+        if fx_tracing():
             return
         if not isinstance(x, torch.Tensor):
             hint = " (torch.from_numpy(x) converts it)" if type(x).__module__ == "numpy" else ""
@@ -294,7 +294,7 @@ class ViViT(nn.Module):
 
     def _input_grid(self, x: torch.Tensor) -> tuple[int, int, int] | None:
         """The token grid of ``x`` for a dynamic-size model (``None``: the built grid)."""
-        if not self.dynamic_input_size or torch.fx._symbolic_trace.is_fx_tracing():
+        if not self.dynamic_input_size or fx_tracing():
             return None
         return self.patch_embed.grid_for(*x.shape[2:])
 
