@@ -79,3 +79,30 @@ def fit_pos_embeds(state: dict[str, torch.Tensor], model: ViViT, source_grid: tu
             prefix = target[key].shape[1] - math.prod(new)
             state[key] = resample_pos_embed(state[key], old, new, prefix)
             _logger.info("resampled %s from grid %s to %s", key, old, new)
+
+
+def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A patch kernel ``(d, c, *k)`` trained on ``c`` channels, made to read ``in_chans`` channels (timm's rule).
+
+    One channel: the sum over the source channels (a grey clip replicated to RGB gives the same tokens). Other counts:
+    the source channels repeated cyclically, scaled by ``c / in_chans`` so the summed response keeps its size.
+    """
+    source = weight.shape[1]
+    if in_chans == source:
+        return weight
+    dtype = weight.dtype
+    weight = weight.float()  # sum in float32 whatever the stored dtype
+    if in_chans == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        repeats = math.ceil(in_chans / source)
+        adapted = weight.repeat(1, repeats, *(1,) * (weight.ndim - 2))[:, :in_chans] * (source / in_chans)
+    return adapted.to(dtype)
+
+
+def fit_input_channels(state: dict[str, torch.Tensor], model: ViViT) -> None:
+    """Adapt ``state``'s patch-embedding kernel to the model's ``in_chans`` (see ``adapt_input_channels``)."""
+    key = "patch_embed.proj.weight"
+    if key in state and state[key].ndim >= 3 and state[key].shape[1] != model.in_chans:
+        _logger.info("adapting %s from %d to %d input channels", key, state[key].shape[1], model.in_chans)
+        state[key] = adapt_input_channels(state[key], model.in_chans)

@@ -112,7 +112,7 @@ def create_model(
         return _with_weights_from(arch, pretrained, args, args.pop("num_classes", None))
     args = {**ARCHS[arch], "num_classes": cfg.num_classes, **overrides, **kwargs}
     model = ViViT(**args)
-    model.pretrained_cfg = {**cfg.to_dict(), "input_size": (args.get("in_chans", 3), model.num_frames, *model.img_size)}
+    model.pretrained_cfg = {**cfg.to_dict(), **model.input_cfg()}
     if pretrained:
         if not cfg.has_weights:
             released = [n for n in list_models(pretrained=True) if n.startswith(arch + ".")]

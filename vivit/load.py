@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import fetch
-from .adapt import fit_pos_embeds, grid_of_args, source_grid
+from .adapt import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
 from .convert.checkpoint import read_scenic_checkpoint
 from .convert.scenic import convert_scenic_params, flatten_params
 from .convert.transformers import config_dict, from_transformers, model_args_from_transformers
@@ -97,9 +97,11 @@ def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, A
 
 # ------------------------------------------------------------------------------------------------- loading
 def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True) -> ViViT:
-    """Resample, reconcile the head, and load; only the head may be left out, and only when its size changed."""
+    """Resample, adapt the input channels, reconcile the head, and load; only the head may be left out, and only when
+    its size changed."""
     state = dict(weights.state)
     fit_pos_embeds(state, model, source_grid(state, model, weights.grid))
+    fit_input_channels(state, model)
     target = model.state_dict()
     allowed_missing: set[str] = set()
     head_kept = True
@@ -228,8 +230,7 @@ def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Pat
         raise ValueError(f"{where} is not a vivit or transformers ViViT model (config.json keys: "
                          f"{sorted(config)[:10]})")
     model = ViViT(**{**args, **overrides})
-    model.pretrained_cfg = {**pretrained_cfg, "input_size": (model.in_chans, model.num_frames, *model.img_size),
-                            "num_classes": model.num_classes}
+    model.pretrained_cfg = {**pretrained_cfg, **model.input_cfg(), "num_classes": model.num_classes}
     if labels and model.num_classes == len(labels):
         model.pretrained_cfg["label_names"] = list(labels)
     if pretrained:

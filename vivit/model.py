@@ -479,9 +479,16 @@ class ViViT(nn.Module):
         self.encoder.set_grid(grid)
         self.img_size, self.num_frames = img_size, num_frames
         self.model_args.update(img_size=img_size, num_frames=num_frames)
-        if "input_size" in self.pretrained_cfg:
-            self.pretrained_cfg = {**self.pretrained_cfg,
-                                   "input_size": (self.in_chans, num_frames, *img_size)}
+        self.pretrained_cfg = {**self.pretrained_cfg, **self.input_cfg()}
+
+    def input_cfg(self) -> dict[str, Any]:
+        """timm's input fields of ``pretrained_cfg`` for the model as it is now.
+
+        ``input_size`` is ``(C, T, H, W)``; ``fixed_input_size`` is false only with ``dynamic_input_size``;
+        ``pool_size`` is ``None`` (the features are tokens, not a 2-D map).
+        """
+        return {"input_size": (self.in_chans, self.num_frames, *self.img_size),
+                "fixed_input_size": not self.dynamic_input_size, "pool_size": None}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass (same outputs, less memory)."""

@@ -7,20 +7,34 @@ imported inside the functions: vivit works without it.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from .factory import create_model
-from .load import load_pretrained, saved_source
+from .load import Weights, load_pretrained, load_weights_into, saved_source
 from .model import ViViT
 from .zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults
 
 default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute
+_FEATURE_KWARGS = ("out_indices", "feature_cls", "output_fmt", "norm", "prune", "flatten_sequential", "out_map",
+                   "return_dict")
+# pretrained_cfg_overlay keys that name a weights source, in timm's order of priority (_resolve_pretrained_source)
+_OVERLAY_SOURCES = ("state_dict", "file", "hf_hub_id", "url")
 
 
 def _timm_cfg(cfg: PretrainedCfg) -> dict[str, Any]:
-    """Our cfg in timm's ``PretrainedCfg`` fields (timm drops nothing it knows; it refuses unknown fields)."""
+    """Our cfg in timm's ``PretrainedCfg`` fields (timm drops nothing it knows; it refuses unknown fields).
+
+    ``fixed_input_size`` is true because a registered architecture refuses other sizes unless it is created with
+    ``dynamic_input_size=True`` (the model's own ``pretrained_cfg`` then says false); ``pool_size`` is ``None``: the
+    features are tokens, not a 2-D map. ``custom_load`` is false: timm never reads these weights itself, the
+    entrypoint loads them with vivit's readers (which convert the reference's and transformers' layouts).
+    """
     return dict(url=cfg.url or "", hf_hub_id=cfg.hf_hub_id, file=cfg.file, num_classes=cfg.num_classes,
-                input_size=cfg.input_size,
+                input_size=cfg.input_size, fixed_input_size=True, pool_size=None, custom_load=False,
                 mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode,
                 interpolation=cfg.interpolation, license=cfg.license, paper_ids=cfg.paper_ids,
                 paper_name=cfg.paper_name, origin_url=cfg.origin_url, first_conv=cfg.first_conv,
@@ -29,23 +43,64 @@ def _timm_cfg(cfg: PretrainedCfg) -> dict[str, Any]:
 
 def _features_only(model: ViViT, out_indices: int | list[int] | tuple[int, ...] | None = None,
                    feature_cls: str = "getter", **feature_kwargs: Any) -> Any:
-    """Wrap ``model`` in timm's ``FeatureGetterNet``, as timm wraps its ViTs (``feature_cls='getter'``).
+    """Wrap ``model`` in timm's feature extractor, as timm wraps its ViTs.
 
-    ``out_indices`` defaults to the last three blocks, as timm's ViT (fewer if the model has fewer). Returns a module
-    whose forward gives the chosen blocks' ``B x D x T' x H' x W'`` maps.
+    ``feature_cls="getter"`` (default): ``FeatureGetterNet`` over ``forward_intermediates``, giving the chosen blocks'
+    ``B x D x T' x H' x W'`` maps. ``"fx"`` (``FeatureGraphNet``, torch.fx) and ``"hook"`` (``FeatureHookNet``) give
+    the blocks' raw outputs, as for timm's ViTs: tokens ``B x [1+]N x D`` (Models 3 and 4: ``B x T' x H'W' x D``).
+    ``out_indices`` defaults to the last three blocks, as timm's ViT (fewer if the model has fewer).
     """
     from timm.models._builder import pretrained_cfg_for_features
-    from timm.models._features import FeatureGetterNet
+    from timm.models._features import FeatureGetterNet, FeatureHookNet
+    from timm.models._features_fx import FeatureGraphNet
 
-    if feature_cls != "getter":
-        raise ValueError(f"vivit models support feature_cls='getter' (forward_intermediates), got {feature_cls!r}")
-    output_fmt = feature_kwargs.pop("output_fmt", "NCTHW")
+    classes = {"getter": FeatureGetterNet, "fx": FeatureGraphNet, "hook": FeatureHookNet}
+    if feature_cls not in classes:
+        raise ValueError(f"vivit models support feature_cls 'getter' (forward_intermediates maps), 'fx' or 'hook' "
+                         f"(raw block outputs), got {feature_cls!r}")
     if out_indices is None:
         out_indices = min(3, len(model.feature_info))
-    features = FeatureGetterNet(model, out_indices=out_indices, **feature_kwargs)
-    features.output_fmt = output_fmt  # timm's Format enum knows only 2-D layouts; forward passes this through
+    if feature_cls == "getter":
+        output_fmt = feature_kwargs.pop("output_fmt", "NCTHW")
+        features = FeatureGetterNet(model, out_indices=out_indices, **feature_kwargs)
+        features.output_fmt = output_fmt  # timm's Format enum knows only 2-D layouts; forward passes this through
+    else:
+        if isinstance(out_indices, int):  # the graph and hook nets take explicit indices
+            out_indices = list(range(len(model.feature_info) - out_indices, len(model.feature_info)))
+        features = classes[feature_cls](model, out_indices=out_indices, **feature_kwargs)
     features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
     return features
+
+
+def _refuse_scriptable() -> None:
+    from timm.layers import is_scriptable
+
+    if is_scriptable():
+        raise RuntimeError("vivit models are not TorchScript-scriptable (scriptable=True): einops patterns and "
+                           "torch.fx-wrapped helpers are outside TorchScript. Use torch.compile, torch.export or "
+                           "torch.fx (feature_cls='fx') instead")
+
+
+def _overlay_source(overlay: dict[str, Any]) -> tuple[str, Any] | None:
+    """The weights source a ``pretrained_cfg_overlay`` names, if any: exactly that source is loaded."""
+    for key in _OVERLAY_SOURCES:
+        if overlay.get(key):
+            return key, overlay[key]
+    return None
+
+
+def _load_overlay_source(model: ViViT, key: str, value: Any) -> None:
+    if key == "state_dict":
+        load_weights_into(model, Weights(dict(value)))
+    elif key == "file":
+        if not Path(value).exists():
+            raise FileNotFoundError(f"pretrained_cfg_overlay file {str(value)!r} does not exist; no weights were "
+                                    "loaded (pass an existing weights file or folder)")
+        load_pretrained(model, Path(value))
+    elif key == "hf_hub_id":
+        load_pretrained(model, value if str(value).startswith(("hf-hub:", "hf_hub:")) else f"hf-hub:{value}")
+    else:
+        load_pretrained(model, value)
 
 
 def _timm_entrypoint(arch: str):
@@ -53,8 +108,11 @@ def _timm_entrypoint(arch: str):
                    features_only: bool = False, **kwargs: Any) -> Any:
         kwargs.pop("pretrained_model_args", None)
         kwargs.pop("cache_dir", None)
-        feature_kwargs = {k: kwargs.pop(k) for k in ("out_indices", "feature_cls", "output_fmt", "norm", "prune")
-                          if features_only and k in kwargs}
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        feature_kwargs = dict(kwargs.pop("feature_cfg", None) or {})
+        feature_kwargs.update({k: kwargs.pop(k) for k in _FEATURE_KWARGS if features_only and k in kwargs})
+        _refuse_scriptable()
+        overlay = dict(pretrained_cfg_overlay or {})
         name, source = arch, None
         if isinstance(pretrained_cfg, str):  # timm passes the tag of "arch.tag"
             name = f"{arch}.{pretrained_cfg}" if pretrained_cfg else arch
@@ -63,14 +121,25 @@ def _timm_entrypoint(arch: str):
             source = saved_source(cfg)  # timm.create_model("hf-hub:org/repo") read our config.json
             if source is None and cfg.get("tag"):
                 name = f"{arch}.{cfg['tag']}"
-        if arch == GENERIC_ARCH:  # a saved custom configuration: config.json's model_args are the kwargs
-            if pretrained and source is None:
-                raise ValueError("the generic 'vivit' architecture has no weights of its own; name a source")
-            model = ViViT(**kwargs)
-        else:
-            model = create_model(name, pretrained=pretrained and source is None, **kwargs)
-        if pretrained and source is not None:
+        named = _overlay_source(overlay)
+        if arch == GENERIC_ARCH and pretrained and source is None and named is None:
+            raise ValueError("the generic 'vivit' architecture has no weights of its own; name a source")
+        # timm passes device/dtype to every model (factory kwargs): build under the device, then cast.
+        with torch.device(device) if device is not None else nullcontext():
+            if arch == GENERIC_ARCH:  # a saved custom configuration: config.json's model_args are the kwargs
+                model = ViViT(**kwargs)
+                model.pretrained_cfg = {**arch_defaults(arch).to_dict(), **model.input_cfg()}
+            else:
+                # registry weights load here unless the overlay or a saved config names another source
+                model = create_model(name, pretrained=pretrained and source is None and named is None, **kwargs)
+        if overlay:
+            model.pretrained_cfg = {**model.pretrained_cfg, **{k: v for k, v in overlay.items() if k != "state_dict"}}
+        if pretrained and named is not None:
+            _load_overlay_source(model, *named)
+        elif pretrained and source is not None:
             load_pretrained(model, source)
+        if dtype is not None:
+            model.to(dtype=dtype)
         return _features_only(model, **feature_kwargs) if features_only else model
 
     entrypoint.__name__ = entrypoint.__qualname__ = arch
@@ -86,7 +155,7 @@ def register_timm_models() -> bool:
     except ImportError:
         return False
     cfgs = {cfg.name if cfg.tag else cfg.architecture: _timm_cfg(cfg) for cfg in PRETRAINED.values()}
-    for arch in ARCHS:
+    for arch in (*ARCHS, GENERIC_ARCH):  # the generic arch too, so timm.data.resolve_data_config sees a video size
         if not any(cfg.architecture == arch for cfg in PRETRAINED.values()):
             cfgs[arch] = _timm_cfg(arch_defaults(arch))
     default_cfgs.clear()
