@@ -7,7 +7,9 @@ imported inside the functions: vivit works without it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -148,18 +150,35 @@ def _timm_entrypoint(arch: str):
     return entrypoint
 
 
-def register_timm_models() -> bool:
-    """Register every architecture and pretrained tag into timm's registry; ``False`` if timm is not installed."""
+def _weightless_cfg(arch: str) -> PretrainedCfg:
+    """An architecture's cfg without weights, its input size read from its arguments."""
+    cfg = arch_defaults(arch)
+    if arch not in ARCHS:
+        return cfg
+    args = ARCHS[arch]
+    img = args.get("img_size", cfg.input_size[2:])
+    h, w = (img, img) if isinstance(img, int) else img
+    return replace(cfg, input_size=(args.get("in_chans", 3), args.get("num_frames", cfg.input_size[1]), h, w))
+
+
+def register_timm_models(archs: Iterable[str] | None = None) -> bool:
+    """Register architectures (default: all of ``ARCHS``, their pretrained tags and the generic ``vivit``) into timm's
+    registry; ``False`` if timm is not installed.
+
+    Args:
+        archs: Only these names of ``ARCHS`` (e.g. test architectures added to ``ARCHS`` after import).
+    """
     try:
         from timm.models import generate_default_cfgs, register_model
     except ImportError:
         return False
-    cfgs = {cfg.name if cfg.tag else cfg.architecture: _timm_cfg(cfg) for cfg in PRETRAINED.values()}
-    for arch in (*ARCHS, GENERIC_ARCH):  # the generic arch too, so timm.data.resolve_data_config sees a video size
+    names = (*ARCHS, GENERIC_ARCH) if archs is None else tuple(archs)
+    cfgs = {cfg.name if cfg.tag else cfg.architecture: _timm_cfg(cfg) for cfg in PRETRAINED.values()
+            if cfg.architecture in names}
+    for arch in names:  # the generic arch too, so timm.data.resolve_data_config sees a video size
         if not any(cfg.architecture == arch for cfg in PRETRAINED.values()):
-            cfgs[arch] = _timm_cfg(arch_defaults(arch))
-    default_cfgs.clear()
+            cfgs[arch] = _timm_cfg(_weightless_cfg(arch))
     default_cfgs.update(generate_default_cfgs(cfgs))
-    for arch in (*ARCHS, GENERIC_ARCH):
+    for arch in names:
         register_model(_timm_entrypoint(arch))
     return True
