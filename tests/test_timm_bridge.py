@@ -53,7 +53,8 @@ def test_create_model_takes_timms_device_and_dtype_factory_kwargs(device, dtype)
 
 def test_pretrained_cfg_overlay_file_loads_exactly_that_file(tmp_path):
     state = _other_weights(tmp_path / "w.safetensors")
-    model = timm.create_model(MOTION, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    overlay = dict(file=str(tmp_path / "w.safetensors"))
+    model = timm.create_model(MOTION, pretrained=True, pretrained_cfg_overlay=overlay)
     assert _same(model, state)
     assert model.pretrained_cfg["file"] == str(tmp_path / "w.safetensors")
     shipped = timm.create_model(MOTION, pretrained=True)
