@@ -174,9 +174,13 @@ def _vivit_cell(function: str, outcomes: dict[str, str]) -> str:
 
 def _table(functions: list[str], results: dict[str, dict[str, str]], vit_column: dict[str, str]) -> str:
     rows = ["| timm test | `vit_tiny_patch16_224` | vivit |", "| --- | --- | --- |"]
-    for function in functions:
-        rows.append(f"| `{function}` | {vit_column.get(function, 'not run')} | "
-                    f"{_vivit_cell(function, results.get(function, {}))} |")
+    cells = [_vivit_cell(function, results.get(function, {})) for function in functions]
+    for function, cell in zip(functions, cells, strict=True):
+        rows.append(f"| `{function}` | {vit_column.get(function, 'not run')} | {cell} |")
+    count = {kind: sum(c.startswith(kind) for c in cells) for kind in ("pass", "5-D", "not applicable")}
+    vit_passed = sum(vit_column.get(f) == "passed" for f in functions)
+    rows.append(f"\n{len(functions)} test functions: vivit passes {count['pass']}, states {count['5-D']} on 5-D clips, "
+                f"{count['not applicable']} do not apply. `vit_tiny_patch16_224` passes {vit_passed}.")
     return "\n".join(rows)
 
 
@@ -189,6 +193,8 @@ def _doc_table() -> str:
 def _doc_vit_column() -> dict[str, str]:
     cells = {}
     for line in _doc_table().splitlines()[2:]:
+        if not line.startswith("|"):
+            continue
         function, vit = (c.strip() for c in line.strip("|").split("|")[:2])
         cells[function.strip("`")] = vit
     return cells
