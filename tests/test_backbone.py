@@ -162,7 +162,7 @@ def test_features_only_options():
     default = timm.create_model("vivit_ti_16x2", features_only=True, **{**TINY, "depth": 5})
     assert default.feature_info.module_name() == ["encoder.blocks.2", "encoder.blocks.3", "encoder.blocks.4"]
     with pytest.raises(ValueError, match="getter"):
-        timm.create_model("vivit_ti_16x2", features_only=True, feature_cls="hook", **TINY)
+        timm.create_model("vivit_ti_16x2", features_only=True, feature_cls="dict", **TINY)
 
 
 # -------------------------------------------------------------------------------------------------- layer decay
