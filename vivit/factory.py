@@ -55,8 +55,7 @@ def _with_weights_from(arch: str, source: str, args: dict[str, Any], num_classes
     source_head = weights.state.get("head.weight")
     if num_classes is None and source_head is not None and source_head.shape[0] != model.num_classes:
         model.reset_classifier(source_head.shape[0])
-    model.pretrained_cfg = {**cfg.to_dict(), "num_classes": model.num_classes,
-                            "input_size": (model.in_chans, model.num_frames, *model.img_size)}
+    model.pretrained_cfg = {**cfg.to_dict(), "num_classes": model.num_classes, **model.input_cfg()}
     if source not in PRETRAINED:  # say where the weights came from, not where the arch's released ones live
         where = dict(hf_hub_id=None, url=None, file=None)
         if source.startswith(HUB_PREFIXES):
