@@ -236,6 +236,16 @@ def test_golden_npz_and_json_are_refused_naming_the_file(golden_dir, name):
     assert name in str(info.value)
 
 
+@pytest.mark.parametrize("name", [b",", b"float32,int8", b"(", b"[1]"])
+def test_array_dtype_names_numpy_parses_as_python_are_refused(tmp_path, name):
+    # numpy hands comma names to ast.literal_eval: a SyntaxError, not a ValueError (found by the fuzz test below)
+    leaf = msgpack.ExtType(1, msgpack.packb(([], name, b""), use_bin_type=True))
+    path = write(tmp_path / "checkpoint_1", msgpack.packb({"params": {"embedding": leaf}}, use_bin_type=True))
+    with pytest.raises(ValueError, match="dtype") as info:
+        read_scenic_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
 def test_missing_path_is_refused_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint_<step>") as info:
         read_scenic_checkpoint(tmp_path / "checkpoint_404")

@@ -261,8 +261,8 @@ def _decode_ndarray(data: bytes, msgpack: Any) -> np.ndarray:
     try:
         # Written in the writer's byte order, little-endian on every TPU/GPU host; bfloat16 is the top half of f32.
         dtype = np.dtype("<u2" if bfloat16 else name.decode("ascii")).newbyteorder("<")
-    except (TypeError, ValueError) as e:
-        raise _Malformed(f"an array has dtype {name!r}, which numpy does not know ({e})") from None
+    except (TypeError, ValueError, SyntaxError) as e:  # numpy parses "a,b" names as a Python literal (SyntaxError)
+        raise _Malformed(f"an array has dtype {name!r}, which numpy does not know ({type(e).__name__})") from None
     if dtype.kind not in "biufc":
         raise _Malformed(f"an array has dtype {name!r}; only numeric arrays are read")
     if len(buffer) != math.prod(shape) * dtype.itemsize:
