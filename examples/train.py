@@ -5,8 +5,9 @@
         --inflate vit_large_patch16_224.augreg_in21k --fsdp --amp --grad-checkpointing --out runs/b
     python examples/train.py ... --resume runs/a            # continue from the newest checkpoint in runs/a
 
-Data: a CSV of ``path,label`` rows (paths relative to the CSV; a ``path,label`` header is optional) or a folder with
-one sub-folder of videos per class. Videos are decoded with ``vivit.video`` and augmented with ``vivit.transforms``.
+Data: a CSV of ``path,label`` rows (paths relative to the CSV; a ``path,label`` header is optional), a Kinetics CSV or a
+folder with one sub-folder of videos per class, read by ``vivit.data`` (listings, clip datasets, loaders, ranks).
+Videos are decoded with ``vivit.video`` and augmented with ``vivit.transforms``.
 
 The defaults are the reference's (scenic ``projects/vivit/configs``, see ``RECIPES``): SGD with momentum 0.9, a
 linear warm-up of 2.5 epochs then cosine decay to zero, gradient clipping at global norm 1, no weight decay; label
@@ -27,17 +28,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import difflib
 import json
 import logging
 import math
 import os
 import random
-import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +44,25 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 import vivit
+from vivit.data import (
+    DataError,
+    Dist,
+    EvalVideos,
+    ResumableDistributedSampler,
+    TrainClips,
+    collate_first,
+    init_distributed,
+    make_loader,
+    read_listing,
+    resolve_classes,
+    to_items,
+)
 from vivit.evaluate import predict_views
 from vivit.transforms import TRAIN_RECIPES, mixup, resolve_data_config, train_transform
-from vivit.video import VideoReadError, clip_indices, multi_view_clips, parse_views, read_video, video_info
+from vivit.video import parse_views
 
 _logger = logging.getLogger("vivit.train")
 
@@ -69,243 +80,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 REFERENCE = dict(momentum=0.9, warmup_epochs=2.5, clip_grad=1.0, global_batch=64)
 ADAMW_DEFAULTS = dict(lr=1e-4, weight_decay=0.05)
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif", ".mpg", ".mpeg", ".flv", ".wmv")
 STOPPED_EXIT_CODE = 3  # --stop-after-steps: the run ends as an interrupted job would, without the final save
-_MAX_CONSECUTIVE_BAD = 32  # a training sample tries this many files before the run gives up
-
-
-class DataError(ValueError):
-    """A problem with the dataset or the flags, found before training starts (unknown label, no files, bad CSV)."""
-
-
-# ================================================================================================== data
-@dataclass(frozen=True)
-class Item:
-    """One listed video and its class index."""
-
-    path: str
-    label: int
-
-
-def read_listing(source: str | Path) -> tuple[list[str], list[str], list[str]]:
-    """``(paths, label names, where)`` of a CSV (``path,label``) or a folder-per-class tree; ``where`` locates rows."""
-    source = Path(source)
-    if source.is_dir():
-        paths, labels, where = [], [], []
-        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                if path.suffix.lower() in VIDEO_SUFFIXES:
-                    paths.append(str(path))
-                    labels.append(folder.name)
-                    where.append(str(path))
-        if not paths:
-            raise DataError(f"{source}: no videos found; expected one sub-folder per class holding video files "
-                            f"({', '.join(VIDEO_SUFFIXES[:4])}, ...)")
-        return paths, labels, where
-    if not source.is_file():
-        raise DataError(f"{source}: no such file or folder; expected a CSV of path,label rows or a folder with one "
-                        "sub-folder per class")
-    paths, labels, where = [], [], []
-    with open(source, newline="") as f:
-        for line, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                continue
-            if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                continue
-            if len(row) < 2:
-                raise DataError(f"{source}:{line}: expected 'path,label', found {','.join(row)!r}")
-            path = Path(row[0].strip())
-            paths.append(str(path if path.is_absolute() else source.parent / path))
-            labels.append(row[1].strip())
-            where.append(f"{source}:{line}")
-    if not paths:
-        raise DataError(f"{source}: has no rows; expected lines of 'path,label'")
-    return paths, labels, where
-
-
-def resolve_classes(train_labels: Sequence[str], classes_file: str | Path | None) -> list[str]:
-    """Class names in logit order: ``classes_file`` (one per line) or the sorted training labels (numerically when
-    they are all integers, so labels "0" ... "10" keep their values as indices)."""
-    if classes_file is None:
-        labels = set(train_labels)
-        return sorted(labels, key=int) if all(lab.isdigit() for lab in labels) else sorted(labels)
-    names = [line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip()]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"{classes_file}: class names must be unique, found repeats {dup[:5]}")
-    return names
-
-
-def to_items(paths: Sequence[str], labels: Sequence[str], where: Sequence[str], classes: Sequence[str],
-             what: str) -> list[Item]:
-    """Map label names to indices, refusing unknown labels (listing the first few with their rows)."""
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = [(w, lab) for w, lab in zip(where, labels, strict=True) if lab not in index]
-    if unknown:
-        shown = "; ".join(f"{w}: {lab!r}" + (f" (did you mean {close[0]!r}?)" if (
-            close := difflib.get_close_matches(lab, classes, n=1)) else "") for w, lab in unknown[:5])
-        known = ", ".join(list(classes)[:20]) + (" ..." if len(classes) > 20 else "")
-        raise DataError(f"{what}: {len(unknown)} rows have labels that are not known classes: {shown}. Known "
-                        f"classes ({len(classes)}): {known}. Fix the labels or pass --classes with the full list.")
-    missing = [p for p in paths if not os.path.exists(p)]
-    if len(missing) == len(paths):
-        raise DataError(f"{what}: none of the {len(paths)} listed files exists (first: {missing[0]}); CSV paths are "
-                        "relative to the CSV's folder")
-    if missing:
-        _logger.warning("%s: %d of %d files do not exist (first: %s); they will be skipped and counted", what,
-                        len(missing), len(paths), missing[0])
-    return [Item(p, index[lab]) for p, lab in zip(paths, labels, strict=True)]
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed of ``(seed, epoch, index)``: the same sample draws the same clip and augmentation."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class TrainClips(Dataset):
-    """Random training clips: ``{"video": (C, T, H, W) float, "label": int, "skipped": int}``.
-
-    An unreadable file is logged and replaced by the next one in the listing (``skipped`` counts them), so a bad
-    file never stops an epoch; all randomness is seeded by ``(seed, epoch, index)``.
-    """
-
-    def __init__(self, items: list[Item], data_cfg: dict[str, Any], transform: Any, seed: int,
-                 backend: str = "auto") -> None:
-        self.items, self.data_cfg, self.transform, self.seed, self.backend = items, data_cfg, transform, seed, backend
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(min(len(self.items), _MAX_CONSECUTIVE_BAD)):
-            item = self.items[(index + attempt) % len(self.items)]
-            try:
-                video = self._load(item.path, item_seed(self.seed, self.epoch, index))
-            except (VideoReadError, OSError) as err:  # OSError: a file gone missing (FileNotFoundError) or unreadable
-                _logger.warning("skipping unreadable video %s: %s", item.path, err)
-                continue
-            return {"video": video, "label": item.label, "skipped": attempt}
-        raise RuntimeError(f"{_MAX_CONSECUTIVE_BAD} consecutive videos from {self.items[index].path} on could not be "
-                           "read; check the dataset (see the warnings above)")
-
-    def _load(self, path: str, seed: int) -> torch.Tensor:
-        _, clip_len, _, _ = self.data_cfg["input_size"]
-        num_frames = video_info(path, backend=self.backend).num_frames
-        indices = clip_indices(num_frames, clip_len, self.data_cfg["frame_stride"], 1, "random",
-                               generator=torch.Generator().manual_seed(seed))[0]
-        frames = read_video(path, indices, backend=self.backend)
-        with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global RNG
-            torch.manual_seed(seed)
-            return self.transform(frames)
-
-
-class EvalClips(Dataset):
-    """Multi-view test clips of each video (SPEC 4.2), padded to a multiple of the world size for lock-step ranks.
-
-    Items are ``{"views": (V, C, T, H, W) or None, "label": int, "status": "ok" | "skipped" | "pad"}``.
-    """
-
-    def __init__(self, items: list[Item], data_cfg: dict[str, Any], views: str, world_size: int,
-                 backend: str = "auto") -> None:
-        self.items, self.data_cfg, self.views, self.backend = items, data_cfg, views, backend
-        self.padded_len = math.ceil(len(items) / world_size) * world_size
-
-    def __len__(self) -> int:
-        return self.padded_len
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if index >= len(self.items):
-            return {"views": None, "label": -1, "status": "pad"}
-        item = self.items[index]
-        try:
-            views = multi_view_clips(item.path, self.data_cfg, self.views, backend=self.backend)
-        except (VideoReadError, OSError) as err:
-            _logger.warning("skipping unreadable validation video %s: %s", item.path, err)
-            return {"views": None, "label": item.label, "status": "skipped"}
-        return {"views": views, "label": item.label, "status": "ok"}
-
-
-def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    return batch[0]
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch part-way, after the samples a checkpoint already consumed."""
-
-    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
-        super().__init__(dataset, **kwargs)
-        self.start = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-# ================================================================================================== distributed
-@dataclass
-class Dist:
-    """This process's place in the run, and collectives that are no-ops without a process group."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    initialised: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.initialised:
-            dist.barrier()
-
-    def all_reduce(self, values: Sequence[float]) -> list[float]:
-        """Sum of ``values`` over ranks (float64)."""
-        tensor = torch.tensor(list(values), dtype=torch.float64)
-        if self.initialised:
-            tensor = tensor.to(self.device)
-            dist.all_reduce(tensor)
-        return tensor.cpu().tolist()
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        if not self.initialised:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def setup_distributed(device_arg: str | None, need_group: bool) -> Dist:
-    """Join torchrun's process group (nccl on GPU, gloo on CPU); a single plain process gets one only when FSDP
-    needs it."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg:
-        device = torch.device(device_arg)
-    else:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    state = Dist(rank, world_size, device)
-    if world_size > 1 or need_group:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if "MASTER_ADDR" in os.environ:
-            dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-        else:
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-        state.initialised = True
-    return state
 
 
 # ================================================================================================== model
@@ -566,7 +341,7 @@ def evaluate(model: nn.Module, loader: DataLoader, view_shape: tuple[int, ...], 
         views = item["views"] if item["status"] == "ok" else torch.zeros(view_shape)
         with torch.autocast(env.device.type, dtype=args.amp_dtype, enabled=args.amp):
             logits = predict_views(model, views, args.eval_batch_size, device=env.device)
-        if item["status"] == "skipped":
+        if item["status"] == "failed":
             sums[4] += 1
         if item["status"] != "ok":
             continue
@@ -587,8 +362,9 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
     out = Path(args.out)
     paths, labels, where = read_listing(args.train)
     classes = resolve_classes(labels, args.classes)
-    train_items = to_items(paths, labels, where, classes, f"--train {args.train}")
-    val_items = to_items(*read_listing(args.val), classes, f"--val {args.val}") if args.val else []
+    train_items = to_items(paths, labels, where, classes, f"--train {args.train}", require_labels=True)
+    val_items = (to_items(*read_listing(args.val), classes, f"--val {args.val}", require_labels=True) if args.val
+                 else [])
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank (FSDP needs it; DDP broadcasts anyway)
     if not env.main:
@@ -624,7 +400,8 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(env.device.type, enabled=args.amp and args.amp_dtype == torch.float16)
 
     view_shape = (math.prod(parse_views(args.eval_views)), *data_cfg["input_size"])
-    val_set = EvalClips(val_items, data_cfg, args.eval_views, env.world_size, args.video_backend) if val_items else None
+    val_set = (EvalVideos(val_items, data_cfg, args.eval_views, backend=args.video_backend, pad_to=env.world_size)
+               if val_items else None)
 
     seed_everything(args.seed, env.rank)
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
@@ -660,9 +437,8 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
         train_set.epoch = epoch
         sampler.set_epoch(epoch)
         sampler.start = resumed_in_epoch * args.batch_size * args.accum_steps
-        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                            drop_last=True, pin_memory=env.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(args.seed + epoch))
+        loader = make_loader(train_set, batch_size=args.batch_size, sampler=sampler, workers=args.workers,
+                             drop_last=True, pin_memory=env.device.type == "cuda", seed=args.seed + epoch)
         net.train()
         step_in_epoch, micro, step_loss = resumed_in_epoch, 0, 0.0
         # sums over this rank's steps; a checkpoint stores their totals over ranks, which rank 0 carries on from
@@ -734,8 +510,7 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
                                / seconds}
         if val_set is not None and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
             val_sampler = DistributedSampler(val_set, num_replicas=env.world_size, rank=env.rank, shuffle=False)
-            val_loader = DataLoader(val_set, batch_size=1, sampler=val_sampler, num_workers=args.workers,
-                                    collate_fn=_single)
+            val_loader = make_loader(val_set, sampler=val_sampler, workers=args.workers, collate_fn=collate_first)
             row.update(evaluate(model, val_loader, view_shape, len(classes), args, env))
         history.append(row)
         if env.main:
@@ -901,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         args = resolve_args(args)
         if args.threads:
             torch.set_num_threads(args.threads)
-        env = setup_distributed(args.device, need_group=args.fsdp)
+        env = init_distributed(args.device, need_group=args.fsdp)
         try:
             result = train(args, env)
         finally:

@@ -1,5 +1,5 @@
-"""The ``vivit`` command: ``classify``, ``demo``, ``explain``, ``list``, ``convert``; it only calls the package's
-functions."""
+"""The ``vivit`` command: ``classify``, ``demo``, ``explain``, ``list``, ``convert``, ``evaluate``, ``extract``; it only
+calls the package's functions."""
 
 from __future__ import annotations
 
@@ -253,10 +253,81 @@ CLASSIFY_TIMING = (
 )
 
 
+STOPPED_EXIT_CODE = 3  # --stop-after: the run left early, as a killed job would; run again to continue
+
+
+def _dataset_logging() -> None:
+    """Progress lines of ``evaluate`` / ``extract`` on rank 0 (the other ranks only warn)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        logging.getLogger("vivit.dataset_eval").setLevel(logging.INFO)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from vivit.dataset_eval import evaluate_dataset
+
+    _dataset_logging()
+    model = load_model_for_cli(args.model, dtype=args.dtype)
+    report = evaluate_dataset(args.listing, model, args.out, views=args.views, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, compile=args.compile,
+                              video_root=args.video_root, pattern=args.pattern, log_every=args.log_every,
+                              stop_after=args.stop_after)
+    if report is None:
+        return STOPPED_EXIT_CODE if args.stop_after else 0
+    shown = {k: report[k] for k in ("top1", "top5", "mean_class_accuracy", "num_videos", "num_evaluated",
+                                    "num_failed")}
+    print(" ".join(f"{k} {v}" for k, v in shown.items()) + f" -> {args.out / 'report.json'}")
+    for failure in report["failed"]:
+        print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from vivit.dataset_eval import extract_features
+
+    _dataset_logging()
+    model = load_model_for_cli(args.model, dtype=args.dtype)
+    index = extract_features(args.listing, model, args.out, per_clip=args.per_clip, layer=args.layer,
+                             views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                             compile=args.compile, video_root=args.video_root, pattern=args.pattern,
+                             shard_size=args.shard_size, log_every=args.log_every, stop_after=args.stop_after)
+    if index is None:
+        return STOPPED_EXIT_CODE if args.stop_after else 0
+    print(f"{index['num_extracted']} videos, {index['dim']}-d features -> {args.out / 'index.json'} "
+          f"({len(index['shards'])} shards, {index['num_failed']} failed)")
+    for failure in index["failed"]:
+        print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
+    return 0
+
+
+def _add_dataset_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """Arguments shared by ``evaluate`` and ``extract``."""
+    from vivit.data import KINETICS_PATTERN
+
+    p.add_argument("listing", type=Path, help="CSV (path,label), Kinetics CSV, folder per class, or a list of files")
+    p.add_argument("--model", required=True, help="tag, hf-hub:org/repo or folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
+    p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, default=batch_size,
+                   help="views per forward pass (views of several videos share one)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes per rank")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="run the model in this precision")
+    p.add_argument("--device", default=None, help="torch device (default cuda:LOCAL_RANK when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
+    p.add_argument("--pattern", default=KINETICS_PATTERN, help="file name of a Kinetics CSV row (str.format over "
+                                                               "its columns)")
+    p.add_argument("--log-every", type=_positive_int, default=100, help="videos between progress lines (no TTY)")
+    p.add_argument("--stop-after", type=_positive_int, help="leave after N videos per rank (exit status 3), as a "
+                                                            "killed job would; for testing resumption")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
     parser = argparse.ArgumentParser(prog="vivit",
-                                     description="ViViT video models: classify, demo, explain, list, convert")
+                                     description="ViViT video models: classify, demo, explain, list, convert, "
+                                                 "evaluate, extract")
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,6 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="head size when the weights' head is not wanted")
     p.add_argument("--repo-id", help="Hub repo the folder is meant for (printed upload command)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("evaluate", help="evaluate on a labelled listing of videos: predictions.jsonl, report.json "
+                                        "(top-1/5, per class, failures), confusion matrix; resumable, torchrun-ready")
+    _add_dataset_args(p, batch_size=16)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("extract", help="pooled pre-logits features of a listing into safetensors shards + index.json")
+    _add_dataset_args(p, batch_size=16)
+    p.add_argument("--per-clip", action="store_true", help="one feature per view instead of the mean over views")
+    p.add_argument("--layer", type=int, help="token mean of this block's output instead of the pre-logits")
+    p.add_argument("--shard-size", type=_positive_int, default=1024, help="videos per shard file")
+    p.set_defaults(func=_cmd_extract)
     return parser
 
 
