@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .transforms import resolve_data_config
 from .video import VideoReadError, clip_indices, multi_view_clips, parse_views, read_video, video_info
 
 _logger = logging.getLogger(__name__)
@@ -303,7 +304,9 @@ class EvalVideos(Dataset):
 
     def __init__(self, items: Sequence[Item], model_or_cfg: Any, views: str | Sequence[int] = (4, 3), *,
                  backend: str = "auto", pad_to: int = 1) -> None:
-        self.items, self.cfg, self.views, self.backend = list(items), model_or_cfg, parse_views(views), backend
+        # The preprocessing fields only: workers get a small dict, not a copy of the model.
+        self.cfg = resolve_data_config(model_or_cfg)
+        self.items, self.views, self.backend = list(items), parse_views(views), backend
         self.padded_len = math.ceil(len(self.items) / pad_to) * pad_to
 
     def __len__(self) -> int:

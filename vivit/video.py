@@ -402,6 +402,12 @@ class _PyAVReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # The open frame generator refers back to this reader (a reference cycle). Closing it here frees its frames
+        # and their FFmpeg thread pools now: left to the cyclic GC, they could be freed in a forked DataLoader worker,
+        # which has none of those threads and hangs joining them.
+        if self._frames is not None:
+            self._frames.close()
+            self._frames, self._pos = None, -1
         if self._container is not None:
             self._container.close()
             self._container = None

@@ -1,0 +1,106 @@
+"""vivit.data: listing forms, class maps, the evaluation dataset's failure records, collation, sharding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vivit.data import (
+    KINETICS_PATTERN,
+    UNLABELLED,
+    DataError,
+    EvalVideos,
+    Item,
+    collate_views,
+    make_loader,
+    read_listing,
+    resolve_classes,
+    shard,
+    to_items,
+)
+
+
+def test_kinetics_csv_rows_map_onto_the_documented_file_names(tmp_path):
+    videos = tmp_path / "val"
+    videos.mkdir()
+    (videos / "abc_000014_000024.mp4").write_bytes(b"x")
+    (videos / "def_000001_000011.mkv").write_bytes(b"x")  # another suffix, same stem: found too
+    csv = tmp_path / "validate.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n\"air drumming\",abc,14,24,validate\n"
+                   "abseiling,def,1,11,validate\nabseiling,gone,3,13,validate\n")
+    listing = read_listing(csv, video_root=videos)
+    assert [Path(p).name for p in listing.paths] == ["abc_000014_000024.mp4", "def_000001_000011.mkv",
+                                                      "gone_000003_000013.mp4"]
+    assert listing.labels == ["air drumming", "abseiling", "abseiling"] and listing.where[0] == f"{csv}:2"
+    assert KINETICS_PATTERN == "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+    other = read_listing(csv, video_root=videos, pattern="{label}/{youtube_id}.mp4")
+    assert other.paths[0] == str(videos / "air drumming" / "abc.mp4")
+    with pytest.raises(DataError, match=r"validate.csv:2: cannot build a file name from pattern '\{nope\}'"):
+        read_listing(csv, pattern="{nope}")
+
+
+def test_csv_header_is_optional_and_a_bare_list_is_unlabelled(tmp_path):
+    (tmp_path / "a.csv").write_text("# comment\nclips/1.mp4,cat\n/abs/2.mp4,dog\n")
+    listing = read_listing(tmp_path / "a.csv")
+    assert listing.paths == [str(tmp_path / "clips" / "1.mp4"), "/abs/2.mp4"] and listing.labels == ["cat", "dog"]
+    (tmp_path / "files.txt").write_text("1.mp4\n2.mp4\n")
+    (tmp_path / "paths.csv").write_text("path\n1.mp4\n")
+    assert read_listing(tmp_path / "files.txt").labels == [None, None]
+    assert read_listing(tmp_path / "paths.csv").labels == [None]
+    (tmp_path / "short.csv").write_text("path,label\n1.mp4\n")
+    with pytest.raises(DataError, match=r"short.csv:2: expected 'path,label', found '1.mp4'"):
+        read_listing(tmp_path / "short.csv")
+    (tmp_path / "empty.csv").write_text("# nothing\n")
+    with pytest.raises(DataError, match="has no rows"):
+        read_listing(tmp_path / "empty.csv")
+
+
+def test_class_maps_match_spellings_and_refuse_unknown_or_missing_labels(tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"x")
+    path = str(tmp_path / "v.mp4")
+    classes = ["air drumming", "abseiling"]
+    items = to_items([path] * 3, ["air_drumming", "Abseiling", None], ["r1", "r2", "r3"], classes, "t")
+    assert [i.label for i in items] == [0, 1, UNLABELLED]
+    assert to_items([path], ["1"], ["r"], classes, "t", allow_indices=True) == [Item(path, 1)]
+    with pytest.raises(DataError, match=r"r: 'air drums' \(did you mean 'air drumming'\?\)"):
+        to_items([path], ["air drums"], ["r"], classes, "t")
+    with pytest.raises(DataError, match="r3: has no label"):
+        to_items([path] * 3, ["abseiling", "abseiling", None], ["r1", "r2", "r3"], classes, "t", require_labels=True)
+    with pytest.raises(DataError, match="none of the 1 listed files exists"):
+        to_items([str(tmp_path / "gone.mp4")], ["abseiling"], ["r"], classes, "t")
+    assert resolve_classes(["10", "2", None, "2"]) == ["2", "10"]
+
+
+def test_eval_videos_turn_unreadable_files_into_failure_records(tmp_path):
+    from vivit.video import write_video
+
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "ok.mp4", rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), fps=4)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    cfg = {"input_size": (3, 4, 16, 16), "frame_stride": 1, "crop_pct": 1.0}
+    ds = EvalVideos([Item(str(tmp_path / "ok.mp4"), 0), Item(str(tmp_path / "bad.mp4"), 1),
+                     Item(str(tmp_path / "gone.mp4"), 2)], cfg, "2x1", pad_to=2)
+    assert len(ds) == 4 and ds[3]["status"] == "pad"
+    batch = collate_views([ds[i] for i in range(4)])
+    assert batch["views"].shape == (2, 3, 4, 16, 16) and batch["counts"] == [2, 0, 0, 0]
+    ok, bad, gone, _ = batch["records"]
+    assert ok["status"] == "ok" and ok["error"] is None
+    assert bad["status"] == "failed" and "FFmpeg cannot read it" in bad["error"] and str(tmp_path) not in bad["error"]
+    assert gone["status"] == "failed" and "no such file" in gone["error"]
+    # the same through worker processes: failures come back as records, the loader does not stop
+    statuses = [r["status"] for b in make_loader(ds, batch_size=2, workers=1, collate_fn=collate_views)
+                for r in b["records"]]
+    assert statuses == ["ok", "failed", "failed", "pad"]
+
+
+def test_shards_are_disjoint_and_cover_the_listing():
+    items = list(range(11))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert sorted(sum(parts, [])) == items and [len(p) for p in parts] == [4, 4, 3]
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 3\)"):
+        shard(items, 3, 3)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        make_loader(torch.utils.data.TensorDataset(torch.zeros(2)), workers=-1)

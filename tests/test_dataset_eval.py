@@ -1,0 +1,227 @@
+"""``vivit evaluate`` / ``vivit extract`` end to end on real video files of generated motion clips.
+
+One module-scoped set of clips (3 per class, written with PyAV) plus a garbage file, a truncated file and a missing
+one; one uninterrupted single-process evaluation is shared by the tests that compare against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("av")
+
+import vivit  # noqa: E402
+from vivit import cli  # noqa: E402
+from vivit.data import DataError  # noqa: E402
+from vivit.dataset_eval import evaluate_dataset, extract_features, load_features  # noqa: E402
+from vivit.synthetic import MOTION_CLASSES, make_clip  # noqa: E402
+from vivit.video import multi_view_clips, write_video  # noqa: E402
+
+from .videos import write_truncated  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_CLASS = 3
+BROKEN = ("garbage.mp4", "truncated.mp4", "gone.mp4")
+EVAL_ARGS = ("--model", "vivit_motion", "--batch-size", "4", "--workers", "1")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """``list.csv`` (path,label) over 30 motion clips at the model's 16 frames x 32², then the 3 broken rows."""
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for k in range(PER_CLASS):
+        for label, name in enumerate(MOTION_CLASSES):
+            path = write_video(root / f"{name}_{k}.mp4", make_clip(label, rng, num_frames=16, size=32), fps=8)
+            rows.append(f"{path.name},{name}")
+    (root / "garbage.mp4").write_bytes(b"this is not a video")
+    write_truncated(root / "truncated.mp4", root / f"{MOTION_CLASSES[0]}_0.mp4")
+    rows += [f"{name},{MOTION_CLASSES[i]}" for i, name in enumerate(BROKEN)]
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return vivit.create_model("vivit_motion", pretrained=True).eval()
+
+
+@pytest.fixture(scope="module")
+def reference(clips, tmp_path_factory) -> Path:
+    """The uninterrupted single-process run; what it printed is in ``stdout.txt`` / ``stderr.txt``."""
+    out = tmp_path_factory.mktemp("reference")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        assert cli.main(["evaluate", str(clips / "list.csv"), "--out", str(out), *EVAL_ARGS]) == 0
+    (out / "stdout.txt").write_text(stdout.getvalue())
+    (out / "stderr.txt").write_text(stderr.getvalue())
+    return out
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_reaches_the_weights_accuracy_and_lists_every_broken_file(clips, reference, capsys):
+    report = _report(reference)
+    n = PER_CLASS * len(MOTION_CLASSES)
+    assert report["top1"] >= 95.0 and report["top5"] >= report["top1"]
+    assert report["mean_class_accuracy"] >= 95.0
+    assert (report["num_videos"], report["num_evaluated"], report["num_failed"]) == (n + 3, n, 3)
+    assert [Path(f["path"]).name for f in report["failed"]] == list(BROKEN)
+    assert all(f["reason"] and "\n" not in f["reason"] for f in report["failed"])
+    assert report["top1_failed_as_wrong"] == pytest.approx(report["top1"] * n / (n + 3), abs=1e-3)
+    assert report["model"] == "vivit_motion.synthetic" and report["views"] == "1x1"
+
+    lines = _lines(reference)
+    assert [e["index"] for e in lines] == list(range(n + 3))
+    logits = np.load(reference / "logits.npy")
+    assert logits.shape == (n + 3, len(MOTION_CLASSES)) and np.isnan(logits[n:]).all()
+    for entry in lines[:n]:  # top-5 is the softmax of the stored logits row
+        probs = torch.softmax(torch.from_numpy(logits[entry["logits_row"]]).double(), 0)
+        assert [t["index"] for t in entry["top5"]] == probs.topk(5).indices.tolist()
+    assert [e["status"] for e in lines[n:]] == ["failed"] * 3
+    correct = sum(e["top5"][0]["label"] == e["label"] for e in lines[:n])
+    assert report["top1"] == pytest.approx(100 * correct / n, abs=1e-3)
+
+    table = (reference / "per_class.csv").read_text().splitlines()
+    assert table[0].startswith("part,index,class,videos,top1") and len(table) == 1 + len(MOTION_CLASSES)
+    assert (reference / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_prints_the_summary_and_each_failure_on_the_command_line(clips, reference):
+    assert "top1 " in (reference / "stdout.txt").read_text()
+    assert all(f"failed: {clips / name}: " in (reference / "stderr.txt").read_text() for name in BROKEN)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_write_the_single_process_report_and_predictions(clips, reference, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "vivit", "evaluate", str(clips / "list.csv"), "--out",
+           str(tmp_path), *EVAL_ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "rank 0: 17 videos" in result.stderr  # 33 rows: rank 0 takes 17, rank 1 the other 16
+    assert _report(tmp_path) == _report(reference)
+    assert _lines(tmp_path) == _lines(reference)
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), np.load(reference / "logits.npy"))
+    assert not list(tmp_path.glob("predictions.rank*.jsonl"))  # merged and removed
+
+
+def test_a_stopped_run_resumes_and_ends_with_the_uninterrupted_report(clips, reference, tmp_path):
+    listing = str(clips / "list.csv")
+    stopped = cli.main(["evaluate", listing, "--out", str(tmp_path), *EVAL_ARGS, "--stop-after", "8"])
+    assert stopped == cli.STOPPED_EXIT_CODE and not (tmp_path / "report.json").exists()
+    assert len(_lines(tmp_path)) == 8
+    with open(tmp_path / "predictions.jsonl", "a") as f:
+        f.write('{"index": 9, "path": "cut by a ki')  # what a kill in the middle of a write leaves
+    assert cli.main(["evaluate", listing, "--out", str(tmp_path), *EVAL_ARGS]) == 0
+    assert _report(tmp_path) == _report(reference)
+    assert _lines(tmp_path) == _lines(reference)
+
+
+def test_continuing_with_other_settings_is_refused(clips, reference, tmp_path):
+    listing = clips / "list.csv"
+    evaluate_dataset(listing, "vivit_motion", tmp_path, batch_size=4, workers=0, stop_after=1)
+    with pytest.raises(ValueError, match=r"views was '1x1', now '2x1'.*another --out"):
+        evaluate_dataset(listing, "vivit_motion", tmp_path, views="2x1", workers=0)
+
+
+def test_unknown_labels_are_refused_with_their_rows(clips, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"path,label\n{clips / 'static_0.mp4'},statik\n")
+    with pytest.raises(DataError, match=r"bad.csv:2: 'statik'.*static"):
+        evaluate_dataset(bad, "vivit_motion", tmp_path / "out", workers=0)
+
+
+def test_folder_labels_with_underscores_or_spaces_and_index_labels_all_match(clips, model, tmp_path):
+    # "moving up" (Kinetics CSV spelling), "MOVING_UP" and "0" all name class 0.
+    listing = tmp_path / "l.csv"
+    listing.write_text(f"path,label\n{clips / 'moving_up_0.mp4'},moving up\n{clips / 'moving_up_1.mp4'},MOVING_UP\n"
+                       f"{clips / 'moving_up_2.mp4'},0\n")
+    report = evaluate_dataset(listing, model, tmp_path / "out", workers=0)
+    assert report["num_labelled"] == 3 and report["top1"] == 100.0
+
+
+def test_split_head_reports_each_part_and_the_action(clips, model, tmp_path):
+    import copy
+
+    split = copy.deepcopy(model)
+    # Pretend the 10 logits are two heads (8 motions | 2 others), as EPIC-Kitchens' 300 nouns | 97 verbs.
+    split.pretrained_cfg = {**model.pretrained_cfg, "class_splits": (8, 2), "label_set": None}
+    names = MOTION_CLASSES
+    rows = ["path,label"]
+    for k in range(PER_CLASS):
+        for c in range(8):
+            rows.append(f"{clips / f'{names[c]}_{k}.mp4'},{names[c]}|{names[8 + (c + k) % 2]}")
+    listing = tmp_path / "split.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    report = evaluate_dataset(listing, split, tmp_path / "out", workers=0)
+    logits = np.load(tmp_path / "out" / "logits.npy")
+    first = logits[:, :8].argmax(1) == np.tile(np.arange(8), PER_CLASS)
+    second = logits[:, 8:].argmax(1) == np.array([(c + k) % 2 for k in range(PER_CLASS) for c in range(8)])
+    assert report["class_splits"] == [8, 2] and set(report["parts"]) == {"part0", "part1"}
+    assert report["parts"]["part0"]["top1"] == pytest.approx(100 * first.mean(), abs=1e-3)
+    assert report["parts"]["part1"]["top1"] == pytest.approx(100 * second.mean(), abs=1e-3)
+    assert report["top1"] == pytest.approx(100 * (first & second).mean(), abs=1e-3)
+    assert "top5_by_split" in _lines(tmp_path / "out")[0]
+
+
+def test_extract_features_equal_forward_head_pre_logits_per_clip_and_per_video(clips, model, tmp_path):
+    paths = [clips / f"{MOTION_CLASSES[c]}_0.mp4" for c in range(4)]
+    listing = tmp_path / "files.txt"  # a bare list: no labels needed
+    listing.write_text("\n".join(map(str, [*paths, clips / "garbage.mp4"])) + "\n")
+    index = extract_features(listing, model, tmp_path / "clip", per_clip=True, views="2x1", batch_size=3, workers=0,
+                             shard_size=2)
+    assert index["num_extracted"] == 4 and [Path(f["path"]).name for f in index["failed"]] == ["garbage.mp4"]
+    per_clip, rows = load_features(tmp_path / "clip")
+    views = torch.cat([multi_view_clips(p, model, (2, 1)) for p in paths])
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(views), pre_logits=True)
+    assert [r["path"] for r in rows] == [str(p) for p in paths for _ in range(2)]
+    torch.testing.assert_close(per_clip, expected, atol=1e-5, rtol=1e-5)
+
+    extract_features(listing, model, tmp_path / "video", views="2x1", workers=0)
+    per_video, rows = load_features(tmp_path / "video")
+    assert len(rows) == 4 and per_video.shape == (4, model.num_features)
+    torch.testing.assert_close(per_video, expected.view(4, 2, -1).mean(1), atol=1e-5, rtol=1e-5)
+
+
+def test_extract_of_a_block_is_its_token_mean_and_resumes_after_a_stop(clips, model, tmp_path):
+    paths = [clips / f"{MOTION_CLASSES[c]}_1.mp4" for c in range(5)]
+    listing = tmp_path / "files.txt"
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    args = ["extract", str(listing), "--model", "vivit_motion", "--out", str(tmp_path / "o"), "--layer", "0",
+            "--shard-size", "2", "--batch-size", "1", "--workers", "0"]
+    assert cli.main([*args, "--stop-after", "3"]) == cli.STOPPED_EXIT_CODE  # 1 shard written, 1 video pending
+    assert len(list((tmp_path / "o" / "shards").glob("*.safetensors"))) == 1
+    assert cli.main(args) == 0
+    features, rows = load_features(tmp_path / "o")
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    views = torch.cat([multi_view_clips(p, model, (1, 1)) for p in paths])
+    with torch.no_grad():
+        (tokens,) = model.forward_intermediates(views, indices=[0], norm=True, output_fmt="NLC",
+                                                intermediates_only=True)
+    torch.testing.assert_close(features, tokens.mean(1), atol=1e-5, rtol=1e-5)
