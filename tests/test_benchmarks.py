@@ -86,3 +86,17 @@ def test_scaling_measures_each_configuration_in_its_own_process(tmp_path):
         assert row["gmacs"] > 0 and row["cpu_s"] > 0 and row["forward_mem_gib"] > 0  # a fresh process grows
     assert rows[1]["gmacs"] > rows[0]["gmacs"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pipeline_benchmark_reports_end_to_end_next_to_its_stages(tmp_path):
+    pytest.importorskip("av")
+    out = run_script("pipeline.py", "--videos", "3", "--video-frames", "16", "--video-size", "32", "--workers", "0",
+                     "1", "--repeats", "1", "--batch-size", "2", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["workers"] for r in rows] == [0, 1] and "end-to-end / slower" in out.stdout
+    for row in rows:
+        rates = row["videos_per_s"]
+        assert set(rates) == {"decode_only", "model_only", "end_to_end"} and all(v > 0 for v in rates.values())
+        slower = min(rates["decode_only"], rates["model_only"])
+        assert row["ratio"] == pytest.approx(rates["end_to_end"] / slower, rel=0.02)

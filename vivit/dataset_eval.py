@@ -59,6 +59,8 @@ from .data import (
     shard,
     to_items,
 )
+from .factory import create_model
+from .labels import LABEL_SETS
 from .video import parse_views
 
 _logger = logging.getLogger(__name__)
@@ -77,8 +79,6 @@ def _prepare_model(model: torch.nn.Module | str, env: Dist, dtype: str | torch.d
     """The model on this rank's device, in eval mode and ``dtype``; a name is created with its released weights."""
     name = model if isinstance(model, str) else _model_name(model)
     if isinstance(model, str):
-        from .registry import create_model
-
         if not env.main:
             env.barrier()  # rank 0 downloads (and caches) the weights first, the others then read the cache
         model = create_model(name, pretrained=True)
@@ -233,8 +233,6 @@ def _split_names(label_set: str | None, n: int) -> list[str]:
     """Part names of a split head: the package label files' suffixes (``epic_kitchens100_nouns.txt`` -> nouns)."""
     if n == 1:
         return ["classes"]
-    from .labels import LABEL_SETS
-
     files = LABEL_SETS.get(label_set or "", ())
     if len(files) == n and label_set:
         return [Path(f).stem.removeprefix(f"{label_set}_") for f in files]
