@@ -92,3 +92,12 @@ def test_token_grouping_figure_draws_model_2_time_over_frame_tokens_not_position
     model_3, cls_3 = figures._colours("Model 3: factorised self-attention")
     assert time_cells(model_2) == 0 and cls_2 == [figures.TIME] * figures.T  # time runs over per-frame CLS outputs
     assert time_cells(model_3) == figures.T - 1 and cls_3 is None  # time runs over one position in the other frames
+
+
+def test_kinetics_guide_commands_are_generated_from_the_zoo():
+    spec = importlib.util.spec_from_file_location("make_kinetics", ROOT / "docs" / "make_kinetics.py")
+    make_kinetics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_kinetics)
+    assert make_kinetics.section() in (ROOT / "docs" / "guides" / "kinetics.md").read_text(), (
+        "docs/guides/kinetics.md is stale: run python docs/make_kinetics.py")
+    assert "vivit_b_16x2.k400 \\\n    --views 4x3" in make_kinetics.section()
