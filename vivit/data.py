@@ -257,8 +257,8 @@ class TrainClips(Dataset):
 
     def __init__(self, items: Sequence[Item], data_cfg: dict[str, Any], transform: Callable[[torch.Tensor], Any],
                  seed: int = 0, backend: str = "auto") -> None:
-        self.items, self.data_cfg, self.transform, self.seed, self.backend = list(items), data_cfg, transform, seed, \
-            backend
+        self.items, self.data_cfg, self.transform = list(items), data_cfg, transform
+        self.seed, self.backend = seed, backend
         self.epoch = 0
 
     def __len__(self) -> int:

@@ -14,7 +14,8 @@ batches the views of several videos into one forward pass. ``torch.distributed``
 - ``report.json``: ``top1``, ``top5``, ``mean_class_accuracy`` (percent, over the videos that could be read),
   ``top1_failed_as_wrong``, ``num_videos``, ``num_labelled``, ``num_evaluated``, ``num_failed``, ``failed`` (path and
   one-line reason each), ``views``, ``model``, ``dtype``; for a split head (EPIC-Kitchens: nouns | verbs) ``parts``
-  with each part's top-1/top-5/mean class accuracy, and ``top1`` is the *action* accuracy (every part right).
+  with each part's top-1/top-5/mean class accuracy; ``top1`` / ``top5`` are then the *action* accuracies (every part
+  right, within its top 5) and ``mean_class_accuracy`` the mean over the parts.
 - ``per_class.csv`` (per-class accuracy and the class each one is most confused with) and ``confusion.png``
   (row-normalised confusion matrix; needs matplotlib).
 
