@@ -225,3 +225,11 @@ def test_extract_of_a_block_is_its_token_mean_and_resumes_after_a_stop(clips, mo
         (tokens,) = model.forward_intermediates(views, indices=[0], norm=True, output_fmt="NLC",
                                                 intermediates_only=True)
     torch.testing.assert_close(features, tokens.mean(1), atol=1e-5, rtol=1e-5)
+
+
+def test_a_listing_none_of_whose_files_exists_is_refused_before_any_work(tmp_path):
+    listing = tmp_path / "l.csv"
+    listing.write_text("path,label\nvideos/a.mp4,static\nvideos/b.mp4,blinking\n")  # e.g. a wrong folder
+    with pytest.raises(DataError, match=r"none of the 2 listed files exists \(first: .*videos/a.mp4\)"):
+        evaluate_dataset(listing, "vivit_motion", tmp_path / "out", workers=0)
+    assert not (tmp_path / "out").exists()

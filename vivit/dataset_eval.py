@@ -47,7 +47,6 @@ import torch
 
 from .data import (
     KINETICS_PATTERN,
-    UNLABELLED,
     DataError,
     Dist,
     EvalVideos,
@@ -119,7 +118,8 @@ def _check_run(out: Path, settings: dict[str, Any], env: Dist) -> None:
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
             raise ValueError(f"{out}: holds a run with other settings (" + ", ".join(
-                f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items())
+                "the listing's rows differ" if k == "listing" else f"{k} was {old!r}, now {new!r}"
+                for k, (old, new) in changed.items())
                 + "); continue it with the same settings, or pass another --out")
     elif env.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -334,8 +334,9 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     model, name = _prepare_model(model_arg, env, dtype)
     splits, names, part_names = _class_parts(model)
     targets = _targets(rows.labels, rows.where, splits, names, str(listing))
-    # Items carry the first part's index; the targets keep every part.
-    items = to_items(rows.paths, [None] * len(rows.paths), rows.where, names, str(listing), require_files=False)
+    # The targets hold the labels (one index per part); items only the paths. A listing none of whose files exists
+    # (a wrong --video-root) is refused here rather than reported as all failed.
+    items = to_items(rows.paths, [None] * len(rows.paths), rows.where, names, str(listing))
     view_shape = _views(model, views_arg)
     views_text = f"{view_shape[0]}x{view_shape[1]}"
     num, num_classes = len(items), int(model.num_classes)
@@ -650,7 +651,7 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
         raise ValueError(f"shard_size must be >= 1, found {shard_size}")
     rows = read_listing(listing, video_root=video_root, pattern=pattern)
     model, name = _prepare_model(model_arg, env, dtype)
-    items = [Item(p, UNLABELLED) for p in rows.paths]
+    items = to_items(rows.paths, [None] * len(rows.paths), rows.where, [], str(listing))
     view_shape = _views(model, views_arg)
     num = len(items)
     settings = {"model": name, "views": f"{view_shape[0]}x{view_shape[1]}", "dtype": _dtype_name(model),
