@@ -519,9 +519,11 @@ def _report(entries: list[dict[str, Any]], table: np.ndarray, targets: list[tupl
                                                             if p["mean_class_accuracy"] is not None] or [0.0])), 4)
         report["parts"] = parts
         report["class_splits"] = list(splits)
-    _write_per_class(out / "per_class.csv", per_class_rows)
-    report["per_class"] = "per_class.csv"
-    report["confusion_png"] = _plot_confusion(out / "confusion.png", confusions, names, offsets, part_names)
+    report["per_class"] = report["confusion_png"] = None
+    if labelled:  # an unlabelled listing (predictions only) has no per-class figures to draw
+        _write_per_class(out / "per_class.csv", per_class_rows)
+        report["per_class"] = "per_class.csv"
+        report["confusion_png"] = _plot_confusion(out / "confusion.png", confusions, names, offsets, part_names)
     report["predictions"], report["logits"] = PREDICTIONS, LOGITS
     return report
 
