@@ -233,3 +233,13 @@ def test_a_listing_none_of_whose_files_exists_is_refused_before_any_work(tmp_pat
     with pytest.raises(DataError, match=r"none of the 2 listed files exists \(first: .*videos/a.mp4\)"):
         evaluate_dataset(listing, "vivit_motion", tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unlabelled_list_gets_predictions_and_no_accuracy(clips, model, tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{clips / 'static_0.mp4'}\n{clips / 'garbage.mp4'}\n")
+    report = evaluate_dataset(listing, model, tmp_path / "out", workers=0)
+    assert (report["num_labelled"], report["num_evaluated"], report["num_failed"]) == (0, 1, 1)
+    assert report["top1"] is None and report["per_class"] is None and report["confusion_png"] is None
+    first = _lines(tmp_path / "out")[0]
+    assert first["label"] is None and first["top5"][0]["label"] == "static"
