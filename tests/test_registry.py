@@ -194,3 +194,10 @@ def test_embedded_motion_model_works_offline_and_needs_time(monkeypatch):
         reversed_accuracy = (model(x.flip(2)).argmax(-1) == torch.from_numpy(labels)).float().mean()
     assert accuracy >= 0.95
     assert reversed_accuracy < 0.5  # playing the clips backwards changes the answer: the model reads time
+
+
+def test_released_cfgs_sample_frames_at_the_reference_configs_stride():
+    # scenic configs: Kinetics dataset_configs.stride = 2, epic_kitchens/vivit_large_factorised_encoder.py stride = 1
+    strides = {name: cfg.frame_stride for name, cfg in PRETRAINED.items() if cfg.source_format != "vivit"}
+    assert strides == {"vivit_b_16x2.k400": 2, "vivit_b_16x2_fe.k400": 2, "vivit_l_16x2_fe.k400": 2,
+                       "vivit_l_16x2_fe.k600": 2, "vivit_l_16x2_fe.ek100": 1}

@@ -117,7 +117,8 @@ PRETRAINED: dict[str, PretrainedCfg] = {
                   source_format="scenic", num_classes=600, label_set="kinetics600", top1=81.6, eval_views="4x3"),
         _released("vivit_l_16x2_fe", "ek100", url=f"{REFERENCE_URL}/epic_kitchens/vivit_large_16x2_fe/checkpoint",
                   source_format="scenic", num_classes=397, label_set="epic_kitchens100", class_splits=(300, 97),
-                  top1=43.6, eval_views="4x1",
+                  # scenic configs/epic_kitchens/vivit_large_factorised_encoder.py: dataset_configs.stride = 1
+                  frame_stride=1, top1=43.6, eval_views="4x1",
                   notes=("logits 0-299 are nouns, 300-396 verbs (scenic class_splits [300, 97])",)),
         _released("vivit_motion", "synthetic", file="weights/vivit_motion.safetensors", source_format="vivit",
                   num_classes=10, input_size=(3, 16, 32, 32), frame_stride=1, crop_pct=1.0, label_set="motion",
