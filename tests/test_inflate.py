@@ -214,6 +214,18 @@ def test_a_non_square_state_dict_needs_grid_size():
         inflate(model, tiny_vit(img_size=(16, 24)).state_dict(), posemb_init="resize_tile", grid_size=(5, 5))
 
 
+def test_a_non_square_state_dict_of_exactly_the_per_frame_grid_is_tiled_as_that_grid():
+    """3 x 4 image tokens into 12 x 16 frames of 4 x 4 patches: the count says the grid, as the reference tiles it."""
+    vit = tiny_vit(img_size=(12, 16))
+    model = tiny_vivit(img_size=(12, 16), num_frames=4)
+    inflate(model, vit.state_dict(), posemb_init="tile")
+    pos = vit.pos_embed.detach()
+    want = torch.cat([pos[:, :1], pos[:, 1:].repeat(1, 2, 1)], dim=1)
+    torch.testing.assert_close(model.encoder.pos_embed.detach(), want, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="not a square grid"):  # 12 tokens into a 4 x 4 frame: still ambiguous
+        inflate(tiny_vivit(num_frames=4), vit.state_dict(), posemb_init="resize_tile")
+
+
 def test_tile_and_resize_refuse_grids_they_cannot_map():
     with pytest.raises(ValueError, match="use posemb_init='resize_tile'"):
         inflate(tiny_vivit(img_size=24), tiny_vit(), posemb_init="tile")

@@ -280,7 +280,8 @@ def _key_table(model: ViViT, source: _Source, kernel_init: str, posemb_init: str
     pos_key = f"{dst}.pos_embed"
     grid = model.grid_size
     target_grid = (1, *grid[1:]) if fe else grid
-    source_grid = _source_grid(state["pos_embed"], int(has_cls), source.grid) if "pos_embed" in state else (0, 0)
+    source_grid = (_source_grid(state["pos_embed"], int(has_cls), source.grid, target_grid[1:])
+                   if "pos_embed" in state else (0, 0))
     table.append((("pos_embed",), pos_key, lambda p: inflate_pos_embed(
         p, source_grid, int(has_cls), targets[pos_key], target_grid, encoder.num_prefix_tokens, posemb_init)))
     if has_cls and not fe and encoder.cls_token is not None:
@@ -316,8 +317,16 @@ def _scale_rows(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return gamma.reshape(-1, *([1] * (x.ndim - 1))) * x
 
 
-def _source_grid(pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+def _source_grid(pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, int] | None,
+                 target_hw: tuple[int, int]) -> tuple[int, int]:
+    """The source's patch grid: stated, else the target's per-frame grid when the token counts agree, else square.
+
+    A token count equal to the target's ``h' * w'`` means that grid, square or not: the reference tiles such an
+    embedding as is (scenic ``init_posemb`` L448-450, ``tile_positional_embeddings`` repeats the tokens unreshaped).
+    """
     n = pos_embed.shape[1] - num_prefix
+    if grid is None and n == target_hw[0] * target_hw[1]:
+        return (int(target_hw[0]), int(target_hw[1]))
     if grid is None:
         side = math.isqrt(n)
         if side * side != n:
