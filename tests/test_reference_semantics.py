@@ -177,3 +177,27 @@ def test_reference_port_reproduces_the_golden_vectors(golden_dir):
                 node[leaf] = arrays[key].astype(np.float64)
         logits, _ = reference_numpy.forward(tree, sidecar["scenic_config"], arrays["input"])
         np.testing.assert_allclose(logits, arrays["logits"], atol=1e-5, rtol=1e-5, err_msg=sidecar_path.name)
+
+
+def test_frame_sampling_weights_whose_patch_rows_straddle_frames_convert_to_the_reference_logits():
+    """6-pixel frames, 4-pixel patches: the 2 sampled frames stack into 3 patch rows, a grid only the model knows."""
+    config, shape = _config({"type": "spacetime"}, "token", [4, 4],
+                            temporal_encoding_config={"method": "temporal_sampling", "n_sampled_frames": 2}), \
+        (2, 6, 6, 8, 3)
+    config["dataset_configs"]["num_frames"] = shape[1]
+    params = random_params(config, shape)
+    d = config["model"]["hidden_size"]
+    tokens = (2 * 6 // 4) * (8 // 4)  # 3 rows of 2 patches, one of them half in each frame
+    params["Transformer"]["posembed_input"]["pos_embedding"] = \
+        0.02 * np.random.default_rng(2).standard_normal((1, 1 + tokens, d))
+    video = np.random.default_rng(1).standard_normal(shape)
+    want_logits, _ = reference_numpy.forward(params, config, video)
+
+    flat = {k: v.astype(np.float32) for k, v in _flat(params).items()}
+    model = from_scenic(flat, config, img_size=shape[2:4])
+    assert model.grid_size == (1, 3, 2)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(video.astype(np.float32)).permute(0, 4, 1, 2, 3))
+    np.testing.assert_allclose(logits.numpy(), want_logits, atol=1e-5, rtol=1e-5)
+    config["dataset_configs"]["crop_size"] = 6  # stating the trained frame size changes nothing
+    torch.testing.assert_close(from_scenic(flat, config, img_size=shape[2:4]).state_dict(), model.state_dict())

@@ -7,13 +7,13 @@ single loop applies it and refuses leftovers on either side (scenic layouts: ``s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..embed import sample_frame_indices
+from ..embed import frame_sampling_grid, sample_frame_indices
 
 Array = np.ndarray
 # (flax source paths, our key, transform of the source arrays)
@@ -234,29 +234,51 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
                  model_grid: tuple[int, int, int]) -> tuple[int, int, int]:
     """The token grid the weights were trained on: time from the config's frame count, space from the posemb length.
 
-    When the spatial token count equals the model's, the model's ``(h, w)`` is taken (no resampling). Otherwise the
-    trained grid is square, as the reference assumes when it resizes, unless ``dataset_configs.crop_size`` says more.
+    The grid is built the way the model builds its own, for the model's frame size and then
+    ``dataset_configs.crop_size``; the first whose token count equals the positional embedding's is the trained grid
+    (``model_grid`` first when the clip length is the config's). Sampled frames go through ``frame_sampling_grid``:
+    their patch rows may straddle frames (scenic ``model.py`` ``temporal_encode`` L158-168 stacks the sampled frames
+    into one tall image before the 2D patch conv). Otherwise the trained frame grid is square, as the reference
+    assumes when it resizes.
     """
     dataset = config.get("dataset_configs") or {}
     trained_frames = int(dataset.get("num_frames", args["num_frames"]))
+    patch = tuple(args["tubelet_size"])
     if args.get("embedding") == "frame_sampling":
-        t = len(sample_frame_indices(trained_frames, args["n_sampled_frames"]))
+        sampled = len(sample_frame_indices(trained_frames, args["n_sampled_frames"]))
+
+        def grid_for(size: tuple[int, int]) -> tuple[int, int, int]:
+            return frame_sampling_grid(sampled, size, patch[1:])
     else:
-        t = trained_frames // args["tubelet_size"][0]
+        def grid_for(size: tuple[int, int]) -> tuple[int, int, int]:
+            return (trained_frames // patch[0], size[0] // patch[1], size[1] // patch[2])
+
     num_prefix = int(args["global_pool"] == "token")
-    if args["variant"] == "factorized_encoder":
-        spatial_tokens = params["SpatialTransformer/posembed_input/pos_embedding"].shape[1] - num_prefix
-    else:
-        spatial_tokens = (params["Transformer/posembed_input/pos_embedding"].shape[1] - num_prefix) // max(t, 1)
-    if spatial_tokens == model_grid[1] * model_grid[2]:
-        return (t, model_grid[1], model_grid[2])
-    crop = dataset.get("crop_size")
-    if crop:
-        h = int(crop if isinstance(crop, int) else crop[0]) // args["tubelet_size"][1]
-    else:
-        h = math.isqrt(spatial_tokens)
-    w = spatial_tokens // max(h, 1)
-    if h * w != spatial_tokens:
-        raise ValueError(f"cannot infer the trained token grid from {spatial_tokens} spatial tokens; "
-                         "pass a config with dataset_configs.crop_size")
-    return (t, h, w)
+    fe = args["variant"] == "factorized_encoder"
+    key = "SpatialTransformer" if fe else "Transformer"
+    tokens = params[f"{key}/posembed_input/pos_embedding"].shape[1] - num_prefix
+
+    def count(grid: tuple[int, int, int]) -> int:  # FE: the spatial posemb covers one frame
+        return grid[1] * grid[2] if fe else math.prod(grid)
+
+    candidates = [grid_for(_pair(args["img_size"]))]
+    if trained_frames == int(args["num_frames"]):
+        candidates.insert(0, tuple(model_grid))
+    if dataset.get("crop_size"):
+        candidates.append(grid_for(_pair(dataset["crop_size"])))
+    for grid in candidates:
+        if count(grid) == tokens:
+            return grid
+    t = candidates[-1][0]
+    spatial_tokens = tokens if fe else tokens // max(t, 1)
+    side = math.isqrt(spatial_tokens)
+    if side * side != spatial_tokens or (not fe and spatial_tokens * t != tokens):
+        raise ValueError(
+            f"cannot infer the trained token grid from the positional embedding's {tokens} tokens: it fits neither "
+            f"the model's grid {tuple(model_grid)}, nor {t} frame(s) of a square grid; build the model at the trained "
+            "frame size (img_size=) or pass a config with dataset_configs.crop_size")
+    return (t, side, side)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
