@@ -312,3 +312,28 @@ def test_fuzz_corrupted_golden_files(golden_dir, tmp_path_factory, data):
 def test_import_loads_no_msgpack():
     code = "import sys, vivit, vivit.convert.checkpoint; assert 'msgpack' not in sys.modules, 'msgpack imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("query_rank", r"query/kernel has shape \(32, 32\), expected \(d=32, heads=4, hd=8\)"),
+    ("mlp_width", r"Dense_1/kernel has shape \(63, 32\), expected \(mlp=64, d=32\)"),
+    ("embedding_rank", r"embedding/kernel has shape \(4, 4, 3, 32\).*needs a 5-D kernel"),
+])
+def test_flax_kernels_of_the_wrong_rank_or_width_are_refused_naming_the_file(golden_dir, tmp_path, damage, match):
+    import vivit
+
+    params = golden_params(golden_dir, "vivit_spacetime_A_optax")
+    key = {"query_rank": "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel",
+           "mlp_width": "Transformer/encoderblock_0/MlpBlock_0/Dense_1/kernel", "embedding_rank": "embedding/kernel"}
+    value = params[key[damage]]
+    params[key[damage]] = {"query_rank": lambda: value.reshape(value.shape[0], -1), "mlp_width": lambda: value[:-1],
+                           "embedding_rank": lambda: value[0]}[damage]()
+    path = write(tmp_path / "checkpoint_1", pack_flax({"params": unflatten(params)}))
+    config = json.loads((golden_dir / "scenic" / "vivit_spacetime_A.json").read_text())["scenic_config"]
+    with pytest.raises(ValueError, match=match) as info:  # a (d, d) query kernel once built a 32-head model
+        from_scenic(path, config, img_size=(16, 16))
+    assert str(path) in str(info.value)
+    good = from_scenic(golden_dir / "scenic" / "checkpoints" / "vivit_spacetime_A_optax" / "checkpoint_1000", config,
+                       img_size=(16, 16))
+    with pytest.raises(ValueError, match=str(path)):
+        vivit.load_pretrained(good, path)

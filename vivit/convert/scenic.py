@@ -7,6 +7,7 @@ single loop applies it and refuses leftovers on either side (scenic layouts: ``s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -146,8 +147,12 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Arr
 
 
 def model_args_from_scenic(params: Mapping[str, Array], config: Mapping[str, Any], *, img_size: int | tuple[int, int],
-                           num_frames: int | None = None) -> dict[str, Any]:
-    """ViViT kwargs from a scenic config (variant, options) and its weights (depths, heads, widths, classes)."""
+                           num_frames: int | None = None, source: str = "the scenic parameters") -> dict[str, Any]:
+    """ViViT kwargs from a scenic config (variant, options) and its weights (depths, heads, widths, classes).
+
+    Leaves of the wrong rank or width are refused first (``check_scenic_shapes``), naming ``source``.
+    """
+    check_scenic_shapes(params, source)
     model_cfg = config.get("model")
     if not isinstance(model_cfg, Mapping):
         raise ValueError("config must be the scenic ConfigDict as a plain dict, with a 'model' section")
@@ -167,6 +172,11 @@ def model_args_from_scenic(params: Mapping[str, Array], config: Mapping[str, Any
     encoding = model_cfg.get("temporal_encoding_config") or {"method": "3d_conv"}
     patches = list(model_cfg["patches"]["size"])
     kernel = params["embedding/kernel"]
+    rank = 4 if encoding.get("method") == "temporal_sampling" else 5
+    if kernel.ndim != rank:
+        raise ValueError(f"{source}: embedding/kernel has shape {tuple(kernel.shape)}, but the config's "
+                         f"{encoding.get('method', '3d_conv')} embedding needs a {rank}-D kernel "
+                         f"({'(h, w, c, d)' if rank == 4 else '(t, h, w, c, d)'}); the weights and config disagree")
     args: dict[str, Any] = dict(
         variant=variant, img_size=img_size, num_frames=int(num_frames), in_chans=int(kernel.shape[-2]),
         embed_dim=int(kernel.shape[-1]), global_pool=POOL_FROM_SCENIC[classifier],
@@ -213,20 +223,83 @@ def _encoder_sizes(params: Mapping[str, Array], prefix: str, fsa: bool = False) 
     return dict(depth=depth, num_heads=int(params[attn].shape[1]), mlp_dim=int(params[mlp].shape[1]))
 
 
-def convert_scenic_params(params: Mapping[str, Array], variant: str) -> dict[str, torch.Tensor]:
-    """Apply the key table: every source leaf used exactly once, else ``ValueError`` naming the leftovers."""
+# Leaf name pattern -> dims by name: one width `d` for the whole tree, the other names bound per module (an attention
+# module's q/k/v/out agree on heads and head width, an MLP's two Dense layers on its width). An int is a fixed size.
+_LEAF_SHAPES: tuple[tuple[re.Pattern[str], tuple[str | int, ...]], ...] = tuple((re.compile(p), dims) for p, dims in (
+    (r"(^|/)(query|key|value)/kernel$", ("d", "heads", "hd")),
+    (r"(^|/)(query|key|value)/bias$", ("heads", "hd")),
+    (r"(^|/)out/kernel$", ("heads", "hd", "d")),
+    (r"(^|/)Dense_0/kernel$", ("d", "mlp")),
+    (r"(^|/)Dense_0/bias$", ("mlp",)),
+    (r"(^|/)Dense_1/kernel$", ("mlp", "d")),
+    (r"(^|/)(out|Dense_1)/bias$", ("d",)),
+    (r"(^|/)(LayerNorm_\w+|encoder_norm)/(scale|bias)$", ("d",)),
+    (r"(^|/)posembed_input/pos_embedding$", (1, "tokens", "d")),
+    (r"^cls(_\w+)?$", (1, 1, "d")),
+    (r"^pre_logits/kernel$", ("d", "rep")),
+    (r"^pre_logits/bias$", ("rep",)),
+    (r"^output_projection/kernel$", ("features", "classes")),
+    (r"^output_projection/bias$", ("classes",)),
+))
+
+
+def check_scenic_shapes(params: Mapping[str, Array], source: str = "the scenic parameters") -> None:
+    """Refuse leaves of the wrong rank or width before anything is built from them, naming ``source``.
+
+    Reshapes alone would let a ``(d, d)`` query kernel through as ``d`` heads of width 1, or load a narrower MLP
+    into a model built from it; every kernel's rank and every width must agree with the patch embedding's.
+
+    Raises:
+        ValueError: ``source``, the leaf, its shape and the expected one.
+    """
+    kernel = params.get("embedding/kernel")
+    if kernel is None or kernel.ndim not in (4, 5):
+        found = "no embedding/kernel" if kernel is None else f"embedding/kernel of shape {tuple(kernel.shape)}"
+        raise ValueError(f"{source}: expected a patch kernel embedding/kernel of shape (t, h, w, c, d) or "
+                         f"(h, w, c, d), found {found}")
+    bound: dict[tuple[str, str], int] = {("", "d"): int(kernel.shape[-1])}
+    if "pre_logits/kernel" in params:
+        bound[("", "features")] = int(np.shape(params["pre_logits/kernel"])[-1])
+    else:
+        bound[("", "features")] = bound[("", "d")]
+    checks = [("embedding/bias", ("d",))]
+    checks += [(path, dims) for path in params for pattern, dims in _LEAF_SHAPES if pattern.search(path)]
+    for path, dims in checks:
+        if path not in params:
+            continue
+        shape = tuple(np.shape(params[path]))
+        scope = path.rsplit("/", 2)[0] if path.count("/") >= 2 else ""
+        keys = [("", d) if isinstance(d, int) or d in ("d", "features", "rep", "classes") else (scope, d) for d in dims]
+        ok = len(shape) == len(dims)
+        for size, dim, key in zip(shape, dims, keys, strict=False):
+            if not ok:
+                break
+            ok = size == dim if isinstance(dim, int) else bound.setdefault(key, size) == size
+        if not ok:
+            want = ", ".join(str(d) if isinstance(d, int) else f"{d}={bound[k]}" if k in bound else d
+                             for d, k in zip(dims, keys, strict=True))
+            raise ValueError(f"{source}: flax leaf {path} has shape {shape}, expected ({want}) for a ViViT whose "
+                             f"embedding width is d={bound[('', 'd')]}; the file is damaged or not a ViViT checkpoint")
+
+
+def convert_scenic_params(params: Mapping[str, Array], variant: str,
+                          source: str = "the scenic parameters") -> dict[str, torch.Tensor]:
+    """Apply the key table: every source leaf used exactly once, else ``ValueError`` naming ``source`` and leftovers."""
+    check_scenic_shapes(params, source)
     table = scenic_key_table(params, variant)
     used: set[str] = set()
     state: dict[str, torch.Tensor] = {}
     missing = sorted({p for sources, _, _ in table for p in sources if p not in params})
     if missing:
-        raise ValueError(f"scenic parameters for a {variant} model lack {len(missing)} leaves: {missing[:10]}")
+        raise ValueError(f"{source}: scenic parameters for a {variant} model lack {len(missing)} leaves: "
+                         f"{missing[:10]}")
     for sources, key, fn in table:
         state[key] = torch.from_numpy(np.ascontiguousarray(fn(*(params[p] for p in sources)), dtype=np.float32))
         used.update(sources)
     unused = sorted(set(params) - used)
     if unused:
-        raise ValueError(f"{len(unused)} scenic parameters have no place in a {variant} model: {unused[:10]}")
+        raise ValueError(f"{source}: {len(unused)} scenic parameters have no place in a {variant} model: "
+                         f"{unused[:10]}")
     return state
 
 
