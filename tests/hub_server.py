@@ -2,7 +2,9 @@
 
 Serves ``HEAD``/``GET /<org>/<repo>/resolve/<revision>/<file>`` with the headers ``huggingface_hub.hf_hub_download``
 needs (``X-Repo-Commit``, ``ETag``, ``Content-Length``) and the Hub's ``X-Error-Code`` on 404s, plus
-``/files/<name>`` for plain URL downloads. ``drop_after`` cuts a body short to imitate a killed download.
+``/files/<name>`` for plain URL downloads. ``drop_after`` cuts a body short to imitate a killed download,
+``trickle`` sends a body one byte at a time, ``swap_on_get`` answers GET with other bytes than HEAD announced, and
+``redirects`` answers a path with a 302.
 
     with HubServer(repos={"org/repo": {"config.json": b"{}"}}, files={"w.bin": b"..."}) as hub:
         hub.endpoint            # http://127.0.0.1:<port>, for HF_ENDPOINT
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
         owner.requests.append(("GET" if body else "HEAD", path))
+        if path in owner.redirects:
+            return self._send(302, b"", {"Location": owner.redirects[path]}, body)
         parts = path.lstrip("/").split("/")
         if parts[0] == "files" and len(parts) > 1:
             data = owner.files.get("/".join(parts[1:]))
@@ -63,7 +68,10 @@ class _Handler(BaseHTTPRequestHandler):
             data = owner.read(repo_id, filename)
             if data is None:
                 return self._send(404, b"Entry not found", {**hub, "X-Error-Code": "EntryNotFound"}, body)
-            return self._send(200, data, {**hub, "ETag": _etag(data)}, body, path)
+            etag = _etag(data)
+            if body and path in owner.swap_on_get:
+                data = owner.swap_on_get[path]
+            return self._send(200, data, {**hub, "ETag": etag}, body, path)
         self._send(404, b"not found", {}, body)
 
     def _send(self, status: int, data: bytes, headers: Mapping[str, str], body: bool = True,
@@ -84,6 +92,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        delay = self.server.owner.trickle.get(path) if path else None
+        if delay is not None:
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(delay)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up: what the test wants
+                self.close_connection = True
+            return
         self.wfile.write(data)
 
 
@@ -103,13 +121,21 @@ class HubServer:
         repos: ``{"org/repo": {filename: bytes}}`` or ``{"org/repo": folder}`` (files read from the folder).
         files: ``{name: bytes}`` served at ``/files/<name>``.
         drop_after: ``{url path: n}``: send only the first ``n`` bytes of that path's body, then close.
+        trickle: ``{url path: seconds}``: send that path's body one byte every ``seconds``.
+        swap_on_get: ``{url path: bytes}``: GET of a Hub file sends these bytes (HEAD announced the repo's).
+        redirects: ``{url path: location}``: answer that path with a 302 to ``location``.
     """
 
     def __init__(self, repos: Mapping[str, Mapping[str, bytes] | Path] | None = None,
-                 files: Mapping[str, bytes] | None = None, drop_after: Mapping[str, int] | None = None) -> None:
+                 files: Mapping[str, bytes] | None = None, drop_after: Mapping[str, int] | None = None,
+                 trickle: Mapping[str, float] | None = None, swap_on_get: Mapping[str, bytes] | None = None,
+                 redirects: Mapping[str, str] | None = None) -> None:
         self.repos = dict(repos or {})
         self.files = dict(files or {})
         self.drop_after = dict(drop_after or {})
+        self.trickle = dict(trickle or {})
+        self.swap_on_get = dict(swap_on_get or {})
+        self.redirects = dict(redirects or {})
         self.requests: list[tuple[str, str]] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self

@@ -58,7 +58,10 @@ def test_download_url_caches_and_reuses_without_a_request(tmp_path: Path) -> Non
     assert first.read_bytes() == PAYLOAD
     assert first.name.endswith("-w.bin") and len(first.name) == len("0123456789abcdef-w.bin")
     assert server.requests == [("GET", "/files/w.bin")]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no temp files left
+    # the entry and its record, no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + ".record.json"]
+    assert json.loads(fetch.record_path(first).read_text()) == {
+        "url": url, "size": len(PAYLOAD), "sha256": hashlib.sha256(PAYLOAD).hexdigest()}
 
 
 def test_download_url_default_cache_is_vivit_cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,6 +146,52 @@ def test_non_http_url_is_refused(tmp_path: Path) -> None:
         fetch.download_url(str(tmp_path / "weights.bin"), tmp_path)
 
 
+# ------------------------------------------------------------------------------------------------ cache trust
+@pytest.mark.parametrize("damage", ["truncate", "replace"])
+def test_a_damaged_cache_entry_is_refused_naming_it_and_force_download_replaces_it(tmp_path: Path,
+                                                                                    damage: str) -> None:
+    with HubServer(files={"w.bin": PAYLOAD}) as server:
+        url = server.file_url("w.bin")
+        entry = fetch.download_url(url, tmp_path)
+        entry.write_bytes(PAYLOAD[:1000] if damage == "truncate" else bytes(len(PAYLOAD)))
+        with pytest.raises(RuntimeError, match="delete this cache entry") as info:
+            fetch.download_url(url, tmp_path)
+        assert str(entry) in str(info.value) and "force_download=True" in str(info.value)
+        assert len(server.requests) == 1  # refused from the record, not re-fetched behind the user's back
+        assert fetch.download_url(url, tmp_path, force_download=True).read_bytes() == PAYLOAD
+        assert fetch.download_url(url, tmp_path).read_bytes() == PAYLOAD
+    assert len(server.requests) == 2
+
+
+def test_a_hand_placed_file_is_checked_against_a_known_digest(tmp_path: Path) -> None:
+    url = "https://example.invalid/weights/checkpoint"
+    entry = fetch.cache_path(url, tmp_path)
+    entry.write_bytes(b"not the release")
+    assert fetch.download_url(url, tmp_path) == entry  # no record, no digest: the documented manual placement
+    with pytest.raises(RuntimeError, match="delete this cache entry"):
+        fetch.download_url(url, tmp_path, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+
+
+def test_a_trickling_server_is_abandoned_at_the_deadline_leaving_nothing(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("VIVIT_DOWNLOAD_TIMEOUT", "0.5")
+    with HubServer(files={"w.bin": b"x" * 200}, trickle={"/files/w.bin": 0.05}) as server:
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"bytes/s.*VIVIT_DOWNLOAD_TIMEOUT=0.5"):
+            fetch.download_url(server.file_url("w.bin"), tmp_path)
+        elapsed = time.monotonic() - start
+    assert elapsed < 3, elapsed  # the trickle alone would take 10 s, and forever at one byte per 20 s
+    assert list(tmp_path.iterdir()) == []  # no .part, no entry, no record
+
+
+def test_download_timeout_must_be_a_positive_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIVIT_DOWNLOAD_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="VIVIT_DOWNLOAD_TIMEOUT"):
+        fetch.download_url("https://example.invalid/w.bin", tmp_path)
+
+
 # ------------------------------------------------------------------------------------------ parse_hub_name
 @pytest.mark.parametrize("name, expected", [
     ("hf-hub:google/vivit-b-16x2-kinetics400", ("google/vivit-b-16x2-kinetics400", None)),
@@ -157,6 +206,10 @@ def test_parse_hub_name(name: str, expected: tuple[str, str | None]) -> None:
 @pytest.mark.parametrize("name", [
     "google/vivit", "hf-hub:", "hf-hub:repo", "hf-hub:a/b/c", "hf-hub:org/re po", "hf-hub:org/repo@",
     "hf-hub:org/a..b", "hf-hub:org/-repo", "hf-hub:/repo",
+    # revisions follow git's ref rules: nothing that could climb out of the cache's refs/ folder
+    "hf-hub:org/repo@../../../x", "hf-hub:org/repo@refs/../../x", "hf-hub:org/repo@/abs", "hf-hub:org/repo@a//b",
+    "hf-hub:org/repo@.hidden", "hf-hub:org/repo@main.lock", "hf-hub:org/repo@a:b", "hf-hub:org/repo@a\\b",
+    "hf-hub:org/repo@x@{1}", "hf-hub:org/repo@end.", "hf-hub:org/repo@tab\there",
 ])
 def test_parse_hub_name_rejects_malformed_names(name: str) -> None:
     with pytest.raises(ValueError, match="hf-hub|repo id|revision"):
@@ -478,3 +531,57 @@ with torch.no_grad():
     for logits in result["logits"]:
         torch.testing.assert_close(torch.tensor(logits), expected, rtol=1e-6, atol=1e-6)
     assert result["hub_ids"] == ["vivit-test/tiny", "vivit-test/tiny"]
+
+
+# ------------------------------------------------------------------------------------ Hub trust (subprocess)
+def test_hf_hub_file_refuses_content_that_changed_between_head_and_get(tmp_path: Path) -> None:
+    code = 'print(json.dumps(attempt(fetch.hf_hub_file, "vivit-test/tiny", "model.safetensors")))'
+    path = "/vivit-test/tiny/resolve/main/model.safetensors"
+    with HubServer(repos={"vivit-test/tiny": {"model.safetensors": PAYLOAD}},
+                   swap_on_get={path: bytes(len(PAYLOAD))}) as server:
+        result = run_hub(code, server, tmp_path / "hf")
+    assert result["error"] == "RuntimeError"
+    assert "changed while it was downloaded" in result["message"] and "nothing was cached" in result["message"]
+    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and p.parent.name in ("blobs", COMMIT)]
+
+
+def test_hf_hub_file_refuses_a_damaged_cached_blob_and_force_download_replaces_it(tmp_path: Path) -> None:
+    code = """
+path = fetch.hf_hub_file("vivit-test/tiny", "model.safetensors")
+blob = path.resolve()
+blob.chmod(0o644)
+blob.write_bytes(b"truncated")
+refused = attempt(fetch.hf_hub_file, "vivit-test/tiny", "model.safetensors")
+again = fetch.hf_hub_file("vivit-test/tiny", "model.safetensors", force_download=True)
+print(json.dumps({"refused": refused, "blob": str(blob), "size": again.stat().st_size}))
+"""
+    with HubServer(repos={"vivit-test/tiny": {"model.safetensors": PAYLOAD}}) as server:
+        result = run_hub(code, server, tmp_path / "hf")
+    assert result["refused"]["error"] == "RuntimeError"
+    assert "delete this cache entry" in result["refused"]["message"] and result["blob"] in result["refused"]["message"]
+    assert result["size"] == len(PAYLOAD)
+
+
+def test_hub_redirect_loop_is_one_clear_error(tmp_path: Path) -> None:
+    code = 'print(json.dumps(attempt(fetch.hf_hub_file, "vivit-test/tiny", "config.json")))'
+    path = "/vivit-test/tiny/resolve/main/config.json"
+    with HubServer(repos={"vivit-test/tiny": {"config.json": b"{}"}}, redirects={path: path}) as server:
+        result = run_hub(code, server, tmp_path / "hf")
+    assert result["error"] == "RuntimeError" and "TooManyRedirects" in result["message"]
+
+
+def test_unreachable_hub_is_one_line_within_seconds(tmp_path: Path) -> None:
+    """Connection refused: no retry warnings (once printed twice over 27 s), one line from the CLI."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIVIT_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}", HF_HOME=str(tmp_path / "hf"),
+               NO_PROXY="127.0.0.1,localhost", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                                         env.get("PYTHONPATH")])))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "vivit", "convert", "hf-hub:org/repo", str(tmp_path / "out")],
+                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "could not be reached" in proc.stderr, proc.stderr
+    assert elapsed < 15, elapsed  # mostly interpreter and torch start-up

@@ -8,12 +8,20 @@ Environment:
     VIVIT_CACHE: cache folder of :func:`download_url` (default ``~/.cache/vivit``). Hub files use the Hugging Face
         cache (``HF_HOME`` / ``HF_HUB_CACHE``).
     HF_HUB_OFFLINE, VIVIT_OFFLINE: ``1`` serves cached files only and never touches the network.
+    VIVIT_DOWNLOAD_TIMEOUT: seconds (default 60) a URL download may wait for data, and the window over which it must
+        average ``MIN_DOWNLOAD_RATE``: a server that trickles bytes is abandoned instead of holding the call forever.
+    HF_HUB_ETAG_TIMEOUT: seconds the Hub's first answer may take (huggingface_hub's setting, default 10).
+
+Cache trust: every downloaded file gets a record (size and sha256) written atomically beside it before the file is
+renamed into place, and checked whenever the entry is reused; Hub blobs are checked against the digest they are named
+by (their ETag). A file that does not match is never used: the error names the cache entry to delete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -33,8 +41,13 @@ from ._version import __version__
 _logger = logging.getLogger(__name__)
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts the underscore spelling too
-DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download is abandoned
+DOWNLOAD_TIMEOUT = 60.0  # default of VIVIT_DOWNLOAD_TIMEOUT
+MIN_DOWNLOAD_RATE = 1024  # bytes/s a download must average over each timeout window
 _CHUNK = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_RECORD_SUFFIX = ".record.json"
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked in this process
 _STALE_PART_SECONDS = 24 * 3600
 _HUB_PART = re.compile(r"^[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 
@@ -70,29 +83,51 @@ def _manual_hint(url: str, dest: Path) -> str:
             "vivit.load_pretrained(model, path)).")
 
 
+def download_timeout() -> float:
+    """``$VIVIT_DOWNLOAD_TIMEOUT`` seconds, else ``DOWNLOAD_TIMEOUT``."""
+    text = os.environ.get("VIVIT_DOWNLOAD_TIMEOUT", "").strip()
+    try:
+        value = float(text) if text else DOWNLOAD_TIMEOUT
+    except ValueError:
+        raise ValueError(f"VIVIT_DOWNLOAD_TIMEOUT must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"VIVIT_DOWNLOAD_TIMEOUT must be positive, got {text!r}")
+    return value
+
+
+def record_path(dest: Path) -> Path:
+    """The record (size, sha256, URL) kept beside the cache entry ``dest``."""
+    return dest.with_name(dest.name + _RECORD_SUFFIX)
+
+
 def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str | None = None,
-                 timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+                 timeout: float | None = None, force_download: bool = False) -> Path:
     """Download ``url`` once into the cache and return the cached file.
 
     Args:
         url: An ``http(s)://`` URL.
         cache_dir: Cache folder; default ``$VIVIT_CACHE`` or ``~/.cache/vivit``.
         sha256: Expected hex digest (or a prefix of it) of the file; a mismatch keeps nothing.
-        timeout: Seconds to wait for the connection or the next chunk.
+        timeout: Seconds to wait for the connection or the next data, and the window over which the download must
+            average ``MIN_DOWNLOAD_RATE`` bytes/s; default ``$VIVIT_DOWNLOAD_TIMEOUT`` or 60.
+        force_download: Download again even when the file is cached (replacing the entry).
 
     Returns:
-        The cached file (see :func:`cache_path`), reused without network access on later calls.
+        The cached file (see :func:`cache_path`), reused without network access on later calls once its size and
+        sha256 match the record written with it.
 
     Raises:
         ValueError: ``url`` is not http(s).
-        RuntimeError: Offline with no cached copy, the download failed or was incomplete; the message names the
-            URL and where to put a manually downloaded copy.
+        RuntimeError: Offline with no cached copy, the download failed, was incomplete or too slow, or the cached file
+            no longer matches its record (the message says which cache entry to delete).
     """
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https"):
         raise ValueError(f"download_url needs an http(s) URL, got {url!r}; pass local files to vivit.load_pretrained")
+    timeout = download_timeout() if timeout is None else float(timeout)
     dest = cache_path(url, cache_dir)
-    if dest.is_file():
+    if dest.is_file() and not force_download:
+        _check_cache_entry(dest, url, sha256)
         return dest
     if is_offline():
         raise RuntimeError(f"offline mode (HF_HUB_OFFLINE / VIVIT_OFFLINE is set) and {url} is not cached. "
@@ -108,7 +143,11 @@ def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str |
         if sha256 is not None and not digest.startswith(sha256.lower()):
             raise RuntimeError(f"{url} has sha256 {digest}, expected {sha256}; nothing was cached. The file changed "
                                "on the server or was corrupted in transit.")
+        # The record goes first: a kill between the two renames leaves a record without its file (downloaded
+        # again next time) or an old file under a new record (refused), never an unchecked entry.
+        _write_atomic(record_path(dest), json.dumps({"url": url, "size": received, "sha256": digest}).encode())
         os.replace(tmp, dest)
+        _verified[_stat_key(dest)] = digest
     except urllib.error.HTTPError as err:
         raise RuntimeError(f"could not download {url}: the server answered HTTP {err.code} {err.reason}. "
                            + _manual_hint(url, dest)) from None
@@ -119,6 +158,58 @@ def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str |
         tmp.unlink(missing_ok=True)
     _logger.info("downloaded %s to %s", url, dest)
     return dest
+
+
+def _check_cache_entry(dest: Path, url: str, sha256: str | None) -> None:
+    """Refuse a cached file that no longer matches its record or the expected digest, naming the entry to delete."""
+    record: dict[str, Any] = {}
+    if record_path(dest).is_file():
+        try:
+            record = json.loads(record_path(dest).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {"size": None}  # a damaged record: the entry cannot be trusted
+    if not record and sha256 is None:
+        return  # placed by hand (as the offline hints suggest): nothing to check it against
+    size = dest.stat().st_size
+    problem = None
+    if record and record.get("size") != size:
+        problem = f"it holds {size} bytes, the download recorded {record.get('size')}"
+    else:
+        digest = file_sha256(dest)
+        if record and record.get("sha256") != digest:
+            problem = f"its sha256 is {digest}, the download recorded {record.get('sha256')}"
+        elif sha256 is not None and not digest.startswith(sha256.lower()):
+            problem = f"its sha256 is {digest}, the release's is {sha256}"
+    if problem:
+        raise RuntimeError(f"the cached copy of {url} is damaged or was replaced ({problem}): delete this cache entry "
+                           f"({dest} and {record_path(dest).name}) or pass force_download=True (CLI: "
+                           "--force-download) to download it again")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, remembered for this process while its size and mtime stay the same."""
+    key = _stat_key(path)
+    if key not in _verified:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+        _verified[key] = digest.hexdigest()
+    return _verified[key]
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _lower(text: str) -> str:
@@ -136,19 +227,32 @@ def _remove_stale_parts(dest: Path) -> None:
 
 
 def _fetch(url: str, tmp: Path, timeout: float, desc: str) -> tuple[int, int | None, str]:
-    """Stream ``url`` into ``tmp``; returns (bytes received, Content-Length or None, sha256 hex)."""
+    """Stream ``url`` into ``tmp``; returns (bytes received, Content-Length or None, sha256 hex).
+
+    The socket timeout only bounds each wait for data; a server sending a byte every few seconds would keep it alive
+    forever, so each ``timeout``-second window must also bring ``MIN_DOWNLOAD_RATE * timeout`` bytes (or the end).
+    """
     request = urllib.request.Request(url, headers={"User-Agent": f"vivit/{__version__}"})
     digest = hashlib.sha256()
     received = 0
     with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
+        window_start, window_bytes = time.monotonic(), 0
         with _Progress(expected, desc) as update:
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read1(_CHUNK):  # read1: returns what has arrived, so the clock is checked
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
+                window_bytes += len(chunk)
                 update(len(chunk))
+                elapsed = time.monotonic() - window_start
+                if elapsed >= timeout:
+                    if window_bytes < MIN_DOWNLOAD_RATE * elapsed:
+                        raise TimeoutError(f"only {window_bytes} bytes arrived in {elapsed:.1f} s (minimum "
+                                           f"{MIN_DOWNLOAD_RATE} bytes/s, VIVIT_DOWNLOAD_TIMEOUT={timeout:g}); the "
+                                           "download was abandoned")
+                    window_start, window_bytes = time.monotonic(), 0
     return received, expected, digest.hexdigest()
 
 
@@ -187,43 +291,87 @@ def parse_hub_name(name: str) -> tuple[str, str | None]:
     if len(parts) != 2 or not all(_HUB_PART.match(p) and ".." not in p and "--" not in p for p in parts):
         raise ValueError(f"invalid Hub repo id {repo_id!r} in {name!r}: expected '<org>/<repo>' of letters, digits, "
                          "'-', '_' and '.' (e.g. 'hf-hub:google/vivit-b-16x2-kinetics400')")
-    if at and (not revision or any(c.isspace() for c in revision)):
-        raise ValueError(f"invalid revision {revision!r} in {name!r}: expected a branch, tag or commit after '@'")
+    if at and (problem := revision_problem(revision)):
+        raise ValueError(f"invalid revision {revision!r} in {name!r}: {problem}; expected a branch, tag or commit "
+                         "(a git ref name such as 'main', 'v1.0', 'refs/pr/1', or a 40-hex commit) after '@'")
     return repo_id, (revision if at else None)
 
 
+def revision_problem(revision: str) -> str | None:
+    """Why ``revision`` is not a git ref name (``git check-ref-format`` rules) or a commit; ``None`` when it is one.
+
+    The revision becomes a path inside the Hugging Face cache (``refs/<revision>``): ``..`` and friends would let a
+    name, or an endpoint answering for it, write outside the cache.
+    """
+    if _HEX40.match(revision):
+        return None
+    if not revision:
+        return "it is empty"
+    if revision == "@":
+        return "'@' alone is not a ref name"
+    bad = sorted({c for c in revision if ord(c) < 0x20 or ord(c) == 0x7F or c in " ~^:?*[\\"})
+    if bad:
+        return f"it contains {''.join(bad)!r}"
+    if ".." in revision or "@{" in revision or "//" in revision:
+        return "it contains '..', '@{' or '//'"
+    if revision.startswith("/") or revision.endswith(("/", ".")):
+        return "it starts with '/' or ends with '/' or '.'"
+    if any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")):
+        return "a component starts with '.' or ends with '.lock'"
+    return None
+
+
 def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
-                cache_dir: str | Path | None = None) -> Path:
+                cache_dir: str | Path | None = None, force_download: bool = False, sha256: str | None = None) -> Path:
     """Fetch one file of a Hub repo through the Hugging Face cache (``huggingface_hub.hf_hub_download``).
+
+    A file not yet cached is first asked for once, without huggingface_hub's retries (an unreachable Hub is one error
+    at once, not half a minute of retry warnings). The file is then checked against the digest its blob is named by
+    (the ETag: sha256 for LFS files, git's blob sha1 otherwise), so content that changed between the metadata request
+    and the download, or a cached blob damaged since, is never used.
 
     Args:
         repo_id: ``"org/repo"``.
         filename: Path of the file inside the repo.
         revision: Branch, tag or commit; default ``main``.
         cache_dir: Overrides the Hugging Face cache folder.
+        force_download: Download again even when cached.
+        sha256: Expected hex digest of the file (a release's known digest).
 
     Raises:
         FileNotFoundError: The repo, revision or file does not exist (or the repo is private).
-        RuntimeError: Offline without a cached copy, the Hub is unreachable, or access is refused.
+        RuntimeError: Offline without a cached copy, the Hub is unreachable, access is refused, or the file does not
+            match its digest.
     """
-    from huggingface_hub import constants, hf_hub_download, hf_hub_url
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
+    if revision is not None and (problem := revision_problem(revision)):
+        raise ValueError(f"invalid revision {revision!r}: {problem}")
     rev = revision or constants.DEFAULT_REVISION
     url = hf_hub_url(repo_id, filename, revision=rev)
     where = f"Hub repo {repo_id!r} (revision {rev!r})"
     manual = (f"Download it elsewhere (`hf download {repo_id} {filename} --revision {rev}`, or {url}) and pass the "
               "local file or folder to vivit.load_pretrained(model, path).")
+    offline = constants.is_offline_mode() or _env_true("VIVIT_OFFLINE")
     try:
-        path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, library_name="vivit",
-                               library_version=__version__, local_files_only=_env_true("VIVIT_OFFLINE"))
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=rev)
+        fresh = force_download or not isinstance(cached, str)
+        if fresh and not offline:
+            # One metadata request with no retries: huggingface_hub retries a missing file five times with backoff.
+            get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT, library_name="vivit",
+                                 library_version=__version__, retry_on_errors=False)
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, library_name="vivit",
+                                    library_version=__version__, local_files_only=_env_true("VIVIT_OFFLINE"),
+                                    force_download=force_download))
     except RemoteEntryNotFoundError:
         raise FileNotFoundError(f"{where} has no file {filename!r} ({url} answered 404). Check the file name; "
                                 "vivit folders hold model.safetensors and config.json.") from None
@@ -236,8 +384,8 @@ def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"Hub repo {repo_id!r} was not found at {constants.ENDPOINT} (or it is private and "
                                 "you are not logged in: `hf auth login` or HF_TOKEN). Check the name.") from None
-    except LocalEntryNotFoundError as err:
-        if constants.is_offline_mode() or _env_true("VIVIT_OFFLINE"):
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        if offline:
             reason = "offline mode (HF_HUB_OFFLINE / VIVIT_OFFLINE is set) and the file is not in the Hugging Face " \
                      "cache"
         else:
@@ -249,16 +397,47 @@ def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
         raise RuntimeError(f"cannot get {filename!r} from {where}: the Hub answered {first_line(err)}. "
                            "If the repo is private, log in (`hf auth login` or HF_TOKEN). " + manual) from None
     except transport_errors() as err:
-        raise RuntimeError(f"cannot get {filename!r} from {where}: {type(err).__name__}: {first_line(err)}; the "
-                           "network may be unreachable. " + manual) from None
-    return Path(path)
+        raise RuntimeError(f"cannot get {filename!r} from {where}: the Hub at {constants.ENDPOINT} could not be "
+                           f"reached ({type(err).__name__}: {first_line(err)}); the network may be unreachable. "
+                           + manual) from None
+    _check_hub_blob(path, f"{filename!r} from {where}", fresh, sha256)
+    return path
+
+
+def _check_hub_blob(path: Path, what: str, fresh: bool, sha256: str | None) -> None:
+    """The file must hash to the ETag its blob is named by (and to ``sha256`` when given)."""
+    blob = Path(os.path.realpath(path))
+    etag = blob.name
+    problem = None
+    if _HEX64.match(etag) or sha256 is not None:
+        digest = file_sha256(blob)
+        if _HEX64.match(etag) and digest != etag:
+            problem = f"its sha256 is {digest}, the Hub's ETag {etag}"
+        elif sha256 is not None and not digest.startswith(sha256.lower()):
+            problem = f"its sha256 is {digest}, the release's is {sha256}"
+    elif _HEX40.match(etag) and blob.stat().st_size < (64 << 20):  # git blob sha1 of a small (non-LFS) file
+        git = hashlib.sha1(usedforsecurity=False)
+        git.update(b"blob %d\0" % blob.stat().st_size)
+        git.update(blob.read_bytes())
+        if git.hexdigest() != etag:
+            problem = f"its git blob sha1 is {git.hexdigest()}, the Hub's ETag {etag}"
+    if problem is None:
+        return
+    if fresh:  # just downloaded: the content changed between the metadata request and the download
+        for p in (path, blob):
+            p.unlink(missing_ok=True)
+        raise RuntimeError(f"{what} changed while it was downloaded ({problem}); nothing was cached. Retry; if it "
+                           "persists the server or a proxy is serving inconsistent content.")
+    raise RuntimeError(f"the cached copy of {what} is damaged or was replaced ({problem}): delete this cache entry "
+                       f"({blob} and {path}) or pass force_download=True (CLI: --force-download) to download it again")
 
 
 def transport_errors() -> tuple[type[Exception], ...]:
-    """Connection/timeout errors of the HTTP client huggingface_hub uses (httpx2 in 2.x, httpx before)."""
+    """Request errors (connection, timeout, too many redirects) of the HTTP client huggingface_hub uses (httpx2 in
+    2.x, httpx before)."""
     for module in ("httpx2", "httpx"):  # older huggingface_hub releases use httpx
         try:
-            return (__import__(module).TransportError,)
+            return (__import__(module).RequestError,)
         except ImportError:
             continue
     return ()  # neither client: nothing more to translate; the original error propagates
