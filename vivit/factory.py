@@ -44,14 +44,15 @@ def _from_path(name: str, pretrained: bool, overrides: dict[str, Any]) -> ViViT:
                             "vivit.list_models() for registered names.")
 
 
-def _with_weights_from(arch: str, source: str, args: dict[str, Any], num_classes: int | None) -> ViViT:
+def _with_weights_from(arch: str, source: str, args: dict[str, Any], num_classes: int | None,
+                       force_download: bool = False, allow_non_finite: bool = False) -> ViViT:
     """``create_model(arch, pretrained=SOURCE)``: the architecture, filled from any source ``load_pretrained`` takes.
 
     The head takes the size of the weights' head unless ``num_classes`` is given (then only the head is reset).
     """
     cfg = PRETRAINED[source] if source in PRETRAINED else arch_defaults(arch)
     model = ViViT(**{**args, "num_classes": num_classes if num_classes is not None else cfg.num_classes})
-    weights = fetch_weights(source, model)
+    weights = fetch_weights(source, model, force_download=force_download)
     source_head = weights.state.get("head.weight")
     if num_classes is None and source_head is not None and source_head.shape[0] != model.num_classes:
         model.reset_classifier(source_head.shape[0])
@@ -65,7 +66,7 @@ def _with_weights_from(arch: str, source: str, args: dict[str, Any], num_classes
         else:
             where.update(source="local-dir", file=source)
         model.pretrained_cfg.update(where, tag="", label_set=None, top1=None, eval_views=None)
-    return load_weights_into(model, weights)
+    return load_weights_into(model, weights, allow_non_finite=allow_non_finite)
 
 
 def create_model(
@@ -75,6 +76,8 @@ def create_model(
     num_classes: int | None = None,
     num_frames: int | None = None,
     img_size: int | tuple[int, int] | None = None,
+    force_download: bool = False,
+    allow_non_finite: bool = False,
     **kwargs: Any,
 ) -> ViViT:
     """Create a registered ViViT, optionally with weights.
@@ -88,6 +91,8 @@ def create_model(
         num_classes: New head size; with weights, only the head is left at its (zero) init.
         num_frames: Clip length; positional embeddings of loaded weights are resampled to it.
         img_size: Frame size; positional embeddings are resampled to it.
+        force_download: With ``pretrained``, download the weights again even when cached.
+        allow_non_finite: With ``pretrained``, accept weights holding NaN or infinite values (refused by default).
         **kwargs: Any other ``ViViT`` keyword (``drop_path_rate``, ``attn_impl``, ``depth`` ...).
     """
     _check_kwargs(kwargs)
@@ -99,16 +104,19 @@ def create_model(
     if isinstance(pretrained, str) and (a_path or name.startswith((*HUB_PREFIXES, "local-dir:"))):
         raise ValueError(f"{name!r} brings its own weights: use pretrained=True, or name an architecture to load "
                          f"{pretrained!r} into")
+    trust = dict(allow_non_finite=allow_non_finite)
     if name.startswith(HUB_PREFIXES):
-        return create_from_hub(name, pretrained=pretrained, **overrides, **kwargs)
+        return create_from_hub(name, pretrained=pretrained, force_download=force_download, **trust, **overrides,
+                               **kwargs)
     if name.startswith("local-dir:"):
-        return create_from_folder(name[len("local-dir:"):], pretrained=pretrained, **overrides, **kwargs)
+        return create_from_folder(name[len("local-dir:"):], pretrained=pretrained, **trust, **overrides, **kwargs)
     if a_path:
-        return _from_path(name, pretrained is True, {**overrides, **kwargs})
+        return _from_path(name, pretrained is True, {**trust, **overrides, **kwargs})
     arch, cfg = resolve_name(name)
     if isinstance(pretrained, str):
         args = {**ARCHS[arch], **overrides, **kwargs}
-        return _with_weights_from(arch, pretrained, args, args.pop("num_classes", None))
+        return _with_weights_from(arch, pretrained, args, args.pop("num_classes", None), force_download,
+                                  allow_non_finite)
     args = {**ARCHS[arch], "num_classes": cfg.num_classes, **overrides, **kwargs}
     model = ViViT(**args)
     model.pretrained_cfg = {**cfg.to_dict(), **model.input_cfg()}
@@ -120,5 +128,5 @@ def create_model(
                 + (f"; released tags: {', '.join(released)}" if released else "")
                 + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.inflate."
             )
-        load_pretrained(model, cfg.name)
+        load_pretrained(model, cfg.name, force_download=force_download, allow_non_finite=allow_non_finite)
     return model

@@ -53,6 +53,10 @@ _HUB_PART = re.compile(r"^[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 
 
 # ----------------------------------------------------------------------------------------------- plain URLs
+class CacheIntegrityError(RuntimeError):
+    """A downloaded or cached file does not match its record or digest (never a missing file)."""
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
@@ -181,9 +185,9 @@ def _check_cache_entry(dest: Path, url: str, sha256: str | None) -> None:
         elif sha256 is not None and not digest.startswith(sha256.lower()):
             problem = f"its sha256 is {digest}, the release's is {sha256}"
     if problem:
-        raise RuntimeError(f"the cached copy of {url} is damaged or was replaced ({problem}): delete this cache entry "
-                           f"({dest} and {record_path(dest).name}) or pass force_download=True (CLI: "
-                           "--force-download) to download it again")
+        raise CacheIntegrityError(
+            f"the cached copy of {url} is damaged or was replaced ({problem}): delete this cache entry ({dest} and "
+            f"{record_path(dest).name}) or pass force_download=True (CLI: --force-download) to download it again")
 
 
 def file_sha256(path: Path) -> str:
@@ -426,10 +430,11 @@ def _check_hub_blob(path: Path, what: str, fresh: bool, sha256: str | None) -> N
     if fresh:  # just downloaded: the content changed between the metadata request and the download
         for p in (path, blob):
             p.unlink(missing_ok=True)
-        raise RuntimeError(f"{what} changed while it was downloaded ({problem}); nothing was cached. Retry; if it "
-                           "persists the server or a proxy is serving inconsistent content.")
-    raise RuntimeError(f"the cached copy of {what} is damaged or was replaced ({problem}): delete this cache entry "
-                       f"({blob} and {path}) or pass force_download=True (CLI: --force-download) to download it again")
+        raise CacheIntegrityError(f"{what} changed while it was downloaded ({problem}); nothing was cached. Retry; "
+                                  "if it persists the server or a proxy is serving inconsistent content.")
+    raise CacheIntegrityError(
+        f"the cached copy of {what} is damaged or was replaced ({problem}): delete this cache entry ({blob} and "
+        f"{path}) or pass force_download=True (CLI: --force-download) to download it again")
 
 
 def transport_errors() -> tuple[type[Exception], ...]:

@@ -7,9 +7,13 @@ transformers ViViT folders. Imports nothing else of vivit.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import pickle
+import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,15 @@ import torch
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
+WEIGHTS_RECORD = "weights_file"  # config.json key: {"name", "size", "sha256"} of the weights file it was saved with
 FORMATS = ("safetensors", "torch", "scenic", "npz", "vivit-folder", "transformers-folder")
 _MSGPACK_MAP_STARTS = {*range(0x81, 0x90), 0xDE, 0xDF}
+# Limits checked from headers, before any data is read. A ViViT-H safetensors header is ~60 KB for ~500 tensors.
+MAX_SAFETENSORS_HEADER = 8 << 20
+MAX_TENSORS = 65536
+MAX_NPZ_BYTES = 8 << 30  # default bound on the arrays an .npz may declare (ViViT-H in float32 is ~2.6 GB)
+# torch's refusal names the offending global; the rest of its message suggests weights_only=False, which we never do.
+_TORCH_GLOBAL = re.compile(r"(?:unsupported|Unsupported) (?:GLOBAL|global:?) ?([\w.]+)")
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -79,11 +90,14 @@ def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)  # never executes pickled code
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} is not a plain torch state dict: the safe loader refused it ({str(err)[:200]}). "
-                         "Only tensors and containers are accepted; re-save with torch.save(model.state_dict())"
-                         ) from None
+        found = _TORCH_GLOBAL.search(str(err))
+        what = f"it needs the Python object {found.group(1)}" if found else "it holds more than tensors and containers"
+        raise ValueError(f"{path} is not a plain torch state dict: the safe loader refused it ({what}; such files can "
+                         "run code when unpickled, so vivit never loads them). Re-save the weights alone with "
+                         "torch.save(model.state_dict()) or as safetensors") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} is not a readable torch file ({str(err)[:200]}); it may be truncated") from None
+        raise ValueError(f"{path} is not a readable torch file ({first_line(err)[:200]}); it may be truncated"
+                         ) from None
     for key in ("state_dict", "model", "model_state_dict", "module"):  # training checkpoints wrap the weights
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -94,25 +108,138 @@ def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file; ``ValueError`` naming it when corrupt or truncated."""
+    """A safetensors file, its header checked before any tensor is read; ``ValueError`` naming it when corrupt.
+
+    The header's size (``MAX_SAFETENSORS_HEADER``), tensor count (``MAX_TENSORS``), names, dtypes, shapes and byte
+    ranges are checked first: a forged header of a million empty tensors is refused in milliseconds.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a valid safetensors file ({err}); it may be corrupt or truncated") from None
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """An ``.npz`` of flax params: ``'/'``-joined paths -> arrays (only the ``params/`` entries when there are any)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files if k.startswith("params/")} or dict(data)
+def check_safetensors_header(path: Path) -> dict[str, Any]:
+    """Read and check a safetensors header without touching the data; returns ``{name: entry}``."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            raise ValueError(f"{path} is not a valid safetensors file: its header length {length} does not fit the "
+                             f"file's {size} bytes; it may be corrupt or truncated")
+        if length > MAX_SAFETENSORS_HEADER:
+            raise ValueError(f"{path} declares a safetensors header of {length} bytes (limit "
+                             f"{MAX_SAFETENSORS_HEADER}; a ViViT's is tens of KB): refused unread as forged or not "
+                             "model weights")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a valid safetensors file: its header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a valid safetensors file: its header is a JSON {type(header).__name__}")
+    header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS:
+        raise ValueError(f"{path} declares {len(header)} tensors (limit {MAX_TENSORS}; a ViViT has hundreds): "
+                         "refused unread as forged or not model weights")
+    data = size - 8 - length
+    for name, entry in header.items():
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data and isinstance(entry.get("dtype"), str)):
+            raise ValueError(f"{path} is not a valid safetensors file: tensor {name[:80]!r} has entry "
+                             f"{str(entry)[:120]} (needs dtype, a shape of non-negative ints and data_offsets within "
+                             f"the {data} data bytes)")
+    return header
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """An ``.npz`` of flax params: ``'/'``-joined paths -> arrays (only the ``params/`` entries when there are any).
+
+    Every entry's npy header is read first and checked against the zip's declared sizes: object arrays, entries
+    shorter or longer than their shape, and archives declaring more than ``max_bytes`` (default ``MAX_NPZ_BYTES``)
+    in all are refused before any array is allocated, so a zip bomb costs nothing.
+
+    Raises:
+        ValueError: The archive is corrupt, forged or too large; the message names the file and the entry.
+    """
+    limit = MAX_NPZ_BYTES if max_bytes is None else max_bytes
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+            infos = [i for i in infos if i.filename.startswith("params/")] or infos
+            total = 0
+            for info in infos:
+                total += _npy_entry_bytes(path, zf, info)
+            if total > limit:
+                raise ValueError(f"{path} declares {total / 2**20:.0f} MiB of arrays, more than the "
+                                 f"{limit / 2**20:.0f} MiB the weights can need: refused unread (a zip bomb, or not "
+                                 "this model's weights)")
+            arrays = {}
+            for info in infos:
+                with zf.open(info) as f:
+                    arrays[info.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+            return arrays
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path} is not a readable .npz archive ({first_line(err)}); it may be truncated") from None
+
+
+def _npy_entry_bytes(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """Bytes of the array an npy entry declares, after checking its header against the zip's declared size."""
+    name = info.filename[:-4]
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f, max_header_size=10000)
+        except ValueError as err:
+            raise ValueError(f"{path}: entry {name!r} is not a valid npy array ({first_line(err)})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: entry {name!r} holds Python objects (dtype {dtype}); only numeric arrays are read, "
+                         "never pickles")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if info.file_size - offset != nbytes:
+        raise ValueError(f"{path}: entry {name!r} declares shape {shape} of {dtype} ({nbytes} bytes) but holds "
+                         f"{info.file_size - offset} bytes: the archive is truncated or forged")
+    return nbytes
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A flat state dict file: safetensors or a torch pickle (read safely)."""
     return read_safetensors(path) if detect_format(path) == "safetensors" else read_torch_state_dict(path)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite values in any floating-point tensor, naming ``source`` and the tensors.
+
+    Raises:
+        ValueError: Lists up to 8 offending tensors with their count of non-finite values.
+    """
+    bad = []
+    for key, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.is_meta:
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {tensor.numel()})")
+    if bad:
+        raise ValueError(f"{source} holds NaN or infinite values in {len(bad)} tensors: {', '.join(bad[:8])}"
+                         + (", ..." if len(bad) > 8 else "") + "; such weights give NaN outputs. Fix or re-export them "
+                         "(or pass allow_non_finite=True to accept them)")
 
 
 # ------------------------------------------------------------------------------------------------- folders
@@ -151,14 +278,47 @@ def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         found = sorted(config) if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"{config_path} has no 'model_args' object (found {found}): not written by "
                          f"vivit.save_pretrained.{hint}")
-    return config, _load_weights(directory)
+    return config, _load_weights(directory, config)
 
 
-def _load_weights(directory: Path) -> dict[str, torch.Tensor]:
+def _load_weights(directory: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS_NAME
-    if path.is_file():
-        return read_safetensors(path)
-    legacy = directory / LEGACY_WEIGHTS_NAME
-    if legacy.is_file():
-        return read_torch_state_dict(legacy)
-    raise FileNotFoundError(f"{path} is missing: {directory} has no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
+    if not path.is_file() and (directory / LEGACY_WEIGHTS_NAME).is_file():
+        path = directory / LEGACY_WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {directory} has no weights ({WEIGHTS_NAME} or "
+                                f"{LEGACY_WEIGHTS_NAME})")
+    check_weights_record(config, path)
+    return read_safetensors(path) if path.name == WEIGHTS_NAME else read_torch_state_dict(path)
+
+
+def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:
+    """The weights file beside a ``config.json`` must be the one the config was saved with (size and sha256).
+
+    ``save_pretrained`` records it, so a folder whose save was killed between renames (new weights, old config, or
+    the reverse) is refused instead of loading with the wrong labels or sizes. Folders without a record load as before.
+
+    Raises:
+        ValueError: The folder is inconsistent; the message names it and says to save it again.
+    """
+    record = config.get(WEIGHTS_RECORD)
+    if not isinstance(record, Mapping):
+        return
+    found = {"name": weights.name, "size": weights.stat().st_size}
+    if record.get("name") == found["name"] and record.get("size") == found["size"]:
+        found["sha256"] = sha256_of(weights)
+    if any(record.get(k) != v for k, v in found.items()):
+        mismatch = ", ".join(f"{k} {record.get(k)!r} recorded, {v!r} found" for k, v in found.items()
+                             if record.get(k) != v)
+        raise ValueError(f"{weights.parent} is inconsistent: {weights.name} is not the weights file its {CONFIG_NAME} "
+                         f"was saved with ({mismatch}); a save was interrupted, files were mixed or {weights} is "
+                         "damaged. Save the model again (or restore the matching pair of files)")
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -25,6 +25,8 @@ from .convert.transformers import config_dict, from_transformers, model_args_fro
 from .formats import (
     LEGACY_WEIGHTS_NAME,
     WEIGHTS_NAME,
+    check_finite,
+    check_weights_record,
     detect_format,
     folder_weights_file,
     load_saved,
@@ -48,6 +50,7 @@ class Weights:
     state: dict[str, torch.Tensor]
     grid: tuple[int, int, int] | None = None  # token grid the weights were trained on, when known
     label_names: list[str] | None = None
+    source: str = "the weights"  # where they were read from, for error messages
 
 
 # -------------------------------------------------------------------------------------------------- reading
@@ -58,21 +61,27 @@ def read_weights(path: str | Path, model: ViViT) -> Weights:
     _logger.info("reading %s weights from %s", fmt, path)
     if fmt == "vivit-folder":
         config, state = load_saved(path)
-        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"))
+        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"), str(path))
     if fmt == "transformers-folder":
-        return _from_transformers(read_state_dict(folder_weights_file(path)), read_json(path / "config.json"))
+        weights = _from_transformers(read_state_dict(folder_weights_file(path)), read_json(path / "config.json"))
+        weights.source = str(path)
+        return weights
     if fmt in ("scenic", "npz"):
-        params = read_scenic_checkpoint(path) if fmt == "scenic" else flatten_params(read_npz(path))
-        return Weights(convert_scenic_params(params, model.variant))
+        # An .npz may declare at most twice the model's own float32 bytes: a zip bomb is refused from its headers.
+        budget = 2 * sum(4 * t.numel() for t in model.state_dict().values()) + (16 << 20)
+        params = read_scenic_checkpoint(path) if fmt == "scenic" else flatten_params(read_npz(path, budget))
+        return Weights(convert_scenic_params(params, model.variant, source=str(path)), source=str(path))
     state = read_state_dict(path)
     return _from_state_dict(state, path)
 
 
-def _weights_from_config(state: dict[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
+def _weights_from_config(state: dict[str, torch.Tensor], config: Mapping[str, Any], source: str) -> Weights:
     """Weights read beside a vivit ``config.json`` (our layout) or a transformers one (converted)."""
     if isinstance(config.get("model_args"), dict):
-        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"))
-    return _from_transformers(state, config)
+        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"), source)
+    weights = _from_transformers(state, config)
+    weights.source = source
+    return weights
 
 
 def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
@@ -82,12 +91,14 @@ def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
         if not config.is_file():
             raise ValueError(f"{path} holds transformers ViViT weights; put its config.json beside it (or pass the "
                              "folder) so activation, eps and sizes can be read")
-        return _from_transformers(state, read_json(config))
+        weights = _from_transformers(state, read_json(config))
+        weights.source = str(path)
+        return weights
     if "patch_embed.proj.weight" in keys and state["patch_embed.proj.weight"].ndim == 4 and not any(
             k.startswith("encoder.") for k in keys):
         raise ValueError(f"{path} holds a 2D image ViT (patch_embed.proj is a Conv2d): use vivit.inflate(model, "
                          "state_dict) to inflate it into a video model")
-    return Weights(state)
+    return Weights(state, source=str(path))
 
 
 def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
@@ -96,9 +107,15 @@ def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, A
 
 
 # ------------------------------------------------------------------------------------------------- loading
-def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True) -> ViViT:
+def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True,
+                      allow_non_finite: bool = False) -> ViViT:
     """Resample, adapt the input channels, reconcile the head, and load; only the head may be left out, and only when
-    its size changed."""
+    its size changed.
+
+    NaN or infinite values are refused (naming the tensors) unless ``allow_non_finite``.
+    """
+    if not allow_non_finite:
+        check_finite(weights.state, weights.source)
     state = dict(weights.state)
     fit_pos_embeds(state, model, source_grid(state, model, weights.grid))
     fit_input_channels(state, model)
@@ -119,13 +136,13 @@ def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True) ->
         head_kept = False
     for key, value in state.items():
         if key in target and tuple(value.shape) != tuple(target[key].shape):
-            raise ValueError(f"weight {key} has shape {tuple(value.shape)} but the model expects "
+            raise ValueError(f"{weights.source}: weight {key} has shape {tuple(value.shape)} but the model expects "
                              f"{tuple(target[key].shape)}: the weights belong to another architecture "
                              f"(model: {model.variant}, embed_dim {model.embed_dim})")
     missing = sorted(set(target) - set(state) - allowed_missing)
     unexpected = sorted(set(state) - set(target))
     if (missing or unexpected) and strict:
-        raise ValueError(f"weights do not fit this {model.variant} model: {len(missing)} missing keys "
+        raise ValueError(f"{weights.source} does not fit this {model.variant} model: {len(missing)} missing keys "
                          f"{missing[:12]}, {len(unexpected)} unexpected keys {unexpected[:12]}. Check the "
                          "architecture, or pass strict=False to load what fits")
     if missing or unexpected:
@@ -138,16 +155,25 @@ def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True) ->
 
 
 # ---------------------------------------------------------------------------------------------- resolving
-def fetch_weights(source: str | Path, model: ViViT) -> Weights:
-    """Resolve ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout."""
+def fetch_weights(source: str | Path, model: ViViT, *, force_download: bool = False) -> Weights:
+    """Resolve ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout.
+
+    ``force_download`` downloads again even when cached. A tag's ``sha256`` (when the release's digest is known) is
+    checked for downloads and shipped files alike.
+    """
     text = str(source)
     if text in PRETRAINED:
         cfg = PRETRAINED[text]
         if cfg.file:  # shipped inside the package
-            source_path = Path(str(resources.files("vivit").joinpath(cfg.file)))
+            path = Path(str(resources.files("vivit").joinpath(cfg.file)))
+            if cfg.sha256 and fetch.file_sha256(path) != cfg.sha256:
+                raise RuntimeError(f"{path} (shipped with vivit for {text}) does not have its release sha256 "
+                                   f"{cfg.sha256}: the installation is damaged; reinstall vivit")
+            weights = read_weights(path, model)
+        elif cfg.hf_hub_id:
+            weights = _fetch_hub(cfg.hf_hub_id, None, model, force_download, cfg.sha256)
         else:
-            source_path = f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
-        weights = fetch_weights(source_path, model)
+            weights = _read_download(cfg.url, model, force_download, cfg.sha256)
         if weights.grid is None and cfg.source_format in ("scenic", "vivit"):
             c, t, h, w = cfg.input_size
             weights.grid = grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
@@ -156,24 +182,44 @@ def fetch_weights(source: str | Path, model: ViViT) -> Weights:
         return weights
     if text.startswith(fetch.HUB_PREFIXES):
         repo_id, revision = fetch.parse_hub_name(text)
-        config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision))
-        if isinstance(config.get("model_args"), dict) or config.get("model_type") == "vivit":
-            return _weights_from_config(read_state_dict(_hub_weights_file(repo_id, revision)), config)
-        raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
-                         f"ViViT config (model_type 'vivit'); found keys {sorted(config)[:10]}")
+        return _fetch_hub(repo_id, revision, model, force_download, None)
     if text.startswith(("http://", "https://")):
-        return read_weights(fetch.download_url(text), model)
+        return _read_download(text, model, force_download, None)
     return read_weights(Path(source), model)
 
 
-def _hub_weights_file(repo_id: str, revision: str | None) -> Path:
+def _fetch_hub(repo_id: str, revision: str | None, model: ViViT, force_download: bool,
+               sha256: str | None) -> Weights:
+    config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
+    if isinstance(config.get("model_args"), dict) or config.get("model_type") == "vivit":
+        path = _hub_weights_file(repo_id, revision, force_download, sha256)
+        check_weights_record(config, path)
+        return _weights_from_config(read_state_dict(path), config, f"hf-hub:{repo_id} ({path.name})")
+    raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
+                     f"ViViT config (model_type 'vivit'); found keys {sorted(config)[:10]}")
+
+
+def _read_download(url: str, model: ViViT, force_download: bool, sha256: str | None) -> Weights:
+    """A downloaded file's weights; a file that cannot be read is named as a cache entry the user may delete."""
+    path = fetch.download_url(url, sha256=sha256, force_download=force_download)
     try:
-        return fetch.hf_hub_file(repo_id, WEIGHTS_NAME, revision)
+        return read_weights(path, model)
+    except ValueError as err:
+        raise ValueError(f"{err}. It is the cached download of {url}: if the download is damaged, delete this cache "
+                         f"entry ({path}) or pass force_download=True (CLI: --force-download)") from None
+
+
+def _hub_weights_file(repo_id: str, revision: str | None, force_download: bool = False,
+                      sha256: str | None = None) -> Path:
+    try:
+        return fetch.hf_hub_file(repo_id, WEIGHTS_NAME, revision, force_download=force_download, sha256=sha256)
     except (FileNotFoundError, RuntimeError) as missing:
         # Older repos only have the pickle (read with weights_only=True). Offline, a missing safetensors file is a
         # RuntimeError ("not in the cache"), and a cached pickle must still be found.
+        if isinstance(missing, fetch.CacheIntegrityError):  # a damaged or changing file is not a missing one
+            raise
         try:
-            return fetch.hf_hub_file(repo_id, LEGACY_WEIGHTS_NAME, revision)
+            return fetch.hf_hub_file(repo_id, LEGACY_WEIGHTS_NAME, revision, force_download=force_download)
         except (FileNotFoundError, RuntimeError):
             raise missing from None
 
@@ -187,7 +233,8 @@ def saved_source(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
-def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: bool = True) -> ViViT:
+def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: bool = True,
+                    force_download: bool = False, allow_non_finite: bool = False) -> ViViT:
     """Load weights into ``model``, converting foreign layouts and resampling positional embeddings.
 
     Args:
@@ -196,6 +243,8 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
             ``http(s)`` URL, or a local file/folder; the format is detected (see ``FORMATS``).
         strict: Refuse missing or unexpected keys (listing them). A head whose size differs from the model's is
             always dropped and left at its zero init; that is the only tolerated gap.
+        force_download: Download the file(s) again even when cached.
+        allow_non_finite: Load weights holding NaN or infinite values (refused by default, naming the tensors).
 
     Returns:
         ``model``, in place.
@@ -207,23 +256,32 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
             raise ValueError(f"model {name or '(unnamed)'} has no default weights; pass a source (tag, 'hf-hub:...', "
                              "URL or local path)")
         source = saved_source(cfg) or name
-    weights = fetch_weights(source, model)
-    return load_weights_into(model, weights, strict=strict)
+    weights = fetch_weights(source, model, force_download=force_download)
+    return load_weights_into(model, weights, strict=strict, allow_non_finite=allow_non_finite)
 
 
 def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str,
-                       overrides: Mapping[str, Any], pretrained: bool) -> ViViT:
+                       overrides: Mapping[str, Any], pretrained: bool, allow_non_finite: bool = False) -> ViViT:
     """A model built from a vivit or transformers ``config.json``, with its weights when ``pretrained``.
 
     ``weights_file()`` is read at most once: a transformers config needs the weights' shapes to name the
-    architecture, and those same tensors are then loaded.
+    architecture, and those same tensors are then loaded. A weights file that is not the one the config was saved
+    with is refused (``check_weights_record``).
     """
+    found: list[Path] = []
+
+    def read() -> dict[str, torch.Tensor]:
+        path = weights_file()
+        check_weights_record(config, path)
+        found.append(path)
+        return read_state_dict(path)
+
     state = None
     if isinstance(config.get("model_args"), dict):
         args, labels = dict(config["model_args"]), config.get("label_names")
         pretrained_cfg = dict(config.get("pretrained_cfg") or {})
     elif config.get("model_type") == "vivit":
-        state = read_state_dict(weights_file())
+        state = read()
         args = model_args_from_transformers(config_dict(config), state)
         labels, pretrained_cfg = None, {}
     else:
@@ -234,27 +292,30 @@ def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Pat
     if labels and model.num_classes == len(labels):
         model.pretrained_cfg["label_names"] = list(labels)
     if pretrained:
-        state = read_state_dict(weights_file()) if state is None else state
-        load_weights_into(model, _weights_from_config(state, config))
+        state = read() if state is None else state
+        load_weights_into(model, _weights_from_config(state, config, f"{where} ({found[0].name})"),
+                          allow_non_finite=allow_non_finite)
     return model
 
 
-def create_from_hub(name: str, pretrained: bool = False, **overrides: Any) -> ViViT:
+def create_from_hub(name: str, pretrained: bool = False, *, force_download: bool = False,
+                    allow_non_finite: bool = False, **overrides: Any) -> ViViT:
     """``create_model("hf-hub:org/repo[@rev]")``: rebuild the architecture from the repo's config.json.
 
     A vivit repo (``save_pretrained``) gives its ``model_args``; a transformers ViViT repo its config. ``overrides``
     (``num_classes``, ``num_frames``, ``img_size``, any ViViT kwarg) replace the stored values; with ``pretrained``
-    the weights are loaded and resampled to them.
+    the weights are loaded and resampled to them; ``force_download`` fetches the files again even when cached.
     """
     repo_id, revision = fetch.parse_hub_name(name)
-    config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision))
-    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision), f"hf-hub:{repo_id}", overrides,
-                               pretrained)
+    config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
+    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision, force_download),
+                               f"hf-hub:{repo_id}", overrides, pretrained, allow_non_finite)
     model.pretrained_cfg.update(hf_hub_id=repo_id, source="hf-hub")
     return model
 
 
-def create_from_folder(path: str | Path, pretrained: bool = True, **overrides: Any) -> ViViT:
+def create_from_folder(path: str | Path, pretrained: bool = True, *, allow_non_finite: bool = False,
+                       **overrides: Any) -> ViViT:
     """``create_model("local-dir:PATH")``: a folder written by ``save_pretrained`` or a transformers ViViT folder."""
     folder = Path(path)
     fmt = detect_format(folder)
@@ -263,6 +324,6 @@ def create_from_folder(path: str | Path, pretrained: bool = True, **overrides: A
                          "vivit.load_pretrained(model, path)")
 
     model = _model_from_config(read_json(folder / "config.json"), lambda: folder_weights_file(folder), str(folder),
-                               overrides, pretrained)
+                               overrides, pretrained, allow_non_finite)
     model.pretrained_cfg.update(file=str(folder), source="local-dir")
     return model

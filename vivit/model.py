@@ -517,11 +517,15 @@ class ViViT(nn.Module):
         return matcher
 
     # ---------------------------------------------------------------- weights
-    def save_pretrained(self, save_directory: str, *, label_names: list[str] | None = None) -> Any:
-        """Write ``model.safetensors``, a timm-schema ``config.json`` and a ``README.md`` card to a folder."""
+    def save_pretrained(self, save_directory: str, *, label_names: list[str] | None = None,
+                        allow_non_finite: bool = False) -> Any:
+        """Write ``model.safetensors``, a timm-schema ``config.json`` and a ``README.md`` card to a folder.
+
+        Weights holding NaN or infinite values are refused unless ``allow_non_finite``.
+        """
         from .publish import save_pretrained
 
-        return save_pretrained(self, save_directory, label_names=label_names)
+        return save_pretrained(self, save_directory, label_names=label_names, allow_non_finite=allow_non_finite)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload ``save_pretrained``'s folder to the Hugging Face Hub repo ``repo_id``; returns the commit URL."""

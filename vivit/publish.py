@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ import torch
 
 from ._version import __version__
 from .fetch import HUB_PREFIXES, first_line, is_offline, parse_hub_name, transport_errors
-from .formats import CONFIG_NAME, WEIGHTS_NAME
+from .formats import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, sha256_of
 from .zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
 
 if TYPE_CHECKING:
@@ -30,8 +31,11 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
+# Temporary files of a killed save: ours (``.<name>.<8 hex>.tmp``) and safetensors' own (``.tmp`` + 6 characters).
+_ORPHAN = re.compile(r"^\.(?:(?:model\.safetensors|config\.json|README\.md)\.[0-9a-f]{8}\.tmp|tmp[A-Za-z0-9]{6})$")
+_OS_ERROR = re.compile(r"I/O error: (.*?) \(os error")
 # Keys that say where the *source* weights were; a saved folder is its own source (as timm's ``remove_source``).
-_SOURCE_KEYS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict")
+_SOURCE_KEYS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "sha256")
 _VARIANT_NAMES = {
     "spacetime": "Model 1, spatio-temporal attention",
     "factorized_encoder": "Model 2, factorised encoder",
@@ -160,36 +164,82 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())  # safetensors creates its file 0600; every file follows the umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Delete the temporary files killed saves left in ``directory`` (``_ORPHAN`` names only); returns them.
+
+    Concurrent saves into one folder are not supported: each save starts by clearing the others' temporary files.
+    """
+    removed = []
+    for path in directory.iterdir():
+        if _ORPHAN.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        _logger.info("removed %d temporary files of interrupted saves from %s", len(removed), directory)
+    return removed
+
+
 def save_pretrained(model: nn.Module, save_directory: str | Path, *, label_names: Sequence[str] | None = None,
-                    repo_id: str | None = None) -> Path:
+                    repo_id: str | None = None, allow_non_finite: bool = False) -> Path:
     """Write ``model.safetensors``, ``config.json`` (timm schema) and a ``README.md`` model card.
+
+    Each file is written to a temporary name and renamed into place; ``config.json`` records the size and sha256 of
+    the weights file it belongs to, so a folder whose save was interrupted between the renames is refused when
+    loaded instead of pairing new weights with an old config. Temporary files of earlier interrupted saves are removed
+    first.
 
     Args:
         model: A :class:`vivit.ViViT`.
         save_directory: Folder to write (created if needed; existing files of the same names are replaced).
         label_names: Class names in logit order, stored in the config and card.
         repo_id: Hub repo the folder is meant for; used in the card's usage snippet.
+        allow_non_finite: Save weights holding NaN or infinite values (refused by default, naming the tensors).
 
     Returns:
         ``save_directory`` as a ``Path``.
+
+    Raises:
+        ValueError: The weights are not finite, or the model no longer matches its ``model_args``.
+        OSError: The folder cannot be written (the message names it).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config = model_config(model, label_names=label_names)
     state = _state_dict_for_saving(model)
+    if not allow_non_finite:
+        check_finite(state, "the model to be saved")
     twin = _check_rebuild(model, config["model_args"], state)
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    card = model_card(config, num_params=sum(t.numel() for t in state.values()), gmacs=_gmacs(twin, config),
-                      repo_id=repo_id)
-    _atomic_write(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"))
+
+    def write_weights(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        config[WEIGHTS_RECORD] = {"name": WEIGHTS_NAME, "size": tmp.stat().st_size, "sha256": sha256_of(tmp)}
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        remove_orphans(directory)
+        _atomic_write(directory / WEIGHTS_NAME, write_weights)
+        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        card = model_card(config, num_params=sum(t.numel() for t in state.values()), gmacs=_gmacs(twin, config),
+                          repo_id=repo_id)
+        _atomic_write(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"))
+    except (OSError, SafetensorError) as err:
+        found = _OS_ERROR.search(str(err))
+        reason = found.group(1) if found else getattr(err, "strerror", None) or first_line(err)
+        raise OSError(f"cannot save the model to {directory}: {reason}; choose a folder you can write to") from None
     _logger.info("saved %s to %s", config["architecture"], directory)
     return directory
 
@@ -297,7 +347,7 @@ def _num(x: float) -> str:
 
 def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload ViViT model",
                 private: bool | None = None, token: str | None = None, revision: str | None = None,
-                label_names: Sequence[str] | None = None) -> str:
+                label_names: Sequence[str] | None = None, allow_non_finite: bool = False) -> str:
     """Save ``model`` with :func:`save_pretrained` into a temporary folder and upload it to a Hub model repo.
 
     Args:
@@ -308,6 +358,7 @@ def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload
         token: Hub token; default the logged-in one (``hf auth login`` / ``HF_TOKEN``).
         revision: Branch to commit to (created from ``main`` if missing).
         label_names: Class names in logit order.
+        allow_non_finite: Publish weights holding NaN or infinite values (refused by default).
 
     Returns:
         URL of the commit.
@@ -323,7 +374,8 @@ def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload
         raise RuntimeError(f"cannot push to Hub repo {repo_id!r} in offline mode (HF_HUB_OFFLINE / VIVIT_OFFLINE is "
                            "set). Save locally with save_pretrained and upload later with `hf upload`.")
     with tempfile.TemporaryDirectory(prefix="vivit-push-") as tmp:
-        save_pretrained(model, tmp, label_names=label_names, repo_id=repo_id)  # before any network: fail fast
+        save_pretrained(model, tmp, label_names=label_names, repo_id=repo_id,  # before any network: fail fast
+                        allow_non_finite=allow_non_finite)
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -333,8 +385,9 @@ def push_to_hub(model: nn.Module, repo_id: str, *, commit_message: str = "Upload
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             if revision is not None:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
+            # Hidden files are temporary files of a save, never part of the model.
             commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
-                                       revision=revision)
+                                       revision=revision, ignore_patterns=[".*", "**/.*"])
         except HfHubHTTPError as err:
             raise RuntimeError(f"pushing to Hub repo {repo_id!r} failed: the Hub answered {first_line(err)}. Check "
                                "that you are logged in with write access (`hf auth login` or HF_TOKEN).") from None

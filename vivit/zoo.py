@@ -63,6 +63,7 @@ class PretrainedCfg:
     hf_hub_id: str | None = None
     url: str | None = None
     file: str | None = None  # package-relative path of weights shipped with vivit
+    sha256: str | None = None  # the release's digest of the weights file, where it is known (checked when fetched)
     source_format: str | None = None  # "transformers", "scenic", "vivit"
     num_classes: int = 400
     input_size: tuple[int, int, int, int] = (3, 32, 224, 224)  # C, T, H, W
@@ -121,6 +122,7 @@ PRETRAINED: dict[str, PretrainedCfg] = {
                   frame_stride=1, top1=43.6, eval_views="4x1",
                   notes=("logits 0-299 are nouns, 300-396 verbs (scenic class_splits [300, 97])",)),
         _released("vivit_motion", "synthetic", file="weights/vivit_motion.safetensors", source_format="vivit",
+                  sha256="947a53d593e220417f7d650117068adec9adaeb5bae07618b04cb91cc259ef38",
                   num_classes=10, input_size=(3, 16, 32, 32), frame_stride=1, crop_pct=1.0, label_set="motion",
                   top1=99.6, eval_views="1x1", paper_name="vivit_motion (not in the paper)",
                   origin_url="scripts/train_motion.py",

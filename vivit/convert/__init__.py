@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..adapt import fit_pos_embeds
+from ..formats import check_finite
 from ..model import ViViT
 from .checkpoint import read_scenic_checkpoint
 from .scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
@@ -22,6 +23,7 @@ def from_scenic(
     *,
     img_size: int | tuple[int, int],
     num_frames: int | None = None,
+    allow_non_finite: bool = False,
     **model_kwargs: Any,
 ) -> ViViT:
     """Build a ViViT from reference (scenic) parameters and the reference config.
@@ -33,6 +35,7 @@ def from_scenic(
         img_size: Frame size ``H`` or ``(H, W)`` the model takes; positional embeddings are resampled when it differs
             from the trained size.
         num_frames: Clip length; defaults to ``config["dataset_configs"]["num_frames"]``.
+        allow_non_finite: Accept parameters holding NaN or infinite values (refused by default, naming them).
         **model_kwargs: Overrides of runtime options (``attn_impl``, ``drop_path_rate``, ...).
 
     Returns:
@@ -40,13 +43,17 @@ def from_scenic(
     """
     if isinstance(params_or_path, (str, bytes)) or hasattr(params_or_path, "__fspath__"):
         params = read_scenic_checkpoint(params_or_path)
+        source = str(params_or_path)
     else:
         params = flatten_params(params_or_path)
+        source = "the scenic parameters"
     params = {k: np.asarray(v) for k, v in params.items()}
-    args = model_args_from_scenic(params, config, img_size=img_size, num_frames=num_frames)
+    args = model_args_from_scenic(params, config, img_size=img_size, num_frames=num_frames, source=source)
     args.update(model_kwargs)
     model = ViViT(**args)
-    state = convert_scenic_params(params, args["variant"])
+    state = convert_scenic_params(params, args["variant"], source=source)
+    if not allow_non_finite:
+        check_finite(state, source)
     fit_pos_embeds(state, model, weights_grid(params, config, args, model.grid_size))
     model.load_state_dict(state, strict=True)
     return model.eval()
