@@ -45,7 +45,7 @@ def _load_source(args: argparse.Namespace):
     source = args.source
     overrides = {k: v for k, v in dict(img_size=args.img_size, num_frames=args.num_frames).items() if v is not None}
     if source in PRETRAINED or source.startswith("hf-hub:"):
-        return vivit.create_model(source, pretrained=True, **overrides)
+        return vivit.create_model(source, pretrained=True, force_download=args.force_download, **overrides)
     if args.scenic_config:
         config = json.loads(Path(args.scenic_config).read_text())
         config = config.get("scenic_config", config)  # a golden sidecar holds the config under this key
@@ -58,12 +58,82 @@ def _load_source(args: argparse.Namespace):
     if not args.arch:
         raise SystemExit(f"vivit convert: {source} needs --arch NAME (a registered architecture) or --scenic-config "
                          "CONFIG.json to say what model the weights belong to")
-    kwargs = dict(overrides, **({"num_classes": args.num_classes} if args.num_classes is not None else {}))
-    return vivit.load_pretrained(vivit.create_model(args.arch, **kwargs), source)
+    return _load_into_arch(args, overrides)
+
+
+def _load_into_arch(args: argparse.Namespace, overrides: dict):
+    """Weights with no config of their own into ``--arch``: head size and clip size come from the weights.
+
+    A head of another size is replaced only when ``--num-classes`` asks for it; a token grid other than the
+    architecture's is kept by building the model at the weights' clip size when the weights state it, is resampled
+    only to an explicit ``--num-frames`` / ``--img-size``, and is an error otherwise.
+    """
+    import torch
+
+    import vivit
+    from vivit.adapt import source_grid
+    from vivit.load import fetch_weights, load_weights_into
+
+    with torch.device("meta"):  # only the variant and the sizes are needed to read the weights
+        probe = vivit.create_model(args.arch, **overrides)
+    weights = fetch_weights(args.source, probe, force_download=args.force_download)
+    head = weights.state.get("head.weight")
+    classes = None if head is None else int(head.shape[0])
+    num_classes = args.num_classes if args.num_classes is not None else classes
+    if num_classes is None:
+        raise SystemExit(f"vivit convert: {args.source} has no classifier head: pass --num-classes N for a new "
+                         "zero-initialised head (0 for none)")
+    with torch.device("meta"):
+        probe = vivit.create_model(args.arch, num_classes=num_classes, **overrides)
+    grid = tuple(source_grid(weights.state, probe, weights.grid))
+    if grid != probe.grid_size and not overrides:
+        tubelet = probe.model_args.get("embedding", "tubelet") == "tubelet"
+        t, h, w = probe.tubelet_size if tubelet else (0, 0, 0)
+        if weights.grid is None or not t:
+            raise SystemExit(
+                f"vivit convert: the positional embeddings of {args.source} do not fit {args.arch}'s token grid "
+                f"{probe.grid_size} ({probe.num_frames} frames of {probe.img_size[0]}x{probe.img_size[1]}): pass "
+                "--num-frames and --img-size of the clips the weights were trained on, or the size to resample to")
+        overrides = dict(num_frames=grid[0] * t, img_size=(grid[1] * h, grid[2] * w))
+        print(f"clip size from the weights: {overrides['num_frames']} frames of {grid[1] * h}x{grid[2] * w}")
+    model = vivit.create_model(args.arch, num_classes=num_classes, **overrides)
+    return load_weights_into(model, weights)
+
+
+class _Notes(logging.Handler):
+    """Collects what loading changed about the weights (resampled positional embeddings, a new head) to print it;
+    records the root logger would show anyway are passed on to it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("resampled ", "new classifier")):
+            self.lines.append(message)
+        root = logging.getLogger()
+        if record.levelno >= root.getEffectiveLevel():
+            root.callHandlers(record)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    model = _load_source(args)
+    notes = _Notes()
+    loggers = [logging.getLogger(name) for name in ("vivit.adapt", "vivit.load")]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:  # INFO reaches the notes only; the notes pass on what the user asked to see
+        logger.addHandler(notes)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        model = _load_source(args)
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(notes)
+            logger.setLevel(level)
+            logger.propagate = propagate
+    for line in notes.lines:
+        print(line)
     out = model.save_pretrained(args.out_dir)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({model.variant}, {params / 1e6:.1f}M params, {model.num_classes} classes): "
@@ -142,7 +212,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from vivit.evaluate import default_views, predict_video
     from vivit.video import parse_views
 
-    model = load_model_for_cli(args.model, args.device, args.dtype)
+    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
     views = parse_views(args.views) if args.views else default_views(model)
     print(_classify_plan(args.model, model, views), file=sys.stderr, flush=True)
     labels = model.pretrained_cfg.get("label_names")
@@ -217,7 +287,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from vivit.explain import attention_heatmap, frames_for_tokens, save_attention_grid
     from vivit.video import multi_view_clips
 
-    model = load_model_for_cli(args.model, attn_impl="eager")
+    model = load_model_for_cli(args.model, attn_impl="eager", force_download=args.force_download)
     clip = multi_view_clips(args.video, model, (1, 1))[0]
     heat = attention_heatmap(model, clip)
     out = save_attention_grid(frames_for_tokens(model, clip), heat, args.out / f"{args.video.stem}_attention.png",
@@ -345,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="run the model in this precision; bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5x with "
                    "AVX512-BF16")
+    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
@@ -357,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", type=Path)
     p.add_argument("--out", type=Path, default=Path("."), help="folder for <video>_attention.png")
     p.add_argument("--model", default=DEFAULT_MODEL, help="tag, hf-hub:org/repo or folder")
+    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("list", help="list architectures (or pretrained tags)")
@@ -374,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, help="clip length the model takes (resamples positional embeddings)")
     p.add_argument("--num-classes", type=int, help="head size when the weights' head is not wanted")
     p.add_argument("--repo-id", help="Hub repo the folder is meant for (printed upload command)")
+    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("evaluate", help="evaluate on a labelled listing of videos: predictions.jsonl, report.json "
@@ -410,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (ValueError, OSError, RuntimeError, ImportError) as err:  # OSError covers FileNotFoundError, permissions
         print(f"vivit {args.command}: {_for_the_shell(str(err))}", file=sys.stderr)
+        return 1
+    except MemoryError:  # a file declaring more than this machine holds, past every header check
+        print(f"vivit {args.command}: out of memory; the input declares more data than this machine can hold",
+              file=sys.stderr)
         return 1
 
 

@@ -18,6 +18,7 @@ import torch
 from einops import repeat
 from torch import nn
 
+from . import fetch
 from .embed import resample_pos_embed
 from .layers import Attention, Mlp
 from .model import ViViT
@@ -202,7 +203,7 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
             import timm
         except ImportError as e:
             raise ImportError("inflating from a timm model name needs timm: pip install timm") from e
-        vit = timm.create_model(vit, pretrained=True)
+        vit = timm.create_model(vit, pretrained=True, pretrained_cfg_overlay=_timm_weights_file(timm, vit))
     if isinstance(vit, nn.Module):
         if getattr(vit, "no_embed_class", False) or getattr(vit, "num_reg_tokens", 0):
             raise ValueError(f"{type(vit).__name__} has register tokens or a CLS token outside the positional "
@@ -221,6 +222,20 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
         return _Source(_as_tensors(vit), None if grid_size is None else (int(grid_size[0]), int(grid_size[1])),
                        None, None)
     raise TypeError(f"vit must be a timm model name, a timm VisionTransformer or its state dict, got {type(vit)}")
+
+
+def _timm_weights_file(timm: Any, name: str) -> dict[str, str]:
+    """Fetch a timm name's Hub weights through ``vivit.fetch`` (one clear error offline, checked cache); timm then
+    reads that file (``pretrained_cfg_overlay={"file": ...}``) instead of retrying the Hub with its own client."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return {}  # unknown names and URL-only weights: timm's own error or download
+    if cfg.hf_hub_filename:
+        return {"file": str(fetch.hf_hub_file(cfg.hf_hub_id, cfg.hf_hub_filename))}
+    try:
+        return {"file": str(fetch.hf_hub_file(cfg.hf_hub_id, "model.safetensors"))}
+    except FileNotFoundError:  # older timm repos hold only the pickle (timm reads it with weights_only=True)
+        return {"file": str(fetch.hf_hub_file(cfg.hf_hub_id, "pytorch_model.bin"))}
 
 
 def _as_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
