@@ -205,3 +205,71 @@ def test_classify_refuses_non_positive_counts_before_loading_anything(option, ca
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["classify", "clip.mp4", option, "0"])
     assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- convert: trust the weights
+def _convert(capsys, *args) -> tuple[int | str | None, str, str]:
+    """``vivit convert`` in-process: (exit code or SystemExit message, stdout, stderr)."""
+    from vivit.cli import main
+
+    try:
+        code = main(["convert", *map(str, args)])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_convert_into_an_arch_takes_head_and_clip_size_from_the_weights_or_refuses(tmp_path, capsys):
+    """A 5-class, 8-frame, 64-px checkpoint once became a fresh 400-class head and resampled 65 -> 3137 tokens."""
+    model = vivit.create_model("vivit_ti_16x2", num_classes=5, num_frames=8, img_size=64)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    code, _, _ = _convert(capsys, tmp_path / "w.pt", tmp_path / "refused", "--arch", "vivit_ti_16x2")
+    assert "do not fit vivit_ti_16x2's token grid" in str(code) and "--num-frames and --img-size" in str(code)
+    assert not (tmp_path / "refused").exists()
+
+    code, out, _ = _convert(capsys, tmp_path / "w.pt", tmp_path / "same", "--arch", "vivit_ti_16x2",
+                            "--num-frames", "8", "--img-size", "64")
+    saved = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert code == 0 and "resampled" not in out and "new classifier" not in out
+    assert (saved["num_classes"], saved["model_args"]["num_frames"], saved["model_args"]["img_size"]) == (5, 8, 64)
+
+    code, out, _ = _convert(capsys, tmp_path / "w.pt", tmp_path / "longer", "--arch", "vivit_ti_16x2",
+                            "--num-frames", "16", "--img-size", "64", "--num-classes", "3")
+    assert code == 0
+    assert "resampled encoder.pos_embed from grid (4, 4, 4) to (8, 4, 4)" in out
+    assert "new classifier: 5 classes in the weights, 3 in the model" in out
+
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("head.")}, tmp_path / "headless.pt")
+    code, _, _ = _convert(capsys, tmp_path / "headless.pt", tmp_path / "h", "--arch", "vivit_ti_16x2",
+                          "--num-frames", "8", "--img-size", "64")
+    assert "has no classifier head: pass --num-classes" in str(code)
+
+
+@pytest.mark.parametrize("damage", ["nan", "4tib_npz", "read_only"])
+def test_convert_hostile_inputs_are_one_line(tmp_path, capsys, damage):
+    import zipfile
+
+    from tests.test_hub import read_only_folder
+    from tests.test_pretrained import _npy
+
+    out_dir = tmp_path / "out"
+    args = ["--arch", "vivit_ti_16x2", "--num-frames", "4", "--img-size", "32", "--num-classes", "5"]
+    model = vivit.create_model("vivit_ti_16x2", num_classes=5, num_frames=4, img_size=32)
+    source = tmp_path / "w.pt"
+    if damage == "nan":
+        with torch.no_grad():
+            model.encoder.norm.weight[2] = float("nan")
+        match = r"NaN or infinite values in 1 tensors: encoder.norm.weight \(1 of 192\)"
+    elif damage == "4tib_npz":
+        source = tmp_path / "params.npz"
+        with zipfile.ZipFile(source, "w") as zf:
+            zf.writestr("params/embedding/kernel.npy", _npy((1 << 40,)) + bytes(64))
+        match = "4398046511104 bytes"
+    else:
+        out_dir = read_only_folder(tmp_path)
+        match = f"cannot save the model to {out_dir}"
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    code, _, err = _convert(capsys, source, out_dir, *args)
+    assert code == 1 and err.count("\n") == 1 and __import__("re").search(match, err), err
+    assert damage == "read_only" or not out_dir.exists()

@@ -358,6 +358,81 @@ def test_missing_weights_error_names_the_file(tmp_path: Path) -> None:
         formats.load_saved(tmp_path)
 
 
+# ------------------------------------------------------------------------------------- interrupted saves
+def test_a_save_killed_between_renames_is_refused_when_loaded(tmp_path: Path) -> None:
+    """New weights beside the old config.json (the state a kill between the renames leaves) never load silently."""
+    old, new = tiny_model(num_classes=5), tiny_model(num_classes=5)
+    publish.save_pretrained(old, tmp_path / "folder", label_names=list("abcde"))
+    publish.save_pretrained(new, tmp_path / "new", label_names=list("vwxyz"))
+    (tmp_path / "new" / "model.safetensors").replace(tmp_path / "folder" / "model.safetensors")
+    for load in (lambda: formats.load_saved(tmp_path / "folder"),
+                 lambda: vivit.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True),
+                 lambda: vivit.load_pretrained(tiny_model(num_classes=5), tmp_path / "folder")):
+        with pytest.raises(ValueError, match="is inconsistent: model.safetensors is not the weights file") as info:
+            load()
+        assert "Save the model again" in str(info.value)
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    size = (tmp_path / "folder" / "model.safetensors").stat().st_size
+    assert config["weights_file"]["size"] == size and len(config["weights_file"]["sha256"]) == 64
+
+
+def test_the_next_save_removes_orphans_of_killed_saves(tmp_path: Path) -> None:
+    tmp_path.joinpath(".tmpAb12Cd").write_bytes(b"half of a safetensors file")  # safetensors' own temp file
+    tmp_path.joinpath(".model.safetensors.0123abcd.tmp").write_bytes(b"ours")
+    tmp_path.joinpath(".tmp-notes").write_text("not ours: kept")
+    publish.save_pretrained(tiny_model(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-notes", "README.md", "config.json",
+                                                          "model.safetensors"]
+
+
+def test_saved_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        publish.save_pretrained(tiny_model(), tmp_path)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"model.safetensors": 0o640, "config.json": 0o640, "README.md": 0o640}  # safetensors alone: 0o600
+
+
+def test_non_finite_weights_are_not_saved(tmp_path: Path) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"head.weight \(1 of 160\)"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    model.save_pretrained(tmp_path / "out", allow_non_finite=True)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        vivit.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write (root ignores permission bits: use a read-only kernel folder)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    probe = folder / ".probe"
+    try:
+        probe.write_bytes(b"")
+    except OSError:
+        return folder
+    probe.unlink()
+    for candidate in (Path("/sys/kernel"), Path("/proc/sys")):
+        try:
+            (candidate / ".vivit-probe").write_bytes(b"")
+        except OSError:
+            return candidate
+    pytest.skip("no read-only folder available to this user")
+
+
+def test_a_read_only_folder_error_names_the_folder(tmp_path: Path) -> None:
+    folder = read_only_folder(tmp_path)
+    with pytest.raises(OSError, match="cannot save the model to") as info:
+        publish.save_pretrained(tiny_model(), folder)
+    assert str(folder) in str(info.value) and ".tmp" not in str(info.value)
+
+
 # --------------------------------------------------------------------------------- Hub (in a subprocess)
 _PRELUDE = """
 import json, sys

@@ -171,6 +171,13 @@ def test_malicious_pickle_never_executes(tmp_path):
     assert not marker.exists()
 
 
+def test_pickle_refusal_names_the_global_and_never_suggests_weights_only_false(tmp_path):
+    torch.save({"weights": _Exploit()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="posix.system|os.system") as err:
+        load_pretrained(tiny(), tmp_path / "evil.pt")
+    assert "weights_only" not in str(err.value) and "Re-running" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "match"),
     [
@@ -208,6 +215,117 @@ def test_missing_path_and_image_vit(tmp_path):
 def test_model_without_default_weights_needs_a_source():
     with pytest.raises(ValueError, match="no default weights"):
         load_pretrained(vivit.create_model("vivit_ti_16x2", **TINY))
+
+
+# ----------------------------------------------------------------------------------- non-finite weights
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
+    model = tiny()
+    state = model.state_dict()
+    state["encoder.blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    state["head.bias"][1] = float("inf")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match="NaN or infinite") as err:
+        load_pretrained(tiny(), tmp_path / "nan.pt")
+    message = str(err.value)
+    assert "nan.pt" in message and "encoder.blocks.0.attn.qkv.weight (1 of" in message and "head.bias (1 of" in message
+    loaded = load_pretrained(tiny(), tmp_path / "nan.pt", allow_non_finite=True)  # the explicit opt-out
+    assert torch.isnan(loaded.encoder.blocks[0].attn.qkv.weight[0, 0])
+
+
+def test_from_scenic_refuses_non_finite_parameters(golden_dir):
+    from tests.test_checkpoint import golden_params
+
+    sidecar = json.loads((golden_dir / "scenic" / "vivit_spacetime_A.json").read_text())
+    params = golden_params(golden_dir, "vivit_spacetime_A_optax")
+    params["Transformer/encoder_norm/scale"] = params["Transformer/encoder_norm/scale"].copy()
+    params["Transformer/encoder_norm/scale"][3] = np.nan
+    with pytest.raises(ValueError, match=r"encoder.norm.weight \(1 of"):
+        vivit.convert.from_scenic(params, sidecar["scenic_config"], img_size=(16, 16))
+    vivit.convert.from_scenic(params, sidecar["scenic_config"], img_size=(16, 16), allow_non_finite=True)
+
+
+# ------------------------------------------------------------------------------------- hostile archives
+def _npy(shape, descr="<f4"):
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("entry", "match"), [
+    (_npy((2,), "|O") + b"\x80\x04N.", "holds Python objects"),
+    (_npy((1000,)) + bytes(100), r"declares shape \(1000,\) of float32 \(4000 bytes\) but holds 100 bytes"),
+    (_npy((1 << 40,)) + bytes(64), r"4398046511104 bytes\) but holds 64 bytes"),  # 4 TiB, never allocated
+    (b"\x93NUMPY garbage", "not a valid npy array"),
+])
+def test_hostile_npz_entries_are_refused_from_their_headers_naming_the_file(tmp_path, entry, match):
+    import zipfile
+
+    path = tmp_path / "params.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("params/embedding/kernel.npy", entry)
+    with pytest.raises(ValueError, match=match) as err:
+        load_pretrained(tiny(), path)
+    assert str(path) in str(err.value) and "params/embedding/kernel" in str(err.value)
+
+
+_PEAK = """
+import resource, sys, time
+import torch, vivit
+model = vivit.ViViT(variant="spacetime", img_size=32, num_frames=4, tubelet_size=(2, 16, 16), embed_dim=16, depth=1,
+                    num_heads=4, mlp_dim=32, num_classes=3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for path in sys.argv[1:]:
+    start = time.monotonic()
+    try:
+        vivit.load_pretrained(model, path)
+        outcome = "loaded"
+    except ValueError as err:
+        outcome = str(err)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+    print(json.dumps([round(time.monotonic() - start, 2), grown, outcome]))
+""".replace("import resource", "import json, resource")
+
+
+def _peaks(*paths):
+    """(seconds, peak RSS growth in MiB, outcome) of loading each path into a tiny model, in one fresh process."""
+    import subprocess
+    import sys
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *map(str, paths)], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()[-len(paths):]]
+
+
+def test_zip_and_safetensors_bombs_are_refused_from_their_headers_with_flat_memory(tmp_path):
+    """Once: a 2 MB npz reached 2.8 GB; 1.5 M empty safetensors tensors took 31 s and 2.9 GB."""
+    import struct
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"  # 256 MiB of zeros deflated to ~250 KB
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf, \
+            zf.open("params/embedding/kernel.npy", "w", force_zip64=True) as f:
+        f.write(_npy((64 << 20,)))
+        zeros = bytes(16 << 20)
+        for _ in range(16):
+            f.write(zeros)
+    assert bomb.stat().st_size < (4 << 20)
+    many = tmp_path / "many.safetensors"  # more empty tensors than any model has
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(70_000)})
+    many.write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    huge = tmp_path / "huge.safetensors"  # a 100 MB header (a sparse file: costs no disk)
+    with huge.open("wb") as f:
+        f.write(struct.pack("<Q", 100_000_000) + b'{"')
+        f.truncate(8 + 100_000_000)
+    results = _peaks(bomb, many, huge)
+    for path, match, (seconds, mib, outcome) in zip(
+            (bomb, many, huge), ("MiB of arrays.*zip bomb", "declares 70000 tensors", "header of 100000000 bytes"),
+            results, strict=True):
+        assert __import__("re").search(match, outcome) and str(path) in outcome, outcome
+        assert mib < 64 and seconds < 3, (path.name, mib, seconds)  # reading the bomb alone would take 256+ MiB
 
 
 # -------------------------------------------------------------------------------------- key snapshots

@@ -62,11 +62,11 @@ def _load_source(args: argparse.Namespace):
 
 
 def _load_into_arch(args: argparse.Namespace, overrides: dict):
-    """Weights with no config of their own into ``--arch``: head size and clip size come from the weights.
+    """Weights with no config of their own into ``--arch``: the head size comes from the weights.
 
-    A head of another size is replaced only when ``--num-classes`` asks for it; a token grid other than the
-    architecture's is kept by building the model at the weights' clip size when the weights state it, is resampled
-    only to an explicit ``--num-frames`` / ``--img-size``, and is an error otherwise.
+    A head of another size is replaced only when ``--num-classes`` asks for it; positional embeddings that do not fit
+    the architecture's token grid are resampled only to an explicit ``--num-frames`` / ``--img-size`` (and printed),
+    and are an error otherwise.
     """
     import torch
 
@@ -87,15 +87,10 @@ def _load_into_arch(args: argparse.Namespace, overrides: dict):
         probe = vivit.create_model(args.arch, num_classes=num_classes, **overrides)
     grid = tuple(source_grid(weights.state, probe, weights.grid))
     if grid != probe.grid_size and not overrides:
-        tubelet = probe.model_args.get("embedding", "tubelet") == "tubelet"
-        t, h, w = probe.tubelet_size if tubelet else (0, 0, 0)
-        if weights.grid is None or not t:
-            raise SystemExit(
-                f"vivit convert: the positional embeddings of {args.source} do not fit {args.arch}'s token grid "
-                f"{probe.grid_size} ({probe.num_frames} frames of {probe.img_size[0]}x{probe.img_size[1]}): pass "
-                "--num-frames and --img-size of the clips the weights were trained on, or the size to resample to")
-        overrides = dict(num_frames=grid[0] * t, img_size=(grid[1] * h, grid[2] * w))
-        print(f"clip size from the weights: {overrides['num_frames']} frames of {grid[1] * h}x{grid[2] * w}")
+        raise SystemExit(
+            f"vivit convert: the positional embeddings of {args.source} do not fit {args.arch}'s token grid "
+            f"{probe.grid_size} ({probe.num_frames} frames of {probe.img_size[0]}x{probe.img_size[1]}): pass "
+            "--num-frames and --img-size of the clips the weights were trained on, or the size to resample to")
     model = vivit.create_model(args.arch, num_classes=num_classes, **overrides)
     return load_weights_into(model, weights)
 
