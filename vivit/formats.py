@@ -302,10 +302,10 @@ def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:
         ValueError: The folder is inconsistent; the message names it and says to save it again.
     """
     record = config.get(WEIGHTS_RECORD)
-    if not isinstance(record, Mapping):
-        return
-    found = {"name": weights.name, "size": weights.stat().st_size}
-    if record.get("name") == found["name"] and record.get("size") == found["size"]:
+    if not isinstance(record, Mapping) or record.get("name") != weights.name:
+        return  # saved before records existed, or a legacy weights file put beside the config by hand
+    found = {"size": weights.stat().st_size}
+    if record.get("size") == found["size"]:
         found["sha256"] = sha256_of(weights)
     if any(record.get(k) != v for k, v in found.items()):
         mismatch = ", ".join(f"{k} {record.get(k)!r} recorded, {v!r} found" for k, v in found.items()
