@@ -615,7 +615,7 @@ def test_hf_hub_file_refuses_content_that_changed_between_head_and_get(tmp_path:
     with HubServer(repos={"vivit-test/tiny": {"model.safetensors": PAYLOAD}},
                    swap_on_get={path: bytes(len(PAYLOAD))}) as server:
         result = run_hub(code, server, tmp_path / "hf")
-    assert result["error"] == "RuntimeError"
+    assert result["error"] == "CacheIntegrityError"  # a RuntimeError
     assert "changed while it was downloaded" in result["message"] and "nothing was cached" in result["message"]
     assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and p.parent.name in ("blobs", COMMIT)]
 
@@ -632,7 +632,7 @@ print(json.dumps({"refused": refused, "blob": str(blob), "size": again.stat().st
 """
     with HubServer(repos={"vivit-test/tiny": {"model.safetensors": PAYLOAD}}) as server:
         result = run_hub(code, server, tmp_path / "hf")
-    assert result["refused"]["error"] == "RuntimeError"
+    assert result["refused"]["error"] == "CacheIntegrityError"
     assert "delete this cache entry" in result["refused"]["message"] and result["blob"] in result["refused"]["message"]
     assert result["size"] == len(PAYLOAD)
 
