@@ -273,3 +273,11 @@ def test_convert_hostile_inputs_are_one_line(tmp_path, capsys, damage):
     code, _, err = _convert(capsys, source, out_dir, *args)
     assert code == 1 and err.count("\n") == 1 and __import__("re").search(match, err), err
     assert damage == "read_only" or not out_dir.exists()
+
+
+@pytest.mark.parametrize("command", [["classify", "clip.mp4"], ["explain", "clip.mp4"], ["convert", "src", "out"]])
+def test_commands_that_download_take_force_download(command):
+    from vivit.cli import build_parser
+
+    assert build_parser().parse_args([*command, "--force-download"]).force_download is True
+    assert build_parser().parse_args(command).force_download is False

@@ -360,3 +360,15 @@ def test_frame_sampling_grid_of_saved_args_matches_the_embedding():
         args = dict(variant="spacetime", img_size=img_size, num_frames=8, tubelet_size=(1, 16, 16),
                     embedding="frame_sampling", n_sampled_frames=3, embed_dim=16, depth=1, num_heads=2, mlp_dim=32)
         assert grid_of_args(args) == vivit.ViViT(**args).grid_size
+
+
+def test_a_shipped_file_that_does_not_match_its_release_digest_is_refused(monkeypatch):
+    import dataclasses
+
+    from vivit import load
+
+    cfg = load.PRETRAINED["vivit_motion.synthetic"]
+    assert cfg.sha256 and vivit.create_model("vivit_motion", pretrained=True) is not None  # the real digest matches
+    monkeypatch.setitem(load.PRETRAINED, cfg.name, dataclasses.replace(cfg, sha256="0" * 64))
+    with pytest.raises(RuntimeError, match="does not have its release sha256 0000"):
+        vivit.create_model("vivit_motion", pretrained=True)
