@@ -660,3 +660,17 @@ def test_unreachable_hub_is_one_line_within_seconds(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("\n") == 1 and "could not be reached" in proc.stderr, proc.stderr
     assert elapsed < 15, elapsed  # mostly interpreter and torch start-up
+
+
+def test_a_git_stored_hub_file_is_checked_against_its_git_blob_sha1(tmp_path: Path) -> None:
+    """Non-LFS files (config.json) are named by their git blob sha1 in the Hugging Face cache."""
+    data = b'{"model_args": {}}'
+    blob = tmp_path / "blobs" / hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    blob.parent.mkdir()
+    blob.write_bytes(data)
+    link = tmp_path / "config.json"
+    link.symlink_to(blob)
+    fetch._check_hub_blob(link, "'config.json'", fresh=False, sha256=None)
+    blob.write_bytes(b'{"model_args": 1}')
+    with pytest.raises(fetch.CacheIntegrityError, match="git blob sha1.*delete this cache entry"):
+        fetch._check_hub_blob(link, "'config.json'", fresh=False, sha256=None)

@@ -419,12 +419,14 @@ def _check_hub_blob(path: Path, what: str, fresh: bool, sha256: str | None) -> N
             problem = f"its sha256 is {digest}, the Hub's ETag {etag}"
         elif sha256 is not None and not digest.startswith(sha256.lower()):
             problem = f"its sha256 is {digest}, the release's is {sha256}"
-    elif _HEX40.match(etag) and blob.stat().st_size < (64 << 20):  # git blob sha1 of a small (non-LFS) file
-        git = hashlib.sha1(usedforsecurity=False)
-        git.update(b"blob %d\0" % blob.stat().st_size)
-        git.update(blob.read_bytes())
-        if git.hexdigest() != etag:
-            problem = f"its git blob sha1 is {git.hexdigest()}, the Hub's ETag {etag}"
+    elif _HEX40.match(etag) and blob.stat().st_size < (64 << 20):
+        # huggingface_hub (file_download.py): "An object's ETag is: its git-sha1 if stored in git, or its sha256 if
+        # stored in git-lfs"; small files such as config.json are stored in git.
+        from huggingface_hub.utils.sha import git_hash
+
+        found = git_hash(blob.read_bytes())
+        if found != etag:
+            problem = f"its git blob sha1 is {found}, the Hub's ETag {etag}"
     if problem is None:
         return
     if fresh:  # just downloaded: the content changed between the metadata request and the download
