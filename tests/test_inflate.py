@@ -349,8 +349,6 @@ def test_a_timm_name_with_the_hub_unreachable_is_one_clear_error_within_seconds(
     import socket
     import subprocess
     import sys
-    import time
-
     pytest.importorskip("timm")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -359,13 +357,13 @@ def test_a_timm_name_with_the_hub_unreachable_is_one_clear_error_within_seconds(
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"), NO_PROXY="127.0.0.1",
                PYTHONPATH=os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")])))
-    code = ("import vivit\nm = vivit.ViViT(img_size=16, num_frames=4, tubelet_size=(2, 4, 4), embed_dim=32, depth=1, "
-            "num_heads=4, mlp_dim=64, act_layer='gelu')\ntry:\n    vivit.inflate(m, 'vit_base_patch16_224')\n"
-            "except RuntimeError as err:\n    print('ERROR', err)\n")
-    start = time.monotonic()
+    code = ("import time, vivit\nm = vivit.ViViT(img_size=16, num_frames=4, tubelet_size=(2, 4, 4), embed_dim=32, "
+            "depth=1, num_heads=4, mlp_dim=64, act_layer='gelu')\nstart = time.monotonic()\ntry:\n"
+            "    vivit.inflate(m, 'vit_base_patch16_224')\nexcept RuntimeError as err:\n    print('ERROR', err)\n"
+            "print(time.monotonic() - start)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no retry warnings, no traceback
-    assert proc.stdout.startswith("ERROR cannot get 'model.safetensors' from Hub repo 'timm/vit_base_patch16_224")
-    assert "could not be reached" in proc.stdout and proc.stdout.count("\n") == 1
-    assert elapsed < 20, elapsed  # interpreter, torch and timm start-up
+    message, seconds = proc.stdout.strip().splitlines()
+    assert message.startswith("ERROR cannot get 'model.safetensors' from Hub repo 'timm/vit_base_patch16_224")
+    assert "could not be reached" in message
+    assert float(seconds) < 5, seconds  # the call itself, start-up aside
