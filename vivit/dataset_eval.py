@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import write_atomic, write_text_atomic
 from .data import (
     KINETICS_PATTERN,
     DataError,
@@ -123,21 +123,12 @@ def _check_run(out: Path, settings: dict[str, Any], env: Dist) -> None:
                 + "); continue it with the same settings, or pass another --out")
     elif env.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
     env.barrier()
 
 
 def _listing_digest(items: Sequence[Item]) -> str:
     return hashlib.sha256("\n".join(f"{i.path}\t{i.label}" for i in items).encode()).hexdigest()[:16]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Progress:
@@ -404,9 +395,9 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
                 table[i] = row
         table.flush()
         entries = [done[i][0] for i in range(num)]
-        _write_atomic(out / PREDICTIONS, "".join(json.dumps(e) + "\n" for e in entries))
+        write_text_atomic(out / PREDICTIONS, "".join(json.dumps(e) + "\n" for e in entries))
         report = _report(entries, np.asarray(table), targets, splits, names, part_names, settings, out)
-        _write_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / REPORT, json.dumps(report, indent=2) + "\n")
     env.barrier()
     if env.world_size > 1:
         own.unlink(missing_ok=True)
@@ -418,13 +409,14 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
 
 def _ensure_logits_file(path: Path, num: int, num_classes: int, env: Dist) -> None:
     """Create ``logits.npy`` (NaN rows) once; ranks on nodes that do not share the folder create their own copy."""
-    def create() -> None:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+    def fill(tmp: Path) -> None:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, num_classes))
         array[:] = np.nan
         array.flush()
         del array
-        os.replace(tmp, path)
+
+    def create() -> None:
+        write_atomic(path, fill, keep_suffix=True)
 
     if env.main and not path.exists():
         create()
@@ -549,13 +541,14 @@ def _per_class(confusion: np.ndarray, truth: np.ndarray, hit5: np.ndarray, names
 
 
 def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["part", "index", "class", "videos", "top1", "top5", "most_confused_with",
-                                    "confused"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["part", "index", "class", "videos", "top1", "top5", "most_confused_with",
+                                        "confused"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomic(path, write)
 
 
 def _plot_confusion(path: Path, confusions: list[np.ndarray], names: Sequence[str], offsets: Sequence[int],
@@ -687,9 +680,9 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
                    "video": torch.tensor(pending["video"], dtype=torch.int64),
                    "view": torch.tensor(pending["view"], dtype=torch.int64)}
         path = shards / f"features-{env.rank:03d}-{seq:05d}.safetensors"
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"failed": json.dumps(pending["failed"]), "model": name})
-        os.replace(tmp, path)  # a killed write leaves no shard
+        # a killed write leaves no shard
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"failed": json.dumps(pending["failed"]),
+                                                                               "model": name}))
         seq += 1
         pending_videos = 0
         for value in pending.values():
@@ -741,7 +734,7 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
                  "num_failed": len(failed), "failed": failed,
                  "shards": sorted({v["shard"] for v in videos if "shard" in v}),
                  "videos": [{k: v for k, v in video.items() if k != "dim"} for video in videos]}
-        _write_atomic(out / INDEX, json.dumps(index, indent=2) + "\n")
+        write_text_atomic(out / INDEX, json.dumps(index, indent=2) + "\n")
     env.barrier()
     return index
 

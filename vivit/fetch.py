@@ -31,12 +31,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .atomic import temporary_sibling, write_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str |
                            + _manual_hint(url, dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(dest)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp = temporary_sibling(dest, tmp_suffix=".part")
     try:
         received, expected, digest = _fetch(url, tmp, timeout, desc=dest.name)
         if expected is not None and received != expected:
@@ -149,7 +149,8 @@ def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str |
                                "on the server or was corrupted in transit.")
         # The record goes first: a kill between the two renames leaves a record without its file (downloaded
         # again next time) or an old file under a new record (refused), never an unchecked entry.
-        _write_atomic(record_path(dest), json.dumps({"url": url, "size": received, "sha256": digest}).encode())
+        record = json.dumps({"url": url, "size": received, "sha256": digest})
+        write_atomic(record_path(dest), lambda p: p.write_text(record), tmp_suffix=".part")
         os.replace(tmp, dest)
         _verified[_stat_key(dest)] = digest
     except urllib.error.HTTPError as err:
@@ -205,15 +206,6 @@ def file_sha256(path: Path) -> str:
 def _stat_key(path: Path) -> tuple[str, int, int]:
     st = os.stat(path)
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _lower(text: str) -> str:

@@ -13,14 +13,14 @@ import math
 import os
 import re
 import tempfile
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._version import __version__
+from .atomic import write_atomic
 from .fetch import HUB_PREFIXES, first_line, is_offline, parse_hub_name, transport_errors
 from .formats import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, sha256_of
 from .zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
@@ -160,16 +160,6 @@ def _check_rebuild(model: nn.Module, model_args: dict[str, Any], state: Mapping[
     return twin
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.chmod(tmp, _file_mode())  # safetensors creates its file 0600; every file follows the umask
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -231,11 +221,12 @@ def save_pretrained(model: nn.Module, save_directory: str | Path, *, label_names
     try:
         directory.mkdir(parents=True, exist_ok=True)
         remove_orphans(directory)
-        _atomic_write(directory / WEIGHTS_NAME, write_weights)
-        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        write_atomic(directory / WEIGHTS_NAME, write_weights, mode=_file_mode())
+        write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
+                     mode=_file_mode())
         card = model_card(config, num_params=sum(t.numel() for t in state.values()), gmacs=_gmacs(twin, config),
                           repo_id=repo_id)
-        _atomic_write(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"))
+        write_atomic(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"), mode=_file_mode())
     except (OSError, SafetensorError) as err:
         found = _OS_ERROR.search(str(err))
         reason = found.group(1) if found else getattr(err, "strerror", None) or first_line(err)

@@ -1,0 +1,51 @@
+"""Writing files whole or not at all: write a hidden sibling, then rename it over the target (``os.replace``).
+
+A killed or failed write leaves the old file (or none) and no temporary file behind; readers never see half a file.
+Imports nothing else of vivit.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+
+def temporary_sibling(path: Path, *, tmp_suffix: str = ".tmp", keep_suffix: bool = False) -> Path:
+    """A unique hidden name beside ``path``: ``.<name>.<8 hex><tmp_suffix>[<path's suffix>]``.
+
+    ``keep_suffix`` is for writers that pick the format from the name (PyAV, matplotlib).
+    """
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{tmp_suffix}" + (path.suffix if keep_suffix else ""))
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object], *, tmp_suffix: str = ".tmp",
+                 keep_suffix: bool = False, mode: int | None = None) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it to ``path`` when it returns.
+
+    Args:
+        path: The file to create or replace.
+        write: Writes the whole file at the path it is given.
+        tmp_suffix: Ending of the temporary name (cleaners look for it).
+        keep_suffix: Append ``path``'s own suffix to the temporary name.
+        mode: ``chmod`` the file before the rename (some writers create files ``0600``).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path, tmp_suffix=tmp_suffix, keep_suffix=keep_suffix)
+    try:
+        write(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``write_atomic`` for UTF-8 text."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
