@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -77,3 +79,16 @@ def test_default_views_follow_the_weights_evaluation_protocol():
     assert default_views(model) == (4, 3)  # no pretrained cfg: the paper's Kinetics protocol
     model.pretrained_cfg = {"eval_views": "4x1"}  # EPIC-Kitchens
     assert default_views(model) == (4, 1)
+
+
+def test_top_k_scores_each_part_of_a_split_head_with_its_own_softmax():
+    from vivit.evaluate import top_k
+
+    logits = torch.tensor([2.0, 0.0, 1.0, 5.0, 5.0])
+    nouns, verbs = top_k(logits, 2, ["a", "b", "c", "x", "y"], class_splits=(3, 2))
+    assert [t["label"] for t in nouns] == ["a", "c"] and [t["index"] for t in verbs] == [3, 4]
+    assert sum(t["score"] for t in verbs) == pytest.approx(1.0)  # the verbs' softmax ignores the nouns
+    whole = torch.tensor([2.0, 0.0, 1.0, 5.0, 4.0])
+    (single,) = top_k(whole, 1)
+    expected = math.exp(5.0) / sum(math.exp(v) for v in whole.tolist())
+    assert single == [{"label": "3", "index": 3, "score": pytest.approx(expected, abs=1e-6)}]

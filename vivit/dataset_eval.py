@@ -59,6 +59,7 @@ from .data import (
     shard,
     to_items,
 )
+from .evaluate import top_k
 from .factory import create_model
 from .labels import LABEL_SETS
 from .video import parse_views
@@ -263,18 +264,6 @@ def _split_labels_hint(splits: Sequence[int]) -> list[str]:
     return [f"part {i} ({s} classes)" for i, s in enumerate(splits)]
 
 
-def _top5(logits: torch.Tensor, splits: Sequence[int], names: Sequence[str]) -> list[list[dict[str, Any]]]:
-    """Top-5 per part of the head, each part with its own softmax (as the reference scores a split head)."""
-    tops, offset = [], 0
-    for size in splits:
-        probs = torch.softmax(logits[offset:offset + size].double(), dim=-1)
-        values, indices = probs.topk(min(5, size))
-        tops.append([{"label": names[offset + int(i)], "index": offset + int(i), "score": round(float(v), 6)}
-                     for v, i in zip(values.tolist(), indices.tolist(), strict=True)])
-        offset += size
-    return tops
-
-
 # ================================================================================================ evaluate
 def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str | Path, *,
                      views: str | Sequence[int] | None = None, batch_size: int = 16, workers: int = 2,
@@ -462,7 +451,7 @@ def _prediction(index: int, path: str, label: str | None, record: dict[str, Any]
     if logits is None:
         entry["reason"] = record["error"]
         return entry
-    tops = _top5(logits.mean(0), splits, names)
+    tops = top_k(logits.mean(0), 5, names, splits)
     entry.update({"top5": tops[0]} if len(tops) == 1 else {"top5_by_split": tops})
     entry["logits_row"] = index
     return entry

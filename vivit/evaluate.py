@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,22 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, b
 
 
 __all__ = ["default_views", "predict_video", "predict_views"]
+
+
+def top_k(logits: torch.Tensor, k: int, labels: Sequence[str] | None = None,
+          class_splits: Sequence[int] | None = None) -> list[list[dict[str, Any]]]:
+    """The ``k`` most likely classes of one video's ``(K,)`` logits, one list per part of the head.
+
+    A split head (EPIC-Kitchens: 300 nouns, then 97 verbs) holds several classifiers side by side; each part gets its
+    own softmax, as the reference scores them. Entries are ``{"label", "index", "score"}``, scores rounded to 6 places
+    (probabilities in float64, so a bfloat16 model ranks ties as float32 would).
+    """
+    splits = list(class_splits) if class_splits else [logits.numel()]
+    tops, offset = [], 0
+    for size in splits:
+        probs = torch.softmax(logits[offset:offset + size].double(), dim=-1)
+        values, indices = probs.topk(min(k, size))
+        tops.append([{"label": labels[offset + int(i)] if labels else str(offset + int(i)), "index": offset + int(i),
+                      "score": round(float(v), 6)} for v, i in zip(values.tolist(), indices.tolist(), strict=True)])
+        offset += size
+    return tops
