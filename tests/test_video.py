@@ -397,3 +397,39 @@ def test_write_video_names_a_codec_it_cannot_use(tmp_path, codec, size, message)
     with pytest.raises(ValueError, match=message):
         video.write_video(tmp_path / "clip.mkv", torch.zeros(2, size, 32, 3, dtype=torch.uint8), codec=codec)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ resize while decoding
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("name", "short_side", "interpolation"), [
+    ("long_h264", 40, "bilinear"), ("odd_gif", 32, "bicubic"), ("h264_50x38", 224, "bilinear"),
+    ("long_vp9", 20, "nearest"), pytest.param("rot90", 40, "bilinear", marks=needs_rotation_writer)])
+def test_frames_resized_while_decoding_are_the_pixels_of_resizing_full_frames(files, name, short_side, interpolation,
+                                                                               backend):
+    from vivit.transforms import resize_short_side
+
+    indices = [5, 0, 5, 3]
+    full = video.read_video(files[name], indices, backend=backend)
+    small = video.read_video(files[name], indices, backend=backend, short_side=short_side, interpolation=interpolation)
+    expected = resize_short_side(full.permute(0, 3, 1, 2), short_side, interpolation).permute(0, 2, 3, 1)
+    assert min(small.shape[1:3]) == short_side and torch.equal(small, expected)
+
+
+def test_frames_beyond_the_exact_limit_are_scaled_by_ffmpeg_to_the_same_size(files, monkeypatch):
+    path = files["rot90"] if CAN_ROTATE else files["long_h264"]
+    exact = video.read_video(path, [0, 3], short_side=24)
+    monkeypatch.setattr(video, "EXACT_RESIZE_MAX_PIXELS", 100)  # every test frame is now "huge"
+    scaled = video.read_video(path, [0, 3], short_side=24)
+    assert scaled.shape == exact.shape and min(exact.shape[1:3]) == 24
+    assert (scaled.float() - exact.float()).abs().mean() < 12  # area-filtered, not unfiltered: close, not equal
+    clips = video.multi_view_clips(path, {"input_size": (3, 4, 24, 24), "crop_pct": 1.0}, (1, 1))
+    assert clips.shape == (1, 3, 4, 24, 24)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"short_side": 0}, "short_side must be a positive integer"), ({"short_side": 2.5}, "short_side must be"),
+    ({"short_side": True}, "short_side must be"), ({"short_side": 8, "interpolation": "area"}, "interpolation must")])
+def test_bad_resize_arguments_are_refused_before_decoding(files, kwargs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        video.read_video(files["h264_mp4"], [0], **kwargs)
+    assert not isinstance(info.value, video.VideoReadError)

@@ -7,6 +7,14 @@ functions that need them, so ``import vivit`` never loads them.
 the decoder outputs), not timestamps times a nominal rate. The reference samples from such frame sequences, and with
 a variable frame rate this is the only numbering where every index is one real frame; ``VideoInfo.fps`` is then the
 average rate. Frames are returned upright: a display-matrix rotation (phone videos) is applied, flips are not.
+
+**Memory** follows the model, not the video: with ``short_side`` (what :func:`multi_view_clips` passes) every frame is
+resized as soon as it is decoded, one frame at a time, so only resized frames are kept. The resize is
+:func:`vivit.transforms.resize_short_side` itself, pixel for pixel, for frames up to ``EXACT_RESIZE_MAX_PIXELS``
+(4096 x 4096; one such frame takes about 250 MB while it is resized). Larger frames (8K, 16K, hostile files) are
+scaled by FFmpeg's area filter straight to the target size while converting to RGB, so no full-resolution RGB copy is
+made at all; their pixels then differ from the reference's unfiltered resize (they are antialiased). The torchcodec
+backend resizes every frame exactly, one frame at a time, so it holds one full-resolution frame at most.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ SHORT_VIDEO = ("loop", "error")
 _EVEN_SIZE_ENCODERS = ("libx264", "libx265", "mjpeg")
 # Containers whose header states a duration the muxer measured; only these are compared with the frames found.
 _HEADER_DURATION_FORMATS = ("matroska", "webm", "mov", "mp4")
+# Frames up to this many pixels are resized exactly as transforms.resize_short_side does (through a full-size float
+# copy); larger ones are scaled by FFmpeg while converting to RGB, which needs no full-size copy.
+EXACT_RESIZE_MAX_PIXELS = 4096 * 4096
 
 
 class VideoReadError(ValueError):
@@ -115,8 +126,8 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float 
     return path
 
 
-def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = None, *,
-               backend: str = "auto") -> torch.Tensor:
+def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = None, *, backend: str = "auto",
+               short_side: int | None = None, interpolation: str = "bilinear") -> torch.Tensor:
     """Decode frames of a video as an upright uint8 tensor.
 
     With ``indices`` only those frames are decoded: the reader seeks to the keyframe before the first wanted frame
@@ -128,6 +139,10 @@ def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = 
         indices: Frame indices in presentation order (see the module docstring), any order, repeats allowed (a
             looped clip); ``None`` decodes every frame.
         backend: ``"pyav"``, ``"torchcodec"`` or ``"auto"``.
+        short_side: Resize every frame while decoding so that its short side is this size, as
+            :func:`vivit.transforms.resize_short_side` does (see the module docstring for frames beyond
+            ``EXACT_RESIZE_MAX_PIXELS``); memory then holds resized frames only. ``None`` keeps the full size.
+        interpolation: Resize filter for ``short_side``: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
 
     Returns:
         ``(T, H, W, 3)`` uint8 RGB, ``T = len(indices)``, frames in the order of ``indices``.
@@ -135,12 +150,14 @@ def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         VideoReadError: (a ``ValueError``) a bad file, or an index outside ``0 .. num_frames - 1``.
-        ValueError: ``indices`` that are not integers (floats, bools) or are empty.
+        ValueError: ``indices`` that are not integers (floats, bools) or are empty; a bad ``short_side`` or
+            ``interpolation``.
         ImportError: Neither decoder is installed.
     """
     wanted = None if indices is None else _as_index_list(indices)  # a bad argument is refused before decoding
+    size = None if short_side is None else _check_resize(short_side, interpolation)
     with _open(path, backend) as reader:
-        return reader.read(wanted)
+        return reader.read(wanted, size)
 
 
 def clip_indices(num_frames: int, clip_len: int = 32, stride: int = 2, num_clips: int = 1, mode: str = "uniform", *,
@@ -219,7 +236,9 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
 
     Temporal clips come from :func:`clip_indices` (``mode="uniform"``) with the clip length and stride of the model's
     pretrained cfg; each clip is decoded with seeking, resized on its short side and cut into 1 centre crop or 3
-    crops along the long side by :func:`vivit.transforms.eval_transform`, so weights and preprocessing match.
+    crops along the long side by :func:`vivit.transforms.eval_transform`, so weights and preprocessing match. The
+    resize happens while decoding, one frame at a time (``read_video(short_side=...)``), so memory is bounded by the
+    model's input, not the video's resolution; the transform then finds frames already at its size.
 
     Args:
         path: A video file.
@@ -258,8 +277,9 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
         if n < clip_len * stride:
             _logger.info("%s: %d frames is shorter than a clip (%d at stride %d); looping it as the reference does",
                          reader.path, n, clip_len, stride)
-        # One clip at a time keeps memory at one clip of full-size frames, whatever the video's resolution.
-        views_ = [transform(reader.read(clip.tolist())) for clip in indices]
+        # Frames are resized as they are decoded and clips transformed one at a time: memory holds resized frames only.
+        size = (transform.resize_size, transform.interpolation)
+        views_ = [transform(reader.read(clip.tolist(), size)) for clip in indices]
     stacked = torch.stack(views_)
     return stacked.flatten(0, 1) if num_crops > 1 else stacked
 
@@ -275,6 +295,30 @@ def _check_clip_args(clip_len: int, stride: int, num_clips: int, mode: str, shor
     for name, value in (("clip_len", clip_len), (stride_name, stride), ("num_clips", num_clips)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, found {value!r}")
+
+
+def _check_resize(short_side: int, interpolation: str) -> tuple[int, str]:
+    from .transforms import INTERPOLATIONS
+
+    if isinstance(short_side, bool) or not isinstance(short_side, int | np.integer) or short_side < 1:
+        raise ValueError(f"short_side must be a positive integer (pixels), found {short_side!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, found {interpolation!r}")
+    return int(short_side), interpolation
+
+
+def _resize_frame(frame: np.ndarray | torch.Tensor, size: tuple[int, int] | None) -> np.ndarray:
+    """One upright ``(H, W, C)`` uint8 frame, resized on its short side when ``size = (short_side, interpolation)``.
+
+    It goes through ``resize_short_side`` as a ``(1, C, H, W)`` view, the layout ``EvalTransform`` hands it, so the
+    pixels equal those of resizing the whole clip at once.
+    """
+    if size is None:
+        return np.asarray(frame)
+    from .transforms import resize_short_side
+
+    chw = torch.as_tensor(frame).permute(2, 0, 1)[None]
+    return resize_short_side(chw, size[0], size[1])[0].permute(1, 2, 0).numpy()
 
 
 def _as_index_list(indices: Sequence[int] | torch.Tensor) -> list[int]:
@@ -362,10 +406,10 @@ def _open(path: str | Path, backend: str) -> _PyAVReader | _TorchCodecReader:
     return _PyAVReader(path) if backend == "pyav" else _TorchCodecReader(path)
 
 
-def _rotate(frames: torch.Tensor, rotation: int) -> torch.Tensor:
-    """Rotate ``(T, H, W, C)`` frames counter-clockwise by a multiple of 90 degrees (display-matrix convention)."""
+def _rotate(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate an ``(H, W, C)`` frame counter-clockwise by a multiple of 90 degrees (display-matrix convention)."""
     k = (rotation // 90) % 4
-    return torch.rot90(frames, k, dims=(1, 2)).contiguous() if k else frames
+    return np.ascontiguousarray(np.rot90(frame, k, axes=(0, 1))) if k else frame
 
 
 def _normalise_rotation(path: Path, degrees: float | None) -> int:
@@ -391,6 +435,8 @@ class _PyAVReader:
         self._frames: Iterator[Any] | None = None
         self._pos = -1
         self._last: dict[int, np.ndarray] = {}
+        self._last_size: tuple[int, str] | None = None
+        self._size: tuple[int, str] | None = None  # (short side, interpolation) frames are resized to while decoding
         container = self._open_container()
         try:
             self._scan(container)
@@ -427,7 +473,9 @@ class _PyAVReader:
             raise VideoReadError(f"{self.path}: has no video stream (found {', '.join(kinds)} streams, e.g. an "
                                  "audio-only file); pass a file with video")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Frame threading keeps one decoded frame per thread; for huge frames, slice threading keeps only one.
+        large = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) > EXACT_RESIZE_MAX_PIXELS
+        stream.thread_type = "SLICE" if large else "AUTO"
         return container
 
     def _scan(self, container: Any) -> None:
@@ -512,15 +560,17 @@ class _PyAVReader:
             raise VideoReadError(f"{self.path}: decoding failed ({_reason(err, self.path)}); the file is corrupt or "
                                  "truncated: re-fetch or re-encode it") from None
 
-    def read(self, indices: list[int] | None) -> torch.Tensor:
+    def read(self, indices: list[int] | None, size: tuple[int, str] | None = None) -> torch.Tensor:
+        self._size = size
         if indices is None:
             frames = [self._to_array(f) for f in self._frames_from_start()]
             if not frames:
                 raise VideoReadError(f"{self.path}: no frame could be decoded; re-fetch or re-encode it")
-            return _rotate(torch.from_numpy(np.stack(frames)), self.rotation)
+            return torch.from_numpy(np.stack(frames))
         _check_indices(self.path, indices, self.num_frames)
         # The previous call's frames are kept: consecutive multi-view clips share their boundary frame.
-        got = {i: self._last[i] for i in set(indices) if i in self._last}
+        last = self._last if size == self._last_size else {}
+        got = {i: last[i] for i in set(indices) if i in last}
         wanted = sorted(set(indices) - set(got))
         if wanted:
             try:
@@ -528,8 +578,8 @@ class _PyAVReader:
             except _Fallback:
                 _logger.debug("%s: seeking missed its target; decoding from the start", self.path)
                 got |= self._read_sequential(wanted)
-        self._last = got
-        return _rotate(torch.from_numpy(np.stack([got[i] for i in indices])), self.rotation)
+        self._last, self._last_size = got, size
+        return torch.from_numpy(np.stack([got[i] for i in indices]))
 
     def _read_seeking(self, wanted: list[int]) -> dict[int, np.ndarray]:
         assert self._pts is not None
@@ -580,9 +630,16 @@ class _PyAVReader:
         raise VideoReadError(f"{self.path}: frame {index} of {self.num_frames} could not be decoded; the file is "
                              "truncated or corrupt: re-fetch or re-encode it")
 
-    @staticmethod
-    def _to_array(frame: Any) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24")
+    def _to_array(self, frame: Any) -> np.ndarray:
+        """An upright RGB frame, resized while decoding when ``read`` was given a size."""
+        if self._size is not None and frame.width * frame.height > EXACT_RESIZE_MAX_PIXELS:
+            from .transforms import short_side_size
+
+            # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
+            height, width = short_side_size(frame.height, frame.width, self._size[0])  # symmetric: rotation-safe
+            small = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+            return _rotate(small, self.rotation)
+        return _resize_frame(_rotate(frame.to_ndarray(format="rgb24"), self.rotation), self._size)
 
 
 class _TorchCodecReader:
@@ -626,12 +683,15 @@ class _TorchCodecReader:
             raise VideoReadError(f"{self.path}: decoding failed ({_reason(err, self.path)}); the file is corrupt or "
                                  "truncated: re-fetch or re-encode it") from None
 
-    def read(self, indices: list[int] | None) -> torch.Tensor:
+    def read(self, indices: list[int] | None, size: tuple[int, str] | None = None) -> torch.Tensor:
         if indices is None:
             indices = list(range(self.num_frames))
         _check_indices(self.path, indices, self.num_frames)
         wanted = sorted(set(indices))
-        frames = self._get(wanted)
+        if size is None:
+            frames = self._get(wanted)
+        else:  # one frame at a time, resized at once, so only resized frames are kept
+            frames = torch.stack([torch.from_numpy(_resize_frame(self._get([i])[0], size)) for i in wanted])
         position = {i: k for k, i in enumerate(wanted)}
         return frames[[position[i] for i in indices]].contiguous()
 
@@ -645,5 +705,5 @@ def _reason(err: BaseException, path: Path | None = None) -> str:
     return text.strip() or type(err).__name__
 
 
-__all__ = ["BACKENDS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips", "parse_views",
+__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips", "parse_views",
            "read_video", "video_info", "write_video"]
