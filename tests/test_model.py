@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import vivit
 from vivit import ViViT
 from vivit.layers import Attention
 
@@ -209,6 +210,63 @@ def test_bad_construction_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ViViT(**{**dict(img_size=(16, 24), num_frames=4, tubelet_size=(2, 8, 8), embed_dim=16, depth=1, num_heads=4,
                         mlp_dim=32), **kwargs})
+
+
+TINY_ARGS = dict(img_size=32, num_frames=4, tubelet_size=(2, 16, 16), embed_dim=16, depth=1, num_heads=2, mlp_dim=32,
+                 num_classes=3)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(num_classes=-1), r"num_classes must be an int >= 0, got -1"),
+    (dict(depth=-1), r"depth must be an int >= 1, got -1"),
+    (dict(depth=0), r"depth must be an int >= 1, got 0"),
+    (dict(mlp_dim=0), r"mlp_dim must be an int >= 1, got 0"),
+    (dict(norm_eps=-1), r"norm_eps must be a small positive number"),
+    (dict(norm_eps=float("nan")), r"norm_eps must be a small positive number"),
+    (dict(num_heads=0), r"num_heads must be an int >= 1, got 0"),
+    (dict(embed_dim=-16), r"embed_dim must be an int >= 1"),
+    (dict(in_chans=0), r"in_chans must be an int >= 1"),
+    (dict(num_frames=4.0), r"num_frames must be an int >= 1, got 4.0"),
+    (dict(depth=True), r"depth must be an int >= 1, got True"),
+    (dict(tubelet_size=(4, 8)), r"tubelet_size must be \(t, h, w\) of positive ints, got \(4, 8\)"),
+    (dict(tubelet_size=(2, 0, 16)), r"tubelet_size must be \(t, h, w\)"),
+    (dict(img_size=(32,)), r"img_size must be an int or \(H, W\) of positive ints, got \(32,\)"),
+    (dict(img_size=-32), r"img_size must be an int or \(H, W\)"),
+    (dict(embed_dim=30, num_heads=4), r"embed_dim 30 must be divisible by num_heads 4"),
+    (dict(variant="factorized_encoder", temporal_num_heads=7), r"embed_dim 16 must be divisible by temporal_num_heads"),
+    (dict(variant="factorized_encoder", temporal_depth=0), r"temporal_depth must be an int >= 1"),
+    (dict(representation_size=-1), r"representation_size must be an int >= 0 or None"),
+    (dict(drop_path_rate=1.5), r"drop_path_rate must be a probability in \[0, 1\]"),
+    (dict(variant="model2"), r"variant must be one of \('spacetime'"),
+    (dict(global_pool="gap"), r"global_pool must be one of \('token'"),
+    (dict(attention_order="time"), r"attention_order must be one of"),
+    (dict(embedding="conv"), r"embedding must be one of"),
+])
+def test_constructor_arguments_are_checked_with_what_is_expected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ViViT(**{**TINY_ARGS, **kwargs})
+
+
+def test_a_spatial_only_baseline_may_have_no_temporal_blocks():
+    model = ViViT(**TINY_ARGS, variant="factorized_encoder", spatial_only_baseline=True, temporal_depth=0)
+    assert model(torch.zeros(1, 3, 4, 32, 32)).shape == (1, 3)
+
+
+def test_pixels_the_tubelet_drops_are_named_once_in_a_warning():
+    with pytest.warns(UserWarning, match=r"the last 4 pixel rows \(100 is not a multiple of 16\); the last 4 pixel "
+                                         r"columns .*; the last 1 frames \(5 is not a multiple of 2\) are dropped"):
+        model = ViViT(**{**TINY_ARGS, "img_size": 100, "num_frames": 5})
+    assert model.grid_size == (2, 6, 6)  # kept: the reference drops them too
+
+
+@pytest.mark.parametrize("name", vivit.list_models())
+def test_every_registered_architecture_builds_without_a_warning(name):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.device("meta"):
+            vivit.create_model(name)
 
 
 def test_frame_sampling_model_with_straddling_patches_runs_as_spacetime():

@@ -6,9 +6,11 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx
 from einops import rearrange
@@ -16,13 +18,14 @@ from torch import nn
 
 from .embed import FrameSamplingEmbed, TubeletEmbed
 from .encoders import ENCODERS, BlockArgs, Transformer
-from .layers import HEAD_POOL_TYPES, POOL_TYPES, Attention, Mlp, fx_tracing
+from .layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, POOL_TYPES, Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
 
 _logger = logging.getLogger(__name__)
 
 VARIANTS = tuple(ENCODERS)
+ATTENTION_ORDERS = ("space_time", "time_space")
 # scenic ViViT.__call__: the factorised-attention variants cannot have a CLS token.
 _NO_CLS_VARIANTS = ("factorized_self_attention", "factorized_dot_product")
 
@@ -53,6 +56,64 @@ def take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) ->
         raise ValueError(f"block indices {list(indices)} must be a non-empty list of values in "
                          f"[-{num_blocks}, {num_blocks}): the model has {num_blocks} blocks")
     return taken
+
+
+def _check_args(args: dict[str, Any]) -> None:
+    """Refuse constructor arguments that would fail deep inside a layer or build a model that outputs NaN.
+
+    ``args`` are the constructor's keyword arguments; every message says what is expected and what was found.
+    Warns (``UserWarning``) when the tubelet does not tile the clip: the leftover pixels or frames are dropped, as
+    the reference drops them.
+    """
+    choices = {"variant": VARIANTS, "embedding": ("tubelet", "frame_sampling"), "attention_order": ATTENTION_ORDERS,
+               "act_layer": tuple(ACT_LAYERS), "attn_impl": ATTN_IMPLS, "global_pool": (None, *HEAD_POOL_TYPES)}
+    for name, allowed in choices.items():
+        if args[name] not in allowed:
+            raise ValueError(f"{name} must be one of {tuple(a for a in allowed if a is not None)}, got {args[name]!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+    def sizes(name: str, length: int) -> tuple[int, ...]:
+        value = args[name]
+        values = (value,) * length if is_int(value) and length == 2 else value
+        if not isinstance(values, Sequence) or len(values) != length or not all(is_int(v) and v > 0 for v in values):
+            shape = "an int or (H, W)" if length == 2 else "(t, h, w)"
+            raise ValueError(f"{name} must be {shape} of positive ints, got {value!r}")
+        return tuple(int(v) for v in values)
+
+    img, tubelet = sizes("img_size", 2), sizes("tubelet_size", 3)
+    fe = args["variant"] == "factorized_encoder" and not args["spatial_only_baseline"]
+    required = {"num_frames": 1, "in_chans": 1, "embed_dim": 1, "depth": 1, "num_heads": 1, "mlp_dim": 1,
+                "temporal_depth": 1 if fe else 0, "num_classes": 0}
+    optional = {"temporal_num_heads": 1, "temporal_mlp_dim": 1, "representation_size": 0, "n_sampled_frames": 1}
+    for name, low in (required | optional).items():
+        value = args[name]
+        if not (name in optional and value is None) and not (is_int(value) and value >= low):
+            raise ValueError(f"{name} must be an int >= {low}{' or None' if name in optional else ''}, got {value!r}")
+    for name in ("num_heads", "temporal_num_heads"):
+        heads = args[name]
+        if heads is not None and args["embed_dim"] % heads:
+            raise ValueError(f"embed_dim {args['embed_dim']} must be divisible by {name} {heads} (each head gets "
+                             "embed_dim / num_heads channels)")
+    for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        if not (isinstance(args[name], int | float) and 0 <= args[name] <= 1):
+            raise ValueError(f"{name} must be a probability in [0, 1], got {args[name]!r}")
+    eps = args["norm_eps"]
+    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"norm_eps must be a small positive number (the reference uses 1e-6), got {eps!r}")
+
+    # The reference's conv has no padding: leftovers are dropped. Faithful, but never silent.
+    # Frame sampling stacks the sampled frames along height first, so only its columns are cut like a tubelet's.
+    dims = [("pixel columns", img[1], tubelet[2])]
+    if args["embedding"] == "tubelet":
+        dims = [("pixel rows", img[0], tubelet[1]), *dims, ("frames", args["num_frames"], tubelet[0])]
+    dropped = [f"the last {size % step} {what} ({size} is not a multiple of {step})" for what, size, step in dims
+               if size >= step and size % step]
+    if dropped:
+        warnings.warn(f"ViViT with img_size={img}, num_frames={args['num_frames']}, tubelet_size={tubelet}: "
+                      f"{'; '.join(dropped)} are dropped by the tubelet embedding, as the reference drops them; pick "
+                      "multiples of the tubelet to use every pixel", UserWarning, stacklevel=3)
 
 
 class PreLogits(nn.Module):
@@ -141,6 +202,7 @@ class ViViT(nn.Module):
     ) -> None:
         super().__init__()
         self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        _check_args(self.model_args)
         if variant not in ENCODERS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         head_pool = global_pool  # "" (timm: unpooled tokens) builds the variant's default pooling, then drops it

@@ -705,5 +705,5 @@ def _reason(err: BaseException, path: Path | None = None) -> str:
     return text.strip() or type(err).__name__
 
 
-__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips", "parse_views",
-           "read_video", "video_info", "write_video"]
+__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips",
+           "parse_views", "read_video", "video_info", "write_video"]
