@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -69,3 +73,62 @@ def test_saving_a_grid_leaves_the_matplotlib_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def _grid_inputs():
+    model = tiny("spacetime", attn_impl="eager")
+    clip = torch.rand(3, 4, 16, 24) * 2 - 1
+    return frames_for_tokens(model, clip), attention_heatmap(model, clip)
+
+
+def test_an_interrupted_save_keeps_the_old_image_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    figure = pytest.importorskip("matplotlib.figure")
+    frames, heat = _grid_inputs()
+    target = tmp_path / "grid.png"
+    target.write_bytes(b"old image")
+
+    def interrupted(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figure.Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_attention_grid(frames, heat, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"] and target.read_bytes() == b"old image"
+
+
+def test_a_grid_is_written_under_its_name_only_once_complete(tmp_path):
+    pytest.importorskip("matplotlib")
+    frames, heat = _grid_inputs()
+    out = save_attention_grid(frames, heat, tmp_path / "sub" / "grid.png")
+    assert out == tmp_path / "sub" / "grid.png" and out.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in out.parent.iterdir()] == ["grid.png"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+def test_a_read_only_folder_is_named_in_one_line_and_left_empty(tmp_path):
+    pytest.importorskip("matplotlib")
+    frames, heat = _grid_inputs()
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OSError, match=r"ro/grid\.png: cannot write the image \(Permission denied\)") as info:
+            save_attention_grid(frames, heat, folder / "grid.png")
+        assert "\n" not in str(info.value) and ".part" not in str(info.value)
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_failed_write_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    figure = pytest.importorskip("matplotlib.figure")
+    frames, heat = _grid_inputs()
+
+    def denied(self, fname, **kwargs):  # what a read-only folder does, also when the tests run as root
+        raise PermissionError(errno.EACCES, "Permission denied", str(fname))
+
+    monkeypatch.setattr(figure.Figure, "savefig", denied)
+    with pytest.raises(OSError, match=r"grid\.png: cannot write the image \(Permission denied\); choose a writable"):
+        save_attention_grid(frames, heat, tmp_path / "grid.png")
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,8 @@ a model created with ``attn_impl="eager"``. Drawing needs matplotlib (``pip inst
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -66,7 +68,14 @@ def frames_for_tokens(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
 
 
 def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """Draw ``heat`` ``(t', h', w')`` over ``frames`` ``(t', H, W, C)`` as one PNG row; returns the path."""
+    """Draw ``heat`` ``(t', h', w')`` over ``frames`` ``(t', H, W, C)`` as one PNG row; returns the path.
+
+    The image is written to a temporary file beside ``path`` and renamed, so ``path`` is either the previous file or
+    the complete new image: a failed or interrupted write leaves nothing behind.
+
+    Raises:
+        OSError: ``path`` cannot be written (a read-only folder, a full disk); the message names ``path``.
+    """
     try:
         # A bare Figure renders without pyplot, so the caller's backend (a notebook's inline one) is left alone.
         from matplotlib.figure import Figure
@@ -85,6 +94,21 @@ def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Pa
     if title:
         fig.suptitle(title, fontsize=9)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The format comes from the final name (the temporary one has no image suffix).
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format=path.suffix.lstrip(".").lower() or "png")
+        os.replace(tmp, path)
+    except OSError as err:
+        _discard(tmp)
+        raise OSError(f"{path}: cannot write the image ({err.strerror or err}); choose a writable folder") from None
+    except BaseException:  # KeyboardInterrupt included: never leave a partial image or a temporary file
+        _discard(tmp)
+        raise
     return path
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
