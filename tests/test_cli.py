@@ -281,3 +281,169 @@ def test_commands_that_download_take_force_download(command):
 
     assert build_parser().parse_args([*command, "--force-download"]).force_download is True
     assert build_parser().parse_args(command).force_download is False
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+def _peak_rss_mb(*commands: list[str], env: dict) -> list[float]:
+    """Peak RSS of each command, run one after the other in a fresh process that has no other children."""
+    script = ("import json, resource, subprocess, sys\n"
+              "peaks = []\n"
+              "for cmd in json.loads(sys.argv[1]):\n"
+              "    done = subprocess.run(cmd, capture_output=True, text=True)\n"
+              "    assert done.returncode == 0, done.stderr\n"
+              "    peaks.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+              "print(json.dumps(peaks))\n")
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_classify_memory_follows_the_model_not_the_video_resolution(tmp_path):
+    """A 3-frame 6000 x 6000 video (a few hundred KB): the clip of 16 looped frames would be 1.7 GB at full size."""
+    av = pytest.importorskip("av")
+    from tests.videos import write_video
+
+    size = 6000
+    huge = tmp_path / "huge.mp4"
+    with av.open(str(huge), "w") as container:
+        stream = container.add_stream("libx264", rate=8, options={"preset": "ultrafast"})
+        stream.width = stream.height = size
+        for i in range(3):  # flat colour and one square: compresses to almost nothing
+            frame = np.full((size, size, 3), 40 * i + 50, np.uint8)
+            frame[size // 4 : size // 2, size // 4 : size // 2] = 200
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            del frame
+        container.mux(stream.encode())
+    small = write_video(tmp_path / "small.mp4", num_frames=8, height=48, width=64)
+    assert huge.stat().st_size < 2_000_000
+    command = [sys.executable, "-m", "vivit", "classify", "--model", "vivit_motion", "--views", "1x1"]
+    baseline, peak = _peak_rss_mb(command + [str(small)], command + [str(huge)], env=_offline_env(tmp_path))
+    full_clip_mb = 16 * size * size * 3 / 2**20  # vivit_motion's 16-frame clip as full-size uint8 frames
+    assert peak - baseline < full_clip_mb / 3, (baseline, peak)
+
+
+def test_classify_names_each_hostile_file_in_one_line_and_goes_on(tmp_path):
+    pytest.importorskip("av")
+    import os
+
+    from tests.videos import write_audio_only, write_truncated, write_video
+
+    good = write_video(tmp_path / "vidéo 日本 ✓.mp4", num_frames=12)  # a unicode name is just a name
+    bad = {"empty.mp4": "is empty (0 bytes)", "notes.mp4": "FFmpeg cannot read it as a video",
+           "cut.mp4": "FFmpeg cannot read it as a video", "folder.mp4": "is a folder",
+           "missing.mp4": "no such file", "one.mp4": "has a single frame", "audio.wav": "has no video stream",
+           "pipe.mp4": "is not a regular file", "nothing.mp4": "has no video stream (the container is empty)"}
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
+    write_truncated(tmp_path / "cut.mp4", write_video(tmp_path / "long.mp4", num_frames=60))
+    (tmp_path / "folder.mp4").mkdir()
+    write_video(tmp_path / "one.mp4", num_frames=1)
+    write_audio_only(tmp_path / "audio.wav")
+    os.mkfifo(tmp_path / "pipe.mp4")  # opening it would block forever: it must be refused before FFmpeg sees it
+    import av
+
+    with av.open(str(tmp_path / "nothing.mp4"), "w") as container:  # a header, and no frame: no stream is written
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    out = run_cli("classify", "--model", "vivit_motion", "--views", "1x1", "--json", good,
+                  *(tmp_path / name for name in bad), env=_offline_env(tmp_path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == len(bad) + 1 and lines[-1] == f"vivit classify: {len(bad)} of {len(bad) + 1} videos failed"
+    for line, (name, message) in zip(lines, bad.items(), strict=False):
+        assert line.startswith(str(tmp_path / name)) and message in line, line
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert row["video"] == str(good)
+
+
+def _main(argv: list[str], capsys) -> tuple[int, str, str]:
+    from vivit.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(("raised", "code", "message"), [
+    (KeyboardInterrupt(), 130, ""),
+    (MemoryError(), 1, "clip.mp4: out of memory while decoding or classifying it; free memory or use a smaller "
+                       "--batch-size"),
+])
+def test_classify_interrupted_or_out_of_memory_is_one_line_with_its_exit_code(raised, code, message, monkeypatch,
+                                                                               capsys):
+    import vivit.evaluate
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(vivit.evaluate, "predict_video", fail)
+    got, out, err = _main(["classify", "--model", "vivit_motion", "clip.mp4"], capsys)
+    assert got == code and out == ""
+    assert (err.splitlines()[0] if message else err) == message
+
+
+@pytest.mark.parametrize("logits", [[float("nan"), 1.0, 2.0], [float("inf"), 0.0, 0.0]])
+def test_classify_refuses_non_finite_scores_so_json_stays_strict(logits, monkeypatch, capsys):
+    import vivit.evaluate
+
+    def predict(model, path, *args, **kwargs):
+        return torch.tensor(logits if path.name == "broken.mp4" else [3.0, 1.0, 0.0] + [0.0] * 7)
+
+    monkeypatch.setattr(vivit.evaluate, "predict_video", predict)
+    code, out, err = _main(["classify", "--model", "vivit_motion", "--json", "broken.mp4", "fine.mp4"], capsys)
+    assert code == 1 and err.splitlines()[0].startswith("broken.mp4: the model's logits are not finite (NaN or Inf)")
+
+    def strict(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+
+    (row,) = [json.loads(line, parse_constant=strict) for line in out.splitlines()]
+    assert row["video"] == "fine.mp4" and row["top_k"][0]["index"] == 0
+
+
+def test_classify_stops_quietly_with_130_on_ctrl_c(tmp_path):
+    pytest.importorskip("av")
+    import signal
+
+    from tests.videos import write_video
+
+    video = write_video(tmp_path / "v.mp4", num_frames=8)
+    # A shell's background jobs inherit an ignored SIGINT; a terminal's Ctrl-C reaches a process with the default.
+    process = subprocess.Popen([sys.executable, "-m", "vivit", "classify", "--model", "vivit_motion", "--views", "1x1",
+                                *[str(video)] * 500], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=_offline_env(tmp_path),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert process.stdout.readline().startswith(str(video))  # classifying, with many videos still to go
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert err == "" and len(out.splitlines()) < 499
+
+
+def test_demo_refuses_a_non_positive_count_and_a_file_as_its_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["demo", "--num", "0"], capsys)
+    assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")
+    code, out, err = _main(["demo", "--num", "1", "--out", str(tmp_path / "f")], capsys)
+    assert code == 1 and err == f"vivit demo: --out {tmp_path / 'f'} is a file; expected a folder for the clips (it " \
+                                "is created if missing)\n"
+
+
+def test_explain_into_an_unwritable_folder_is_one_line_naming_the_image(tmp_path, capsys):
+    pytest.importorskip("av")
+    pytest.importorskip("matplotlib")
+    from tests.videos import write_video
+
+    video = write_video(tmp_path / "clip.mp4", num_frames=20)
+    (tmp_path / "file").write_text("")
+    code, out, err = _main(["explain", str(video), "--model", "vivit_motion", "--out", str(tmp_path / "file" / "maps")],
+                           capsys)
+    target = tmp_path / "file" / "maps" / "clip_attention.png"
+    assert code == 1 and out == "" and err.startswith(f"vivit explain: {target}: cannot write the image (")
+    assert len(err.splitlines()) == 1 and ".part" not in err

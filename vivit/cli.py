@@ -1,5 +1,10 @@
 """The ``vivit`` command: ``classify``, ``demo``, ``explain``, ``list``, ``convert``, ``evaluate``, ``extract``; it only
-calls the package's functions."""
+calls the package's functions.
+
+Every failure is one line on stderr, never a traceback. Exit status (``EXIT_STATUS``): 0 everything worked; 1 a video,
+model or file failed (``classify`` reports each video and goes on with the next); 2 bad command-line usage (argparse);
+130 interrupted (Ctrl-C, quietly).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         raise ValueError(_nothing_matches(args.filter, vivit.list_models(pretrained=args.pretrained)))
     if args.json:
         rows = [PRETRAINED[n].to_dict() if n in PRETRAINED else {"architecture": n, **ARCHS[n]} for n in names]
-        print(json.dumps(rows, indent=2, default=list))
+        print(json.dumps(rows, indent=2, default=list, allow_nan=False))
     else:
         print("\n".join(names))
     return 0
@@ -142,6 +147,7 @@ DEFAULT_MODEL = "vivit_b_16x2.k400"
 OFFLINE_HINT = ("use --model vivit_motion (ships with vivit) or --model FOLDER (a saved model; `vivit convert` makes "
                 "one from a weights file)")
 DTYPES = ("float32", "bfloat16", "float16")
+EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "interrupted": 130}
 
 
 def _progress(items: Sequence, desc: str):
@@ -217,17 +223,20 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             logits = predict_video(model, path, views, args.batch_size, device=args.device)
-        except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+            if not bool(logits.isfinite().all()):
+                # NaN/Inf logits make every score NaN: refused, so --json never prints NaN (not JSON) or null scores.
+                raise ValueError("the model's logits are not finite (NaN or Inf), so its scores mean nothing; check "
+                                 "the weights (or --dtype float16 overflowing) and the video")
+        except (ValueError, FileNotFoundError, OSError, RuntimeError, MemoryError) as err:
             failed += 1
-            message = str(err).splitlines()[0]
-            print(message if str(path) in message else f"{path}: {message}", file=sys.stderr)
+            print(_one_line(err, path), file=sys.stderr)
             continue
         tops = _top_k(logits, labels, args.top_k, class_splits)
         if args.json:
             # A split head reports one list per part under "top_k_by_split" instead of "top_k".
             ranked = {"top_k": tops[0]} if len(tops) == 1 else {"top_k_by_split": tops}
             print(json.dumps({"video": str(path), "model": args.model, "views": f"{views[0]}x{views[1]}", **ranked,
-                              "seconds": round(time.perf_counter() - start, 3)}), flush=True)
+                              "seconds": round(time.perf_counter() - start, 3)}, allow_nan=False), flush=True)
         else:
             print(f"{path}: " + " | ".join(", ".join(f"{t['label']} ({t['score']:.1%})" for t in top) for top in tops),
                   flush=True)
@@ -244,6 +253,19 @@ def _classify_plan(name: str, model, views: tuple[int, int]) -> str:
             f"per video, {str(param.dtype).removeprefix('torch.')} on {param.device}")
 
 
+def _one_line(err: BaseException, path: Path) -> str:
+    """``err`` as one line that names ``path`` once."""
+    if isinstance(err, MemoryError):
+        return f"{path}: out of memory while decoding or classifying it; free memory or use a smaller --batch-size"
+    message = _collapse(err)
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def _collapse(err: BaseException) -> str:
+    """An exception's message on one line (a multi-line message is joined, not cut)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -258,6 +280,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     labels = model.pretrained_cfg["label_names"]
     frames, size = model.num_frames, model.img_size[0]
     out = args.out or Path(tempfile.mkdtemp(prefix="vivit-demo-"))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder for the clips (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     print(f"vivit demo: {args.num} generated clips -> {out}, classified by vivit_motion (ships with vivit, offline)")
@@ -392,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
     parser = argparse.ArgumentParser(prog="vivit",
                                      description="ViViT video models: classify, demo, explain, list, convert, "
-                                                 "evaluate, extract")
+                                                 "evaluate, extract",
+                                     epilog="exit status: 0 ok; 1 a video, model or file failed (one line each on "
+                                            "stderr); 2 bad usage; 130 interrupted")
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -415,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
     p.add_argument("--out", type=Path, help="folder for the clips (default: a new temporary folder)")
-    p.add_argument("--num", type=int, default=6, help="how many clips")
+    p.add_argument("--num", type=_positive_int, default=6, help="how many clips")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
@@ -476,13 +502,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at devnull so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, without a traceback
+        return EXIT_STATUS["interrupted"]
+    except MemoryError:  # e.g. a file declaring more data than this machine holds, past every header check
+        print(f"vivit {args.command}: out of memory; the input needs more than this machine can hold (free memory, "
+              "or use a smaller input or --batch-size)", file=sys.stderr)
+        return EXIT_STATUS["failed"]
     except (ValueError, OSError, RuntimeError, ImportError) as err:  # OSError covers FileNotFoundError, permissions
-        print(f"vivit {args.command}: {_for_the_shell(str(err))}", file=sys.stderr)
-        return 1
-    except MemoryError:  # a file declaring more than this machine holds, past every header check
-        print(f"vivit {args.command}: out of memory; the input declares more data than this machine can hold",
-              file=sys.stderr)
-        return 1
+        print(f"vivit {args.command}: {_for_the_shell(_collapse(err))}", file=sys.stderr)
+        return EXIT_STATUS["failed"]
 
 
 if __name__ == "__main__":

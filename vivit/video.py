@@ -20,6 +20,7 @@ backend resizes every frame exactly, one frame at a time, so it holds one full-r
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 import re
@@ -366,6 +367,9 @@ def _check_file(path: str | Path) -> Path:
         raise FileNotFoundError(f"{path}: no such file; expected a path to a video")
     if path.is_dir():
         raise VideoReadError(f"{path}: is a folder; expected a video file")
+    if not path.is_file():  # FFmpeg would block on a FIFO with no writer, or read a device forever
+        raise VideoReadError(f"{path}: is not a regular file (a pipe, socket or device); save the video to a file and "
+                             "pass that")
     if path.stat().st_size == 0:
         raise VideoReadError(f"{path}: is empty (0 bytes), e.g. a failed download or copy; re-fetch the video")
     return path
@@ -448,15 +452,19 @@ class _PyAVReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # The open frame generator refers back to this reader (a reference cycle). Closing it here frees its frames
-        # and their FFmpeg thread pools now: left to the cyclic GC, they could be freed in a forked DataLoader worker,
-        # which has none of those threads and hangs joining them.
-        if self._frames is not None:
-            self._frames.close()
-            self._frames, self._pos = None, -1
+        self._drop_frames()
         if self._container is not None:
             self._container.close()
             self._container = None
+
+    def _drop_frames(self) -> None:
+        # The open frame generator refers back to this reader (a reference cycle). Closing it here frees its frames
+        # and their FFmpeg thread pools now: left to the cyclic GC, they could be freed in a forked DataLoader worker,
+        # which has none of those threads and hangs joining them. And a Ctrl-C that lands while a generator is
+        # finalised implicitly is lost (the interpreter can only report it as "ignored"), so the program would go on.
+        if self._frames is not None:
+            self._frames.close()  # type: ignore[attr-defined]
+        self._frames, self._pos = None, -1
 
     # ---------------------------------------------------------------- opening and scanning
     def _open_container(self) -> Any:
@@ -468,10 +476,10 @@ class _PyAVReader:
                 f"{self.path}: FFmpeg cannot read it as a video ({_reason(err)}); it is not a video, or it is "
                 "truncated or corrupt (e.g. an interrupted download): re-fetch or re-encode it") from None
         if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["no"]
+            kinds = sorted({s.type for s in container.streams})
             container.close()
-            raise VideoReadError(f"{self.path}: has no video stream (found {', '.join(kinds)} streams, e.g. an "
-                                 "audio-only file); pass a file with video")
+            found = f"found {', '.join(kinds)} streams, e.g. an audio-only file" if kinds else "the container is empty"
+            raise VideoReadError(f"{self.path}: has no video stream ({found}); pass a file with video")
         stream = container.streams.video[0]
         # Frame threading keeps one decoded frame per thread; for huge frames, slice threading keeps only one.
         large = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) > EXACT_RESIZE_MAX_PIXELS
@@ -526,7 +534,8 @@ class _PyAVReader:
         if self._header_duration and duration < 0.9 * self._header_duration - 0.1:
             raise VideoReadError(f"{self.path}: is truncated: the header says {self._header_duration:.2f} s but the "
                                  f"frames end at {duration:.2f} s ({self.num_frames} frames); re-fetch or re-encode it")
-        first = next(self._frames_from_start(), None)
+        with contextlib.closing(self._frames_from_start()) as frames:
+            first = next(frames, None)
         if first is None:
             raise VideoReadError(f"{self.path}: no frame could be decoded (corrupt or truncated); re-fetch or "
                                  "re-encode it")
@@ -546,10 +555,10 @@ class _PyAVReader:
 
     def _frames_from_start(self) -> Iterator[Any]:
         # A fresh container rather than a seek to 0, which some formats (GIF, raw streams) refuse.
+        self._drop_frames()
         if self._container is not None:
             self._container.close()
             self._container = None
-        self._frames, self._pos = None, -1
         container = self._decoder()
         return self._decode(container, container.streams.video[0])
 
@@ -598,6 +607,8 @@ class _PyAVReader:
                     container.seek(self._pts[target], stream=stream, backward=True, any_frame=False)
                 except self._av.error.FFmpegError as err:
                     raise _Fallback from err
+                if frames is not None:
+                    frames.close()  # type: ignore[attr-defined]
                 frames, pos = self._decode(container, stream), -1
             for frame in frames:
                 index = self._index.get(frame.pts) if frame.pts is not None else None
@@ -617,12 +628,13 @@ class _PyAVReader:
     def _read_sequential(self, wanted: list[int]) -> dict[int, np.ndarray]:
         got: dict[int, np.ndarray] = {}
         remaining = set(wanted)
-        for i, frame in enumerate(self._frames_from_start()):
-            if i in remaining:
-                got[i] = self._to_array(frame)
-                remaining.discard(i)
-                if not remaining:
-                    return got
+        with contextlib.closing(self._frames_from_start()) as frames:
+            for i, frame in enumerate(frames):
+                if i in remaining:
+                    got[i] = self._to_array(frame)
+                    remaining.discard(i)
+                    if not remaining:
+                        return got
         self._missing(min(remaining))
         return got
 
