@@ -308,7 +308,7 @@ def _check_resize(short_side: int, interpolation: str) -> tuple[int, str]:
     return int(short_side), interpolation
 
 
-def _resize_frame(frame: np.ndarray | torch.Tensor, size: tuple[int, int] | None) -> np.ndarray:
+def _resize_frame(frame: np.ndarray | torch.Tensor, size: tuple[int, str] | None) -> np.ndarray:
     """One upright ``(H, W, C)`` uint8 frame, resized on its short side when ``size = (short_side, interpolation)``.
 
     It goes through ``resize_short_side`` as a ``(1, C, H, W)`` view, the layout ``EvalTransform`` hands it, so the
