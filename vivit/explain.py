@@ -7,13 +7,12 @@ a model created with ``attn_impl="eager"``. Drawing needs matplotlib (``pip inst
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import torch
 from einops import rearrange
 
+from .atomic import write_atomic
 from .model import ViViT
 from .transforms import resolve_data_config
 
@@ -94,21 +93,11 @@ def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Pa
     if title:
         fig.suptitle(title, fontsize=9)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The format comes from the final name (the temporary one has no image suffix).
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format=path.suffix.lstrip(".").lower() or "png")
-        os.replace(tmp, path)
-    except OSError as err:
-        _discard(tmp)
+        # matplotlib picks the format from the name, so the temporary file keeps the suffix.
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"), keep_suffix=True)
+    except OSError as err:  # named after the target: the temporary name means nothing to the caller
         raise OSError(f"{path}: cannot write the image ({err.strerror or err}); choose a writable folder") from None
-    except BaseException:  # KeyboardInterrupt included: never leave a partial image or a temporary file
-        _discard(tmp)
-        raise
     return path
 
-
-def _discard(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
