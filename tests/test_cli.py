@@ -186,15 +186,15 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
 def test_a_split_head_is_ranked_per_part_with_its_own_softmax():
     import torch
 
-    from vivit.cli import _top_k
+    from vivit.evaluate import top_k
 
     logits = torch.tensor([2.0, 0.0, 1.0, 5.0, 5.0])  # parts of 3 and 2 classes (as EPIC-Kitchens' nouns, verbs)
     labels = ["n0", "n1", "n2", "v0", "v1"]
-    nouns, verbs = _top_k(logits, labels, 2, class_splits=(3, 2))
+    nouns, verbs = top_k(logits, 2, labels, class_splits=(3, 2))
     assert [t["label"] for t in nouns] == ["n0", "n2"] and [t["index"] for t in verbs] == [3, 4]
     assert nouns[0]["score"] == pytest.approx(float(torch.softmax(logits[:3], 0)[0]), abs=1e-6)
     assert [t["score"] for t in verbs] == [0.5, 0.5]
-    (single,) = _top_k(logits, labels, 1)
+    (single,) = top_k(logits, 1, labels)
     assert single[0]["label"] in {"v0", "v1"}
 
 

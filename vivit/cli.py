@@ -182,24 +182,6 @@ def load_model_for_cli(name: str, device: str | None = None, dtype: str | None =
     return model.to(device).eval() if device else model.eval()
 
 
-def _top_k(logits, labels: Sequence[str] | None, k: int, class_splits: Sequence[int] | None = None) -> list[list[dict]]:
-    """Top-k per head: one list, or one per part of a split head (EPIC-Kitchens: nouns, then verbs).
-
-    A split head holds several classifiers side by side; each part gets its own softmax, as the reference scores them.
-    """
-    import torch
-
-    splits = list(class_splits) if class_splits else [logits.numel()]
-    tops, offset = [], 0
-    for size in splits:
-        probs = torch.softmax(logits[offset : offset + size].float(), dim=-1)
-        values, indices = probs.topk(min(k, size))
-        tops.append([{"label": labels[offset + i] if labels else str(offset + i), "index": offset + int(i),
-                      "score": round(float(v), 6)} for v, i in zip(values.tolist(), indices.tolist(), strict=True)])
-        offset += size
-    return tops
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -210,7 +192,7 @@ def _positive_int(text: str) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
-    from vivit.evaluate import default_views, predict_video
+    from vivit.evaluate import default_views, predict_video, top_k
     from vivit.video import parse_views
 
     model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
@@ -231,7 +213,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             failed += 1
             print(_one_line(err, path), file=sys.stderr)
             continue
-        tops = _top_k(logits, labels, args.top_k, class_splits)
+        tops = top_k(logits, args.top_k, labels, class_splits)
         if args.json:
             # A split head reports one list per part under "top_k_by_split" instead of "top_k".
             ranked = {"top_k": tops[0]} if len(tops) == 1 else {"top_k_by_split": tops}

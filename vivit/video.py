@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .atomic import write_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -111,20 +112,15 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float 
     if encoder in _EVEN_SIZE_ENCODERS and (height % 2 or width % 2):
         raise ValueError(f"codec {codec!r} ({encoder}, 4:2:0) needs even frame sizes, got {height} x {width}; pad or "
                          "resize first")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part{path.suffix}")
-    try:
-        with av.open(str(tmp), mode="w") as container:
+    def encode(tmp: Path) -> None:
+        with av.open(str(tmp), mode="w") as container:  # the container format follows the (kept) suffix
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for frame in frames.numpy():
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: the promise is that no partial file is left
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_atomic(path, encode, keep_suffix=True)
 
 
 def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = None, *, backend: str = "auto",
