@@ -37,7 +37,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,16 @@ def _duration(seconds: float) -> str:
         return "?"
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def _outputs(fn: Callable[[torch.Tensor], torch.Tensor], ds: EvalVideos, view_shape: tuple[int, int],
+             batch_size: int, workers: int, env: Dist,
+             model_dtype: torch.dtype) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
+    """Per loaded batch: its video records and each video's per-view outputs (``None`` where decoding failed)."""
+    for batch in _batches(ds, view_shape, batch_size, workers, env):
+        views = batch["views"]
+        outputs = _run(fn, views, batch_size, env.device, model_dtype) if views is not None else torch.empty(0)
+        yield batch["records"], _split(outputs, batch["counts"])
 
 
 def _batches(ds: EvalVideos, views: tuple[int, int], batch_size: int, workers: int, env: Dist) -> Iterable[dict]:
@@ -349,11 +359,9 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     model_dtype = _param_dtype(model)
     stopped = False
     with open(own, "a") as lines:
-        for batch in _batches(ds, view_shape, batch_size, workers, env):
-            outputs = _split(_run(fn, batch["views"], batch_size, env.device, model_dtype)
-                             if batch["views"] is not None else torch.empty(0), batch["counts"])
+        for records, outputs in _outputs(fn, ds, view_shape, batch_size, workers, env, model_dtype):
             failed = 0
-            for record, logits in zip(batch["records"], outputs, strict=True):
+            for record, logits in zip(records, outputs, strict=True):
                 index = mine[record["index"]]
                 entry = _prediction(index, items[index].path, rows.labels[index], record, logits, splits, names)
                 row = None
@@ -365,7 +373,7 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
                 lines.write(json.dumps(entry) + "\n")
                 lines.flush()
                 new[index] = (entry, row)
-            bar.update(len(batch["records"]), failed)
+            bar.update(len(records), failed)
             if stop_after is not None and len(new) >= stop_after:
                 stopped = True
                 break
@@ -677,11 +685,9 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
         for value in pending.values():
             value.clear()
 
-    for batch in _batches(ds, view_shape, batch_size, workers, env):
-        outputs = _split(_run(fn, batch["views"], batch_size, env.device, model_dtype)
-                         if batch["views"] is not None else torch.empty(0), batch["counts"])
+    for records, outputs in _outputs(fn, ds, view_shape, batch_size, workers, env, model_dtype):
         failed = 0
-        for record, feats in zip(batch["records"], outputs, strict=True):
+        for record, feats in zip(records, outputs, strict=True):
             index = mine[record["index"]]
             if feats is None:
                 pending["failed"].append({"index": index, "reason": record["error"]})
@@ -693,7 +699,7 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
                 pending["view"].extend(range(feats.shape[0]) if per_clip else [-1])
             pending_videos += 1
             processed += 1
-        bar.update(len(batch["records"]), failed)
+        bar.update(len(records), failed)
         if stop_after is not None and processed >= stop_after:
             bar.close()
             _logger.warning("stopping after %d videos as asked (the pending shard is not written); run again with "
