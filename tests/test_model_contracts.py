@@ -76,9 +76,10 @@ def test_reset_classifier_builds_the_head_on_the_models_device_dtype_and_mode():
     assert model.head.weight.device.type == "meta"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_global_pool_empty_returns_unpooled_tokens_like_timm_vit(variant):
-    model = tiny(variant)
+@pytest.mark.parametrize("variant, kwargs", [(v, {}) for v in VARIANTS]
+                         + [("factorized_encoder", dict(spatial_only_baseline=True))])
+def test_global_pool_empty_returns_unpooled_tokens_like_timm_vit(variant, kwargs):
+    model = tiny(variant, **kwargs)
     features = model.forward_features(clip())
     model.reset_classifier(0, "")
     assert model.global_pool == ""

@@ -338,9 +338,9 @@ class FactorizedEncoder(nn.Module):
 
         ``global_pool=""`` returns the tokens unpooled.
         """
-        if self.temporal is None and global_pool != "":
-            return x.mean(dim=1)
-        return self.temporal.pool(x, global_pool)
+        if global_pool == "":
+            return x
+        return x.mean(dim=1) if self.temporal is None else self.temporal.pool(x, global_pool)
 
 
 ENCODERS: dict[str, type[nn.Module]] = {

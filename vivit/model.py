@@ -18,7 +18,7 @@ from torch import nn
 
 from .embed import FrameSamplingEmbed, TubeletEmbed
 from .encoders import ENCODERS, BlockArgs, Transformer
-from .layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, POOL_TYPES, Attention, Mlp, fx_tracing
+from .layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
 
@@ -203,12 +203,8 @@ class ViViT(nn.Module):
         super().__init__()
         self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         _check_args(self.model_args)
-        if variant not in ENCODERS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         head_pool = global_pool  # "" (timm: unpooled tokens) builds the variant's default pooling, then drops it
         global_pool = global_pool or ("avg" if variant in _NO_CLS_VARIANTS else "token")
-        if global_pool not in POOL_TYPES:
-            raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
         if variant in _NO_CLS_VARIANTS and global_pool in ("token", "first"):
             raise ValueError(f"{variant} has no CLS token (scenic forbids it): use global_pool 'avg', 'max' or 'sum'")
         self.variant = variant
@@ -222,9 +218,9 @@ class ViViT(nn.Module):
         self.num_features = self.head_hidden_size = representation_size or embed_dim
         self.pretrained_cfg: dict[str, Any] = {}
 
-        if embedding == "tubelet":
+        if embedding == "tubelet":  # _check_args admits only the two embeddings
             self.patch_embed = TubeletEmbed(self.img_size, num_frames, self.tubelet_size, in_chans, embed_dim)
-        elif embedding == "frame_sampling":
+        else:
             if self.tubelet_size[0] != 1:
                 raise ValueError(f"frame_sampling embeds 2D patches: tubelet_size must be (1, h, w), "
                                  f"got {tubelet_size}")
@@ -239,8 +235,6 @@ class ViViT(nn.Module):
                     f"{variant} needs frame-aligned tokens: the patch height {self.tubelet_size[1]} must divide the "
                     f"frame height {self.img_size[0]}"
                 )
-        else:
-            raise ValueError(f"embedding must be 'tubelet' or 'frame_sampling', got {embedding!r}")
         if dynamic_input_size and embedding != "tubelet":
             raise ValueError("dynamic_input_size=True needs embedding='tubelet': frame sampling picks its frames from "
                              "the clip length fixed at creation; use set_input_size(num_frames=...) to change it")
