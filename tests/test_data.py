@@ -42,6 +42,19 @@ def test_kinetics_csv_rows_map_onto_the_documented_file_names(tmp_path):
         read_listing(csv, pattern="{nope}")
 
 
+def test_kinetics_test_csv_without_a_label_column_is_unlabelled(tmp_path):
+    csv = tmp_path / "test.csv"
+    csv.write_text("youtube_id,time_start,time_end,split\nabc,10,20,test\n")
+    listing = read_listing(csv)
+    assert [Path(p).name for p in listing.paths] == ["abc_000010_000020.mp4"] and listing.labels == [None]
+
+
+def test_a_bare_list_keeps_commas_in_paths(tmp_path):
+    (tmp_path / "files.txt").write_text("a,b.mp4\nc.mp4\n")
+    listing = read_listing(tmp_path / "files.txt")
+    assert listing.paths == [str(tmp_path / "a,b.mp4"), str(tmp_path / "c.mp4")] and listing.labels == [None, None]
+
+
 def test_csv_header_is_optional_and_a_bare_list_is_unlabelled(tmp_path):
     (tmp_path / "a.csv").write_text("# comment\nclips/1.mp4,cat\n/abs/2.mp4,dog\n")
     listing = read_listing(tmp_path / "a.csv")

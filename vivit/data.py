@@ -42,7 +42,8 @@ _logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".gif", ".mpg", ".mpeg", ".flv", ".wmv")
 KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
-KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+# The official CSVs; the test splits have no "label" column (those rows are unlabelled).
+KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
 LIST_SUFFIXES = (".txt", ".lst")
 UNLABELLED = -1
 _MAX_CONSECUTIVE_BAD = 32  # a training sample tries this many files before the run gives up
@@ -94,7 +95,9 @@ def read_listing(source: str | Path, *, video_root: str | Path | None = None,
         raise DataError(f"{source}: no such file or folder; expected a CSV of path,label rows, a Kinetics CSV, a "
                         "folder with one sub-folder per class, or a text file listing videos")
     with open(source, newline="") as f:
-        rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1)
+        # A bare list holds one path per line, commas included; everything else is CSV.
+        reader = ([line.rstrip("\r\n")] for line in f) if source.suffix.lower() in LIST_SUFFIXES else csv.reader(f)
+        rows = [(line, row) for line, row in enumerate(reader, start=1)
                 if row and "".join(row).strip() and not row[0].lstrip().startswith("#")]
     if not rows:
         raise DataError(f"{source}: has no rows; expected lines of 'path,label' (or one video path per line)")
@@ -149,7 +152,7 @@ def _read_kinetics(source: Path, rows: list[tuple[int, list[str]]], header: list
             raise DataError(f"{source}:{line}: cannot build a file name from pattern {pattern!r} ({err!r}); the "
                             f"pattern may use the columns {', '.join(header)}") from None
         paths.append(str(_existing_suffix(root / name)))
-        labels.append(fields["label"])
+        labels.append(fields.get("label"))
         where.append(f"{source}:{line}")
     if not paths:
         raise DataError(f"{source}: a Kinetics CSV header but no rows")
