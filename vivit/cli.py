@@ -3,7 +3,7 @@ calls the package's functions.
 
 Every failure is one line on stderr, never a traceback. Exit status (``EXIT_STATUS``): 0 everything worked; 1 a video,
 model or file failed (``classify`` reports each video and goes on with the next); 2 bad command-line usage (argparse);
-130 interrupted (Ctrl-C, quietly).
+3 ``evaluate`` / ``extract`` stopped by ``--stop-after`` (run again to continue); 130 interrupted (Ctrl-C, quietly).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ DEFAULT_MODEL = "vivit_b_16x2.k400"
 OFFLINE_HINT = ("use --model vivit_motion (ships with vivit) or --model FOLDER (a saved model; `vivit convert` makes "
                 "one from a weights file)")
 DTYPES = ("float32", "bfloat16", "float16")
-EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "interrupted": 130}
+EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "stopped": 3, "interrupted": 130}
 
 
 def _progress(items: Sequence, desc: str):
@@ -324,13 +324,11 @@ CLASSIFY_TIMING = (
 )
 
 
-STOPPED_EXIT_CODE = 3  # --stop-after: the run left early, as a killed job would; run again to continue
+STOPPED_EXIT_CODE = EXIT_STATUS["stopped"]  # --stop-after: the run left early, as a killed job would; run again
 
 
 def _dataset_logging() -> None:
     """Progress lines of ``evaluate`` / ``extract`` on rank 0 (the other ranks only warn)."""
-    import os
-
     if os.environ.get("RANK", "0") == "0":
         logging.getLogger("vivit.dataset_eval").setLevel(logging.INFO)
 
@@ -400,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="ViViT video models: classify, demo, explain, list, convert, "
                                                  "evaluate, extract",
                                      epilog="exit status: 0 ok; 1 a video, model or file failed (one line each on "
-                                            "stderr); 2 bad usage; 130 interrupted")
+                                            "stderr); 2 bad usage; 3 stopped by --stop-after; 130 interrupted")
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
     sub = parser.add_subparsers(dest="command", required=True)

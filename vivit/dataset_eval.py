@@ -50,7 +50,7 @@ from .data import (
     DataError,
     Dist,
     EvalVideos,
-    Item,
+    Listing,
     class_index,
     collate_views,
     init_distributed,
@@ -59,7 +59,7 @@ from .data import (
     shard,
     to_items,
 )
-from .evaluate import top_k
+from .evaluate import default_views, top_k
 from .factory import create_model
 from .labels import LABEL_SETS
 from .video import parse_views
@@ -106,9 +106,7 @@ def _dtype_name(model: torch.nn.Module) -> str:
 
 
 def _views(model: torch.nn.Module, views: str | Sequence[int] | None) -> tuple[int, int]:
-    if views is None:
-        return parse_views(getattr(model, "pretrained_cfg", {}).get("eval_views") or (4, 3))
-    return parse_views(views)
+    return default_views(model) if views is None else parse_views(views)
 
 
 def _check_run(out: Path, settings: dict[str, Any], env: Dist) -> None:
@@ -128,8 +126,10 @@ def _check_run(out: Path, settings: dict[str, Any], env: Dist) -> None:
     env.barrier()
 
 
-def _listing_digest(items: Sequence[Item]) -> str:
-    return hashlib.sha256("\n".join(f"{i.path}\t{i.label}" for i in items).encode()).hexdigest()[:16]
+def _listing_digest(rows: Listing) -> str:
+    """Paths and labels of the listing: a run resumes only on the same rows."""
+    return hashlib.sha256("\n".join(f"{p}\t{lab}" for p, lab in zip(rows.paths, rows.labels, strict=True))
+                          .encode()).hexdigest()[:16]
 
 
 class _Progress:
@@ -331,7 +331,7 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     views_text = f"{view_shape[0]}x{view_shape[1]}"
     num, num_classes = len(items), int(model.num_classes)
     settings = {"model": name, "views": views_text, "dtype": _dtype_name(model), "num_videos": num,
-                "num_classes": num_classes, "listing": _listing_digest(items)}
+                "num_classes": num_classes, "listing": _listing_digest(rows)}
     _check_run(out, settings, env)
 
     logits_path = out / LOGITS
@@ -360,19 +360,20 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     stopped = False
     with open(own, "a") as lines:
         for records, outputs in _outputs(fn, ds, view_shape, batch_size, workers, env, model_dtype):
-            failed = 0
+            done_now = []
             for record, logits in zip(records, outputs, strict=True):
                 index = mine[record["index"]]
                 entry = _prediction(index, items[index].path, rows.labels[index], record, logits, splits, names)
-                row = None
-                if logits is not None:
-                    row = logits.mean(0).numpy()
+                row = None if logits is None else logits.mean(0).numpy()
+                if row is not None:
                     table[index] = row
-                    table.flush()  # the row is on disk before the line that points to it
-                failed += entry["status"] == "failed"
+                done_now.append((index, entry, row))
+            table.flush()  # the batch's rows are on disk before the lines that point to them
+            for index, entry, row in done_now:
                 lines.write(json.dumps(entry) + "\n")
-                lines.flush()
                 new[index] = (entry, row)
+            lines.flush()
+            failed = sum(entry["status"] == "failed" for _, entry, _ in done_now)
             bar.update(len(records), failed)
             if stop_after is not None and len(new) >= stop_after:
                 stopped = True
@@ -647,7 +648,7 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
     view_shape = _views(model, views_arg)
     num = len(items)
     settings = {"model": name, "views": f"{view_shape[0]}x{view_shape[1]}", "dtype": _dtype_name(model),
-                "per_clip": per_clip, "layer": layer, "num_videos": num, "listing": _listing_digest(items)}
+                "per_clip": per_clip, "layer": layer, "num_videos": num, "listing": _listing_digest(rows)}
     _check_run(out, settings, env)
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)

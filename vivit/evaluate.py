@@ -81,7 +81,7 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, b
     return predict_views(model, clips, batch_size, device=device)
 
 
-__all__ = ["default_views", "predict_video", "predict_views"]
+__all__ = ["default_views", "predict_video", "predict_views", "top_k"]
 
 
 def top_k(logits: torch.Tensor, k: int, labels: Sequence[str] | None = None,
