@@ -37,6 +37,7 @@ from typing import Any
 
 from ._version import __version__
 from .atomic import temporary_sibling, write_atomic
+from .formats import file_sha256, first_line, remember_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _RECORD_SUFFIX = ".record.json"
-_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked in this process
 _STALE_PART_SECONDS = 24 * 3600
 _HUB_PART = re.compile(r"^[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 
@@ -152,7 +152,7 @@ def download_url(url: str, cache_dir: str | Path | None = None, *, sha256: str |
         record = json.dumps({"url": url, "size": received, "sha256": digest})
         write_atomic(record_path(dest), lambda p: p.write_text(record), tmp_suffix=".part")
         os.replace(tmp, dest)
-        _verified[_stat_key(dest)] = digest
+        remember_sha256(dest, digest)
     except urllib.error.HTTPError as err:
         raise RuntimeError(f"could not download {url}: the server answered HTTP {err.code} {err.reason}. "
                            + _manual_hint(url, dest)) from None
@@ -189,23 +189,6 @@ def _check_cache_entry(dest: Path, url: str, sha256: str | None) -> None:
         raise CacheIntegrityError(
             f"the cached copy of {url} is damaged or was replaced ({problem}): delete this cache entry ({dest} and "
             f"{record_path(dest).name}) or pass force_download=True (CLI: --force-download) to download it again")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, remembered for this process while its size and mtime stay the same."""
-    key = _stat_key(path)
-    if key not in _verified:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        _verified[key] = digest.hexdigest()
-    return _verified[key]
-
-
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 def _lower(text: str) -> str:
@@ -440,8 +423,3 @@ def transport_errors() -> tuple[type[Exception], ...]:
         except ImportError:
             continue
     return ()  # neither client: nothing more to translate; the original error propagates
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 import re
 import zipfile
@@ -25,6 +26,7 @@ LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 WEIGHTS_RECORD = "weights_file"  # config.json key: {"name", "size", "sha256"} of the weights file it was saved with
 FORMATS = ("safetensors", "torch", "scenic", "npz", "vivit-folder", "transformers-folder")
+_known_sha256: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, for this process
 _MSGPACK_MAP_STARTS = {*range(0x81, 0x90), 0xDE, 0xDF}
 # Limits checked from headers, before any data is read. A ViViT-H safetensors header is ~60 KB for ~500 tensors.
 MAX_SAFETENSORS_HEADER = 8 << 20
@@ -306,7 +308,7 @@ def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:
         return  # saved before records existed, or a legacy weights file put beside the config by hand
     found = {"size": weights.stat().st_size}
     if record.get("size") == found["size"]:
-        found["sha256"] = sha256_of(weights)
+        found["sha256"] = file_sha256(weights)
     if any(record.get(k) != v for k, v in found.items()):
         mismatch = ", ".join(f"{k} {record.get(k)!r} recorded, {v!r} found" for k, v in found.items()
                              if record.get(k) != v)
@@ -315,10 +317,23 @@ def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:
                          "damaged. Save the model again (or restore the matching pair of files)")
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, remembered for this process while its size and mtime stay the same."""
+    key = _stat_key(path)
+    if key not in _known_sha256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _known_sha256[key] = digest.hexdigest()
+    return _known_sha256[key]
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record the digest of a file just written (a download hashed as it streamed), so it is not read again."""
+    _known_sha256[_stat_key(path)] = digest
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)

@@ -28,6 +28,7 @@ from .formats import (
     check_finite,
     check_weights_record,
     detect_format,
+    file_sha256,
     folder_weights_file,
     load_saved,
     read_json,
@@ -166,7 +167,7 @@ def fetch_weights(source: str | Path, model: ViViT, *, force_download: bool = Fa
         cfg = PRETRAINED[text]
         if cfg.file:  # shipped inside the package
             path = Path(str(resources.files("vivit").joinpath(cfg.file)))
-            if cfg.sha256 and fetch.file_sha256(path) != cfg.sha256:
+            if cfg.sha256 and file_sha256(path) != cfg.sha256:
                 raise RuntimeError(f"{path} (shipped with vivit for {text}) does not have its release sha256 "
                                    f"{cfg.sha256}: the installation is damaged; reinstall vivit")
             weights = read_weights(path, model)

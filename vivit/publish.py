@@ -21,8 +21,8 @@ import torch
 
 from ._version import __version__
 from .atomic import write_atomic
-from .fetch import HUB_PREFIXES, first_line, is_offline, parse_hub_name, transport_errors
-from .formats import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, sha256_of
+from .fetch import HUB_PREFIXES, is_offline, parse_hub_name, transport_errors
+from .formats import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256, first_line
 from .zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def save_pretrained(model: nn.Module, save_directory: str | Path, *, label_names
 
     def write_weights(tmp: Path) -> None:
         save_file(state, str(tmp), metadata={"format": "pt"})
-        config[WEIGHTS_RECORD] = {"name": WEIGHTS_NAME, "size": tmp.stat().st_size, "sha256": sha256_of(tmp)}
+        config[WEIGHTS_RECORD] = {"name": WEIGHTS_NAME, "size": tmp.stat().st_size, "sha256": file_sha256(tmp)}
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
