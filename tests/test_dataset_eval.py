@@ -149,6 +149,20 @@ def test_continuing_with_other_settings_is_refused(clips, reference, tmp_path):
         evaluate_dataset(listing, "vivit_motion", tmp_path, views="2x1", workers=0)
 
 
+def test_continuing_with_relabelled_rows_is_refused(clips, reference, tmp_path):
+    rows = (clips / "list.csv").read_text().splitlines()
+    header, first, *rest = rows
+    path, label = first.rsplit(",", 1)
+    path = str(clips / path)  # the copy lives in another folder
+    other = next(r.rsplit(",", 1)[1] for r in rest if r.rsplit(",", 1)[1] != label)
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"{header}\n{path},{label}\n")
+    evaluate_dataset(listing, "vivit_motion", tmp_path / "out", batch_size=4, workers=0, stop_after=1)
+    listing.write_text(f"{header}\n{path},{other}\n")
+    with pytest.raises(ValueError, match="the listing's rows differ"):
+        evaluate_dataset(listing, "vivit_motion", tmp_path / "out", workers=0)
+
+
 def test_unknown_labels_are_refused_with_their_rows(clips, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(f"path,label\n{clips / 'static_0.mp4'},statik\n")
