@@ -201,3 +201,12 @@ def test_released_cfgs_sample_frames_at_the_reference_configs_stride():
     strides = {name: cfg.frame_stride for name, cfg in PRETRAINED.items() if cfg.source_format != "vivit"}
     assert strides == {"vivit_b_16x2.k400": 2, "vivit_b_16x2_fe.k400": 2, "vivit_l_16x2_fe.k400": 2,
                        "vivit_l_16x2_fe.k600": 2, "vivit_l_16x2_fe.ek100": 1}
+
+
+def test_untagged_defaults_take_the_input_size_from_the_architecture(monkeypatch):
+    from vivit import zoo
+
+    monkeypatch.setitem(zoo.ARCHS, "vivit_test_small", {**ARCHS["vivit_ti_16x2"], "img_size": (64, 48),
+                                                        "num_frames": 8})
+    assert zoo.arch_defaults("vivit_test_small").input_size == (3, 8, 64, 48)
+    assert zoo.arch_defaults("vivit").input_size == (3, 32, 224, 224)  # the generic arch: the paper's input

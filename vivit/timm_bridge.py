@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -150,17 +149,6 @@ def _timm_entrypoint(arch: str):
     return entrypoint
 
 
-def _weightless_cfg(arch: str) -> PretrainedCfg:
-    """An architecture's cfg without weights, its input size read from its arguments."""
-    cfg = arch_defaults(arch)
-    if arch not in ARCHS:
-        return cfg
-    args = ARCHS[arch]
-    img = args.get("img_size", cfg.input_size[2:])
-    h, w = (img, img) if isinstance(img, int) else img
-    return replace(cfg, input_size=(args.get("in_chans", 3), args.get("num_frames", cfg.input_size[1]), h, w))
-
-
 def register_timm_models(archs: Iterable[str] | None = None) -> bool:
     """Register architectures (default: all of ``ARCHS``, their pretrained tags and the generic ``vivit``) into timm's
     registry; ``False`` if timm is not installed.
@@ -177,7 +165,7 @@ def register_timm_models(archs: Iterable[str] | None = None) -> bool:
             if cfg.architecture in names}
     for arch in names:  # the generic arch too, so timm.data.resolve_data_config sees a video size
         if not any(cfg.architecture == arch for cfg in PRETRAINED.values()):
-            cfgs[arch] = _timm_cfg(_weightless_cfg(arch))
+            cfgs[arch] = _timm_cfg(arch_defaults(arch))
     default_cfgs.update(generate_default_cfgs(cfgs))
     for arch in names:
         register_model(_timm_entrypoint(arch))

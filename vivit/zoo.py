@@ -133,8 +133,13 @@ PRETRAINED: dict[str, PretrainedCfg] = {
 
 
 def arch_defaults(arch: str) -> PretrainedCfg:
-    """The untagged cfg every architecture has: input spec and preprocessing, no weights."""
-    return PretrainedCfg(architecture=arch)
+    """The untagged cfg every architecture has: its input size (from ``ARCHS``) and preprocessing, no weights."""
+    args = ARCHS.get(arch)
+    if args is None:  # the generic "vivit" of saved custom models: the paper's input
+        return PretrainedCfg(architecture=arch)
+    img = args.get("img_size", 224)
+    h, w = (img, img) if isinstance(img, int) else img
+    return PretrainedCfg(architecture=arch, input_size=(args.get("in_chans", 3), args.get("num_frames", 32), h, w))
 
 
 def default_pretrained_cfg(arch: str) -> PretrainedCfg:
