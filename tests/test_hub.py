@@ -486,6 +486,20 @@ print(json.dumps({{"same_folder": config.parent == weights.parent, "commit": wei
     assert not any(path.startswith("/api/models") for _, path in server.requests)  # resolve is all it needs
 
 
+def test_a_model_from_a_pinned_revision_reloads_that_revision(tmp_path: Path, saved_repo: tuple) -> None:
+    _, folder = saved_repo
+    code = f"""
+import vivit
+model = vivit.create_model("hf-hub:vivit-test/tiny@{COMMIT}", pretrained=True)
+vivit.load_pretrained(model)
+print(json.dumps(vivit.load.saved_source(model.pretrained_cfg)))
+"""
+    with HubServer(repos={"vivit-test/tiny": folder}) as server:
+        source = run_hub(code, server, tmp_path / "hf")
+    assert source == f"hf-hub:vivit-test/tiny@{COMMIT}"
+    assert not any("/resolve/main/" in path for _, path in server.requests)
+
+
 def test_hf_hub_file_missing_file_repo_and_revision_are_clear_errors(tmp_path: Path) -> None:
     code = """
 print(json.dumps([attempt(fetch.hf_hub_file, "vivit-test/tiny", "model.safetensors"),

@@ -311,7 +311,8 @@ def create_from_hub(name: str, pretrained: bool = False, *, force_download: bool
     config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
     model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision, force_download),
                                f"hf-hub:{repo_id}", overrides, pretrained, allow_non_finite)
-    model.pretrained_cfg.update(hf_hub_id=repo_id, source="hf-hub")
+    # The pinned revision stays part of the id, so load_pretrained(model) reloads that revision, not main.
+    model.pretrained_cfg.update(hf_hub_id=f"{repo_id}@{revision}" if revision else repo_id, source="hf-hub")
     return model
 
 
