@@ -37,7 +37,7 @@ from typing import Any
 
 from ._version import __version__
 from .atomic import temporary_sibling, write_atomic
-from .formats import file_sha256, first_line, remember_sha256
+from .formats import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, file_sha256, first_line, remember_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -423,3 +423,22 @@ def transport_errors() -> tuple[type[Exception], ...]:
         except ImportError:
             continue
     return ()  # neither client: nothing more to translate; the original error propagates
+
+
+def hub_weights_file(repo_id: str, revision: str | None = None, *, force_download: bool = False,
+                     sha256: str | None = None) -> Path:
+    """A Hub model repo's weights: ``model.safetensors``, else the older ``pytorch_model.bin`` (read safely later).
+
+    ``sha256`` is the release digest of the safetensors file. Offline, a missing safetensors file is a
+    ``RuntimeError`` ("not in the cache") and a cached pickle is still found; a damaged or changing file is an error,
+    not a missing one. The first file's error is raised when neither exists.
+    """
+    try:
+        return hf_hub_file(repo_id, WEIGHTS_NAME, revision, force_download=force_download, sha256=sha256)
+    except (FileNotFoundError, RuntimeError) as missing:
+        if isinstance(missing, CacheIntegrityError):
+            raise
+        try:
+            return hf_hub_file(repo_id, LEGACY_WEIGHTS_NAME, revision, force_download=force_download)
+        except (FileNotFoundError, RuntimeError):
+            raise missing from None

@@ -232,10 +232,8 @@ def _timm_weights_file(timm: Any, name: str) -> dict[str, str]:
         return {}  # unknown names and URL-only weights: timm's own error or download
     if cfg.hf_hub_filename:
         return {"file": str(fetch.hf_hub_file(cfg.hf_hub_id, cfg.hf_hub_filename))}
-    try:
-        return {"file": str(fetch.hf_hub_file(cfg.hf_hub_id, "model.safetensors"))}
-    except FileNotFoundError:  # older timm repos hold only the pickle (timm reads it with weights_only=True)
-        return {"file": str(fetch.hf_hub_file(cfg.hf_hub_id, "pytorch_model.bin"))}
+    # older timm repos hold only the pickle (timm reads it with weights_only=True)
+    return {"file": str(fetch.hub_weights_file(cfg.hf_hub_id))}
 
 
 def _as_tensors(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -23,8 +23,6 @@ from .convert.checkpoint import read_scenic_checkpoint
 from .convert.scenic import convert_scenic_params, flatten_params
 from .convert.transformers import config_dict, from_transformers, model_args_from_transformers
 from .formats import (
-    LEGACY_WEIGHTS_NAME,
-    WEIGHTS_NAME,
     check_finite,
     check_weights_record,
     detect_format,
@@ -193,7 +191,7 @@ def _fetch_hub(repo_id: str, revision: str | None, model: ViViT, force_download:
                sha256: str | None) -> Weights:
     config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
     if isinstance(config.get("model_args"), dict) or config.get("model_type") == "vivit":
-        path = _hub_weights_file(repo_id, revision, force_download, sha256)
+        path = fetch.hub_weights_file(repo_id, revision, force_download=force_download, sha256=sha256)
         check_weights_record(config, path)
         return _weights_from_config(read_state_dict(path), config, f"hf-hub:{repo_id} ({path.name})")
     raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
@@ -208,21 +206,6 @@ def _read_download(url: str, model: ViViT, force_download: bool, sha256: str | N
     except ValueError as err:
         raise ValueError(f"{err}. It is the cached download of {url}: if the download is damaged, delete this cache "
                          f"entry ({path}) or pass force_download=True (CLI: --force-download)") from None
-
-
-def _hub_weights_file(repo_id: str, revision: str | None, force_download: bool = False,
-                      sha256: str | None = None) -> Path:
-    try:
-        return fetch.hf_hub_file(repo_id, WEIGHTS_NAME, revision, force_download=force_download, sha256=sha256)
-    except (FileNotFoundError, RuntimeError) as missing:
-        # Older repos only have the pickle (read with weights_only=True). Offline, a missing safetensors file is a
-        # RuntimeError ("not in the cache"), and a cached pickle must still be found.
-        if isinstance(missing, fetch.CacheIntegrityError):  # a damaged or changing file is not a missing one
-            raise
-        try:
-            return fetch.hf_hub_file(repo_id, LEGACY_WEIGHTS_NAME, revision, force_download=force_download)
-        except (FileNotFoundError, RuntimeError):
-            raise missing from None
 
 
 def saved_source(cfg: Mapping[str, Any]) -> str | None:
@@ -309,7 +292,7 @@ def create_from_hub(name: str, pretrained: bool = False, *, force_download: bool
     """
     repo_id, revision = fetch.parse_hub_name(name)
     config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
-    model = _model_from_config(config, lambda: _hub_weights_file(repo_id, revision, force_download),
+    model = _model_from_config(config, lambda: fetch.hub_weights_file(repo_id, revision, force_download=force_download),
                                f"hf-hub:{repo_id}", overrides, pretrained, allow_non_finite)
     # The pinned revision stays part of the id, so load_pretrained(model) reloads that revision, not main.
     model.pretrained_cfg.update(hf_hub_id=f"{repo_id}@{revision}" if revision else repo_id, source="hf-hub")
