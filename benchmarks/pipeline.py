@@ -1,11 +1,11 @@
 """Throughput of the dataset-evaluation pipeline (``vivit evaluate``) next to its two stages, measured in one run.
 
-Generated motion clips (``vivit.synthetic``) are written as real H.264 files, then for 0, 1 and 2 DataLoader workers:
+Generated motion clips (``vivit.data.synthetic``) are written as real H.264 files, then for 0, 1 and 2 DataLoader workers:
 
 - **decode-only**: the evaluation dataset (decode + resize + crop every test view) through the loader, no model;
 - **model-only**: forward passes of ready-made view batches, no decoding (workers do not change it; measured before
   and after each end-to-end run, the fastest kept);
-- **end-to-end**: :func:`vivit.dataset_eval.evaluate_dataset` on the files (predictions, logits, report included).
+- **end-to-end**: :func:`vivit.tasks.evaluate.evaluate_dataset` on the files (predictions, logits, report included).
 
 The ratio end-to-end / slower stage says how well decoding and the model overlap: 1.0 is a perfect pipeline (the
 job runs at the speed of its slower stage); with 0 workers the stages run one after the other, so it is lower.
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 import vivit
-from vivit.data import EvalVideos, Item, collate_views, make_loader
-from vivit.dataset_eval import evaluate_dataset
-from vivit.synthetic import MOTION_CLASSES, make_clip
-from vivit.transforms import resolve_data_config
-from vivit.video import parse_views, write_video
+from vivit.data.datasets import EvalVideos, Item, collate_views, make_loader
+from vivit.tasks.evaluate import evaluate_dataset
+from vivit.data.synthetic import MOTION_CLASSES, make_clip
+from vivit.data.transforms import resolve_data_config
+from vivit.data.video import parse_views, write_video
 
 
 def write_clips(folder: Path, count: int, frames: int, size: int) -> Path:

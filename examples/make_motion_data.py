@@ -1,6 +1,6 @@
 """Write a small labelled video dataset of generated motion clips, for trying ``examples/train.py`` offline.
 
-Clips come from ``vivit.synthetic`` (a shape that moves in one of 8 directions, blinks between two colours or stays
+Clips come from ``vivit.data.synthetic`` (a shape that moves in one of 8 directions, blinks between two colours or stays
 still: ``MOTION_CLASSES``; one frame cannot tell the classes apart) and are encoded as H.264 ``.mp4`` files with PyAV,
 so training reads them exactly as it reads real videos::
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vivit.synthetic import MOTION_CLASSES, make_clip
+from vivit.data.synthetic import MOTION_CLASSES, make_clip
 
 LAYOUTS = ("csv", "folders")
 # Classes in the order --classes N takes them: the four axis-aligned directions first (the easiest to learn).

@@ -6,8 +6,8 @@
     python examples/train.py ... --resume runs/a            # continue from the newest checkpoint in runs/a
 
 Data: a CSV of ``path,label`` rows (paths relative to the CSV; a ``path,label`` header is optional), a Kinetics CSV or a
-folder with one sub-folder of videos per class, read by ``vivit.data`` (listings, clip datasets, loaders, ranks).
-Videos are decoded with ``vivit.video`` and augmented with ``vivit.transforms``.
+folder with one sub-folder of videos per class, read by ``vivit.data.datasets`` (listings, clip datasets, loaders, ranks).
+Videos are decoded with ``vivit.data.video`` and augmented with ``vivit.data.transforms``.
 
 The defaults are the reference's (scenic ``projects/vivit/configs``, see ``RECIPES``): SGD with momentum 0.9, a
 linear warm-up of 2.5 epochs then cosine decay to zero, gradient clipping at global norm 1, no weight decay; label
@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 import vivit
-from vivit.data import (
+from vivit.data.datasets import (
     DataError,
     Dist,
     EvalVideos,
@@ -60,14 +60,14 @@ from vivit.data import (
     resolve_classes,
     to_items,
 )
-from vivit.evaluate import predict_views
-from vivit.transforms import TRAIN_RECIPES, mixup, resolve_data_config, train_transform
-from vivit.video import parse_views
+from vivit.tasks.predict import predict_views
+from vivit.data.transforms import TRAIN_RECIPES, mixup, resolve_data_config, train_transform
+from vivit.data.video import parse_views
 
 _logger = logging.getLogger("vivit.train")
 
 # The reference configs' optimisation settings (scenic/projects/vivit/configs/*); augmentation, mixup alpha, label
-# smoothing and frame stride come from vivit.transforms.TRAIN_RECIPES. All of them used a global batch of 64,
+# smoothing and frame stride come from vivit.data.transforms.TRAIN_RECIPES. All of them used a global batch of 64,
 # optimizer 'momentum' (SGD, momentum 0.9), l2_decay_factor 0, max_grad_norm 1 and
 # 'constant * cosine_decay * linear_warmup' with warmup_steps = 2.5 epochs.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -98,7 +98,7 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """An image ViT's weights: vivit's readers (format by content, wrappers unwrapped, clear errors)."""
-    from vivit.formats import read_state_dict
+    from vivit.weights.read import read_state_dict
 
     return read_state_dict(path)
 
@@ -590,7 +590,7 @@ def make_parser() -> argparse.ArgumentParser:
                       help="start from released weights: the model's default tag, or an arch.tag, hf-hub:, URL or "
                            "file for vivit.load_pretrained; a new head is zero-initialised")
     init.add_argument("--inflate", metavar="VIT_NAME_OR_FILE",
-                      help="initialise from a timm image ViT (name or .safetensors/.pt state dict) with vivit.inflate; "
+                      help="initialise from a timm image ViT (name or .safetensors/.pt state dict) with vivit.weights.inflate; "
                            "the model is built with act_layer='gelu' unless --model-args says otherwise")
     model.add_argument("--inflate-kernel", default="central_frame", choices=("central_frame", "average", "average_arp"))
     model.add_argument("--inflate-posemb", choices=("tile", "resize", "resize_tile"),

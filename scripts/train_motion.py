@@ -1,6 +1,6 @@
 """Train ``vivit_motion``, the small ViViT whose weights ship inside the package.
 
-The task (``vivit.synthetic``) is built so that one frame cannot tell its classes apart, and the script proves it: next
+The task (``vivit.data.synthetic``) is built so that one frame cannot tell its classes apart, and the script proves it: next
 to the video model it trains the same architecture on clips made of one frame repeated, which stays near chance.
 
     python scripts/train_motion.py                     # writes vivit/weights/vivit_motion.{safetensors,json}
@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import vivit
-from vivit.synthetic import MOTION_CLASSES, make_dataset
+from vivit.data.synthetic import MOTION_CLASSES, make_dataset
 
 _logger = logging.getLogger("train_motion")
 
@@ -38,7 +38,7 @@ MODEL_ARGS: dict[str, Any] = dict(
     variant="factorized_encoder", img_size=32, num_frames=16, tubelet_size=(4, 8, 8), embed_dim=128, depth=2,
     num_heads=4, mlp_dim=256, temporal_depth=2, global_pool="avg", num_classes=len(MOTION_CLASSES),
 )
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "vivit" / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "vivit" / "assets"
 
 
 def to_input(videos: np.ndarray) -> torch.Tensor:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "torch_version": torch.__version__,
         "input": "uint8 RGB clips scaled x * 2 / 255 - 1, float B x C x T x H x W",
-        "generator": "vivit.synthetic.make_dataset",
+        "generator": "vivit.data.synthetic.make_dataset",
     }
     (args.out / "vivit_motion.json").write_text(json.dumps(meta, indent=2) + "\n")
     _logger.info("wrote %s (%.0f kB) and %s", weights, weights.stat().st_size / 1e3, args.out / "vivit_motion.json")

@@ -1,4 +1,4 @@
-"""vivit.atomic: a file is the old one or the whole new one, and no temporary file outlives a write."""
+"""vivit.files: a file is the old one or the whole new one, and no temporary file outlives a write."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from vivit.atomic import write_atomic, write_text_atomic
+from vivit.files import write_atomic, write_text_atomic
 
 
 def test_a_write_replaces_the_file_whole(tmp_path):

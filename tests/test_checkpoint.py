@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import GOLDEN_DIR
-from vivit.convert import from_scenic
-from vivit.convert.checkpoint import read_scenic_checkpoint
+from vivit.weights.convert import from_scenic
+from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 
 msgpack = pytest.importorskip("msgpack", reason="reading reference checkpoints needs msgpack")
 hypothesis = pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis")
@@ -310,7 +310,7 @@ def test_fuzz_corrupted_golden_files(golden_dir, tmp_path_factory, data):
 
 
 def test_import_loads_no_msgpack():
-    code = "import sys, vivit, vivit.convert.checkpoint; assert 'msgpack' not in sys.modules, 'msgpack imported'"
+    code = "import sys, vivit, vivit.weights.convert.checkpoint; assert 'msgpack' not in sys.modules, 'msgpack imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

@@ -186,7 +186,7 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
 def test_a_split_head_is_ranked_per_part_with_its_own_softmax():
     import torch
 
-    from vivit.evaluate import top_k
+    from vivit.tasks.predict import top_k
 
     logits = torch.tensor([2.0, 0.0, 1.0, 5.0, 5.0])  # parts of 3 and 2 classes (as EPIC-Kitchens' nouns, verbs)
     labels = ["n0", "n1", "n2", "v0", "v1"]
@@ -379,12 +379,12 @@ def _main(argv: list[str], capsys) -> tuple[int, str, str]:
 ])
 def test_classify_interrupted_or_out_of_memory_is_one_line_with_its_exit_code(raised, code, message, monkeypatch,
                                                                                capsys):
-    import vivit.evaluate
+    import vivit.tasks.predict
 
     def fail(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(vivit.evaluate, "predict_video", fail)
+    monkeypatch.setattr(vivit.tasks.predict, "predict_video", fail)
     got, out, err = _main(["classify", "--model", "vivit_motion", "clip.mp4"], capsys)
     assert got == code and out == ""
     assert _failures(err) == ([message, "vivit classify: 1 of 1 videos failed"] if message else [])
@@ -392,12 +392,12 @@ def test_classify_interrupted_or_out_of_memory_is_one_line_with_its_exit_code(ra
 
 @pytest.mark.parametrize("logits", [[float("nan"), 1.0, 2.0], [float("inf"), 0.0, 0.0]])
 def test_classify_refuses_non_finite_scores_so_json_stays_strict(logits, monkeypatch, capsys):
-    import vivit.evaluate
+    import vivit.tasks.predict
 
     def predict(model, path, *args, **kwargs):
         return torch.tensor(logits if path.name == "broken.mp4" else [3.0, 1.0, 0.0] + [0.0] * 7)
 
-    monkeypatch.setattr(vivit.evaluate, "predict_video", predict)
+    monkeypatch.setattr(vivit.tasks.predict, "predict_video", predict)
     code, out, err = _main(["classify", "--model", "vivit_motion", "--json", "broken.mp4", "fine.mp4"], capsys)
     assert code == 1 and _failures(err)[0].startswith("broken.mp4: the model's logits are not finite (NaN or Inf)")
 

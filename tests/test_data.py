@@ -1,4 +1,4 @@
-"""vivit.data: listing forms, class maps, the evaluation dataset's failure records, collation, sharding."""
+"""vivit.data.datasets: listing forms, class maps, the evaluation dataset's failure records, collation, sharding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vivit.data import (
+from vivit.data.datasets import (
     KINETICS_PATTERN,
     UNLABELLED,
     DataError,
@@ -88,7 +88,7 @@ def test_class_maps_match_spellings_and_refuse_unknown_or_missing_labels(tmp_pat
 
 
 def test_eval_videos_turn_unreadable_files_into_failure_records(tmp_path):
-    from vivit.video import write_video
+    from vivit.data.video import write_video
 
     rng = np.random.default_rng(0)
     write_video(tmp_path / "ok.mp4", rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8), fps=4)

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-# vivit.evaluate.predict_video, not vivit/model.py, google/vivit-b-16x2, "vivit.onnx" (a file name in a string)
+# vivit.tasks.predict.predict_video, not vivit/model.py, google/vivit-b-16x2, "vivit.onnx" (a file name in a string)
 API_PATH = re.compile(r"(?<![\w/.\-'\"])vivit(?:\.[A-Za-z_]\w*)+")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vivit.embed import FrameSamplingEmbed, TubeletEmbed, resample_pos_embed, sample_frame_indices
+from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed, resample_pos_embed, sample_frame_indices
 
 
 def test_tubelet_tokens_are_t_major_then_h_then_w():

@@ -1,4 +1,4 @@
-"""vivit.evaluate: views are batched and their logits averaged, no softmax first (SPEC 4.2)."""
+"""vivit.tasks.predict: views are batched and their logits averaged, no softmax first (SPEC 4.2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vivit
-from vivit.evaluate import default_views, predict_video, predict_views
+from vivit.tasks.predict import default_views, predict_video, predict_views
 
 from .conftest import TINY
 
@@ -65,7 +65,7 @@ def test_predict_video_runs_a_vivit_on_a_real_file(tmp_path):
     path = write_video(tmp_path / "clip.mp4", 30, 48, 64)
     model = vivit.create_model("vivit_ti_16x2", num_classes=5, **TINY)
     torch.nn.init.normal_(model.head.weight)
-    from vivit.video import multi_view_clips
+    from vivit.data.video import multi_view_clips
 
     clips = multi_view_clips(path, model, "2x3")
     assert clips.shape == (6, 3, 4, 32, 32)
@@ -82,7 +82,7 @@ def test_default_views_follow_the_weights_evaluation_protocol():
 
 
 def test_top_k_scores_each_part_of_a_split_head_with_its_own_softmax():
-    from vivit.evaluate import top_k
+    from vivit.tasks.predict import top_k
 
     logits = torch.tensor([2.0, 0.0, 1.0, 5.0, 5.0])
     nouns, verbs = top_k(logits, 2, ["a", "b", "c", "x", "y"], class_splits=(3, 2))

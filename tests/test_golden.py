@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import GOLDEN_DIR
-from vivit.convert import from_scenic
+from vivit.weights.convert import from_scenic
 
 GOLDEN_FILES = sorted(p.stem for p in (GOLDEN_DIR / "scenic").glob("*.json")) if GOLDEN_DIR.is_dir() else []
 

@@ -1,4 +1,4 @@
-"""vivit.fetch / vivit.publish against a loopback server: cached downloads, Hub files, saved folders, cards, pushes.
+"""vivit.weights.fetch / vivit.weights.publish against a loopback server: cached downloads, Hub files, saved folders, cards, pushes.
 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` and ``HF_HOME`` when imported, so every Hub call runs in a subprocess
 pointed at the loopback server; plain URL downloads (urllib) run in-process.
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import vivit
-from vivit import fetch, formats, publish
+from vivit.weights import fetch, publish
+from vivit.weights import read as formats
 
 from .hub_server import COMMIT, HubServer
 
@@ -297,7 +298,7 @@ def test_model_card_snippets_run_on_the_saved_folder(tmp_path: Path) -> None:
         exec(compile(code.replace(publish.CARD_FOLDER, str(folder)), f"card[{i}]", "exec"), namespace)  # noqa: S102
     with torch.no_grad():
         torch.testing.assert_close(namespace["logits"], model(namespace["video"]), rtol=0, atol=0)
-    for path in API_PATH.findall(card):  # the prose's API paths exist too (vivit.evaluate.predict_video)
+    for path in API_PATH.findall(card):  # the prose's API paths exist too (vivit.tasks.predict.predict_video)
         obj = vivit
         for part in path.split(".")[1:]:
             obj = getattr(obj, part)
@@ -436,7 +437,8 @@ def test_a_read_only_folder_error_names_the_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- Hub (in a subprocess)
 _PRELUDE = """
 import json, sys
-from vivit import fetch, formats, publish
+from vivit.weights import fetch, publish
+from vivit.weights import read as formats
 
 def attempt(fn, *args, **kwargs):
     try:
@@ -492,7 +494,7 @@ def test_a_model_from_a_pinned_revision_reloads_that_revision(tmp_path: Path, sa
 import vivit
 model = vivit.create_model("hf-hub:vivit-test/tiny@{COMMIT}", pretrained=True)
 vivit.load_pretrained(model)
-print(json.dumps(vivit.load.saved_source(model.pretrained_cfg)))
+print(json.dumps(vivit.weights.load.saved_source(model.pretrained_cfg)))
 """
     with HubServer(repos={"vivit-test/tiny": folder}) as server:
         source = run_hub(code, server, tmp_path / "hf")
@@ -558,7 +560,7 @@ def test_push_to_hub_checks_arguments_and_offline_mode_first(monkeypatch: pytest
 
 
 def test_importing_hub_loads_no_optional_dependency() -> None:
-    code = ("import sys, vivit; before = set(sys.modules); import vivit.fetch, vivit.formats, vivit.publish; "
+    code = ("import sys, vivit; before = set(sys.modules); import vivit.weights.fetch, vivit.weights.read, vivit.weights.publish; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new & {'huggingface_hub', 'safetensors', 'httpx2', 'httpx', 'tqdm'}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

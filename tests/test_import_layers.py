@@ -27,10 +27,23 @@ def _lint(root: Path) -> subprocess.CompletedProcess:
 
 
 def test_every_module_of_the_package_is_in_a_layer():
-    layered = {m for layer in _make_layers().contract_layers() for m in layer}
-    modules = {p.stem for p in (ROOT / "vivit").glob("*.py") if p.stem != "__init__"}
-    packages = {p.parent.name for p in (ROOT / "vivit").glob("*/__init__.py")}
-    assert modules | packages == layered
+    contracts = _make_layers().layer_contracts()
+    for container, layers in contracts:
+        folder = ROOT.joinpath(*container.split("."))
+        layered = {m for layer in layers for m in layer}
+        modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+        packages = {p.parent.name for p in folder.glob("*/__init__.py")}
+        assert modules | packages == layered, container
+    # every role folder with more than one module has its own order
+    folders = {p.parent for p in (ROOT / "vivit").glob("*/*.py") if p.stem != "__init__"}
+    ordered = {ROOT.joinpath(*container.split(".")) for container, _ in contracts}
+    assert {f for f in folders if len(list(f.glob("*.py"))) > 2} <= ordered
+
+
+def test_the_roles_show_at_the_top():
+    top = sorted(p.name for p in (ROOT / "vivit").glob("*.py"))
+    assert len(top) <= 8, top
+    assert {"model", "weights", "data", "tasks"} <= {p.name for p in (ROOT / "vivit").iterdir() if p.is_dir()}
 
 
 def test_no_module_imports_one_above_it():
@@ -40,14 +53,14 @@ def test_no_module_imports_one_above_it():
 
 
 def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
-    shutil.copytree(ROOT / "vivit", tmp_path / "vivit", ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    shutil.copytree(ROOT / "vivit", tmp_path / "vivit", ignore=shutil.ignore_patterns("__pycache__", "assets"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     zoo = tmp_path / "vivit" / "zoo.py"
-    zoo.write_text(zoo.read_text() + "\n\ndef _sneaky():\n    from .factory import create_model\n\n"
+    zoo.write_text(zoo.read_text() + "\n\ndef _sneaky():\n    from vivit.weights.build import create_model\n\n"
                    "    return create_model\n")
     proc = _lint(tmp_path)
     assert proc.returncode != 0
-    assert "vivit.zoo -> vivit.factory" in proc.stdout
+    assert "vivit.zoo -> vivit.weights.build" in proc.stdout
 
 
 def test_the_package_never_imports_scripts_examples_benchmarks_or_tests():

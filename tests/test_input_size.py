@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vivit
-from vivit.embed import resample_pos_embed
+from vivit.model.embed import resample_pos_embed
 
 VARIANTS = ["spacetime", "factorized_encoder", "factorized_self_attention", "factorized_dot_product"]
 BUILT = (4, 32, 32)

@@ -37,7 +37,7 @@ def test_every_label_set_is_tested():
 
 
 def test_motion_labels_are_the_generator_classes():
-    from vivit.synthetic import MOTION_CLASSES
+    from vivit.data.synthetic import MOTION_CLASSES
 
     assert label_names("motion") == list(MOTION_CLASSES)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vivit.layers import Attention, Block, DropPath, FactorizedDotProductAttention, Mlp, attend, pool_tokens
+from vivit.model.layers import Attention, Block, DropPath, FactorizedDotProductAttention, Mlp, attend, pool_tokens
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4), (2, 3, 4, 3, 7, 4), (1, 2, 1, 8)])

@@ -7,7 +7,7 @@ import torch
 
 import vivit
 from vivit import ViViT
-from vivit.layers import Attention
+from vivit.model.layers import Attention
 
 TINY_VARIANTS = {
     "spacetime": {},

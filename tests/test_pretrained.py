@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 import vivit
 from tests.conftest import TINY
 from tests.test_model import TINY_VARIANTS
-from vivit.embed import resample_pos_embed
-from vivit.formats import detect_format
-from vivit.load import load_pretrained
+from vivit.model.embed import resample_pos_embed
+from vivit.weights.read import detect_format
+from vivit.weights.load import load_pretrained
 
 SNAPSHOT = __import__("pathlib").Path(__file__).parent / "snapshots" / "state_dict_keys.json"
 
@@ -208,7 +208,7 @@ def test_missing_path_and_image_vit(tmp_path):
         load_pretrained(tiny(), tmp_path / "nope.pt")
     image_vit = {"patch_embed.proj.weight": torch.zeros(16, 3, 16, 16), "blocks.0.norm1.weight": torch.zeros(16)}
     torch.save(image_vit, tmp_path / "vit.pt")
-    with pytest.raises(ValueError, match="vivit.inflate"):
+    with pytest.raises(ValueError, match="vivit.weights.inflate"):
         load_pretrained(tiny(), tmp_path / "vit.pt")
 
 
@@ -354,7 +354,7 @@ def test_load_pretrained_without_source_reloads_the_folder_the_model_came_from(t
 
 
 def test_frame_sampling_grid_of_saved_args_matches_the_embedding():
-    from vivit.adapt import grid_of_args
+    from vivit.weights.fit import grid_of_args
 
     for img_size in (32, 24):  # 24: 16-pixel patch rows straddle frames, the tokens form one tall image
         args = dict(variant="spacetime", img_size=img_size, num_frames=8, tubelet_size=(1, 16, 16),
@@ -365,7 +365,7 @@ def test_frame_sampling_grid_of_saved_args_matches_the_embedding():
 def test_a_shipped_file_that_does_not_match_its_release_digest_is_refused(monkeypatch):
     import dataclasses
 
-    from vivit import load
+    from vivit.weights import load
 
     cfg = load.PRETRAINED["vivit_motion.synthetic"]
     assert cfg.sha256 and vivit.create_model("vivit_motion", pretrained=True) is not None  # the real digest matches

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests import reference_numpy
-from vivit.convert import from_scenic
+from vivit.weights.convert import from_scenic
 
 
 def _ln(rng, d):

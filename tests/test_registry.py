@@ -182,7 +182,7 @@ def test_import_vivit_loads_no_optional_heavy_dependency():
 
 
 def test_embedded_motion_model_works_offline_and_needs_time(monkeypatch):
-    from vivit.synthetic import make_dataset
+    from vivit.data.synthetic import make_dataset
 
     monkeypatch.setenv("VIVIT_OFFLINE", "1")
     model = vivit.create_model("vivit_motion", pretrained=True).eval()

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 import vivit
-from vivit.synthetic import MOTION_CLASSES, make_clip, make_dataset
+from vivit.data.synthetic import MOTION_CLASSES, make_clip, make_dataset
 
-WEIGHTS = Path(vivit.__file__).parent / "weights"
+WEIGHTS = Path(vivit.__file__).parent / "assets"
 
 
 def test_same_seed_gives_same_clips_and_other_seed_does_not() -> None:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import vivit
-from vivit.adapt import adapt_input_channels
+from vivit.weights.fit import adapt_input_channels
 
 from .hub_server import HubServer
 from .test_hub import run_hub

@@ -1,4 +1,4 @@
-"""vivit.video on real files written with PyAV: codecs, seeking, rotation, VFR, bad input, frame indices, views."""
+"""vivit.data.video on real files written with PyAV: codecs, seeking, rotation, VFR, bad input, frame indices, views."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vivit import video
-from vivit.transforms import eval_transform
+from vivit.data.transforms import eval_transform
 
 from .videos import CODECS, frame_ids, write_audio_only, write_truncated, write_video
 
@@ -72,7 +72,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_import_vivit_loads_no_decoder():
-    code = ("import sys, vivit, vivit.video, vivit.transforms, vivit.evaluate; "
+    code = ("import sys, vivit, vivit.data.video, vivit.data.transforms, vivit.tasks.predict; "
             "print(sorted({'av', 'torchcodec'} & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -349,7 +349,7 @@ def test_one_crop_views_use_the_centre_crop(files):
 
 
 def test_write_video_round_trips_frames(tmp_path):
-    from vivit.video import read_video, write_video
+    from vivit.data.video import read_video, write_video
 
     frames = torch.zeros(6, 32, 48, 3, dtype=torch.uint8)
     for t in range(6):
@@ -406,7 +406,7 @@ def test_write_video_names_a_codec_it_cannot_use(tmp_path, codec, size, message)
     ("long_vp9", 20, "nearest"), pytest.param("rot90", 40, "bilinear", marks=needs_rotation_writer)])
 def test_frames_resized_while_decoding_are_the_pixels_of_resizing_full_frames(files, name, short_side, interpolation,
                                                                                backend):
-    from vivit.transforms import resize_short_side
+    from vivit.data.transforms import resize_short_side
 
     indices = [5, 0, 5, 3]
     full = video.read_video(files[name], indices, backend=backend)

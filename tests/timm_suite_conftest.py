@@ -18,7 +18,7 @@ import os
 import timm
 
 import vivit
-from vivit.timm_bridge import register_timm_models
+from vivit.weights.timm_bridge import register_timm_models
 from vivit.zoo import ARCHS
 
 _TINY = dict(img_size=32, num_frames=4, tubelet_size=(2, 8, 8), embed_dim=32, depth=3, num_heads=2, mlp_dim=64)

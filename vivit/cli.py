@@ -44,7 +44,7 @@ def _nothing_matches(pattern: str, names: Sequence[str]) -> str:
 def _load_source(args: argparse.Namespace):
     """Build the model ``convert`` saves: a tag / hf-hub name, or a file with --arch or --scenic-config."""
     import vivit
-    from vivit.formats import detect_format
+    from vivit.weights.read import detect_format
     from vivit.zoo import PRETRAINED
 
     source = args.source
@@ -76,8 +76,8 @@ def _load_into_arch(args: argparse.Namespace, overrides: dict):
     import torch
 
     import vivit
-    from vivit.adapt import source_grid
-    from vivit.load import fetch_weights, load_weights_into
+    from vivit.weights.fit import source_grid
+    from vivit.weights.load import fetch_weights, load_weights_into
 
     with torch.device("meta"):  # only the variant and the sizes are needed to read the weights
         probe = vivit.create_model(args.arch, **overrides)
@@ -119,7 +119,7 @@ class _Notes(logging.Handler):
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     notes = _Notes()
-    loggers = [logging.getLogger(name) for name in ("vivit.adapt", "vivit.load")]
+    loggers = [logging.getLogger(name) for name in ("vivit.weights.fit", "vivit.weights.load")]
     saved = [(logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:  # INFO reaches the notes only; the notes pass on what the user asked to see
         logger.addHandler(notes)
@@ -192,8 +192,8 @@ def _positive_int(text: str) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
-    from vivit.evaluate import default_views, predict_video, top_k
-    from vivit.video import parse_views
+    from vivit.tasks.predict import default_views, predict_video, top_k
+    from vivit.data.video import parse_views
 
     model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
     views = parse_views(args.views) if args.views else default_views(model)
@@ -254,9 +254,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from vivit.evaluate import predict_video
-    from vivit.synthetic import MOTION_CLASSES, make_clip
-    from vivit.video import write_video
+    from vivit.tasks.predict import predict_video
+    from vivit.data.synthetic import MOTION_CLASSES, make_clip
+    from vivit.data.video import write_video
 
     model = load_model_for_cli("vivit_motion")
     labels = model.pretrained_cfg["label_names"]
@@ -285,8 +285,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from vivit.explain import attention_heatmap, frames_for_tokens, save_attention_grid
-    from vivit.video import multi_view_clips
+    from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
+    from vivit.data.video import multi_view_clips
 
     model = load_model_for_cli(args.model, attn_impl="eager", force_download=args.force_download)
     clip = multi_view_clips(args.video, model, (1, 1))[0]
@@ -330,11 +330,11 @@ STOPPED_EXIT_CODE = EXIT_STATUS["stopped"]  # --stop-after: the run left early, 
 def _dataset_logging() -> None:
     """Progress lines of ``evaluate`` / ``extract`` on rank 0 (the other ranks only warn)."""
     if os.environ.get("RANK", "0") == "0":
-        logging.getLogger("vivit.dataset_eval").setLevel(logging.INFO)
+        logging.getLogger("vivit.tasks.evaluate").setLevel(logging.INFO)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from vivit.dataset_eval import evaluate_dataset
+    from vivit.tasks.evaluate import evaluate_dataset
 
     _dataset_logging()
     model = load_model_for_cli(args.model, dtype=args.dtype)
@@ -353,7 +353,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from vivit.dataset_eval import extract_features
+    from vivit.tasks.evaluate import extract_features
 
     _dataset_logging()
     model = load_model_for_cli(args.model, dtype=args.dtype)
@@ -372,7 +372,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _add_dataset_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Arguments shared by ``evaluate`` and ``extract``."""
-    from vivit.data import KINETICS_PATTERN
+    from vivit.data.datasets import KINETICS_PATTERN
 
     p.add_argument("listing", type=Path, help="CSV (path,label), Kinetics CSV, folder per class, or a list of files")
     p.add_argument("--model", required=True, help="tag, hf-hub:org/repo or folder")

@@ -48,7 +48,7 @@ ARCHS: dict[str, dict[str, Any]] = {
     for suffix, variant in _VARIANT_SUFFIX.items()
     if not (variant == "factorized_dot_product" and _SIZES[size][2] % 2)  # Model 4 splits heads in halves
 }
-# Not a paper model: a small FE trained here on vivit.synthetic clips (scripts/train_motion.py); its weights ship
+# Not a paper model: a small FE trained here on vivit.data.synthetic clips (scripts/train_motion.py); its weights ship
 # inside the package so the first minute works offline.
 ARCHS["vivit_motion"] = dict(variant="factorized_encoder", img_size=32, num_frames=16, tubelet_size=(4, 8, 8),
                              embed_dim=128, depth=2, num_heads=4, mlp_dim=256, temporal_depth=2, global_pool="avg")
@@ -121,12 +121,12 @@ PRETRAINED: dict[str, PretrainedCfg] = {
                   # scenic configs/epic_kitchens/vivit_large_factorised_encoder.py: dataset_configs.stride = 1
                   frame_stride=1, top1=43.6, eval_views="4x1",
                   notes=("logits 0-299 are nouns, 300-396 verbs (scenic class_splits [300, 97])",)),
-        _released("vivit_motion", "synthetic", file="weights/vivit_motion.safetensors", source_format="vivit",
+        _released("vivit_motion", "synthetic", file="assets/vivit_motion.safetensors", source_format="vivit",
                   sha256="947a53d593e220417f7d650117068adec9adaeb5bae07618b04cb91cc259ef38",
                   num_classes=10, input_size=(3, 16, 32, 32), frame_stride=1, crop_pct=1.0, label_set="motion",
                   top1=99.6, eval_views="1x1", paper_name="vivit_motion (not in the paper)",
                   origin_url="scripts/train_motion.py",
-                  notes=("trained on vivit.synthetic clips; held-out top-1 99.6%, single-frame baseline 10.75% "
+                  notes=("trained on vivit.data.synthetic clips; held-out top-1 99.6%, single-frame baseline 10.75% "
                          "(chance 10%)",)),
     )
 }

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .fetch import HUB_PREFIXES
-from .load import create_from_folder, create_from_hub, fetch_weights, load_pretrained, load_weights_into
-from .model import ViViT
-from .zoo import ARCHS, PRETRAINED, arch_defaults, list_models, resolve_name
+from vivit.weights.fetch import HUB_PREFIXES
+from vivit.weights.load import create_from_folder, create_from_hub, fetch_weights, load_pretrained, load_weights_into
+from vivit.model.vivit import ViViT
+from vivit.zoo import ARCHS, PRETRAINED, arch_defaults, list_models, resolve_name
 
 _VIVIT_KWARGS = frozenset(inspect.signature(ViViT.__init__).parameters) - {"self"}
 
@@ -126,7 +126,7 @@ def create_model(
             raise ValueError(
                 f"{name!r} has no released weights"
                 + (f"; released tags: {', '.join(released)}" if released else "")
-                + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.inflate."
+                + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.weights.inflate."
             )
         load_pretrained(model, cfg.name, force_download=force_download, allow_non_finite=allow_non_finite)
     return model

@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .transforms import resolve_data_config
-from .video import VideoReadError, clip_indices, multi_view_clips, parse_views, read_video, video_info
+from vivit.data.transforms import resolve_data_config
+from vivit.data.video import VideoReadError, clip_indices, multi_view_clips, parse_views, read_video, video_info
 
 _logger = logging.getLogger(__name__)
 
@@ -252,10 +252,10 @@ class TrainClips(Dataset):
 
     Args:
         items: The videos.
-        data_cfg: :func:`vivit.transforms.resolve_data_config` output (clip length and ``frame_stride``).
-        transform: Clip transform, e.g. :func:`vivit.transforms.train_transform`.
+        data_cfg: :func:`vivit.data.transforms.resolve_data_config` output (clip length and ``frame_stride``).
+        transform: Clip transform, e.g. :func:`vivit.data.transforms.train_transform`.
         seed: Base seed.
-        backend: Decoder, as in :func:`vivit.video.read_video`.
+        backend: Decoder, as in :func:`vivit.data.video.read_video`.
     """
 
     def __init__(self, items: Sequence[Item], data_cfg: dict[str, Any], transform: Callable[[torch.Tensor], Any],
@@ -299,7 +299,7 @@ class EvalVideos(Dataset):
 
     Args:
         items: The videos.
-        model_or_cfg: What :func:`vivit.video.multi_view_clips` takes (clip length, stride, preprocessing).
+        model_or_cfg: What :func:`vivit.data.video.multi_view_clips` takes (clip length, stride, preprocessing).
         views: ``"4x3"`` or ``(clips, crops)``.
         backend: Decoder.
         pad_to: Round the length up to a multiple of this (the world size of lock-step evaluation).

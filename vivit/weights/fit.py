@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .embed import frame_sampling_grid, resample_pos_embed, sample_frame_indices
+from vivit.model.embed import frame_sampling_grid, resample_pos_embed, sample_frame_indices
 
 if TYPE_CHECKING:
-    from .model import ViViT
+    from vivit.model.vivit import ViViT
 
 _logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..model import ViViT
+from vivit.model.vivit import ViViT
 
 # (transformers source keys, our key, transform of the source tensors)
 Entry = tuple[tuple[str, ...], str, Callable[..., torch.Tensor]]

@@ -14,8 +14,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .embed import resample_pos_embed
-from .layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, fx_tracing, pool_tokens
+from vivit.model.embed import resample_pos_embed
+from vivit.model.layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, fx_tracing, pool_tokens
 
 torch.fx.wrap("rearrange")  # see layers.py
 Grid = tuple[int, int, int]

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._version import __version__
-from .atomic import write_atomic
-from .fetch import HUB_PREFIXES, is_offline, parse_hub_name, transport_errors
-from .formats import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256, first_line
-from .zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
+from vivit._version import __version__
+from vivit.files import write_atomic
+from vivit.weights.fetch import HUB_PREFIXES, is_offline, parse_hub_name, transport_errors
+from vivit.weights.read import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256, first_line
+from vivit.zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
 
 if TYPE_CHECKING:
     from torch import nn
@@ -316,7 +316,7 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
              f"video = torch.rand(1, {c}, {t}, {h}, {w}) * 2 - 1  # B x C x T x H x W, preprocessed as above",
              "with torch.no_grad():",
              f"    logits = model(video)  # (1, {config['num_classes']})", "```", "",
-             f"`vivit.evaluate.predict_video(model, path)` classifies a video file: it decodes {t}-frame clips, "
+             f"`vivit.tasks.predict.predict_video(model, path)` classifies a video file: it decodes {t}-frame clips, "
              "preprocesses them as above and averages the logits over the model's evaluation views; on the command "
              f"line, `vivit classify VIDEO --model {where}`."]
     body = [f"# {name}", "", "A ViViT video classification model (Arnab et al., ICCV 2021) for the `vivit` PyTorch "

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from . import fetch
-from .adapt import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
-from .convert.checkpoint import read_scenic_checkpoint
-from .convert.scenic import convert_scenic_params, flatten_params
-from .convert.transformers import config_dict, from_transformers, model_args_from_transformers
-from .formats import (
+from vivit.weights import fetch
+from vivit.weights.fit import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
+from vivit.weights.convert.checkpoint import read_scenic_checkpoint
+from vivit.weights.convert.scenic import convert_scenic_params, flatten_params
+from vivit.weights.convert.transformers import config_dict, from_transformers, model_args_from_transformers
+from vivit.weights.read import (
     check_finite,
     check_weights_record,
     detect_format,
@@ -33,9 +33,9 @@ from .formats import (
     read_npz,
     read_state_dict,
 )
-from .labels import label_names
-from .model import ViViT
-from .zoo import PRETRAINED
+from vivit.labels import label_names
+from vivit.model.vivit import ViViT
+from vivit.zoo import PRETRAINED
 
 _logger = logging.getLogger(__name__)
 

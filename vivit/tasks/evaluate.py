@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_atomic, write_text_atomic
-from .data import (
+from vivit.files import write_atomic, write_text_atomic
+from vivit.data.datasets import (
     KINETICS_PATTERN,
     DataError,
     Dist,
@@ -59,10 +59,10 @@ from .data import (
     shard,
     to_items,
 )
-from .evaluate import default_views, top_k
-from .factory import create_model
-from .labels import LABEL_SETS
-from .video import parse_views
+from vivit.tasks.predict import default_views, top_k
+from vivit.weights.build import create_model
+from vivit.labels import LABEL_SETS
+from vivit.data.video import parse_views
 
 _logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
     docstring into ``out``.
 
     Args:
-        listing: Anything :func:`vivit.data.read_listing` reads; labels are class names of the model (Kinetics CSVs
+        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are class names of the model (Kinetics CSVs
             spell them with spaces, folder trees often with ``_``: both match) or class indices; a split head takes
             ``"noun|verb"``. Unlabelled rows get predictions only.
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
@@ -303,7 +303,7 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
         stop_after: Leave after this many videos on this rank without a report, as a killed job would (returns
             ``None``); for testing resumption.
-        env: A :class:`vivit.data.Dist` (default: join torchrun's group when launched by torchrun).
+        env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
 
     Returns:
         The report on rank 0; ``None`` on other ranks and when stopped early.
@@ -589,7 +589,7 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
     Per video it is the mean over its views; ``per_clip`` keeps one row per view (``clip * crops + crop``).
 
     Args:
-        listing: Anything :func:`vivit.data.read_listing` reads; labels are kept as given.
+        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are kept as given.
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; an interrupted run is continued (shards already written are kept).
         per_clip: One row per view instead of the mean.
@@ -608,7 +608,7 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
         progress_bar: Force the tqdm bar on or off.
         stop_after: Leave after this many videos without writing the pending shard or the index, as a killed job
             would; for testing resumption.
-        env: A :class:`vivit.data.Dist`.
+        env: A :class:`vivit.data.datasets.Dist`.
 
     Returns:
         The index on rank 0; ``None`` on other ranks and when stopped early.

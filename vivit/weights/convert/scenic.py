@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..embed import frame_sampling_grid, sample_frame_indices
+from vivit.model.embed import frame_sampling_grid, sample_frame_indices
 
 Array = np.ndarray
 # (flax source paths, our key, transform of the source arrays)

@@ -52,11 +52,11 @@ def resolve_data_config(model_or_cfg: Any) -> dict[str, Any]:
         ``input_size`` ``(C, T, H, W)``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``interpolation``,
         ``frame_stride``.
     """
-    from .zoo import PretrainedCfg
+    from vivit.zoo import PretrainedCfg
 
     defaults = {f.name: f.default for f in fields(PretrainedCfg) if f.name in DATA_KEYS}
     if isinstance(model_or_cfg, str):
-        from .zoo import resolve_name
+        from vivit.zoo import resolve_name
 
         if model_or_cfg.startswith("hf-hub:"):
             raise ValueError(f"{model_or_cfg!r}: create the model first (vivit.create_model) and pass the model")
@@ -109,7 +109,7 @@ def normalize(video: torch.Tensor, mean: Sequence[float] = (0.5, 0.5, 0.5),
 
 def to_float(video: torch.Tensor, mean: Sequence[float] = (0.5, 0.5, 0.5),
              std: Sequence[float] = (0.5, 0.5, 0.5)) -> torch.Tensor:
-    """uint8 ``(T, H, W, C)`` frames (what :func:`vivit.video.read_video` returns) -> float ``(C, T, H, W)``.
+    """uint8 ``(T, H, W, C)`` frames (what :func:`vivit.data.video.read_video` returns) -> float ``(C, T, H, W)``.
 
     The default is the reference's scaling ``x * 2 / 255 - 1`` into [-1, 1] (mean = std = 0.5).
     """
@@ -198,7 +198,7 @@ def three_crops(video: torch.Tensor, size: int | Sequence[int] = 224) -> torch.T
 def _check_frames(video: torch.Tensor, channels: int | None = None) -> None:
     if not isinstance(video, torch.Tensor) or video.ndim != 4 or video.dtype != torch.uint8:
         found = f"{tuple(video.shape)} {video.dtype}" if isinstance(video, torch.Tensor) else type(video).__name__
-        raise ValueError(f"expected uint8 frames (T, H, W, C) as vivit.video.read_video returns, found {found}")
+        raise ValueError(f"expected uint8 frames (T, H, W, C) as vivit.data.video.read_video returns, found {found}")
     if channels is not None and video.shape[-1] != channels:
         raise ValueError(f"expected {channels} channels last (T, H, W, {channels}), found shape {tuple(video.shape)}")
 

@@ -10,7 +10,7 @@ average rate. Frames are returned upright: a display-matrix rotation (phone vide
 
 **Memory** follows the model, not the video: with ``short_side`` (what :func:`multi_view_clips` passes) every frame is
 resized as soon as it is decoded, one frame at a time, so only resized frames are kept. The resize is
-:func:`vivit.transforms.resize_short_side` itself, pixel for pixel, for frames up to ``EXACT_RESIZE_MAX_PIXELS``
+:func:`vivit.data.transforms.resize_short_side` itself, pixel for pixel, for frames up to ``EXACT_RESIZE_MAX_PIXELS``
 (4096 x 4096; one such frame takes about 250 MB while it is resized). Larger frames (8K, 16K, hostile files) are
 scaled by FFmpeg's area filter straight to the target size while converting to RGB, so no full-resolution RGB copy is
 made at all; their pixels then differ from the reference's unfiltered resize (they are antialiased). The torchcodec
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_atomic
+from vivit.files import write_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def read_video(path: str | Path, indices: Sequence[int] | torch.Tensor | None = 
             looped clip); ``None`` decodes every frame.
         backend: ``"pyav"``, ``"torchcodec"`` or ``"auto"``.
         short_side: Resize every frame while decoding so that its short side is this size, as
-            :func:`vivit.transforms.resize_short_side` does (see the module docstring for frames beyond
+            :func:`vivit.data.transforms.resize_short_side` does (see the module docstring for frames beyond
             ``EXACT_RESIZE_MAX_PIXELS``); memory then holds resized frames only. ``None`` keeps the full size.
         interpolation: Resize filter for ``short_side``: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
 
@@ -233,7 +233,7 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
 
     Temporal clips come from :func:`clip_indices` (``mode="uniform"``) with the clip length and stride of the model's
     pretrained cfg; each clip is decoded with seeking, resized on its short side and cut into 1 centre crop or 3
-    crops along the long side by :func:`vivit.transforms.eval_transform`, so weights and preprocessing match. The
+    crops along the long side by :func:`vivit.data.transforms.eval_transform`, so weights and preprocessing match. The
     resize happens while decoding, one frame at a time (``read_video(short_side=...)``), so memory is bounded by the
     model's input, not the video's resolution; the transform then finds frames already at its size.
 
@@ -254,7 +254,7 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
             ``short_video="error"``.
         ValueError: A bad ``views``, ``short_video`` or cfg (e.g. ``frame_stride < 1``), before the file is opened.
     """
-    from .transforms import eval_transform, resolve_data_config
+    from vivit.data.transforms import eval_transform, resolve_data_config
 
     num_clips, num_crops = parse_views(views)
     cfg = resolve_data_config(model_or_cfg)
@@ -295,7 +295,7 @@ def _check_clip_args(clip_len: int, stride: int, num_clips: int, mode: str, shor
 
 
 def _check_resize(short_side: int, interpolation: str) -> tuple[int, str]:
-    from .transforms import INTERPOLATIONS
+    from vivit.data.transforms import INTERPOLATIONS
 
     if isinstance(short_side, bool) or not isinstance(short_side, int | np.integer) or short_side < 1:
         raise ValueError(f"short_side must be a positive integer (pixels), found {short_side!r}")
@@ -312,7 +312,7 @@ def _resize_frame(frame: np.ndarray | torch.Tensor, size: tuple[int, str] | None
     """
     if size is None:
         return np.asarray(frame)
-    from .transforms import resize_short_side
+    from vivit.data.transforms import resize_short_side
 
     chw = torch.as_tensor(frame).permute(2, 0, 1)[None]
     return resize_short_side(chw, size[0], size[1])[0].permute(1, 2, 0).numpy()
@@ -641,7 +641,7 @@ class _PyAVReader:
     def _to_array(self, frame: Any) -> np.ndarray:
         """An upright RGB frame, resized while decoding when ``read`` was given a size."""
         if self._size is not None and frame.width * frame.height > EXACT_RESIZE_MAX_PIXELS:
-            from .transforms import short_side_size
+            from vivit.data.transforms import short_side_size
 
             # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
             height, width = short_side_size(frame.height, frame.width, self._size[0])  # symmetric: rotation-safe

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from .factory import create_model
-from .load import Weights, load_pretrained, load_weights_into, saved_source
-from .model import ViViT
-from .zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults
+from vivit.weights.build import create_model
+from vivit.weights.load import Weights, load_pretrained, load_weights_into, saved_source
+from vivit.model.vivit import ViViT
+from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults
 
 default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute
 _FEATURE_KWARGS = ("out_indices", "feature_cls", "output_fmt", "norm", "prune", "flatten_sequential", "out_map",

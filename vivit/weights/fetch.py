@@ -35,9 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .atomic import temporary_sibling, write_atomic
-from .formats import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, file_sha256, first_line, remember_sha256
+from vivit._version import __version__
+from vivit.files import temporary_sibling, write_atomic
+from vivit.weights.read import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, file_sha256, first_line, remember_sha256
 
 _logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import torch.fx
 from einops import rearrange
 from torch import nn
 
-from .embed import FrameSamplingEmbed, TubeletEmbed
-from .encoders import ENCODERS, BlockArgs, Transformer
-from .layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
+from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
+from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
+from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
 
@@ -341,7 +341,7 @@ class ViViT(nn.Module):
         if not x.is_floating_point():
             raise ValueError(
                 f"expected a float video ({expected}) scaled to [-1, 1], got dtype {x.dtype}; "
-                "convert uint8 frames with x.float() * 2 / 255 - 1 (vivit.transforms does this)"
+                "convert uint8 frames with x.float() * 2 / 255 - 1 (vivit.data.transforms does this)"
             )
         dtype = self.patch_embed.proj.weight.dtype
         if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
@@ -579,13 +579,13 @@ class ViViT(nn.Module):
 
         Weights holding NaN or infinite values are refused unless ``allow_non_finite``.
         """
-        from .publish import save_pretrained
+        from vivit.weights.publish import save_pretrained
 
         return save_pretrained(self, save_directory, label_names=label_names, allow_non_finite=allow_non_finite)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload ``save_pretrained``'s folder to the Hugging Face Hub repo ``repo_id``; returns the commit URL."""
-        from .publish import push_to_hub
+        from vivit.weights.publish import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 
@@ -599,7 +599,7 @@ class ViViT(nn.Module):
             **kwargs: ``create_model`` keywords: ``num_classes``, ``num_frames``, ``img_size``, any ViViT keyword.
         """
         # The weights path sits above the model; this constructor reaches up to it, like save_pretrained (STYLE).
-        from .factory import create_model
+        from vivit.weights.build import create_model
 
         name = os.fspath(source)
         if os.path.isdir(name):

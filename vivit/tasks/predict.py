@@ -19,7 +19,7 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int =
 
     Args:
         model: A classifier taking ``(B, C, T, H, W)``.
-        clips: ``(V, C, T, H, W)`` views, e.g. from :func:`vivit.video.multi_view_clips`.
+        clips: ``(V, C, T, H, W)`` views, e.g. from :func:`vivit.data.video.multi_view_clips`.
         batch_size: Views per forward pass.
         device: Where to run; default the model's device. Views are moved there one batch at a time.
         reduce: ``False`` returns the per-view logits ``(V, K)`` instead of their mean.
@@ -54,7 +54,7 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int =
 
 def default_views(model: torch.nn.Module) -> tuple[int, int]:
     """The test views the model's weights were evaluated with (``pretrained_cfg["eval_views"]``), else 4x3."""
-    from .video import parse_views
+    from vivit.data.video import parse_views
 
     return parse_views(getattr(model, "pretrained_cfg", {}).get("eval_views") or (4, 3))
 
@@ -74,7 +74,7 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, b
         backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
         short_video: ``"loop"`` (reference) or ``"error"`` for videos shorter than one clip.
     """
-    from .video import multi_view_clips
+    from vivit.data.video import multi_view_clips
 
     clips = multi_view_clips(path, model, default_views(model) if views is None else views, backend=backend,
                              short_video=short_video)

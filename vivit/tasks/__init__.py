@@ -1,0 +1,2 @@
+"""What users run, built on both paths: ``predict`` (one video, multi-view), ``evaluate`` (a dataset: evaluation
+and feature extraction), ``explain`` (attention maps)."""
