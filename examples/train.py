@@ -590,7 +590,7 @@ def make_parser() -> argparse.ArgumentParser:
                       help="start from released weights: the model's default tag, or an arch.tag, hf-hub:, URL or "
                            "file for vivit.load_pretrained; a new head is zero-initialised")
     init.add_argument("--inflate", metavar="VIT_NAME_OR_FILE",
-                      help="initialise from a timm image ViT (name or .safetensors/.pt state dict) with vivit.weights.inflate; "
+                      help="initialise from a timm image ViT (name or .safetensors/.pt state dict) with vivit.inflate; "
                            "the model is built with act_layer='gelu' unless --model-args says otherwise")
     model.add_argument("--inflate-kernel", default="central_frame", choices=("central_frame", "average", "average_arp"))
     model.add_argument("--inflate-posemb", choices=("tile", "resize", "resize_tile"),

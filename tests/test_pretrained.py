@@ -208,7 +208,7 @@ def test_missing_path_and_image_vit(tmp_path):
         load_pretrained(tiny(), tmp_path / "nope.pt")
     image_vit = {"patch_embed.proj.weight": torch.zeros(16, 3, 16, 16), "blocks.0.norm1.weight": torch.zeros(16)}
     torch.save(image_vit, tmp_path / "vit.pt")
-    with pytest.raises(ValueError, match="vivit.weights.inflate"):
+    with pytest.raises(ValueError, match="vivit.inflate"):
         load_pretrained(tiny(), tmp_path / "vit.pt")
 
 

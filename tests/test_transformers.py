@@ -164,16 +164,16 @@ def test_unsupported_activation_is_refused_by_name(act: str) -> None:
 
 def test_extra_key_is_refused_by_name() -> None:
     hf = _hf_classifier("gelu_fast")
-    state = {**hf.state_dict(), "vivit.model.layers.2.mlp.fc1.weight": torch.zeros(80, 48)}
-    with pytest.raises(ValueError, match=re.escape("vivit.model.layers.2.mlp.fc1.weight")):
+    state = {**hf.state_dict(), "vivit.layers.2.mlp.fc1.weight": torch.zeros(80, 48)}
+    with pytest.raises(ValueError, match=re.escape("vivit.layers.2.mlp.fc1.weight")):
         from_transformers(state, hf.config)
 
 
 def test_missing_key_is_refused_by_name() -> None:
     hf = _hf_classifier("gelu_fast")
     state = dict(hf.state_dict())
-    del state["vivit.model.layers.1.attention.k_proj.bias"]
-    with pytest.raises(ValueError, match=re.escape("vivit.model.layers.1.attention.k_proj.bias")):
+    del state["vivit.layers.1.attention.k_proj.bias"]
+    with pytest.raises(ValueError, match=re.escape("vivit.layers.1.attention.k_proj.bias")):
         from_transformers(state, hf.config)
 
 
