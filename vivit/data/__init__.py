@@ -4,32 +4,7 @@
 The listing and dataset names are re-exported here, so ``vivit.data.read_listing`` reads as it always did.
 """
 
-from vivit.data.datasets import (
-    KINETICS_PATTERN,
-    READ_ERRORS,
-    UNLABELLED,
-    VIDEO_SUFFIXES,
-    DataError,
-    Dist,
-    EvalVideos,
-    Item,
-    Listing,
-    ResumableDistributedSampler,
-    TrainClips,
-    class_index,
-    collate_first,
-    collate_views,
-    init_distributed,
-    item_seed,
-    make_loader,
-    one_line,
-    read_listing,
-    resolve_classes,
-    shard,
-    to_items,
-)
+from vivit.data import datasets as _datasets
+from vivit.data.datasets import *  # noqa: F403  (the names listed in datasets.__all__)
 
-__all__ = ["DataError", "Dist", "EvalVideos", "Item", "KINETICS_PATTERN", "Listing", "READ_ERRORS",
-           "ResumableDistributedSampler", "TrainClips", "UNLABELLED", "VIDEO_SUFFIXES", "class_index",
-           "collate_first", "collate_views", "init_distributed", "item_seed", "make_loader", "one_line",
-           "read_listing", "resolve_classes", "shard", "to_items"]
+__all__ = list(_datasets.__all__)
