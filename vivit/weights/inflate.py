@@ -7,7 +7,6 @@ The rules are the reference's (scenic ``projects/vivit/model_utils.py`` at commi
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,10 +17,11 @@ import torch
 from einops import repeat
 from torch import nn
 
-from vivit.weights import fetch
 from vivit.model.embed import resample_pos_embed
+from vivit.model.grid import infer_plane, pair
 from vivit.model.layers import Attention, Mlp
 from vivit.model.vivit import ViViT
+from vivit.weights import fetch
 
 KERNEL_INITS = ("central_frame", "average", "average_arp")
 POSEMB_INITS = ("tile", "resize", "resize_tile")
@@ -209,7 +209,7 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
             raise ValueError(f"{type(vit).__name__} has register tokens or a CLS token outside the positional "
                              f"embedding; {_UNSUPPORTED_HINT}")
         own_grid = getattr(getattr(vit, "patch_embed", None), "grid_size", None)
-        own_grid = None if own_grid is None else (int(own_grid[0]), int(own_grid[1]))
+        own_grid = None if own_grid is None else pair(own_grid)
         if grid_size is not None and own_grid is not None and tuple(grid_size) != own_grid:
             raise ValueError(f"grid_size={tuple(grid_size)} contradicts the module's patch_embed.grid_size {own_grid}")
         blocks = getattr(vit, "blocks", None)
@@ -219,7 +219,7 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
         return _Source(_as_tensors(vit.state_dict()), own_grid or grid_size,
                        None if act is None else _act_name(act), heads)
     if isinstance(vit, Mapping):
-        return _Source(_as_tensors(vit), None if grid_size is None else (int(grid_size[0]), int(grid_size[1])),
+        return _Source(_as_tensors(vit), None if grid_size is None else pair(grid_size),
                        None, None)
     raise TypeError(f"vit must be a timm model name, a timm VisionTransformer or its state dict, got {type(vit)}")
 
@@ -338,14 +338,12 @@ def _source_grid(pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, int]
     embedding as is (scenic ``init_posemb`` L448-450, ``tile_positional_embeddings`` repeats the tokens unreshaped).
     """
     n = pos_embed.shape[1] - num_prefix
-    if grid is None and n == target_hw[0] * target_hw[1]:
-        return (int(target_hw[0]), int(target_hw[1]))
     if grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
+        found = infer_plane(n, (target_hw,))
+        if found is None:
             raise ValueError(f"the image ViT's positional embedding holds {n} patch tokens, not a square grid: "
                              "pass grid_size=(h, w)")
-        return side, side
+        return found
     if grid[0] * grid[1] != n:
         raise ValueError(f"grid_size {tuple(grid)} needs {grid[0] * grid[1]} patch tokens, the image ViT's "
                          f"positional embedding holds {n} (+{num_prefix} CLS)")

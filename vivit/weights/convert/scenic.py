@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vivit.model.embed import frame_sampling_grid, sample_frame_indices
+from vivit.model.grid import infer_plane, pair, token_grid
 
 Array = np.ndarray
 # (flax source paths, our key, transform of the source arrays)
@@ -316,15 +316,10 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
     """
     dataset = config.get("dataset_configs") or {}
     trained_frames = int(dataset.get("num_frames", args["num_frames"]))
-    patch = tuple(args["tubelet_size"])
-    if args.get("embedding") == "frame_sampling":
-        sampled = len(sample_frame_indices(trained_frames, args["n_sampled_frames"]))
+    sampled = args["n_sampled_frames"] if args.get("embedding") == "frame_sampling" else None
 
-        def grid_for(size: tuple[int, int]) -> tuple[int, int, int]:
-            return frame_sampling_grid(sampled, size, patch[1:])
-    else:
-        def grid_for(size: tuple[int, int]) -> tuple[int, int, int]:
-            return (trained_frames // patch[0], size[0] // patch[1], size[1] // patch[2])
+    def grid_for(size: int | Sequence[int]) -> tuple[int, int, int]:
+        return token_grid(trained_frames, pair(size), args["tubelet_size"], sampled)
 
     num_prefix = int(args["global_pool"] == "token")
     fe = args["variant"] == "factorized_encoder"
@@ -334,24 +329,20 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
     def count(grid: tuple[int, int, int]) -> int:  # FE: the spatial posemb covers one frame
         return grid[1] * grid[2] if fe else math.prod(grid)
 
-    candidates = [grid_for(_pair(args["img_size"]))]
+    candidates = [grid_for(args["img_size"])]
     if trained_frames == int(args["num_frames"]):
         candidates.insert(0, tuple(model_grid))
     if dataset.get("crop_size"):
-        candidates.append(grid_for(_pair(dataset["crop_size"])))
+        candidates.append(grid_for(dataset["crop_size"]))
     for grid in candidates:
         if count(grid) == tokens:
             return grid
     t = candidates[-1][0]
     spatial_tokens = tokens if fe else tokens // max(t, 1)
-    side = math.isqrt(spatial_tokens)
-    if side * side != spatial_tokens or (not fe and spatial_tokens * t != tokens):
+    plane = infer_plane(spatial_tokens) if fe or spatial_tokens * t == tokens else None
+    if plane is None:
         raise ValueError(
             f"cannot infer the trained token grid from the positional embedding's {tokens} tokens: it fits neither "
             f"the model's grid {tuple(model_grid)}, nor {t} frame(s) of a square grid; build the model at the trained "
             "frame size (img_size=) or pass a config with dataset_configs.crop_size")
-    return (t, side, side)
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    return (t, *plane)
