@@ -126,7 +126,8 @@ def create_model(
             raise ValueError(
                 f"{name!r} has no released weights"
                 + (f"; released tags: {', '.join(released)}" if released else "")
-                + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.weights.inflate."
+                + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with "
+                "vivit.weights.inflate."
             )
         load_pretrained(model, cfg.name, force_download=force_download, allow_non_finite=allow_non_finite)
     return model

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from vivit.model.grid import infer_plane, pair, token_grid
+from vivit.weights.keys import Entry, apply_key_table, same
 
 Array = np.ndarray
-# (flax source paths, our key, transform of the source arrays)
-Entry = tuple[tuple[str, ...], str, Callable[..., Array]]
 
 # scenic attention_config.type -> our variant
 VARIANT_FROM_SCENIC = {
@@ -32,10 +31,6 @@ POOL_FROM_SCENIC = {"token": "token", "gap": "avg", "gmp": "max", "gsp": "sum", 
 
 def _dense(k: Array) -> Array:
     return k.T
-
-
-def _same(a: Array) -> Array:
-    return a
 
 
 def _qkv_kernel(q: Array, k: Array, v: Array) -> Array:
@@ -57,20 +52,20 @@ def _conv_kernel(k: Array) -> Array:
 
 
 def _ln(src: str, dst: str) -> Iterator[Entry]:
-    yield (f"{src}/scale",), f"{dst}.weight", _same
-    yield (f"{src}/bias",), f"{dst}.bias", _same
+    yield (f"{src}/scale",), f"{dst}.weight", same
+    yield (f"{src}/bias",), f"{dst}.bias", same
 
 
 def _linear(src: str, dst: str) -> Iterator[Entry]:
     yield (f"{src}/kernel",), f"{dst}.weight", _dense
-    yield (f"{src}/bias",), f"{dst}.bias", _same
+    yield (f"{src}/bias",), f"{dst}.bias", same
 
 
 def _attention(src: str, dst: str) -> Iterator[Entry]:
     yield tuple(f"{src}/{n}/kernel" for n in ("query", "key", "value")), f"{dst}.qkv.weight", _qkv_kernel
     yield tuple(f"{src}/{n}/bias" for n in ("query", "key", "value")), f"{dst}.qkv.bias", _qkv_bias
     yield (f"{src}/out/kernel",), f"{dst}.proj.weight", _out_kernel
-    yield (f"{src}/out/bias",), f"{dst}.proj.bias", _same
+    yield (f"{src}/out/bias",), f"{dst}.proj.bias", same
 
 
 def _block(src: str, dst: str, factorized_self_attention: bool) -> Iterator[Entry]:
@@ -91,8 +86,8 @@ def _block(src: str, dst: str, factorized_self_attention: bool) -> Iterator[Entr
 
 def _transformer(src: str, dst: str, depth: int, cls_path: str | None, fsa: bool = False) -> Iterator[Entry]:
     if cls_path is not None:
-        yield (cls_path,), f"{dst}.cls_token", _same
-    yield (f"{src}/posembed_input/pos_embedding",), f"{dst}.pos_embed", _same
+        yield (cls_path,), f"{dst}.cls_token", same
+    yield (f"{src}/posembed_input/pos_embedding",), f"{dst}.pos_embed", same
     for i in range(depth):
         yield from _block(f"{src}/encoderblock_{i}", f"{dst}.blocks.{i}", fsa)
     yield from _ln(f"{src}/encoder_norm", f"{dst}.norm")
@@ -102,7 +97,7 @@ def scenic_key_table(params: Mapping[str, Array], variant: str) -> list[Entry]:
     """The full key table for the parameters present in ``params`` (layer counts read from the keys)."""
     entries: list[Entry] = [
         (("embedding/kernel",), "patch_embed.proj.weight", _conv_kernel),
-        (("embedding/bias",), "patch_embed.proj.bias", _same),
+        (("embedding/bias",), "patch_embed.proj.bias", same),
     ]
     if variant == "factorized_encoder":
         entries += _transformer("SpatialTransformer", "encoder.spatial", count_layers(params, "SpatialTransformer"),
@@ -286,21 +281,9 @@ def convert_scenic_params(params: Mapping[str, Array], variant: str,
                           source: str = "the scenic parameters") -> dict[str, torch.Tensor]:
     """Apply the key table: every source leaf used exactly once, else ``ValueError`` naming ``source`` and leftovers."""
     check_scenic_shapes(params, source)
-    table = scenic_key_table(params, variant)
-    used: set[str] = set()
-    state: dict[str, torch.Tensor] = {}
-    missing = sorted({p for sources, _, _ in table for p in sources if p not in params})
-    if missing:
-        raise ValueError(f"{source}: scenic parameters for a {variant} model lack {len(missing)} leaves: "
-                         f"{missing[:10]}")
-    for sources, key, fn in table:
-        state[key] = torch.from_numpy(np.ascontiguousarray(fn(*(params[p] for p in sources)), dtype=np.float32))
-        used.update(sources)
-    unused = sorted(set(params) - used)
-    if unused:
-        raise ValueError(f"{source}: {len(unused)} scenic parameters have no place in a {variant} model: "
-                         f"{unused[:10]}")
-    return state
+    state = apply_key_table(params, scenic_key_table(params, variant), what=f"{source}: scenic parameters",
+                            into=f"a {variant} model")
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
 
 
 def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: Mapping[str, Any],

@@ -15,9 +15,7 @@ from typing import Any
 import torch
 
 from vivit.model.vivit import ViViT
-
-# (transformers source keys, our key, transform of the source tensors)
-Entry = tuple[tuple[str, ...], str, Callable[..., torch.Tensor]]
+from vivit.weights.keys import Entry, apply_key_table, same
 
 HF_CLASSES = ("VivitForVideoClassification", "VivitModel")
 # Per-layer names in each transformers layout; the layout is detected from the keys (detect_layout).
@@ -47,10 +45,6 @@ REQUIRED_CONFIG_KEYS = (
 )
 
 
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _cat(*xs: torch.Tensor) -> torch.Tensor:
     # q, k, v rows stacked in that order: our Attention splits qkv as "(qkv heads hd)".
     return torch.cat(xs, dim=0)
@@ -64,8 +58,8 @@ def _zeros(n: int) -> Callable[[], torch.Tensor]:
 
 
 def _linear(src: str, dst: str) -> Iterator[Entry]:
-    yield (f"{src}.weight",), f"{dst}.weight", _same
-    yield (f"{src}.bias",), f"{dst}.bias", _same
+    yield (f"{src}.weight",), f"{dst}.weight", same
+    yield (f"{src}.bias",), f"{dst}.bias", same
 
 
 def _layer(names: Mapping[str, str], i: int, dim: int, qkv_bias: bool) -> Iterator[Entry]:
@@ -88,8 +82,8 @@ def transformers_key_table(layout: str, args: Mapping[str, Any], qkv_bias: bool)
     names = LAYOUTS[layout]
     entries: list[Entry] = [
         *_linear("embeddings.patch_embeddings.projection", "patch_embed.proj"),
-        (("embeddings.cls_token",), "encoder.cls_token", _same),
-        (("embeddings.position_embeddings",), "encoder.pos_embed", _same),
+        (("embeddings.cls_token",), "encoder.cls_token", same),
+        (("embeddings.position_embeddings",), "encoder.pos_embed", same),
     ]
     for i in range(args["depth"]):
         entries += _layer(names, i, args["embed_dim"], qkv_bias)
@@ -222,28 +216,9 @@ def convert_transformers_state_dict(
         target: Our model's ``state_dict()`` (names and shapes to fill).
         as_given: Unprefixed name -> name as the caller spelled it, for error messages.
     """
-    missing = sorted(as_given(p) for sources, _, _ in table for p in sources if p not in tensors)
-    if missing:
-        raise ValueError(f"transformers ViViT weights lack {len(missing)} keys the config calls for: {missing[:10]}")
-    used: set[str] = set()
-    state: dict[str, torch.Tensor] = {}
-    for sources, key, fn in table:
-        value = fn(*(tensors[p] for p in sources))
-        if key not in target or tuple(value.shape) != tuple(target[key].shape):
-            expected = tuple(target[key].shape) if key in target else "no such key"
-            raise ValueError(
-                f"{[as_given(p) for p in sources]} -> {key}: expected {expected}, found {tuple(value.shape)}; "
-                "does the config belong to these weights?"
-            )
-        state[key] = value
-        used.update(sources)
-    unused = sorted(as_given(k) for k in set(tensors) - used)
-    if unused:
-        raise ValueError(f"{len(unused)} transformers keys have no place in this ViViT: {unused[:10]}")
-    unfilled = sorted(set(target) - set(state))
-    if unfilled:
-        raise ValueError(f"{len(unfilled)} ViViT keys have no transformers source: {unfilled[:10]}")
-    return state
+    shapes = {k: tuple(v.shape) for k, v in target.items()}
+    return apply_key_table(tensors, table, what="transformers ViViT weights", into="this ViViT", target_shapes=shapes,
+                           spell=as_given, hint="; does the config belong to these weights?")
 
 
 def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwargs: Any) -> ViViT:
