@@ -4,47 +4,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vivit.model.grid import frame_sampling_grid, sample_frame_indices, tubelet_grid
 
-def sample_frame_indices(num_frames: int, n_sampled_frames: int, exact: bool = False) -> list[int]:
-    """Frame indices of the reference's uniform temporal sampling.
-
-    scenic: ``common_lib/video_utils.sample_frames_uniformly``. The float32 ``arange`` can produce
-    ``n_sampled_frames + 1`` indices and repeat the last frame (T=32, n=2 -> 11, 21, 31; T=8, n=5 -> 1, 3, 4, 5, 7, 7);
-    that is what the reference models were trained with, so it is the default. ``exact=True`` is an opt-in
-    correction giving exactly ``min(n, T)`` indices ``round(i * T / (n + 1))``, ``i = 1..n``.
-    """
-    if num_frames < 1 or n_sampled_frames < 1:
-        raise ValueError(f"need num_frames >= 1 and n_sampled_frames >= 1, got {num_frames} and {n_sampled_frames}")
-    if exact:
-        if n_sampled_frames >= num_frames:
-            return list(range(num_frames))
-        return np.round(np.arange(1, n_sampled_frames + 1) * num_frames / (n_sampled_frames + 1)).astype(int).tolist()
-    if n_sampled_frames < num_frames:
-        start = step = num_frames / (n_sampled_frames + 1)
-    else:
-        start, step = 0, 1
-    # jnp.arange with float arguments and x64 disabled computes in float32, as np.arange(dtype=float32) does.
-    idx = np.round(np.arange(start, num_frames, step, dtype=np.float32)).astype(np.int64)
-    return np.minimum(idx, num_frames - 1).tolist()
-
-
-def frame_sampling_grid(
-    num_sampled: int, img_size: tuple[int, int], patch_size: tuple[int, int]
-) -> tuple[int, int, int]:
-    """Token grid of sampled frames stacked along height.
-
-    ``(t, h, w)``, or ``(1, rows, w)`` when patch rows straddle frames (the tokens then only form one tall image).
-    """
-    fh, fw = img_size
-    if fh % patch_size[0] == 0:
-        return (num_sampled, fh // patch_size[0], fw // patch_size[1])
-    return (1, (num_sampled * fh) // patch_size[0], fw // patch_size[1])
+__all__ = ["FrameSamplingEmbed", "TubeletEmbed", "frame_sampling_grid", "resample_pos_embed", "sample_frame_indices"]
 
 
 class TubeletEmbed(nn.Module):
@@ -64,7 +31,7 @@ class TubeletEmbed(nn.Module):
 
     def grid_for(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Token grid ``(t, h, w)`` of a ``num_frames x height x width`` clip."""
-        return (num_frames // self.tubelet_size[0], height // self.tubelet_size[1], width // self.tubelet_size[2])
+        return tubelet_grid(num_frames, (height, width), self.tubelet_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, c, T, H, W) -> (b, t*h*w, d)``."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
+from vivit.model.grid import pair
 from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
@@ -28,10 +29,6 @@ VARIANTS = tuple(ENCODERS)
 ATTENTION_ORDERS = ("space_time", "time_space")
 # scenic ViViT.__call__: the factorised-attention variants cannot have a CLS token.
 _NO_CLS_VARIANTS = ("factorized_self_attention", "factorized_dot_product")
-
-
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) -> list[int]:
@@ -208,7 +205,7 @@ class ViViT(nn.Module):
         if variant in _NO_CLS_VARIANTS and global_pool in ("token", "first"):
             raise ValueError(f"{variant} has no CLS token (scenic forbids it): use global_pool 'avg', 'max' or 'sum'")
         self.variant = variant
-        self.img_size = _pair(img_size)
+        self.img_size = pair(img_size)
         self.num_frames = num_frames
         self.in_chans = in_chans
         self.tubelet_size = tuple(int(v) for v in tubelet_size)
@@ -519,7 +516,7 @@ class ViViT(nn.Module):
             img_size: New frame size ``H`` or ``(H, W)`` (default: unchanged).
             num_frames: New clip length ``T`` (default: unchanged).
         """
-        img_size = self.img_size if img_size is None else _pair(img_size)
+        img_size = self.img_size if img_size is None else pair(img_size)
         num_frames = self.num_frames if num_frames is None else int(num_frames)
         if self.variant != "spacetime" and isinstance(self.patch_embed, FrameSamplingEmbed) and (
                 img_size[0] % self.tubelet_size[1]):

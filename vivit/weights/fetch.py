@@ -37,7 +37,7 @@ from typing import Any
 
 from vivit._version import __version__
 from vivit.files import temporary_sibling, write_atomic
-from vivit.weights.read import LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, file_sha256, first_line, remember_sha256
+from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, first_line, remember_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -433,12 +433,13 @@ def hub_weights_file(repo_id: str, revision: str | None = None, *, force_downloa
     ``RuntimeError`` ("not in the cache") and a cached pickle is still found; a damaged or changing file is an error,
     not a missing one. The first file's error is raised when neither exists.
     """
-    try:
-        return hf_hub_file(repo_id, WEIGHTS_NAME, revision, force_download=force_download, sha256=sha256)
-    except (FileNotFoundError, RuntimeError) as missing:
-        if isinstance(missing, CacheIntegrityError):
-            raise
+    first: Exception | None = None
+    for name in WEIGHTS_NAMES:
         try:
-            return hf_hub_file(repo_id, LEGACY_WEIGHTS_NAME, revision, force_download=force_download)
-        except (FileNotFoundError, RuntimeError):
-            raise missing from None
+            return hf_hub_file(repo_id, name, revision, force_download=force_download,
+                               sha256=sha256 if name == WEIGHTS_NAME else None)
+        except CacheIntegrityError:
+            raise
+        except (FileNotFoundError, RuntimeError) as missing:
+            first = first or missing
+    raise first from None

@@ -6,28 +6,19 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from vivit.model.embed import frame_sampling_grid, resample_pos_embed, sample_frame_indices
+from vivit.model.embed import resample_pos_embed
+from vivit.model.grid import grid_of_args, infer_plane
+
+__all__ = ["adapt_input_channels", "fit_input_channels", "fit_pos_embeds", "grid_of_args", "source_grid"]
 
 if TYPE_CHECKING:
     from vivit.model.vivit import ViViT
 
 _logger = logging.getLogger(__name__)
-
-
-def grid_of_args(args: Mapping[str, Any]) -> tuple[int, int, int]:
-    """The token grid ``(t, h, w)`` a model built with ``ViViT(**args)`` has."""
-    img = args.get("img_size", 224)
-    img_h, img_w = (img, img) if isinstance(img, int) else img
-    t, h, w = args.get("tubelet_size", (2, 16, 16))
-    frames = args.get("num_frames", 32)
-    if args.get("embedding") == "frame_sampling":
-        sampled = sample_frame_indices(frames, args["n_sampled_frames"], args.get("exact_frame_count", False))
-        return frame_sampling_grid(len(sampled), (img_h, img_w), (h, w))
-    return (frames // t, img_h // h, img_w // w)
 
 
 def source_grid(state: Mapping[str, torch.Tensor], model: ViViT,
@@ -44,22 +35,21 @@ def source_grid(state: Mapping[str, torch.Tensor], model: ViViT,
         prefix = target[key].shape[1] - math.prod(_grid_for_key(key, (t, h, w)))
         return state[key].shape[1] - prefix
 
-    def square(n: int) -> tuple[int, int]:
-        r = math.isqrt(n)
-        if r * r != n:
+    def plane(n: int, known: tuple[tuple[int, int], ...] = ()) -> tuple[int, int]:
+        found = infer_plane(n, known)
+        if found is None:
             raise ValueError(f"cannot tell the token grid of {n} positions; load into a model built for the weights' "
                              "own frames/size, or convert with a config that states them")
-        return (r, r)
+        return found
 
     if (s := tokens("encoder.spatial.pos_embed")) is not None:
-        hw = (h, w) if s == h * w else square(s)
-        return (tokens("encoder.temporal.pos_embed") or t, *hw)
+        return (tokens("encoder.temporal.pos_embed") or t, *plane(s, ((h, w),)))
     if (n := tokens("encoder.pos_embed")) is None or n == t * h * w:
         return (t, h, w)
     if n % (h * w) == 0:
         return (n // (h * w), h, w)
     if n % t == 0:
-        return (t, *square(n // t))
+        return (t, *plane(n // t))
     raise ValueError(f"the weights' positional embedding has {n} positions, which fits neither the model's "
                      f"{t}x{h}x{w} grid with another clip length nor with another frame size")
 

@@ -7,9 +7,8 @@ The rules are the reference's (scenic ``projects/vivit/model_utils.py`` at commi
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +17,15 @@ import torch
 from einops import repeat
 from torch import nn
 
-from vivit.weights import fetch
 from vivit.model.embed import resample_pos_embed
+from vivit.model.grid import infer_plane, pair
 from vivit.model.layers import Attention, Mlp
 from vivit.model.vivit import ViViT
+from vivit.weights import fetch
+from vivit.weights.keys import Entry, apply_key_table, same
 
 KERNEL_INITS = ("central_frame", "average", "average_arp")
 POSEMB_INITS = ("tile", "resize", "resize_tile")
-
-# (source keys, our key, transform of the source tensors)
-Entry = tuple[tuple[str, ...], str, Callable[..., torch.Tensor]]
 
 # timm block module -> our block modules. scenic init_encoderblock L516-539: Model 3 loads the image attention into
 # both the space and the time attention, LayerNorm_0 -> LayerNorm_space, LayerNorm_1 -> LayerNorm_mlp; LayerNorm_time
@@ -106,22 +104,10 @@ def inflate(
     targets = dict(model.named_parameters())
     table, ignored = _key_table(model, source, kernel_init, posemb_init, targets)
 
-    missing = sorted({k for sources, _, _ in table for k in sources if k not in source.state})
-    leftover = sorted(set(source.state) - {k for sources, _, _ in table for k in sources} - ignored)
-    if missing or leftover:
-        raise ValueError(
-            f"image-ViT parameters do not fit a {model.variant} ViViT: missing {missing[:10]}, no place for "
-            f"{leftover[:10]}; {_UNSUPPORTED_HINT}"
-        )
-    values = {}
-    for sources, key, fn in table:  # compute and check everything before touching the model
-        value = fn(*(source.state[k] for k in sources))
-        if tuple(value.shape) != tuple(targets[key].shape):
-            raise ValueError(
-                f"{key}: the model expects shape {tuple(targets[key].shape)}, the image ViT gives "
-                f"{tuple(value.shape)} (from {', '.join(sources) or 'nothing'})"
-            )
-        values[key] = value
+    # compute and check everything before touching the model
+    values = apply_key_table(source.state, table, what="image-ViT parameters", into=f"a {model.variant} ViViT",
+                             target_shapes={k: v.shape for k, v in targets.items()}, ignored=ignored,
+                             complete=False, giver="the image ViT", hint=f"; {_UNSUPPORTED_HINT}")
     with torch.no_grad():
         for key, value in values.items():
             targets[key].copy_(value.to(targets[key].dtype))
@@ -209,7 +195,7 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
             raise ValueError(f"{type(vit).__name__} has register tokens or a CLS token outside the positional "
                              f"embedding; {_UNSUPPORTED_HINT}")
         own_grid = getattr(getattr(vit, "patch_embed", None), "grid_size", None)
-        own_grid = None if own_grid is None else (int(own_grid[0]), int(own_grid[1]))
+        own_grid = None if own_grid is None else pair(own_grid)
         if grid_size is not None and own_grid is not None and tuple(grid_size) != own_grid:
             raise ValueError(f"grid_size={tuple(grid_size)} contradicts the module's patch_embed.grid_size {own_grid}")
         blocks = getattr(vit, "blocks", None)
@@ -219,14 +205,14 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
         return _Source(_as_tensors(vit.state_dict()), own_grid or grid_size,
                        None if act is None else _act_name(act), heads)
     if isinstance(vit, Mapping):
-        return _Source(_as_tensors(vit), None if grid_size is None else (int(grid_size[0]), int(grid_size[1])),
+        return _Source(_as_tensors(vit), None if grid_size is None else pair(grid_size),
                        None, None)
     raise TypeError(f"vit must be a timm model name, a timm VisionTransformer or its state dict, got {type(vit)}")
 
 
 def _timm_weights_file(timm: Any, name: str) -> dict[str, str]:
-    """Fetch a timm name's Hub weights through ``vivit.weights.fetch`` (one clear error offline, checked cache); timm then
-    reads that file (``pretrained_cfg_overlay={"file": ...}``) instead of retrying the Hub with its own client."""
+    """Fetch a timm name's Hub weights through ``vivit.weights.fetch`` (one clear error offline, checked cache); timm
+    then reads that file (``pretrained_cfg_overlay={"file": ...}``) instead of retrying the Hub with its own client."""
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
         return {}  # unknown names and URL-only weights: timm's own error or download
@@ -283,9 +269,9 @@ def _key_table(model: ViViT, source: _Source, kernel_init: str, posemb_init: str
         table.append((("patch_embed.proj.weight",), "patch_embed.proj.weight",
                       lambda k: inflate_kernel(k, t, kernel_init)))
     else:  # frame sampling embeds 2D patches: the kernel shapes agree and the reference copies it (L555, L610)
-        table.append((("patch_embed.proj.weight",), "patch_embed.proj.weight", _same))
+        table.append((("patch_embed.proj.weight",), "patch_embed.proj.weight", same))
     if "patch_embed.proj.bias" in state:
-        table.append((("patch_embed.proj.bias",), "patch_embed.proj.bias", _same))
+        table.append((("patch_embed.proj.bias",), "patch_embed.proj.bias", same))
     else:  # e.g. CLIP image towers: a bias-free conv is a zero bias
         table.append(((), "patch_embed.proj.bias", lambda: torch.zeros_like(conv.bias)))
 
@@ -298,15 +284,15 @@ def _key_table(model: ViViT, source: _Source, kernel_init: str, posemb_init: str
     table.append((("pos_embed",), pos_key, lambda p: inflate_pos_embed(
         p, source_grid, int(has_cls), targets[pos_key], target_grid, encoder.num_prefix_tokens, posemb_init)))
     if has_cls and not fe and encoder.cls_token is not None:
-        table.append((("cls_token",), f"{dst}.cls_token", _same))
+        table.append((("cls_token",), f"{dst}.cls_token", same))
 
     block_table = _BLOCK_TABLES["factorized_self_attention" if model.variant == "factorized_self_attention"
                                 else "block"]
     for i in range(len(encoder.blocks)):
         table += _block_entries(f"blocks.{i}", f"{dst}.blocks.{i}", block_table, state)
-    table += [((f"norm.{p}",), f"{dst}.norm.{p}", _same) for p in ("weight", "bias")]
+    table += [((f"norm.{p}",), f"{dst}.norm.{p}", same) for p in ("weight", "bias")]
     if "pre_logits.fc.weight" in targets and "pre_logits.fc.weight" in state:
-        table += [((f"pre_logits.fc.{p}",), f"pre_logits.fc.{p}", _same) for p in ("weight", "bias")]
+        table += [((f"pre_logits.fc.{p}",), f"pre_logits.fc.{p}", same) for p in ("weight", "bias")]
     return table, ignored
 
 
@@ -314,16 +300,12 @@ def _block_entries(src: str, dst: str, block_table: Mapping[str, tuple[str, ...]
                    state: Mapping[str, torch.Tensor]) -> Iterator[Entry]:
     for src_mod, dst_mods in block_table.items():
         for p in ("weight", "bias"):
-            sources, fn = (f"{src}.{src_mod}.{p}",), _same
+            sources, fn = (f"{src}.{src_mod}.{p}",), same
             scale = _LAYER_SCALES.get(src_mod)
             if scale and f"{src}.{scale}" in state:
                 sources, fn = (*sources, f"{src}.{scale}"), _scale_rows
             for dst_mod in dst_mods:
                 yield sources, f"{dst}.{dst_mod}.{p}", fn
-
-
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _scale_rows(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -338,14 +320,12 @@ def _source_grid(pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, int]
     embedding as is (scenic ``init_posemb`` L448-450, ``tile_positional_embeddings`` repeats the tokens unreshaped).
     """
     n = pos_embed.shape[1] - num_prefix
-    if grid is None and n == target_hw[0] * target_hw[1]:
-        return (int(target_hw[0]), int(target_hw[1]))
     if grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
+        found = infer_plane(n, (target_hw,))
+        if found is None:
             raise ValueError(f"the image ViT's positional embedding holds {n} patch tokens, not a square grid: "
                              "pass grid_size=(h, w)")
-        return side, side
+        return found
     if grid[0] * grid[1] != n:
         raise ValueError(f"grid_size {tuple(grid)} needs {grid[0] * grid[1]} patch tokens, the image ViT's "
                          f"positional embedding holds {n} (+{num_prefix} CLS)")

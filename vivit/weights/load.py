@@ -17,24 +17,26 @@ from typing import Any
 
 import torch
 
+from vivit.labels import label_names
+from vivit.model.vivit import ViViT
 from vivit.weights import fetch
-from vivit.weights.fit import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
+from vivit.weights.config import checked_model_args
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params
-from vivit.weights.convert.transformers import config_dict, from_transformers, model_args_from_transformers
+from vivit.weights.convert.transformers import convert_transformers
+from vivit.weights.fit import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
 from vivit.weights.read import (
+    CONFIG_NAME,
     check_finite,
-    check_weights_record,
+    config_kind,
     detect_format,
     file_sha256,
     folder_weights_file,
-    load_saved,
     read_json,
     read_npz,
     read_state_dict,
+    read_weights_file,
 )
-from vivit.labels import label_names
-from vivit.model.vivit import ViViT
 from vivit.zoo import PRETRAINED
 
 _logger = logging.getLogger(__name__)
@@ -50,49 +52,46 @@ class Weights:
     grid: tuple[int, int, int] | None = None  # token grid the weights were trained on, when known
     label_names: list[str] | None = None
     source: str = "the weights"  # where they were read from, for error messages
+    args: dict[str, Any] | None = None  # the ViViT kwargs the weights state, when known
 
 
 # -------------------------------------------------------------------------------------------------- reading
 def read_weights(path: str | Path, model: ViViT) -> Weights:
     """Read a local file or folder and bring its weights into our key layout for ``model``'s variant."""
     path = Path(path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        config = read_json(path / CONFIG_NAME)
+        if config_kind(config) is not None:
+            return folder_weights(config, folder_weights_file(path), str(path / CONFIG_NAME))
     fmt = detect_format(path)
     _logger.info("reading %s weights from %s", fmt, path)
-    if fmt == "vivit-folder":
-        config, state = load_saved(path)
-        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"), str(path))
-    if fmt == "transformers-folder":
-        weights = _from_transformers(read_state_dict(folder_weights_file(path)), read_json(path / "config.json"))
-        weights.source = str(path)
-        return weights
     if fmt in ("scenic", "npz"):
         # An .npz may declare at most twice the model's own float32 bytes: a zip bomb is refused from its headers.
         budget = 2 * sum(4 * t.numel() for t in model.state_dict().values()) + (16 << 20)
         params = read_scenic_checkpoint(path) if fmt == "scenic" else flatten_params(read_npz(path, budget))
         return Weights(convert_scenic_params(params, model.variant, source=str(path)), source=str(path))
-    state = read_state_dict(path)
-    return _from_state_dict(state, path)
+    return _from_state_dict(read_state_dict(path), path)
 
 
-def _weights_from_config(state: dict[str, torch.Tensor], config: Mapping[str, Any], source: str) -> Weights:
-    """Weights read beside a vivit ``config.json`` (our layout) or a transformers one (converted)."""
-    if isinstance(config.get("model_args"), dict):
-        return Weights(state, grid_of_args(config["model_args"]), config.get("label_names"), source)
-    weights = _from_transformers(state, config)
-    weights.source = source
-    return weights
+def folder_weights(config: Mapping[str, Any], path: Path, where: str) -> Weights:
+    """The weights file ``path`` beside a vivit ``config.json`` (our layout, its ``model_args`` checked) or a
+    transformers one (converted); ``where`` names the config for messages."""
+    state = read_weights_file(config, path)
+    source = f"{where.removesuffix(CONFIG_NAME).rstrip('/ ')} ({path.name})"
+    if config_kind(config) == "vivit":
+        args = checked_model_args(config, where)
+        return Weights(state, grid_of_args(args), config.get("label_names"), source, args)
+    return _from_transformers(state, config, source)
 
 
 def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
     keys = set(state)
     if any("patch_embeddings.projection" in k for k in keys):
-        config = path.parent / "config.json"
+        config = path.parent / CONFIG_NAME
         if not config.is_file():
             raise ValueError(f"{path} holds transformers ViViT weights; put its config.json beside it (or pass the "
                              "folder) so activation, eps and sizes can be read")
-        weights = _from_transformers(state, read_json(config))
-        weights.source = str(path)
-        return weights
+        return _from_transformers(state, read_json(config), str(path))
     if "patch_embed.proj.weight" in keys and state["patch_embed.proj.weight"].ndim == 4 and not any(
             k.startswith("encoder.") for k in keys):
         raise ValueError(f"{path} holds a 2D image ViT (patch_embed.proj is a Conv2d): use vivit.inflate(model, "
@@ -100,9 +99,12 @@ def _from_state_dict(state: dict[str, torch.Tensor], path: Path) -> Weights:
     return Weights(state, source=str(path))
 
 
-def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Weights:
-    source = from_transformers(state, config)
-    return Weights(source.state_dict(), source.grid_size, source.pretrained_cfg.get("label_names"))
+def _from_transformers(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], source: str) -> Weights:
+    try:
+        converted = convert_transformers(state, config)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    return Weights(converted.state, grid_of_args(converted.args), converted.label_names, source, converted.args)
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -189,13 +191,19 @@ def fetch_weights(source: str | Path, model: ViViT, *, force_download: bool = Fa
 
 def _fetch_hub(repo_id: str, revision: str | None, model: ViViT, force_download: bool,
                sha256: str | None) -> Weights:
-    config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
-    if isinstance(config.get("model_args"), dict) or config.get("model_type") == "vivit":
-        path = fetch.hub_weights_file(repo_id, revision, force_download=force_download, sha256=sha256)
-        check_weights_record(config, path)
-        return _weights_from_config(read_state_dict(path), config, f"hf-hub:{repo_id} ({path.name})")
-    raise ValueError(f"hf-hub:{repo_id} config.json is neither a vivit config (model_args) nor a transformers "
-                     f"ViViT config (model_type 'vivit'); found keys {sorted(config)[:10]}")
+    config, where = _hub_config(repo_id, revision, force_download)
+    return folder_weights(config, fetch.hub_weights_file(repo_id, revision, force_download=force_download,
+                                                         sha256=sha256), where)
+
+
+def _hub_config(repo_id: str, revision: str | None, force_download: bool) -> tuple[dict[str, Any], str]:
+    """A Hub repo's config.json, refused unless it is a vivit or transformers ViViT config; and its name."""
+    config = read_json(fetch.hf_hub_file(repo_id, CONFIG_NAME, revision, force_download=force_download))
+    where = f"hf-hub:{repo_id} {CONFIG_NAME}"
+    if config_kind(config) is None:
+        raise ValueError(f"{where} is neither a vivit config (model_args) nor a transformers ViViT config "
+                         f"(model_type 'vivit'); found keys {sorted(config)[:10]}")
+    return config, where
 
 
 def _read_download(url: str, model: ViViT, force_download: bool, sha256: str | None) -> Weights:
@@ -246,39 +254,28 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
 
 def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str,
                        overrides: Mapping[str, Any], pretrained: bool, allow_non_finite: bool = False) -> ViViT:
-    """A model built from a vivit or transformers ``config.json``, with its weights when ``pretrained``.
+    """A model built from a vivit or transformers ``config.json`` (named by ``where``), with its weights when
+    ``pretrained``.
 
     ``weights_file()`` is read at most once: a transformers config needs the weights' shapes to name the
     architecture, and those same tensors are then loaded. A weights file that is not the one the config was saved
     with is refused (``check_weights_record``).
     """
-    found: list[Path] = []
-
-    def read() -> dict[str, torch.Tensor]:
-        path = weights_file()
-        check_weights_record(config, path)
-        found.append(path)
-        return read_state_dict(path)
-
-    state = None
-    if isinstance(config.get("model_args"), dict):
-        args, labels = dict(config["model_args"]), config.get("label_names")
+    kind = config_kind(config)
+    if kind is None:
+        raise ValueError(f"{where} is not a vivit or transformers ViViT config (keys: {sorted(config)[:10]})")
+    weights = folder_weights(config, weights_file(), where) if pretrained or kind == "transformers" else None
+    if kind == "vivit":
+        args, labels = checked_model_args(config, where), config.get("label_names")
         pretrained_cfg = dict(config.get("pretrained_cfg") or {})
-    elif config.get("model_type") == "vivit":
-        state = read()
-        args = model_args_from_transformers(config_dict(config), state)
-        labels, pretrained_cfg = None, {}
     else:
-        raise ValueError(f"{where} is not a vivit or transformers ViViT model (config.json keys: "
-                         f"{sorted(config)[:10]})")
+        args, labels, pretrained_cfg = dict(weights.args), None, {}
     model = ViViT(**{**args, **overrides})
     model.pretrained_cfg = {**pretrained_cfg, **model.input_cfg(), "num_classes": model.num_classes}
     if labels and model.num_classes == len(labels):
         model.pretrained_cfg["label_names"] = list(labels)
     if pretrained:
-        state = read() if state is None else state
-        load_weights_into(model, _weights_from_config(state, config, f"{where} ({found[0].name})"),
-                          allow_non_finite=allow_non_finite)
+        load_weights_into(model, weights, allow_non_finite=allow_non_finite)
     return model
 
 
@@ -291,9 +288,9 @@ def create_from_hub(name: str, pretrained: bool = False, *, force_download: bool
     the weights are loaded and resampled to them; ``force_download`` fetches the files again even when cached.
     """
     repo_id, revision = fetch.parse_hub_name(name)
-    config = read_json(fetch.hf_hub_file(repo_id, "config.json", revision, force_download=force_download))
+    config, where = _hub_config(repo_id, revision, force_download)
     model = _model_from_config(config, lambda: fetch.hub_weights_file(repo_id, revision, force_download=force_download),
-                               f"hf-hub:{repo_id}", overrides, pretrained, allow_non_finite)
+                               where, overrides, pretrained, allow_non_finite)
     # The pinned revision stays part of the id, so load_pretrained(model) reloads that revision, not main.
     model.pretrained_cfg.update(hf_hub_id=f"{repo_id}@{revision}" if revision else repo_id, source="hf-hub")
     return model
@@ -303,12 +300,13 @@ def create_from_folder(path: str | Path, pretrained: bool = True, *, allow_non_f
                        **overrides: Any) -> ViViT:
     """``create_model("local-dir:PATH")``: a folder written by ``save_pretrained`` or a transformers ViViT folder."""
     folder = Path(path)
-    fmt = detect_format(folder)
-    if fmt not in ("vivit-folder", "transformers-folder"):
+    config_path = folder / CONFIG_NAME
+    config = read_json(config_path) if folder.is_dir() and config_path.is_file() else None
+    if config is None or config_kind(config) is None:
+        fmt = detect_format(folder)  # says what else it is, or that it is nothing vivit reads
         raise ValueError(f"{folder} is a {fmt} source, not a model folder: create the architecture and call "
                          "vivit.load_pretrained(model, path)")
-
-    model = _model_from_config(read_json(folder / "config.json"), lambda: folder_weights_file(folder), str(folder),
-                               overrides, pretrained, allow_non_finite)
+    model = _model_from_config(config, lambda: folder_weights_file(folder), str(config_path), overrides, pretrained,
+                               allow_non_finite)
     model.pretrained_cfg.update(file=str(folder), source="local-dir")
     return model

@@ -1,8 +1,8 @@
 """Reading weight files: detect the format of a file or folder and read it into tensors (no conversion).
 
 Formats: safetensors, torch state dicts (``weights_only=True``, never unpickling code), ``.npz`` archives of flax
-params, reference flax checkpoints (named here; read by ``vivit.weights.convert``), folders written by ``save_pretrained`` and
-transformers ViViT folders. Imports nothing else of vivit.
+params, reference flax checkpoints (named here; read by ``vivit.weights.convert``), folders written by
+``save_pretrained`` and transformers ViViT folders. Imports nothing else of vivit.
 """
 
 from __future__ import annotations
@@ -23,11 +23,24 @@ import torch
 
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_NAMES = (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)  # a model folder's weights file, preferred first
 CONFIG_NAME = "config.json"
 WEIGHTS_RECORD = "weights_file"  # config.json key: {"name", "size", "sha256"} of the weights file it was saved with
 FORMATS = ("safetensors", "torch", "scenic", "npz", "vivit-folder", "transformers-folder")
 _known_sha256: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, for this process
-_MSGPACK_MAP_STARTS = {*range(0x81, 0x90), 0xDE, 0xDF}
+# msgpack map markers (the spec): fixmap 0x80-0x8f (0x80 is the empty map), map16 0xde, map32 0xdf. A pickle starts
+# with PROTO 0x80 and its protocol (2-5), so sniff_format tests for a pickle first.
+MSGPACK_MAP_MARKERS = frozenset({*range(0x80, 0x90), 0xDE, 0xDF})
+# What sniff_format names, as words for messages.
+FILE_KINDS = {
+    "safetensors": "a safetensors file",
+    "zip": "a zip archive (.npz, or a PyTorch .pt/.bin)",
+    "pickle": "a pickle (old PyTorch checkpoint)",
+    "npy": "a .npy array",
+    "hdf5": "an HDF5 file (Keras .h5)",
+    "json": "a JSON document",
+    "msgpack": "a msgpack map (flax checkpoint)",
+}
 # Limits checked from headers, before any data is read. A ViViT-H safetensors header is ~60 KB for ~500 tensors.
 MAX_SAFETENSORS_HEADER = 8 << 20
 MAX_TENSORS = 65536
@@ -43,13 +56,9 @@ def detect_format(path: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.is_dir():
-        config = path / "config.json"
-        if config.is_file():
-            cfg = read_json(config)
-            if isinstance(cfg.get("model_args"), dict):
-                return "vivit-folder"
-            if cfg.get("model_type") == "vivit":
-                return "transformers-folder"
+        config = path / CONFIG_NAME
+        if config.is_file() and (kind := config_kind(read_json(config))) is not None:
+            return f"{kind}-folder"
         if any(p.name.startswith("checkpoint") for p in path.iterdir()):
             return "scenic"
         raise ValueError(f"{path} is a folder but not a saved ViViT (config.json with model_args), a transformers "
@@ -57,33 +66,55 @@ def detect_format(path: str | Path) -> str:
     with path.open("rb") as f:
         head = f.read(16)
     size = path.stat().st_size
-    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
-        return "safetensors"
-    if head[:4] == b"PK\x03\x04":
+    kind = sniff_format(head, size)
+    if kind == "zip":
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
         except zipfile.BadZipFile:
             raise ValueError(f"{path} starts like a zip archive (torch or .npz) but is corrupt or truncated") from None
         return "npz" if names and all(n.endswith(".npy") for n in names) else "torch"
-    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
-        return "torch"  # legacy (non-zip) torch.save pickle
-    if head[:1] and head[0] in _MSGPACK_MAP_STARTS:
-        return "scenic"
+    formats = {"safetensors": "safetensors", "pickle": "torch", "msgpack": "scenic"}
+    if kind in formats:
+        return formats[kind]
     raise ValueError(
-        f"{path} is not a weights file vivit reads (size {size} bytes, starts {head[:8]!r}); expected safetensors, a "
+        f"{path} is not a weights file vivit reads ({FILE_KINDS[kind] + ', ' if kind else ''}size {size} bytes, "
+        f"starts {head[:8]!r}); expected safetensors, a "
         "torch state dict (.pt/.pth/.bin), a reference flax checkpoint (checkpoint_<step>) or an .npz of flax params"
     )
 
 
+def sniff_format(head: bytes, size: int) -> str | None:
+    """Name a file's kind (a ``FILE_KINDS`` key) from its first 16 bytes and its size; ``None`` when unknown."""
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    magics = {b"PK\x03\x04": "zip", b"\x93NUMPY": "npy", b"\x89HDF": "hdf5", b"{": "json", b"[": "json"}
+    found = next((kind for magic, kind in magics.items() if head.startswith(magic)), None)
+    if found is not None:
+        return found
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "msgpack" if head[:1] and head[0] in MSGPACK_MAP_MARKERS else None
+
+
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file; ``ValueError`` naming it when it is not valid JSON, nested too deep or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a config file") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
     return data
+
+
+def config_kind(config: Mapping[str, Any]) -> str | None:
+    """``"vivit"``: a ``save_pretrained`` config (``model_args``); ``"transformers"``: a transformers ViViT one."""
+    if isinstance(config.get("model_args"), dict):
+        return "vivit"
+    return "transformers" if config.get("model_type") == "vivit" else None
 
 
 # -------------------------------------------------------------------------------------------------- reading
@@ -246,11 +277,18 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- folders
 def folder_weights_file(folder: Path) -> Path:
-    """``model.safetensors``, else the older ``pytorch_model.bin``, of a model folder."""
-    found = next((folder / n for n in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME) if (folder / n).is_file()), None)
+    """The weights file of a model folder: the first of ``WEIGHTS_NAMES`` present."""
+    found = next((folder / n for n in WEIGHTS_NAMES if (folder / n).is_file()), None)
     if found is None:
-        raise FileNotFoundError(f"{folder} has a config.json but no weights ({WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME})")
+        raise FileNotFoundError(f"{folder / WEIGHTS_NAME} is missing: {folder} has a {CONFIG_NAME} but no weights "
+                                f"({' or '.join(WEIGHTS_NAMES)})")
     return found
+
+
+def read_weights_file(config: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The state dict beside a ``config.json``, refused when it is not the file the config was saved with."""
+    check_weights_record(config, path)
+    return read_state_dict(path)
 
 
 def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -270,28 +308,13 @@ def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {directory} is not a folder written by "
                                 "vivit.save_pretrained")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}); re-save or re-download it") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model_args"), dict):
+    config = read_json(config_path)
+    if config_kind(config) != "vivit":
         hint = (" It looks like a transformers ViViT config: use vivit.convert.from_transformers."
-                if isinstance(config, dict) and config.get("model_type") == "vivit" else "")
-        found = sorted(config) if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{config_path} has no 'model_args' object (found {found}): not written by "
+                if config_kind(config) == "transformers" else "")
+        raise ValueError(f"{config_path} has no 'model_args' object (found {sorted(config)[:10]}): not written by "
                          f"vivit.save_pretrained.{hint}")
-    return config, _load_weights(directory, config)
-
-
-def _load_weights(directory: Path, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    path = directory / WEIGHTS_NAME
-    if not path.is_file() and (directory / LEGACY_WEIGHTS_NAME).is_file():
-        path = directory / LEGACY_WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {directory} has no weights ({WEIGHTS_NAME} or "
-                                f"{LEGACY_WEIGHTS_NAME})")
-    check_weights_record(config, path)
-    return read_safetensors(path) if path.name == WEIGHTS_NAME else read_torch_state_dict(path)
+    return config, read_weights_file(config, folder_weights_file(directory))
 
 
 def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from vivit.weights.read import FILE_KINDS, sniff_format
+
 __all__ = ["read_scenic_checkpoint"]
 
 logger = logging.getLogger(__name__)
@@ -32,17 +34,6 @@ PARAMS_ROOTS: dict[str, tuple[str, ...]] = {
 }
 # Optimizer moments have the very shapes of the weights; they are skipped unread, never mistaken for weights.
 SKIPPED = {("opt_state",), ("optimizer", "state")}
-# First bytes of formats people pass by mistake -> what they are (a flax checkpoint starts with a msgpack map).
-FOREIGN_MAGIC: dict[bytes, str] = {
-    b"PK\x03\x04": "a zip archive (.npz, or a PyTorch .pt/.bin)",
-    b"\x93NUMPY": "a .npy array",
-    b"\x89HDF": "an HDF5 file (Keras .h5)",
-    b"\x80\x02": "a pickle (old PyTorch checkpoint)",
-    b"\x80\x04": "a pickle",
-    b"{": "a JSON document",
-    b"[": "a JSON document",
-}
-MSGPACK_MAP_MARKERS = {*range(0x80, 0x90), 0xDE, 0xDF}  # fixmap, map16, map32
 _STEP_FILE = re.compile(r"checkpoint_(\d+)")
 _CHUNKED = "__msgpack_chunked_array__"
 _MAX_MSGPACK_OBJECT = 2**32 - 1  # msgpack's own ceiling for one str/bin/ext
@@ -119,11 +110,9 @@ def _parse(path: Path, msgpack: Any) -> dict[Any, Any]:
         raise _Malformed("the file is empty")
     with path.open("rb") as f:
         head = f.read(16)
-        found = next((what for magic, what in FOREIGN_MAGIC.items() if head.startswith(magic)), None)
-        if found is None and head[8:10] == b'{"' and head[0] not in MSGPACK_MAP_MARKERS:
-            found = "a safetensors file"
-        if found is not None:
-            raise _Malformed(f"it is {found}")
+        kind = sniff_format(head, size)  # formats people pass by mistake are named; a flax checkpoint is a map
+        if kind not in (None, "msgpack"):
+            raise _Malformed(f"it is {FILE_KINDS[kind]}")
         f.seek(0)
         # Limits from the file size: no header inside it can make msgpack allocate more than the file holds.
         limit = max(1, min(size, _MAX_MSGPACK_OBJECT))

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from vivit.model.embed import frame_sampling_grid, sample_frame_indices
+from vivit.model.grid import infer_plane, pair, token_grid
+from vivit.weights.keys import Entry, apply_key_table, same
 
 Array = np.ndarray
-# (flax source paths, our key, transform of the source arrays)
-Entry = tuple[tuple[str, ...], str, Callable[..., Array]]
 
 # scenic attention_config.type -> our variant
 VARIANT_FROM_SCENIC = {
@@ -32,10 +31,6 @@ POOL_FROM_SCENIC = {"token": "token", "gap": "avg", "gmp": "max", "gsp": "sum", 
 
 def _dense(k: Array) -> Array:
     return k.T
-
-
-def _same(a: Array) -> Array:
-    return a
 
 
 def _qkv_kernel(q: Array, k: Array, v: Array) -> Array:
@@ -57,20 +52,20 @@ def _conv_kernel(k: Array) -> Array:
 
 
 def _ln(src: str, dst: str) -> Iterator[Entry]:
-    yield (f"{src}/scale",), f"{dst}.weight", _same
-    yield (f"{src}/bias",), f"{dst}.bias", _same
+    yield (f"{src}/scale",), f"{dst}.weight", same
+    yield (f"{src}/bias",), f"{dst}.bias", same
 
 
 def _linear(src: str, dst: str) -> Iterator[Entry]:
     yield (f"{src}/kernel",), f"{dst}.weight", _dense
-    yield (f"{src}/bias",), f"{dst}.bias", _same
+    yield (f"{src}/bias",), f"{dst}.bias", same
 
 
 def _attention(src: str, dst: str) -> Iterator[Entry]:
     yield tuple(f"{src}/{n}/kernel" for n in ("query", "key", "value")), f"{dst}.qkv.weight", _qkv_kernel
     yield tuple(f"{src}/{n}/bias" for n in ("query", "key", "value")), f"{dst}.qkv.bias", _qkv_bias
     yield (f"{src}/out/kernel",), f"{dst}.proj.weight", _out_kernel
-    yield (f"{src}/out/bias",), f"{dst}.proj.bias", _same
+    yield (f"{src}/out/bias",), f"{dst}.proj.bias", same
 
 
 def _block(src: str, dst: str, factorized_self_attention: bool) -> Iterator[Entry]:
@@ -91,8 +86,8 @@ def _block(src: str, dst: str, factorized_self_attention: bool) -> Iterator[Entr
 
 def _transformer(src: str, dst: str, depth: int, cls_path: str | None, fsa: bool = False) -> Iterator[Entry]:
     if cls_path is not None:
-        yield (cls_path,), f"{dst}.cls_token", _same
-    yield (f"{src}/posembed_input/pos_embedding",), f"{dst}.pos_embed", _same
+        yield (cls_path,), f"{dst}.cls_token", same
+    yield (f"{src}/posembed_input/pos_embedding",), f"{dst}.pos_embed", same
     for i in range(depth):
         yield from _block(f"{src}/encoderblock_{i}", f"{dst}.blocks.{i}", fsa)
     yield from _ln(f"{src}/encoder_norm", f"{dst}.norm")
@@ -102,7 +97,7 @@ def scenic_key_table(params: Mapping[str, Array], variant: str) -> list[Entry]:
     """The full key table for the parameters present in ``params`` (layer counts read from the keys)."""
     entries: list[Entry] = [
         (("embedding/kernel",), "patch_embed.proj.weight", _conv_kernel),
-        (("embedding/bias",), "patch_embed.proj.bias", _same),
+        (("embedding/bias",), "patch_embed.proj.bias", same),
     ]
     if variant == "factorized_encoder":
         entries += _transformer("SpatialTransformer", "encoder.spatial", count_layers(params, "SpatialTransformer"),
@@ -286,21 +281,9 @@ def convert_scenic_params(params: Mapping[str, Array], variant: str,
                           source: str = "the scenic parameters") -> dict[str, torch.Tensor]:
     """Apply the key table: every source leaf used exactly once, else ``ValueError`` naming ``source`` and leftovers."""
     check_scenic_shapes(params, source)
-    table = scenic_key_table(params, variant)
-    used: set[str] = set()
-    state: dict[str, torch.Tensor] = {}
-    missing = sorted({p for sources, _, _ in table for p in sources if p not in params})
-    if missing:
-        raise ValueError(f"{source}: scenic parameters for a {variant} model lack {len(missing)} leaves: "
-                         f"{missing[:10]}")
-    for sources, key, fn in table:
-        state[key] = torch.from_numpy(np.ascontiguousarray(fn(*(params[p] for p in sources)), dtype=np.float32))
-        used.update(sources)
-    unused = sorted(set(params) - used)
-    if unused:
-        raise ValueError(f"{source}: {len(unused)} scenic parameters have no place in a {variant} model: "
-                         f"{unused[:10]}")
-    return state
+    state = apply_key_table(params, scenic_key_table(params, variant), what=f"{source}: scenic parameters",
+                            into=f"a {variant} model")
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
 
 
 def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: Mapping[str, Any],
@@ -316,15 +299,10 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
     """
     dataset = config.get("dataset_configs") or {}
     trained_frames = int(dataset.get("num_frames", args["num_frames"]))
-    patch = tuple(args["tubelet_size"])
-    if args.get("embedding") == "frame_sampling":
-        sampled = len(sample_frame_indices(trained_frames, args["n_sampled_frames"]))
+    sampled = args["n_sampled_frames"] if args.get("embedding") == "frame_sampling" else None
 
-        def grid_for(size: tuple[int, int]) -> tuple[int, int, int]:
-            return frame_sampling_grid(sampled, size, patch[1:])
-    else:
-        def grid_for(size: tuple[int, int]) -> tuple[int, int, int]:
-            return (trained_frames // patch[0], size[0] // patch[1], size[1] // patch[2])
+    def grid_for(size: int | Sequence[int]) -> tuple[int, int, int]:
+        return token_grid(trained_frames, pair(size), args["tubelet_size"], sampled)
 
     num_prefix = int(args["global_pool"] == "token")
     fe = args["variant"] == "factorized_encoder"
@@ -334,24 +312,20 @@ def weights_grid(params: Mapping[str, Array], config: Mapping[str, Any], args: M
     def count(grid: tuple[int, int, int]) -> int:  # FE: the spatial posemb covers one frame
         return grid[1] * grid[2] if fe else math.prod(grid)
 
-    candidates = [grid_for(_pair(args["img_size"]))]
+    candidates = [grid_for(args["img_size"])]
     if trained_frames == int(args["num_frames"]):
         candidates.insert(0, tuple(model_grid))
     if dataset.get("crop_size"):
-        candidates.append(grid_for(_pair(dataset["crop_size"])))
+        candidates.append(grid_for(dataset["crop_size"]))
     for grid in candidates:
         if count(grid) == tokens:
             return grid
     t = candidates[-1][0]
     spatial_tokens = tokens if fe else tokens // max(t, 1)
-    side = math.isqrt(spatial_tokens)
-    if side * side != spatial_tokens or (not fe and spatial_tokens * t != tokens):
+    plane = infer_plane(spatial_tokens) if fe or spatial_tokens * t == tokens else None
+    if plane is None:
         raise ValueError(
             f"cannot infer the trained token grid from the positional embedding's {tokens} tokens: it fits neither "
             f"the model's grid {tuple(model_grid)}, nor {t} frame(s) of a square grid; build the model at the trained "
             "frame size (img_size=) or pass a config with dataset_configs.crop_size")
-    return (t, side, side)
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    return (t, *plane)

@@ -9,15 +9,15 @@ module reads modules, state dicts and configs through their plain attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vivit.model.vivit import ViViT
-
-# (transformers source keys, our key, transform of the source tensors)
-Entry = tuple[tuple[str, ...], str, Callable[..., torch.Tensor]]
+from vivit.weights.keys import Entry, apply_key_table, same
 
 HF_CLASSES = ("VivitForVideoClassification", "VivitModel")
 # Per-layer names in each transformers layout; the layout is detected from the keys (detect_layout).
@@ -47,10 +47,6 @@ REQUIRED_CONFIG_KEYS = (
 )
 
 
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def _cat(*xs: torch.Tensor) -> torch.Tensor:
     # q, k, v rows stacked in that order: our Attention splits qkv as "(qkv heads hd)".
     return torch.cat(xs, dim=0)
@@ -64,8 +60,8 @@ def _zeros(n: int) -> Callable[[], torch.Tensor]:
 
 
 def _linear(src: str, dst: str) -> Iterator[Entry]:
-    yield (f"{src}.weight",), f"{dst}.weight", _same
-    yield (f"{src}.bias",), f"{dst}.bias", _same
+    yield (f"{src}.weight",), f"{dst}.weight", same
+    yield (f"{src}.bias",), f"{dst}.bias", same
 
 
 def _layer(names: Mapping[str, str], i: int, dim: int, qkv_bias: bool) -> Iterator[Entry]:
@@ -88,8 +84,8 @@ def transformers_key_table(layout: str, args: Mapping[str, Any], qkv_bias: bool)
     names = LAYOUTS[layout]
     entries: list[Entry] = [
         *_linear("embeddings.patch_embeddings.projection", "patch_embed.proj"),
-        (("embeddings.cls_token",), "encoder.cls_token", _same),
-        (("embeddings.position_embeddings",), "encoder.pos_embed", _same),
+        (("embeddings.cls_token",), "encoder.cls_token", same),
+        (("embeddings.position_embeddings",), "encoder.pos_embed", same),
     ]
     for i in range(args["depth"]):
         entries += _layer(names, i, args["embed_dim"], qkv_bias)
@@ -211,7 +207,7 @@ def model_args_from_transformers(config: Mapping[str, Any], tensors: Mapping[str
 def convert_transformers_state_dict(
     tensors: Mapping[str, torch.Tensor],
     table: list[Entry],
-    target: Mapping[str, torch.Tensor],
+    target_shapes: Mapping[str, Sequence[int]],
     as_given: Callable[[str], str] = str,
 ) -> dict[str, torch.Tensor]:
     """Apply the key table: every source key used, every target key filled with its shape, else ``ValueError``.
@@ -219,31 +215,38 @@ def convert_transformers_state_dict(
     Args:
         tensors: transformers state dict without the ``vivit.`` prefix.
         table: From ``transformers_key_table``.
-        target: Our model's ``state_dict()`` (names and shapes to fill).
+        target_shapes: Our model's key -> shape (names and shapes to fill).
         as_given: Unprefixed name -> name as the caller spelled it, for error messages.
     """
-    missing = sorted(as_given(p) for sources, _, _ in table for p in sources if p not in tensors)
-    if missing:
-        raise ValueError(f"transformers ViViT weights lack {len(missing)} keys the config calls for: {missing[:10]}")
-    used: set[str] = set()
-    state: dict[str, torch.Tensor] = {}
-    for sources, key, fn in table:
-        value = fn(*(tensors[p] for p in sources))
-        if key not in target or tuple(value.shape) != tuple(target[key].shape):
-            expected = tuple(target[key].shape) if key in target else "no such key"
-            raise ValueError(
-                f"{[as_given(p) for p in sources]} -> {key}: expected {expected}, found {tuple(value.shape)}; "
-                "does the config belong to these weights?"
-            )
-        state[key] = value
-        used.update(sources)
-    unused = sorted(as_given(k) for k in set(tensors) - used)
-    if unused:
-        raise ValueError(f"{len(unused)} transformers keys have no place in this ViViT: {unused[:10]}")
-    unfilled = sorted(set(target) - set(state))
-    if unfilled:
-        raise ValueError(f"{len(unfilled)} ViViT keys have no transformers source: {unfilled[:10]}")
-    return state
+    return apply_key_table(tensors, table, what="transformers ViViT weights", into="this ViViT",
+                           target_shapes=target_shapes, spell=as_given,
+                           hint="; does the config belong to these weights?")
+
+
+@dataclass
+class Converted:
+    """transformers weights in our layout, with the ``ViViT`` kwargs they fit and their class names."""
+
+    args: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    label_names: list[str] | None
+
+
+def convert_transformers(state_dict: Mapping[str, Any], config: Any) -> Converted:
+    """A transformers ViViT state dict and its config -> our kwargs, state dict and labels; builds no model.
+
+    The target shapes come from a ``ViViT`` on the meta device (no memory, no weights).
+    """
+    cfg = config_dict(config)
+    tensors, as_given = _strip_prefix(state_dict)
+    layout = detect_layout(set(tensors))
+    args = model_args_from_transformers(cfg, tensors)
+    labels = _label_names(cfg, args["num_classes"]) if args["num_classes"] else None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the model built from these args says it once; this one is never seen
+        shapes = {k: tuple(v.shape) for k, v in ViViT(**args).state_dict().items()}
+    table = transformers_key_table(layout, args, qkv_bias=bool(cfg["qkv_bias"]))
+    return Converted(args, convert_transformers_state_dict(tensors, table, shapes, as_given), labels)
 
 
 def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwargs: Any) -> ViViT:
@@ -271,14 +274,9 @@ def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwar
         state_dict = model_or_state_dict
     else:
         raise ValueError(f"expected a transformers ViViT module or a state dict, got {type(model_or_state_dict)}")
-    cfg = config_dict(config)
-    tensors, as_given = _strip_prefix(state_dict)
-    layout = detect_layout(set(tensors))
-    args = model_args_from_transformers(cfg, tensors)
-    labels = _label_names(cfg, args["num_classes"]) if args["num_classes"] else None
-    model = ViViT(**{**args, **model_kwargs})
-    table = transformers_key_table(layout, args, qkv_bias=bool(cfg["qkv_bias"]))
-    model.load_state_dict(convert_transformers_state_dict(tensors, table, model.state_dict(), as_given), strict=True)
-    if labels is not None:
-        model.pretrained_cfg["label_names"] = labels
+    converted = convert_transformers(state_dict, config)
+    model = ViViT(**{**converted.args, **model_kwargs})
+    model.load_state_dict(converted.state, strict=True)
+    if converted.label_names is not None:
+        model.pretrained_cfg["label_names"] = converted.label_names
     return model.eval()
