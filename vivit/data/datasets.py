@@ -323,10 +323,20 @@ class EvalVideos(Dataset):
         try:
             views = multi_view_clips(item.path, self.cfg, self.views, backend=self.backend)
         except READ_ERRORS as err:
+            if is_out_of_memory(err):
+                raise  # the machine's limit, not the video's fault: the run stops and says what to lower
             reason = one_line(err, item.path)
             _logger.warning("unreadable video %s: %s", item.path, reason)
             return {**record, "status": "failed", "views": None, "error": reason}
         return {**record, "status": "ok", "views": views, "error": None}
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocator failure (``MemoryError``, CUDA out of memory, a CPU allocation torch refused)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def one_line(err: BaseException, path: str | None = None) -> str:
@@ -487,5 +497,5 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
 
 __all__ = ["DataError", "Dist", "EvalVideos", "Item", "KINETICS_PATTERN", "Listing", "READ_ERRORS",
            "ResumableDistributedSampler", "TrainClips", "UNLABELLED", "VIDEO_SUFFIXES", "class_index",
-           "collate_first", "collate_views", "init_distributed", "item_seed", "make_loader", "one_line",
-           "read_listing", "resolve_classes", "shard", "to_items"]
+           "collate_first", "collate_views", "init_distributed", "is_out_of_memory", "item_seed", "make_loader",
+           "one_line", "read_listing", "resolve_classes", "shard", "to_items"]
