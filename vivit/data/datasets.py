@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vivit.data.transforms import resolve_data_config
-from vivit.data.video import VideoReadError, clip_indices, multi_view_clips, parse_views, read_video, video_info
+from vivit.data.video import VideoReadError, ViewSampler, parse_views, read_clip
 
 _logger = logging.getLogger(__name__)
 
@@ -281,10 +281,8 @@ class TrainClips(Dataset):
 
     def _load(self, path: str, seed: int) -> torch.Tensor:
         _, clip_len, _, _ = self.data_cfg["input_size"]
-        num_frames = video_info(path, backend=self.backend).num_frames
-        indices = clip_indices(num_frames, clip_len, self.data_cfg["frame_stride"], 1, "random",
-                               generator=torch.Generator().manual_seed(seed))[0]
-        frames = read_video(path, indices, backend=self.backend)
+        frames = read_clip(path, clip_len, self.data_cfg["frame_stride"], mode="random",
+                           generator=torch.Generator().manual_seed(seed), backend=self.backend)
         with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global RNG
             torch.manual_seed(seed)
             return self.transform(frames)
@@ -310,6 +308,7 @@ class EvalVideos(Dataset):
         # The preprocessing fields only: workers get a small dict, not a copy of the model.
         self.cfg = resolve_data_config(model_or_cfg)
         self.items, self.views, self.backend = list(items), parse_views(views), backend
+        self.sampler = ViewSampler.for_model(self.cfg, self.views)  # resolved once, not per video
         self.padded_len = math.ceil(len(self.items) / pad_to) * pad_to
 
     def __len__(self) -> int:
@@ -321,7 +320,7 @@ class EvalVideos(Dataset):
         item = self.items[index]
         record = {"index": index, "path": item.path, "label": item.label}
         try:
-            views = multi_view_clips(item.path, self.cfg, self.views, backend=self.backend)
+            views = self.sampler(item.path, backend=self.backend)
         except READ_ERRORS as err:
             if is_out_of_memory(err):
                 raise  # the machine's limit, not the video's fault: the run stops and says what to lower

@@ -32,6 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from vivit.data.transforms import (
+    INTERPOLATIONS,
+    EvalTransform,
+    resize_short_side,
+    resolve_data_config,
+    short_side_size,
+)
 from vivit.files import write_atomic
 
 _logger = logging.getLogger(__name__)
@@ -254,31 +261,75 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
             ``short_video="error"``.
         ValueError: A bad ``views``, ``short_video`` or cfg (e.g. ``frame_stride < 1``), before the file is opened.
     """
-    from vivit.data.transforms import eval_transform, resolve_data_config
+    return ViewSampler.for_model(model_or_cfg, views, short_video=short_video)(path, backend=backend)
 
-    num_clips, num_crops = parse_views(views)
-    cfg = resolve_data_config(model_or_cfg)
-    transform = eval_transform(cfg, num_crops=num_crops)
-    clip_len, stride = cfg["input_size"][1], cfg["frame_stride"]
-    # Bad arguments are refused before the file is opened, so they are not reported as a problem of the video.
-    _check_clip_args(clip_len, stride, num_clips, "uniform", short_video, stride_name="the cfg's frame_stride")
+
+@dataclass(frozen=True)
+class ViewSampler:
+    """The reference's test views of any video, for one model: built once (per dataset), applied per video.
+
+    Holds the clip length and stride of the model's cfg and its :class:`vivit.data.transforms.EvalTransform`, so
+    nothing is resolved per video, and each video is opened and decoded once. Picklable (DataLoader workers).
+
+    Attributes:
+        clip_len: Frames per clip (the model's ``num_frames``).
+        stride: The cfg's ``frame_stride``.
+        num_clips: Temporal clips per video.
+        transform: Resize, crops and scaling of every clip.
+        short_video: ``"loop"`` (reference) or ``"error"``, as in :func:`clip_indices`.
+    """
+
+    clip_len: int
+    stride: int
+    num_clips: int
+    transform: EvalTransform
+    short_video: str = "loop"
+
+    @classmethod
+    def for_model(cls, model_or_cfg: Any, views: str | int | Sequence[int] = (4, 3), *,
+                  short_video: str = "loop") -> ViewSampler:
+        """The sampler of :func:`multi_view_clips`; bad arguments are refused here, before any file is opened."""
+        num_clips, num_crops = parse_views(views)
+        cfg = resolve_data_config(model_or_cfg)
+        clip_len, stride = cfg["input_size"][1], cfg["frame_stride"]
+        _check_clip_args(clip_len, stride, num_clips, "uniform", short_video, stride_name="the cfg's frame_stride")
+        return cls(clip_len, stride, num_clips, EvalTransform.from_cfg(cfg, num_crops), short_video)
+
+    def __call__(self, path: str | Path, *, backend: str = "auto") -> torch.Tensor:
+        """``(clips * crops, C, T, H, W)`` float views of the video at ``path`` (see :func:`multi_view_clips`)."""
+        transform = self.transform
+        with _open(path, backend) as reader:
+            n = reader.info.num_frames
+            if n < 2:
+                raise VideoReadError(f"{reader.path}: has a single frame (a still image, e.g. a one-frame GIF); a "
+                                     "video model needs motion, so pass a video with at least 2 frames")
+            try:
+                indices = clip_indices(n, self.clip_len, self.stride, self.num_clips, "uniform",
+                                       short_video=self.short_video)
+            except ValueError as err:  # the arguments are checked in for_model: only a too-short video is left
+                raise VideoReadError(f"{reader.path}: {err}") from None
+            if n < self.clip_len * self.stride:
+                _logger.info("%s: %d frames is shorter than a clip (%d at stride %d); looping it as the reference "
+                             "does", reader.path, n, self.clip_len, self.stride)
+            # Frames are resized as they are decoded and clips transformed one at a time: memory holds resized
+            # frames only.
+            size = (transform.resize_size, transform.interpolation)
+            views_ = [transform(reader.read(clip.tolist(), size)) for clip in indices]
+        stacked = torch.stack(views_)
+        return stacked.flatten(0, 1) if transform.num_crops > 1 else stacked
+
+
+def read_clip(path: str | Path, clip_len: int, stride: int, *, mode: str = "random",
+              generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
+    """One clip of :func:`clip_indices` (``num_clips=1``), the file opened once: uint8 ``(clip_len, H, W, 3)``.
+
+    Raises:
+        FileNotFoundError, VideoReadError, ValueError: As :func:`read_video` and :func:`clip_indices`.
+    """
+    _check_clip_args(clip_len, stride, 1, mode, "loop")
     with _open(path, backend) as reader:
-        n = reader.info.num_frames
-        if n < 2:
-            raise VideoReadError(f"{reader.path}: has a single frame (a still image, e.g. a one-frame GIF); a video "
-                                 "model needs motion, so pass a video with at least 2 frames")
-        try:
-            indices = clip_indices(n, clip_len, stride, num_clips, "uniform", short_video=short_video)
-        except ValueError as err:  # the arguments are checked above: only a too-short video is left to refuse
-            raise VideoReadError(f"{reader.path}: {err}") from None
-        if n < clip_len * stride:
-            _logger.info("%s: %d frames is shorter than a clip (%d at stride %d); looping it as the reference does",
-                         reader.path, n, clip_len, stride)
-        # Frames are resized as they are decoded and clips transformed one at a time: memory holds resized frames only.
-        size = (transform.resize_size, transform.interpolation)
-        views_ = [transform(reader.read(clip.tolist(), size)) for clip in indices]
-    stacked = torch.stack(views_)
-    return stacked.flatten(0, 1) if num_crops > 1 else stacked
+        indices = clip_indices(reader.info.num_frames, clip_len, stride, 1, mode, generator=generator)[0]
+        return reader.read(indices.tolist())
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -295,8 +346,6 @@ def _check_clip_args(clip_len: int, stride: int, num_clips: int, mode: str, shor
 
 
 def _check_resize(short_side: int, interpolation: str) -> tuple[int, str]:
-    from vivit.data.transforms import INTERPOLATIONS
-
     if isinstance(short_side, bool) or not isinstance(short_side, int | np.integer) or short_side < 1:
         raise ValueError(f"short_side must be a positive integer (pixels), found {short_side!r}")
     if interpolation not in INTERPOLATIONS:
@@ -312,8 +361,6 @@ def _resize_frame(frame: np.ndarray | torch.Tensor, size: tuple[int, str] | None
     """
     if size is None:
         return np.asarray(frame)
-    from vivit.data.transforms import resize_short_side
-
     chw = torch.as_tensor(frame).permute(2, 0, 1)[None]
     return resize_short_side(chw, size[0], size[1])[0].permute(1, 2, 0).numpy()
 
@@ -641,8 +688,6 @@ class _PyAVReader:
     def _to_array(self, frame: Any) -> np.ndarray:
         """An upright RGB frame, resized while decoding when ``read`` was given a size."""
         if self._size is not None and frame.width * frame.height > EXACT_RESIZE_MAX_PIXELS:
-            from vivit.data.transforms import short_side_size
-
             # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
             height, width = short_side_size(frame.height, frame.width, self._size[0])  # symmetric: rotation-safe
             small = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
@@ -713,5 +758,5 @@ def _reason(err: BaseException, path: Path | None = None) -> str:
     return text.strip() or type(err).__name__
 
 
-__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips",
-           "parse_views", "read_video", "video_info", "write_video"]
+__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "ViewSampler", "clip_indices",
+           "multi_view_clips", "parse_views", "read_clip", "read_video", "video_info", "write_video"]
