@@ -24,9 +24,9 @@ pytest.importorskip("av")
 import vivit  # noqa: E402
 from vivit import cli  # noqa: E402
 from vivit.data.datasets import DataError  # noqa: E402
-from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES, make_clip  # noqa: E402
 from vivit.data.video import multi_view_clips, write_video  # noqa: E402
+from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 
 from .videos import write_truncated  # noqa: E402
 
@@ -64,7 +64,8 @@ def reference(clips, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        assert cli.main(["evaluate", str(clips / "list.csv"), "--out", str(out), *EVAL_ARGS]) == 0
+        # exit status 1: the three broken files failed (the outputs are complete all the same)
+        assert cli.main(["evaluate", str(clips / "list.csv"), "--out", str(out), *EVAL_ARGS]) == 1
     (out / "stdout.txt").write_text(stdout.getvalue())
     (out / "stderr.txt").write_text(stderr.getvalue())
     return out
@@ -122,7 +123,7 @@ def test_two_gloo_ranks_write_the_single_process_report_and_predictions(clips, r
            str(tmp_path), *EVAL_ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 1, result.stderr[-4000:]  # 1: the broken files failed
     assert "rank 0: 17 videos" in result.stderr  # 33 rows: rank 0 takes 17, rank 1 the other 16
     assert _report(tmp_path) == _report(reference)
     assert _lines(tmp_path) == _lines(reference)
@@ -137,7 +138,7 @@ def test_a_stopped_run_resumes_and_ends_with_the_uninterrupted_report(clips, ref
     assert len(_lines(tmp_path)) == 8
     with open(tmp_path / "predictions.jsonl", "a") as f:
         f.write('{"index": 9, "path": "cut by a ki')  # what a kill in the middle of a write leaves
-    assert cli.main(["evaluate", listing, "--out", str(tmp_path), *EVAL_ARGS]) == 0
+    assert cli.main(["evaluate", listing, "--out", str(tmp_path), *EVAL_ARGS]) == 1  # the broken files
     assert _report(tmp_path) == _report(reference)
     assert _lines(tmp_path) == _lines(reference)
 
