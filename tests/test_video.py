@@ -328,6 +328,17 @@ def test_bad_views_are_refused(views):
         video.parse_views(views)
 
 
+def test_thousands_of_clips_are_refused_before_anything_is_allocated():
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"2000x3 asks for 2000 clips per video, more than the 32"):
+        video.parse_views("2000x3")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20 and video.parse_views((video.MAX_CLIPS, 3)) == (video.MAX_CLIPS, 3)
+
+
 # ------------------------------------------------------------------------------------------------ multi-view
 def test_multi_view_clips_are_the_eval_transform_of_the_sampled_clips(files):
     cfg = {"input_size": (3, 8, 32, 32), "frame_stride": 3, "crop_pct": 0.8}

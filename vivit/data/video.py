@@ -45,6 +45,7 @@ _logger = logging.getLogger(__name__)
 
 BACKENDS = ("pyav", "torchcodec")
 CLIP_MODES = ("uniform", "random")
+MAX_CLIPS = 32  # temporal clips per video: 32x3 views of a 32x224x224 model take 1.8 GB of float32
 SHORT_VIDEO = ("loop", "error")
 # Encoders that refuse odd frame sizes in 4:2:0 (others, e.g. mpeg4 and libvpx-vp9, round the chroma planes up).
 _EVEN_SIZE_ENCODERS = ("libx264", "libx265", "mjpeg")
@@ -231,6 +232,10 @@ def parse_views(views: str | int | Sequence[int]) -> tuple[int, int]:
     if len(values) != 2 or values[0] < 1 or values[1] not in (1, 3):
         raise ValueError(f"views must be 'CLIPSxCROPS' with CLIPS >= 1 and CROPS 1 or 3 (e.g. '4x3', (4, 3)), "
                          f"found {views!r}")
+    if values[0] > MAX_CLIPS:  # refused before any clip is decoded: every view of a video is held at once
+        raise ValueError(f"views {values[0]}x{values[1]} asks for {values[0]} clips per video, more than the "
+                         f"{MAX_CLIPS} this allows (the paper uses 4; each view of one video is held in memory at "
+                         "once); pass fewer clips, e.g. '4x3'")
     return values[0], values[1]
 
 
@@ -495,6 +500,10 @@ class _PyAVReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Drop the open frame generator and close the decoding container (the next decode opens a fresh one)."""
         self._drop_frames()
         if self._container is not None:
             self._container.close()
@@ -598,10 +607,7 @@ class _PyAVReader:
 
     def _frames_from_start(self) -> Iterator[Any]:
         # A fresh container rather than a seek to 0, which some formats (GIF, raw streams) refuse.
-        self._drop_frames()
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        self._close()
         container = self._decoder()
         return self._decode(container, container.streams.video[0])
 
@@ -758,5 +764,5 @@ def _reason(err: BaseException, path: Path | None = None) -> str:
     return text.strip() or type(err).__name__
 
 
-__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "ViewSampler", "clip_indices",
-           "multi_view_clips", "parse_views", "read_clip", "read_video", "video_info", "write_video"]
+__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "MAX_CLIPS", "VideoInfo", "VideoReadError", "ViewSampler",
+           "clip_indices", "multi_view_clips", "parse_views", "read_clip", "read_video", "video_info", "write_video"]

@@ -45,7 +45,7 @@ from vivit.files import write_atomic, write_text_atomic
 from vivit.labels import LABEL_SETS
 from vivit.tasks.extract import extract_features, load_features
 from vivit.tasks.predict import top_k
-from vivit.tasks.run import Progress, Run, RunOptions, claimed, finite_or_reason, joined, outputs, start, stopping
+from vivit.tasks.run import Progress, Run, RunOptions, claimed, finite_or_reason, outputs, started, stopping
 
 _logger = logging.getLogger(__name__)
 
@@ -156,15 +156,14 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
     """
     opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
                       progress_bar, stop_after)
-    with joined(env, device) as env:
-        run = start(listing, model, out, opts, env)
+    with started(listing, model, out, opts, env, device) as run:
         head = _class_parts(run.model)
         targets = _targets(run.rows.labels, run.rows.where, head.splits, head.names, str(run.listing))
         # The targets hold the labels (one index per part); items only the paths. A listing none of whose files
         # exists (a wrong --video-root) is refused here rather than reported as all failed.
         items = to_items(run.rows.paths, [None] * run.num, run.rows.where, head.names, str(run.listing))
         identity = run.identity(num_classes=int(run.model.num_classes))
-        with claimed(run.out, identity, env):
+        with claimed(run.out, identity, run.env):
             return _evaluate(run, identity, items, head, targets)
 
 

@@ -24,10 +24,9 @@ from vivit.tasks.run import (
     RunOptions,
     claimed,
     finite_or_reason,
-    joined,
-    outputs,
+        outputs,
     read_json,
-    start,
+    started,
     stopping,
 )
 
@@ -77,10 +76,9 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
         raise ValueError(f"shard_size must be >= 1, found {shard_size}")
     opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
                       progress_bar, stop_after)
-    with joined(env, device) as env:
-        run = start(listing, model, out, opts, env)
+    with started(listing, model, out, opts, env, device) as run:
         identity = run.identity(per_clip=per_clip, layer=layer)
-        with claimed(run.out, identity, env):
+        with claimed(run.out, identity, run.env):
             return _extract(run, identity, per_clip, layer, shard_size)
 
 

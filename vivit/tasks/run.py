@@ -109,6 +109,14 @@ def joined(env: Dist | None, device: str | torch.device | None) -> Iterator[Dist
         env.close()
 
 
+@contextlib.contextmanager
+def started(listing: str | Path, model: torch.nn.Module | str, out: str | Path, opts: RunOptions, env: Dist | None,
+            device: str | torch.device | None) -> Iterator[Run]:
+    """:func:`start` inside torchrun's process group (joined here when ``env`` is ``None``, and left at the end)."""
+    with joined(env, device) as env:
+        yield start(listing, model, out, opts, env)
+
+
 def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, opts: RunOptions, env: Dist) -> Run:
     """Read the listing and make the model ready on this rank (nothing is written yet)."""
     if opts.batch_size < 1:
@@ -363,4 +371,5 @@ def stopping(run: Run, processed: int, what: str) -> bool:
 
 
 __all__ = ["DTYPES", "Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
-           "joined", "model_name", "outputs", "param_dtype", "read_json", "start", "stopping", "weights_digest"]
+           "joined", "model_name", "outputs", "param_dtype", "read_json", "start", "started", "stopping",
+           "weights_digest"]
