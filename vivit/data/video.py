@@ -564,13 +564,15 @@ class _PyAVReader:
         if not pts:
             raise VideoReadError(f"{self.path}: has a video stream but no frames; pass a video with frames")
         known = [p for p in pts if p is not None]
-        if len(known) == len(pts) and len(set(known)) == len(known):
-            self._pts: list[int] | None = sorted(known)
+        # The span the frames cover, from their timestamps even when two share one (Matroska rounds to 1 ms).
+        self._times = sorted(known) if len(known) == len(pts) else None
+        self._last_duration = durations[pts.index(self._times[-1])] if self._times else 0
+        if self._times is not None and len(set(known)) == len(known):
+            self._pts: list[int] | None = self._times
             self._index = {p: i for i, p in enumerate(self._pts)}
             self._keys = sorted(self._index[k] for k in keys)
-            self._last_duration = durations[pts.index(self._pts[-1])]
-        else:  # no usable timestamps (some AVI/raw streams): count frames by decoding from the start
-            self._pts, self._index, self._keys, self._last_duration = None, {}, [], 0
+        else:  # no usable timestamps (some AVI/raw streams), or repeated ones: find frames by decoding from the start
+            self._pts, self._index, self._keys = None, {}, []
         if self._header_frames and self.num_frames < self._header_frames:
             raise VideoReadError(f"{self.path}: is truncated: the header lists {self._header_frames} frames but only "
                                  f"{self.num_frames} are present; re-fetch or re-encode it")
@@ -578,9 +580,9 @@ class _PyAVReader:
     def _make_info(self) -> VideoInfo:
         fps = self._nominal_rate
         duration = self.num_frames / fps if fps else 0.0
-        if self._pts is not None and len(self._pts) > 1:
-            span = float((self._pts[-1] - self._pts[0]) * self.time_base)
-            last = float(self._last_duration * self.time_base) if self._last_duration else span / (len(self._pts) - 1)
+        if self._times is not None and len(self._times) > 1 and self._times[-1] > self._times[0]:
+            span = float((self._times[-1] - self._times[0]) * self.time_base)
+            last = float(self._last_duration * self.time_base) if self._last_duration else span / (len(self._times) - 1)
             duration = span + last
             fps = self.num_frames / duration  # exact for a constant rate, the average for a variable one
         if self._header_duration and duration < 0.9 * self._header_duration - 0.1:
