@@ -398,3 +398,17 @@ def test_an_unlabelled_evaluation_prints_no_accuracy_of_none(clips, tmp_path, ca
     assert cli.main(["evaluate", str(listing), "--out", str(tmp_path / "o"), *EVAL_ARGS]) == 0
     out = capsys.readouterr().out
     assert "None" not in out and out.startswith("no labels (predictions only) num_videos 1 num_evaluated 1")
+
+
+def test_thousands_of_missing_files_print_a_bounded_summary(clips, tmp_path):
+    listing = tmp_path / "mostly_missing.csv"
+    listing.write_text("path,label\n" + f"{clips / 'static_0.mp4'},static\n"
+                       + "".join(f"gone/{i}.mp4,static\n" for i in range(2000)))
+    result = subprocess.run([sys.executable, "-m", "vivit", "evaluate", str(listing), "--out", str(tmp_path / "o"),
+                             *EVAL_ARGS], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) < 60, "\n".join(lines[:80])
+    assert "2000 of 2001 files do not exist" in result.stderr and "2000 of 2001 videos failed" in result.stderr
+    assert _report(tmp_path / "o")["num_failed"] == 2000  # every one of them is in the report
