@@ -85,7 +85,11 @@ class Run:
     weights: str
 
     def identity(self, **extra: Any) -> dict[str, Any]:
-        """The inputs a resume must share with the first start (``extra``: the job's own settings)."""
+        """The inputs a resume must share with the first start (``extra``: the job's own settings).
+
+        A new option that changes the outputs (e.g. token merging) joins here, next to ``backend``: runs recorded
+        without it then differ from runs with it, and are refused rather than mixed.
+        """
         return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.model),
                 "backend": self.opts.backend, **extra, "num_videos": len(self.rows.paths),
