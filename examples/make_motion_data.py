@@ -63,6 +63,7 @@ def write_motion_dataset(root: str | Path, num_train: int = 24, num_val: int = 8
     if not 2 <= num_classes <= len(MOTION_CLASSES):
         raise ValueError(f"num_classes must be in [2, {len(MOTION_CLASSES)}], found {num_classes}")
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)  # the CSVs are written even when a split has no clips (--train 0)
     classes = CLASS_ORDER[:num_classes]
     for split, count, stream in (("train", num_train, 0), ("val", num_val, 1)):
         rng = np.random.default_rng([seed, stream])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import vivit
+from vivit import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +182,7 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
     for video, line in zip(videos, in_bf16.stdout.splitlines(), strict=True):
         assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]
         assert json.loads(line)["views"] == "1x1"  # no --views: the model's eval_views
-    assert "vivit_motion, 1x1 views (1 clips of 3x16x32x32) per video, bfloat16 on cpu" in in_bf16.stderr
+    assert "vivit_motion, 1x1 views (1 clip of 3x16x32x32) per video, bfloat16 on cpu" in in_bf16.stderr
 
 
 def test_a_split_head_is_ranked_per_part_with_its_own_softmax():
@@ -452,3 +454,31 @@ def test_explain_into_an_unwritable_folder_is_one_line_naming_the_image(tmp_path
     target = tmp_path / "file" / "maps" / "clip_attention.png"
     assert code == 1 and out == "" and err.startswith(f"vivit explain: {target}: cannot write the image (")
     assert len(err.splitlines()) == 1 and ".part" not in err
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["list", "vivit_b*"], ["-v", "list", "--pretrained"]])
+def test_version_and_list_import_neither_torch_nor_timm(argv):
+    # What the `vivit` console script runs (sys.argv[0] is the script), and `python -m vivit`.
+    script = ("import sys\nsys.argv = ['vivit', *sys.argv[1:]]\nfrom vivit.cli import main\n"
+              "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as stop:\n    code = stop.code\n"
+              "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm'))\n"
+              "print('HEAVY', heavy, code)\n")
+    out = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.splitlines()[-1] == "HEAVY [] 0", out.stdout + out.stderr
+    timed = subprocess.run([sys.executable, "-X", "importtime", "-m", "vivit", *argv], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert timed.returncode == 0 and not [line for line in timed.stderr.splitlines()
+                                          if line.rstrip().endswith(("| torch", "| timm"))]
+
+
+def test_dataset_commands_have_a_description_defaults_and_exit_status_in_help(capsys):
+    from vivit.data.datasets import KINETICS_PATTERN
+
+    for command in ("evaluate", "extract"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "multi-view averaging" in text or "Extract pooled pre-logits" in text
+        assert "(default: 16)" in text and "(default: 100)" in text and "(default: 2)" in text
+        assert f"(default: {KINETICS_PATTERN})" in text and "1 some videos failed" in text

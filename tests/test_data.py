@@ -117,3 +117,54 @@ def test_shards_are_disjoint_and_cover_the_listing():
         shard(items, 3, 3)
     with pytest.raises(ValueError, match="workers must be >= 0"):
         make_loader(torch.utils.data.TensorDataset(torch.zeros(2)), workers=-1)
+
+
+# ------------------------------------------------------------------------------------------------ hostile listings
+def test_a_csv_path_starting_with_a_hash_is_a_row_and_a_lone_hash_field_a_comment(tmp_path):
+    (tmp_path / "a.csv").write_text("path,label\n#1.mp4,cat\n# a comment\n2.mp4,dog\n")
+    listing = read_listing(tmp_path / "a.csv")
+    assert listing.paths == [str(tmp_path / "#1.mp4"), str(tmp_path / "2.mp4")] and listing.labels == ["cat", "dog"]
+    (tmp_path / "#3.mp4").write_bytes(b"x")  # a one-field line that names a file is a row too
+    (tmp_path / "files.txt").write_text("#3.mp4\n# not a file\n")
+    assert read_listing(tmp_path / "files.txt").paths == [str(tmp_path / "#3.mp4")]
+
+
+def test_a_byte_order_mark_does_not_turn_the_header_into_a_row(tmp_path):
+    (tmp_path / "excel.csv").write_bytes("\ufeffpath,label\nclip.mp4,cat\n".encode())
+    listing = read_listing(tmp_path / "excel.csv")
+    assert listing.paths == [str(tmp_path / "clip.mp4")] and listing.labels == ["cat"]
+    (tmp_path / "k.csv").write_bytes("\ufefflabel,youtube_id,time_start,time_end,split\ncat,abc,1,11,val\n".encode())
+    assert read_listing(tmp_path / "k.csv").labels == ["cat"]  # a Kinetics header is recognised behind a BOM
+
+
+def test_a_leading_space_that_is_part_of_a_file_name_is_kept(tmp_path):
+    (tmp_path / " lead.mp4").write_bytes(b"x")
+    (tmp_path / "a.csv").write_text("path,label\n lead.mp4,cat\n other.mp4 , dog\n")
+    assert read_listing(tmp_path / "a.csv").paths == [str(tmp_path / " lead.mp4"), str(tmp_path / "other.mp4")]
+
+
+def test_a_listing_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("path,label\nété.mp4,cat\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.csv: is not UTF-8 text \(byte 0xe9 at offset 11\)"):
+        read_listing(tmp_path / "latin1.csv")
+
+
+def test_a_tree_with_a_cycle_and_odd_links_lists_each_video_once_and_reports_the_links(tmp_path, caplog):
+    root = tmp_path / "tree"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "x.mp4").write_bytes(b"x")
+    (root / "dog").mkdir()
+    (root / "dog" / "y.mp4").write_bytes(b"y")
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a class folder that is the tree itself
+    (root / "dog" / "again").symlink_to(root / "dog", target_is_directory=True)  # a cycle inside a class
+    (root / "cat" / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # dangling
+    (root / "cat" / "null.mp4").symlink_to("/dev/null")  # a device
+    (root / "twin").mkdir()
+    (root / "twin" / "x.mp4").symlink_to(root / "cat" / "x.mp4")
+    with caplog.at_level("WARNING"):
+        listing = read_listing(root)
+    assert [Path(p).relative_to(root).as_posix() for p in listing.paths] == [
+        "cat/gone.mp4", "cat/null.mp4", "cat/x.mp4", "dog/y.mp4"]
+    assert listing.labels == ["cat", "cat", "cat", "dog"]
+    text = caplog.text
+    assert "a cycle" in text and "reached twice" in text and "2 listed entries are links that point nowhere" in text

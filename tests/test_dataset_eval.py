@@ -24,9 +24,9 @@ pytest.importorskip("av")
 import vivit  # noqa: E402
 from vivit import cli  # noqa: E402
 from vivit.data.datasets import DataError  # noqa: E402
-from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES, make_clip  # noqa: E402
 from vivit.data.video import multi_view_clips, write_video  # noqa: E402
+from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 
 from .videos import write_truncated  # noqa: E402
 
@@ -64,7 +64,8 @@ def reference(clips, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        assert cli.main(["evaluate", str(clips / "list.csv"), "--out", str(out), *EVAL_ARGS]) == 0
+        # exit status 1: the three broken files failed (the outputs are complete all the same)
+        assert cli.main(["evaluate", str(clips / "list.csv"), "--out", str(out), *EVAL_ARGS]) == 1
     (out / "stdout.txt").write_text(stdout.getvalue())
     (out / "stderr.txt").write_text(stderr.getvalue())
     return out
@@ -122,7 +123,7 @@ def test_two_gloo_ranks_write_the_single_process_report_and_predictions(clips, r
            str(tmp_path), *EVAL_ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 1, result.stderr[-4000:]  # 1: the broken files failed
     assert "rank 0: 17 videos" in result.stderr  # 33 rows: rank 0 takes 17, rank 1 the other 16
     assert _report(tmp_path) == _report(reference)
     assert _lines(tmp_path) == _lines(reference)
@@ -137,7 +138,7 @@ def test_a_stopped_run_resumes_and_ends_with_the_uninterrupted_report(clips, ref
     assert len(_lines(tmp_path)) == 8
     with open(tmp_path / "predictions.jsonl", "a") as f:
         f.write('{"index": 9, "path": "cut by a ki')  # what a kill in the middle of a write leaves
-    assert cli.main(["evaluate", listing, "--out", str(tmp_path), *EVAL_ARGS]) == 0
+    assert cli.main(["evaluate", listing, "--out", str(tmp_path), *EVAL_ARGS]) == 1  # the broken files
     assert _report(tmp_path) == _report(reference)
     assert _lines(tmp_path) == _lines(reference)
 
@@ -257,3 +258,157 @@ def test_an_unlabelled_list_gets_predictions_and_no_accuracy(clips, model, tmp_p
     assert report["top1"] is None and report["per_class"] is None and report["confusion_png"] is None
     first = _lines(tmp_path / "out")[0]
     assert first["label"] is None and first["top5"][0]["label"] == "static"
+
+
+# ------------------------------------------------------------------------------------------------ what a run trusts
+def _small(clips: Path, tmp_path: Path, n: int = 3) -> Path:
+    listing = tmp_path / "small.csv"
+    listing.write_text("path,label\n" + "".join(f"{clips / f'{MOTION_CLASSES[c]}_0.mp4'},{MOTION_CLASSES[c]}\n"
+                                                for c in range(n)))
+    return listing
+
+
+def test_resuming_with_other_weights_of_the_same_architecture_is_refused(clips, model, tmp_path):
+    import copy
+
+    listing = _small(clips, tmp_path)
+    evaluate_dataset(listing, model, tmp_path / "out", workers=0, stop_after=1)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.head.bias += 1.0  # same architecture and tag, other weights
+    with pytest.raises(ValueError, match=r"the model's weights differ.*another --out"):
+        evaluate_dataset(listing, other, tmp_path / "out", workers=0)
+    assert evaluate_dataset(listing, model, tmp_path / "out", workers=0)["num_evaluated"] == 3
+
+
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(clips, model, tmp_path):
+    pytest.importorskip("fcntl")
+    listing, out = _small(clips, tmp_path, 1), tmp_path / "out"
+    out.mkdir()
+    hold = ("import fcntl, sys, time\nf = open(sys.argv[1], 'a+')\nfcntl.flock(f, fcntl.LOCK_EX)\nf.write('4242')\n"
+            "f.flush()\nprint('locked', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=r"another vivit process \(pid 4242\) is writing this folder"):
+            evaluate_dataset(listing, model, out, workers=0)
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the system drops the lock
+        holder.wait()
+    assert evaluate_dataset(listing, model, out, workers=0)["num_evaluated"] == 1
+
+
+def test_deleted_or_damaged_logits_are_evaluated_again_never_reported_as_nan(clips, model, tmp_path):
+    listing, out = _small(clips, tmp_path), tmp_path / "out"
+    first = evaluate_dataset(listing, model, out, workers=0)
+    logits = np.load(out / "logits.npy")
+    assert first["top1"] == 100.0 and np.isfinite(logits).all()
+    (out / "logits.npy").unlink()
+    assert evaluate_dataset(listing, model, out, workers=0) == first
+    np.testing.assert_array_equal(np.load(out / "logits.npy"), logits)
+    table = np.load(out / "logits.npy", mmap_mode="r+")
+    table[1] = np.nan  # one damaged row
+    table.flush()
+    del table
+    again = evaluate_dataset(listing, model, out, workers=0)  # row 1 alone in its batch: float32 rounding differs
+    assert again["top1"] == 100.0 and again["num_evaluated"] == 3
+    np.testing.assert_allclose(np.load(out / "logits.npy"), logits, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "content", "match"), [
+    ("logits.npy", b"garbage", r"logits.npy: is not a logits file written by vivit evaluate"),
+    ("run.json", b"{not json", r"run.json: is not valid JSON"),
+    ("run.json", b"[1, 2]", r"run.json: holds a JSON list"),
+    ("predictions.jsonl", b'{"index": 0, "status": "failed"}\n', r"predictions.jsonl:1: is not a prediction record"),
+])
+def test_a_damaged_output_file_is_refused_with_one_line_naming_it(clips, model, tmp_path, capsys, name, content,
+                                                                  match):
+    listing, out = _small(clips, tmp_path, 2), tmp_path / "out"
+    args = ["evaluate", str(listing), "--out", str(out), *EVAL_ARGS]
+    assert cli.main([*args, "--stop-after", "1"]) == cli.STOPPED_EXIT_CODE
+    (out / name).write_bytes(content)
+    capsys.readouterr()
+    assert cli.main(args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vivit evaluate:")]
+    assert len(errors) == 1 and str(out / name) in errors[0]
+    with pytest.raises(ValueError, match=match):
+        evaluate_dataset(listing, model, out, workers=0)
+
+
+def test_non_finite_outputs_fail_their_video_in_evaluate_and_extract(clips, model, tmp_path):
+    import copy
+
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.patch_embed.proj.weight.fill_(float("nan"))
+    listing = _small(clips, tmp_path, 2)
+    report = evaluate_dataset(listing, bad, tmp_path / "e", workers=0)
+    assert (report["num_evaluated"], report["num_failed"], report["top1"]) == (0, 2, None)
+    assert all("not finite" in f["reason"] for f in report["failed"])
+    assert np.isnan(np.load(tmp_path / "e" / "logits.npy")).all()
+    index = extract_features(listing, bad, tmp_path / "x", workers=0)
+    assert index["num_extracted"] == 0 and all("not finite" in f["reason"] for f in index["failed"])
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                                "5368709120 bytes")])
+def test_out_of_memory_stops_the_run_instead_of_failing_the_video(clips, model, tmp_path, monkeypatch, error):
+    from vivit.data.video import ViewSampler
+    from vivit.tasks.run import RunError
+
+    def out_of_memory(self, path, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ViewSampler, "__call__", out_of_memory)
+    with pytest.raises(RunError, match=r"out of memory running .*lower --batch-size \(now 16\)"):
+        evaluate_dataset(_small(clips, tmp_path, 1), model, tmp_path / "out", workers=0)
+    assert (tmp_path / "out" / "predictions.jsonl").read_text() == ""  # not recorded as a bad video
+
+
+def test_extract_shards_follow_the_umask_and_a_full_disk_is_one_line(clips, model, tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{clips / 'static_0.mp4'}\n")
+    umask = os.umask(0o027)
+    try:
+        extract_features(listing, model, tmp_path / "x", workers=0)
+    finally:
+        os.umask(umask)
+    (shard,) = (tmp_path / "x" / "shards").glob("*.safetensors")
+    assert shard.stat().st_mode & 0o777 == 0o640
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    capsys.readouterr()
+    assert cli.main(["extract", str(listing), "--out", str(tmp_path / "y"), *EVAL_ARGS]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("vivit extract:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in err
+
+
+def test_an_unlabelled_evaluation_prints_no_accuracy_of_none(clips, tmp_path, capsys):
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{clips / 'static_0.mp4'}\n")
+    assert cli.main(["evaluate", str(listing), "--out", str(tmp_path / "o"), *EVAL_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and out.startswith("no labels (predictions only) num_videos 1 num_evaluated 1")
+
+
+def test_thousands_of_missing_files_print_a_bounded_summary(clips, tmp_path):
+    listing = tmp_path / "mostly_missing.csv"
+    listing.write_text("path,label\n" + f"{clips / 'static_0.mp4'},static\n"
+                       + "".join(f"gone/{i}.mp4,static\n" for i in range(2000)))
+    result = subprocess.run([sys.executable, "-m", "vivit", "evaluate", str(listing), "--out", str(tmp_path / "o"),
+                             *EVAL_ARGS], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) < 60, "\n".join(lines[:80])
+    assert "2000 of 2001 files do not exist" in result.stderr and "2000 of 2001 videos failed" in result.stderr
+    assert _report(tmp_path / "o")["num_failed"] == 2000  # every one of them is in the report

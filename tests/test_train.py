@@ -268,3 +268,13 @@ def test_lr_schedule_is_the_reference_linear_warmup_then_cosine(train_module):
     assert f(0, 10, 100) == 0.0 and f(5, 10, 100) == pytest.approx(0.5)  # scenic: the first update has lr 0
     assert f(10, 10, 100) == pytest.approx(1.0) and f(55, 10, 100) == pytest.approx(0.5)
     assert f(100, 10, 100) == pytest.approx(0.0, abs=1e-12) and f(0, 0, 100) == 1.0
+
+
+def test_make_motion_data_writes_a_validation_only_dataset(tmp_path):
+    # `python examples/make_motion_data.py data/motion --train 0 --val 120`, smaller: no training clip at all.
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "make_motion_data.py"), str(tmp_path / "m"),
+                             "--train", "0", "--val", "3", "--classes", "2"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _check(result)
+    assert (tmp_path / "m" / "train.csv").read_text().splitlines() == ["path,label"]
+    assert len((tmp_path / "m" / "val.csv").read_text().splitlines()) == 1 + 3

@@ -328,6 +328,17 @@ def test_bad_views_are_refused(views):
         video.parse_views(views)
 
 
+def test_thousands_of_clips_are_refused_before_anything_is_allocated():
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"2000x3 asks for 2000 clips per video, more than the 32"):
+        video.parse_views("2000x3")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20 and video.parse_views((video.MAX_CLIPS, 3)) == (video.MAX_CLIPS, 3)
+
+
 # ------------------------------------------------------------------------------------------------ multi-view
 def test_multi_view_clips_are_the_eval_transform_of_the_sampled_clips(files):
     cfg = {"input_size": (3, 8, 32, 32), "frame_stride": 3, "crop_pct": 0.8}
@@ -433,3 +444,30 @@ def test_bad_resize_arguments_are_refused_before_decoding(files, kwargs, message
     with pytest.raises(ValueError, match=message) as info:
         video.read_video(files["h264_mp4"], [0], **kwargs)
     assert not isinstance(info.value, video.VideoReadError)
+
+
+def test_an_mkv_whose_frames_share_a_millisecond_is_not_called_truncated(tmp_path):
+    # Matroska stores milliseconds: a frame 0.3 ms after the previous one gets the same timestamp. The stream is
+    # variable-rate (100 fps, then 5 fps), so the nominal rate says nothing about the duration the header states.
+    av = pytest.importorskip("av")
+    path = tmp_path / "repeated.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 10000)
+        t = 0
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 6, np.uint8), format="rgb24")
+            t += 3 if i == 20 else (100 if i < 20 else 2000)
+            frame.pts, frame.time_base = t, Fraction(1, 10000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:  # the file has what the test is about: a repeated timestamp
+        stamps = [p.pts for p in container.demux(container.streams.video[0]) if p.size]
+    assert len(set(stamps)) < len(stamps) == 40
+    info = video.video_info(path)
+    assert info.num_frames == 40 and info.duration == pytest.approx(4.03, abs=0.02)
+    frames = video.read_video(path)
+    assert frames.shape == (40, 32, 32, 3)
+    np.testing.assert_allclose(frames[:, 16, 16].float().mean(1), np.arange(40) * 6, atol=8)

@@ -19,12 +19,11 @@ from pathlib import Path
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import vivit
-    from vivit.zoo import ARCHS, PRETRAINED
+    from vivit.zoo import ARCHS, PRETRAINED, list_models  # the zoo is data: listing it loads neither torch nor timm
 
-    names = vivit.list_models(args.filter or "", pretrained=args.pretrained)
+    names = list_models(args.filter or "", pretrained=args.pretrained)
     if not names:
-        raise ValueError(_nothing_matches(args.filter, vivit.list_models(pretrained=args.pretrained)))
+        raise ValueError(_nothing_matches(args.filter, list_models(pretrained=args.pretrained)))
     if args.json:
         rows = [PRETRAINED[n].to_dict() if n in PRETRAINED else {"architecture": n, **ARCHS[n]} for n in names]
         print(json.dumps(rows, indent=2, default=list, allow_nan=False))
@@ -192,8 +191,8 @@ def _positive_int(text: str) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
-    from vivit.tasks.predict import default_views, predict_video, top_k
     from vivit.data.video import parse_views
+    from vivit.tasks.predict import default_views, predict_video, top_k
 
     model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
     views = parse_views(args.views) if args.views else default_views(model)
@@ -231,8 +230,13 @@ def _classify_plan(name: str, model, views: tuple[int, int]) -> str:
     """One line saying what ``classify`` is about to run: model, views, clip size, dtype and device."""
     param = next(model.parameters())
     c, t, (h, w) = model.in_chans, model.num_frames, model.img_size
-    return (f"vivit classify: {name}, {views[0]}x{views[1]} views ({views[0] * views[1]} clips of {c}x{t}x{h}x{w}) "
-            f"per video, {str(param.dtype).removeprefix('torch.')} on {param.device}")
+    return (f"vivit classify: {name}, {views[0]}x{views[1]} views ({_count(views[0] * views[1], 'clip')} of "
+            f"{c}x{t}x{h}x{w}) per video, {str(param.dtype).removeprefix('torch.')} on {param.device}")
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 clip``, ``2 clips``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _one_line(err: BaseException, path: Path) -> str:
@@ -254,9 +258,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from vivit.tasks.predict import predict_video
     from vivit.data.synthetic import MOTION_CLASSES, make_clip
     from vivit.data.video import write_video
+    from vivit.tasks.predict import predict_video
 
     model = load_model_for_cli("vivit_motion")
     labels = model.pretrained_cfg["label_names"]
@@ -285,8 +289,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
     from vivit.data.video import multi_view_clips
+    from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
 
     model = load_model_for_cli(args.model, attn_impl="eager", force_download=args.force_download)
     clip = multi_view_clips(args.video, model, (1, 1))[0]
@@ -307,15 +311,34 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
         import platform
 
-        import torch
+        from vivit._version import __version__
 
-        import vivit
-
-        print(f"vivit {vivit.__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        print(f"vivit {__version__} (torch {_torch_version()}, Python {platform.python_version()})")
         parser.exit()
 
 
-# CPU numbers measured on 2-core machines (docs/guides/performance.md and this change's runs); none on a GPU yet.
+def _torch_version() -> str:
+    """``torch.__version__`` (with its local part, e.g. ``+cu130``) without importing torch, which takes seconds."""
+    import importlib.util
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:  # torch/version.py is generated at build time: `__version__ = '2.5.1+cu124'`
+            text = (Path(folder) / "version.py").read_text()
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+# CPU numbers measured on 2-core machines (docs/guides/performance.md); none on a GPU yet.
 CLASSIFY_TIMING = (
     "How long it takes: the default model (ViViT-B, 4x3 = 12 views of 32x224x224) runs about 3-7 s per view on a "
     "2-core CPU in float32, so 40-90 s per video. --dtype bfloat16 is ~3.4x faster on CPUs with AMX (~1.5x with "
@@ -330,7 +353,7 @@ STOPPED_EXIT_CODE = EXIT_STATUS["stopped"]  # --stop-after: the run left early, 
 def _dataset_logging() -> None:
     """Progress lines of ``evaluate`` / ``extract`` on rank 0 (the other ranks only warn)."""
     if os.environ.get("RANK", "0") == "0":
-        logging.getLogger("vivit.tasks.evaluate").setLevel(logging.INFO)
+        logging.getLogger("vivit.tasks").setLevel(logging.INFO)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -338,71 +361,97 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     _dataset_logging()
     model = load_model_for_cli(args.model, dtype=args.dtype)
-    report = evaluate_dataset(args.listing, model, args.out, views=args.views, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device, compile=args.compile,
-                              video_root=args.video_root, pattern=args.pattern, log_every=args.log_every,
-                              stop_after=args.stop_after)
+    report = evaluate_dataset(args.listing, model, args.out, **_dataset_kwargs(args))
     if report is None:
-        return STOPPED_EXIT_CODE if args.stop_after else 0
-    shown = {k: report[k] for k in ("top1", "top5", "mean_class_accuracy", "num_videos", "num_evaluated",
-                                    "num_failed")}
-    print(" ".join(f"{k} {v}" for k, v in shown.items()) + f" -> {args.out / 'report.json'}")
-    for failure in report["failed"]:
-        print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
-    return 0
+        return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
+    # An unlabelled listing has no accuracy: its summary says so instead of printing "top1 None".
+    shown = {k: report[k] for k in ("top1", "top5", "mean_class_accuracy") if report[k] is not None}
+    shown |= {k: report[k] for k in ("num_videos", "num_evaluated", "num_failed")}
+    unlabelled = "" if report["num_labelled"] else "no labels (predictions only) "
+    print(unlabelled + " ".join(f"{k} {v}" for k, v in shown.items()) + f" -> {args.out / 'report.json'}")
+    return _report_failures(report["failed"], report["num_videos"])
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from vivit.tasks.evaluate import extract_features
+    from vivit.tasks.extract import extract_features
 
     _dataset_logging()
     model = load_model_for_cli(args.model, dtype=args.dtype)
     index = extract_features(args.listing, model, args.out, per_clip=args.per_clip, layer=args.layer,
-                             views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                             compile=args.compile, video_root=args.video_root, pattern=args.pattern,
-                             shard_size=args.shard_size, log_every=args.log_every, stop_after=args.stop_after)
+                             shard_size=args.shard_size, **_dataset_kwargs(args))
     if index is None:
-        return STOPPED_EXIT_CODE if args.stop_after else 0
-    print(f"{index['num_extracted']} videos, {index['dim']}-d features -> {args.out / 'index.json'} "
-          f"({len(index['shards'])} shards, {index['num_failed']} failed)")
-    for failure in index["failed"]:
+        return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
+    print(f"{_count(index['num_extracted'], 'video')}, {index['dim']}-d features -> {args.out / 'index.json'} "
+          f"({_count(len(index['shards']), 'shard')}, {index['num_failed']} failed)")
+    return _report_failures(index["failed"], len(index["videos"]))
+
+
+def _dataset_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """What ``evaluate`` and ``extract`` pass on alike; ``--pattern`` only when given (the library has the default)."""
+    kwargs: dict[str, object] = dict(views=args.views, batch_size=args.batch_size, workers=args.workers,
+                                     device=args.device, compile=args.compile, video_root=args.video_root,
+                                     log_every=args.log_every, stop_after=args.stop_after)
+    if args.pattern is not None:
+        kwargs["pattern"] = args.pattern
+    return kwargs
+
+
+def _report_failures(failed: Sequence[dict], total: int) -> int:
+    """One stderr line per failed video, at most ``MAX_FAILURE_LINES``; exit status 1 when any failed."""
+    for failure in failed[:MAX_FAILURE_LINES]:
         print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
-    return 0
+    if len(failed) > MAX_FAILURE_LINES:
+        print(f"... and {len(failed) - MAX_FAILURE_LINES} more failed videos (all of them are in the report)",
+              file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {_count(total, 'video')} failed", file=sys.stderr)
+    return EXIT_STATUS["failed"] if failed else EXIT_STATUS["ok"]
 
 
-def _add_dataset_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    """Arguments shared by ``evaluate`` and ``extract``."""
-    from vivit.data.datasets import KINETICS_PATTERN
+DATASET_EPILOG = ("exit status: 0 every video done; 1 some videos failed (each named on stderr and in the output "
+                  "folder, whose files are complete) or the run failed; 2 bad usage; 3 stopped by --stop-after")
 
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless it has no default or already says which."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str, description: str):
+    """The ``evaluate`` / ``extract`` sub-command with the arguments both take; defaults shown in ``--help``."""
+    p = sub.add_parser(name, help=summary, description=description, epilog=DATASET_EPILOG,
+                       formatter_class=_DefaultsFormatter)
     p.add_argument("listing", type=Path, help="CSV (path,label), Kinetics CSV, folder per class, or a list of files")
     p.add_argument("--model", required=True, help="tag, hf-hub:org/repo or folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
     p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
-    p.add_argument("--batch-size", type=_positive_int, default=batch_size,
+    p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="views per forward pass (views of several videos share one)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes per rank")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="run the model in this precision")
     p.add_argument("--device", default=None, help="torch device (default cuda:LOCAL_RANK when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
-    p.add_argument("--pattern", default=KINETICS_PATTERN, help="file name of a Kinetics CSV row (str.format over "
-                                                               "its columns)")
+    p.add_argument("--pattern", default=None, help="file name of a Kinetics CSV row, str.format over its columns "
+                                                   f"(default: {KINETICS_PATTERN_HELP})")
     p.add_argument("--log-every", type=_positive_int, default=100, help="videos between progress lines (no TTY)")
     p.add_argument("--stop-after", type=_positive_int, help="leave after N videos per rank (exit status 3), as a "
                                                             "killed job would; for testing resumption")
+    return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``vivit`` command."""
-    parser = argparse.ArgumentParser(prog="vivit",
-                                     description="ViViT video models: classify, demo, explain, list, convert, "
-                                                 "evaluate, extract",
-                                     epilog="exit status: 0 ok; 1 a video, model or file failed (one line each on "
-                                            "stderr); 2 bad usage; 3 stopped by --stop-after; 130 interrupted")
-    parser.add_argument("--version", action=_VersionAction)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
-    sub = parser.add_subparsers(dest="command", required=True)
+# vivit.data.KINETICS_PATTERN, written out so that building the parser imports no torch (a test holds them equal)
+KINETICS_PATTERN_HELP = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+MAX_FAILURE_LINES = 20  # failed videos named on stderr; the report lists every one
 
+
+def _add_task_parsers(sub: argparse._SubParsersAction) -> None:
+    """``classify``, ``demo`` and ``explain``."""
     p = sub.add_parser("classify", help="classify videos (logits averaged over temporal x spatial views)",
                        description="Classify videos: logits averaged over temporal x spatial views. " + CLASSIFY_TIMING)
     p.add_argument("videos", nargs="+", type=Path, help="video files")
@@ -432,6 +481,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     p.set_defaults(func=_cmd_explain)
 
+
+def _add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
+    """``evaluate`` and ``extract``."""
+    p = _add_dataset_parser(sub, "evaluate", "evaluate on a labelled listing of videos: predictions.jsonl, report.json "
+                            "(top-1/5, per class, failures), confusion matrix; resumable, torchrun-ready",
+                            "Evaluate a model on every video of a listing with multi-view averaging, as the paper "
+                            "reports its accuracies: writes predictions.jsonl, logits.npy, report.json (top-1/5, mean "
+                            "class accuracy, failed videos), per_class.csv and confusion.png into --out. A run stopped "
+                            "midway continues when started again with the same inputs and --out; torchrun "
+                            "--nproc_per_node N -m vivit evaluate ... splits the videos over N processes.")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = _add_dataset_parser(sub, "extract", "pooled pre-logits features of a listing into safetensors shards + "
+                            "index.json", "Extract pooled pre-logits features (or the token mean of one block with "
+                            "--layer) of every video of a listing, averaged over the views or one per view "
+                            "(--per-clip), into safetensors shards under --out/shards and --out/index.json "
+                            "(vivit.tasks.extract.load_features reads them back). Resumable and torchrun-ready like "
+                            "evaluate.")
+    p.add_argument("--per-clip", action="store_true", help="one feature per view instead of the mean over views")
+    p.add_argument("--layer", type=int, help="token mean of this block's output instead of the pre-logits")
+    p.add_argument("--shard-size", type=_positive_int, default=1024, help="videos per shard file")
+    p.set_defaults(func=_cmd_extract)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``vivit`` command."""
+    parser = argparse.ArgumentParser(prog="vivit",
+                                     description="ViViT video models: classify, demo, explain, list, convert, "
+                                                 "evaluate, extract",
+                                     epilog="exit status: 0 ok; 1 a video, model or file failed (one line each on "
+                                            "stderr); 2 bad usage; 3 stopped by --stop-after; 130 interrupted")
+    parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (downloads, conversions)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_task_parsers(sub)
+
     p = sub.add_parser("list", help="list architectures (or pretrained tags)")
     p.add_argument("filter", nargs="?", help="fnmatch pattern, e.g. 'vivit_b*'")
     p.add_argument("--pretrained", action="store_true", help="list arch.tag names with released weights")
@@ -450,17 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("evaluate", help="evaluate on a labelled listing of videos: predictions.jsonl, report.json "
-                                        "(top-1/5, per class, failures), confusion matrix; resumable, torchrun-ready")
-    _add_dataset_args(p, batch_size=16)
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("extract", help="pooled pre-logits features of a listing into safetensors shards + index.json")
-    _add_dataset_args(p, batch_size=16)
-    p.add_argument("--per-clip", action="store_true", help="one feature per view instead of the mean over views")
-    p.add_argument("--layer", type=int, help="token mean of this block's output instead of the pre-logits")
-    p.add_argument("--shard-size", type=_positive_int, default=1024, help="videos per shard file")
-    p.set_defaults(func=_cmd_extract)
+    _add_dataset_parsers(sub)
     return parser
 
 

@@ -46,6 +46,13 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], *, tmp_suffi
     return path
 
 
+def umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file under the process's umask (for writers that use 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """``write_atomic`` for UTF-8 text."""
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vivit.data.transforms import resolve_data_config
-from vivit.data.video import VideoReadError, clip_indices, multi_view_clips, parse_views, read_video, video_info
+from vivit.data.video import VideoReadError, ViewSampler, parse_views, read_clip
 
 _logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ KINETICS_PATTERN = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
 LIST_SUFFIXES = (".txt", ".lst")
 UNLABELLED = -1
+MAX_FAILURE_WARNINGS = 10  # unreadable videos logged one by one per process; the outputs name every one
 _MAX_CONSECUTIVE_BAD = 32  # a training sample tries this many files before the run gives up
 # What decoding and preprocessing raise for a bad file: VideoReadError is a ValueError; OSError covers a missing or
 # unreadable file; RuntimeError a decoder failing inside torch code.
@@ -94,11 +95,7 @@ def read_listing(source: str | Path, *, video_root: str | Path | None = None,
     if not source.is_file():
         raise DataError(f"{source}: no such file or folder; expected a CSV of path,label rows, a Kinetics CSV, a "
                         "folder with one sub-folder per class, or a text file listing videos")
-    with open(source, newline="") as f:
-        # A bare list holds one path per line, commas included; everything else is CSV.
-        reader = ([line.rstrip("\r\n")] for line in f) if source.suffix.lower() in LIST_SUFFIXES else csv.reader(f)
-        rows = [(line, row) for line, row in enumerate(reader, start=1)
-                if row and "".join(row).strip() and not row[0].lstrip().startswith("#")]
+    rows = _read_rows(source)
     if not rows:
         raise DataError(f"{source}: has no rows; expected lines of 'path,label' (or one video path per line)")
     header = [c.strip().lower() for c in rows[0][1]]
@@ -114,8 +111,7 @@ def read_listing(source: str | Path, *, video_root: str | Path | None = None,
     for line, row in rows:
         if labelled and len(row) < 2:
             raise DataError(f"{source}:{line}: expected 'path,label', found {','.join(row)!r}")
-        path = Path(row[0].strip())
-        paths.append(str(path if path.is_absolute() else source.parent / path))
+        paths.append(_row_path(row[0], source.parent))
         labels.append(row[1].strip() if labelled else None)
         where.append(f"{source}:{line}")
     if not paths:
@@ -123,18 +119,91 @@ def read_listing(source: str | Path, *, video_root: str | Path | None = None,
     return Listing(paths, labels, where)
 
 
+def _read_rows(source: Path) -> list[tuple[int, list[str]]]:
+    """The non-empty rows of a CSV or bare list with their line numbers, comments left out.
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the header. A line starting with ``#`` is a comment
+    only when it is a single field that names no file: ``#clip.mp4,label`` (or an existing ``#clip.mp4``) is a row.
+    """
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as f:
+            # A bare list holds one path per line, commas included; everything else is CSV.
+            reader = ([line.rstrip("\r\n")] for line in f) if source.suffix.lower() in LIST_SUFFIXES else csv.reader(f)
+            return [(line, row) for line, row in enumerate(reader, start=1)
+                    if row and "".join(row).strip() and not _is_comment(row, source.parent)]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{source}: is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                        "save the listing as UTF-8 (Excel: CSV UTF-8)") from None
+    except csv.Error as err:
+        raise DataError(f"{source}: is not a readable CSV ({err}); expected lines of 'path,label'") from None
+
+
+def _is_comment(row: list[str], folder: Path) -> bool:
+    return len(row) == 1 and row[0].lstrip().startswith("#") and not (folder / row[0]).exists()
+
+
+def _row_path(text: str, folder: Path) -> str:
+    """A row's file, relative to the listing's folder: as written when that names a file (a leading or trailing space
+    can be part of a name), else with the spaces around it stripped."""
+    stripped = text.strip()
+    if text != stripped and (folder / text).exists():
+        stripped = text
+    path = Path(stripped)
+    return str(path if path.is_absolute() else folder / path)
+
+
 def _read_tree(root: Path) -> Listing:
-    paths, labels, where = [], [], []
+    """A folder per class: every file with a video suffix under it, each real file once.
+
+    Symbolic links are followed, but a class folder that links back to the tree (a cycle) is skipped, and a video
+    reached twice through links is listed once; links that point nowhere and entries that are no regular file
+    (devices, pipes) are listed, so they are reported as failed videos rather than skipped silently.
+    """
+    real_root = root.resolve()
+    found: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    repeated: list[str] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            if path.suffix.lower() in VIDEO_SUFFIXES:
-                paths.append(str(path))
-                labels.append(folder.name)
-                where.append(str(path))
-    if not paths:
+        if real_root.is_relative_to(folder.resolve()):
+            _logger.warning("%s: links back to %s (a cycle); the videos it reaches are listed once, under their own "
+                            "class folders", folder, root)
+            continue
+        for path in _videos_under(folder):
+            real = path.resolve()
+            if real in seen:
+                repeated.append(str(path))
+                continue
+            seen.add(real)
+            found.append((str(path), folder.name))
+    _report_tree(root, found, repeated)
+    return Listing([p for p, _ in found], [c for _, c in found], [p for p, _ in found])
+
+
+def _videos_under(folder: Path) -> list[Path]:
+    """Files with a video suffix under ``folder``, in path order, following links but never into a folder twice."""
+    out: list[Path] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        out.extend(Path(dirpath) / name for name in filenames if Path(name).suffix.lower() in VIDEO_SUFFIXES)
+    return sorted(out)
+
+
+def _report_tree(root: Path, found: list[tuple[str, str]], repeated: list[str]) -> None:
+    if not found:
         raise DataError(f"{root}: no videos found; expected one sub-folder per class holding video files "
                         f"({', '.join(VIDEO_SUFFIXES[:4])}, ...)")
-    return Listing(paths, labels, where)
+    if repeated:
+        _logger.warning("%s: %d videos are reached twice through symbolic links (first: %s); each is listed once",
+                        root, len(repeated), repeated[0])
+    odd = [p for p, _ in found if not os.path.isfile(p)]
+    if odd:
+        _logger.warning("%s: %d listed entries are links that point nowhere or not regular files (first: %s); they "
+                        "are reported as failed videos", root, len(odd), odd[0])
 
 
 def _read_kinetics(source: Path, rows: list[tuple[int, list[str]]], header: list[str], root: Path,
@@ -281,10 +350,8 @@ class TrainClips(Dataset):
 
     def _load(self, path: str, seed: int) -> torch.Tensor:
         _, clip_len, _, _ = self.data_cfg["input_size"]
-        num_frames = video_info(path, backend=self.backend).num_frames
-        indices = clip_indices(num_frames, clip_len, self.data_cfg["frame_stride"], 1, "random",
-                               generator=torch.Generator().manual_seed(seed))[0]
-        frames = read_video(path, indices, backend=self.backend)
+        frames = read_clip(path, clip_len, self.data_cfg["frame_stride"], mode="random",
+                           generator=torch.Generator().manual_seed(seed), backend=self.backend)
         with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global RNG
             torch.manual_seed(seed)
             return self.transform(frames)
@@ -310,6 +377,7 @@ class EvalVideos(Dataset):
         # The preprocessing fields only: workers get a small dict, not a copy of the model.
         self.cfg = resolve_data_config(model_or_cfg)
         self.items, self.views, self.backend = list(items), parse_views(views), backend
+        self.sampler = ViewSampler.for_model(self.cfg, self.views)  # resolved once, not per video
         self.padded_len = math.ceil(len(self.items) / pad_to) * pad_to
 
     def __len__(self) -> int:
@@ -321,12 +389,32 @@ class EvalVideos(Dataset):
         item = self.items[index]
         record = {"index": index, "path": item.path, "label": item.label}
         try:
-            views = multi_view_clips(item.path, self.cfg, self.views, backend=self.backend)
+            views = self.sampler(item.path, backend=self.backend)
         except READ_ERRORS as err:
+            if is_out_of_memory(err):
+                raise  # the machine's limit, not the video's fault: the run stops and says what to lower
             reason = one_line(err, item.path)
-            _logger.warning("unreadable video %s: %s", item.path, reason)
+            self._log_failure(item.path, reason, err)
             return {**record, "status": "failed", "views": None, "error": reason}
         return {**record, "status": "ok", "views": views, "error": None}
+
+    def _log_failure(self, path: str, reason: str, err: BaseException) -> None:
+        """A warning for the first ``MAX_FAILURE_WARNINGS`` unreadable videos (per process); the rest are counted in
+        the progress and named in the outputs. Missing files were summed up by :func:`to_items` already."""
+        self.failures = getattr(self, "failures", 0) + 1
+        if isinstance(err, FileNotFoundError) or self.failures > MAX_FAILURE_WARNINGS:
+            _logger.debug("unreadable video %s: %s", path, reason)
+        else:
+            _logger.warning("unreadable video %s: %s%s", path, reason, "" if self.failures < MAX_FAILURE_WARNINGS
+                            else " (further unreadable videos are not logged; the outputs name every one)")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocator failure (``MemoryError``, CUDA out of memory, a CPU allocation torch refused)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def one_line(err: BaseException, path: str | None = None) -> str:
@@ -487,5 +575,5 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
 
 __all__ = ["DataError", "Dist", "EvalVideos", "Item", "KINETICS_PATTERN", "Listing", "READ_ERRORS",
            "ResumableDistributedSampler", "TrainClips", "UNLABELLED", "VIDEO_SUFFIXES", "class_index",
-           "collate_first", "collate_views", "init_distributed", "item_seed", "make_loader", "one_line",
-           "read_listing", "resolve_classes", "shard", "to_items"]
+           "collate_first", "collate_views", "init_distributed", "is_out_of_memory", "item_seed", "make_loader",
+           "one_line", "read_listing", "resolve_classes", "shard", "to_items"]

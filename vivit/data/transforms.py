@@ -155,6 +155,11 @@ def resize_short_side(video: torch.Tensor, size: int = 256, interpolation: str =
     return resize(video, short_side_size(h, w, size), interpolation)
 
 
+def resize_size(crop: Sequence[int], crop_pct: float) -> int:
+    """Short side to resize to before cropping ``crop``: ``floor(min(crop) / crop_pct)`` (256 for 224 at 0.875)."""
+    return math.floor(min(crop) / crop_pct + 1e-6)
+
+
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -224,6 +229,15 @@ class EvalTransform:
     interpolation: str = "bilinear"
     num_crops: int = 1
 
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any], num_crops: int = 1) -> EvalTransform:
+        """The transform of a preprocessing cfg as :func:`resolve_data_config` returns it (nothing is resolved)."""
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, found {num_crops}")
+        crop = tuple(cfg["input_size"][2:])
+        return cls(resize_size=resize_size(crop, cfg["crop_pct"]), crop_size=crop, mean=tuple(cfg["mean"]),
+                   std=tuple(cfg["std"]), interpolation=cfg["interpolation"], num_crops=num_crops)
+
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
         """Apply the transform; ``video`` is uint8 ``(T, H, W, C)``."""
         _check_frames(video, len(self.mean))
@@ -241,10 +255,7 @@ def eval_transform(model_or_cfg: Any, *, num_crops: int = 1) -> EvalTransform:
     """
     if num_crops not in (1, 3):
         raise ValueError(f"num_crops must be 1 or 3, found {num_crops}")
-    cfg = resolve_data_config(model_or_cfg)
-    crop = cfg["input_size"][2:]
-    return EvalTransform(resize_size=math.floor(min(crop) / cfg["crop_pct"] + 1e-6), crop_size=crop,
-                         mean=cfg["mean"], std=cfg["std"], interpolation=cfg["interpolation"], num_crops=num_crops)
+    return EvalTransform.from_cfg(resolve_data_config(model_or_cfg), num_crops)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -466,7 +477,7 @@ def train_transform(model_or_cfg: Any = None, recipe: str = "kinetics", *,
         uint8_steps.append(v2.RandomResizedCrop(crop, scale=random_resized_crop, ratio=(0.5 * aspect, 2.0 * aspect),
                                                 interpolation=v2.InterpolationMode.BICUBIC, antialias=False))
     else:
-        short = math.floor(min(crop) / cfg["crop_pct"] + 1e-6)
+        short = resize_size(crop, cfg["crop_pct"])
         uint8_steps.append(_ResizeShortSide(short, cfg["interpolation"]))
         if jitter is not None:
             prob = r["scale_jitter_prob"] if scale_jitter_prob is None else scale_jitter_prob
@@ -523,4 +534,4 @@ def mixup(videos: torch.Tensor, labels: torch.Tensor, alpha: float = 0.1, *,
 
 __all__ = ["DATA_KEYS", "TRAIN_RECIPES", "ColorAugment", "EvalTransform", "ScaleJitter", "TrainTransform",
            "VideoRandAugment", "center_crop", "eval_transform", "mixup", "normalize", "resize", "resize_short_side",
-           "resolve_data_config", "short_side_size", "three_crops", "to_float", "train_transform"]
+           "resize_size", "resolve_data_config", "short_side_size", "three_crops", "to_float", "train_transform"]

@@ -32,12 +32,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from vivit.data.transforms import (
+    INTERPOLATIONS,
+    EvalTransform,
+    resize_short_side,
+    resolve_data_config,
+    short_side_size,
+)
 from vivit.files import write_atomic
 
 _logger = logging.getLogger(__name__)
 
 BACKENDS = ("pyav", "torchcodec")
 CLIP_MODES = ("uniform", "random")
+MAX_CLIPS = 32  # temporal clips per video: 32x3 views of a 32x224x224 model take 1.8 GB of float32
 SHORT_VIDEO = ("loop", "error")
 # Encoders that refuse odd frame sizes in 4:2:0 (others, e.g. mpeg4 and libvpx-vp9, round the chroma planes up).
 _EVEN_SIZE_ENCODERS = ("libx264", "libx265", "mjpeg")
@@ -224,6 +232,10 @@ def parse_views(views: str | int | Sequence[int]) -> tuple[int, int]:
     if len(values) != 2 or values[0] < 1 or values[1] not in (1, 3):
         raise ValueError(f"views must be 'CLIPSxCROPS' with CLIPS >= 1 and CROPS 1 or 3 (e.g. '4x3', (4, 3)), "
                          f"found {views!r}")
+    if values[0] > MAX_CLIPS:  # refused before any clip is decoded: every view of a video is held at once
+        raise ValueError(f"views {values[0]}x{values[1]} asks for {values[0]} clips per video, more than the "
+                         f"{MAX_CLIPS} this allows (the paper uses 4; each view of one video is held in memory at "
+                         "once); pass fewer clips, e.g. '4x3'")
     return values[0], values[1]
 
 
@@ -254,31 +266,75 @@ def multi_view_clips(path: str | Path, model_or_cfg: Any, views: str | int | Seq
             ``short_video="error"``.
         ValueError: A bad ``views``, ``short_video`` or cfg (e.g. ``frame_stride < 1``), before the file is opened.
     """
-    from vivit.data.transforms import eval_transform, resolve_data_config
+    return ViewSampler.for_model(model_or_cfg, views, short_video=short_video)(path, backend=backend)
 
-    num_clips, num_crops = parse_views(views)
-    cfg = resolve_data_config(model_or_cfg)
-    transform = eval_transform(cfg, num_crops=num_crops)
-    clip_len, stride = cfg["input_size"][1], cfg["frame_stride"]
-    # Bad arguments are refused before the file is opened, so they are not reported as a problem of the video.
-    _check_clip_args(clip_len, stride, num_clips, "uniform", short_video, stride_name="the cfg's frame_stride")
+
+@dataclass(frozen=True)
+class ViewSampler:
+    """The reference's test views of any video, for one model: built once (per dataset), applied per video.
+
+    Holds the clip length and stride of the model's cfg and its :class:`vivit.data.transforms.EvalTransform`, so
+    nothing is resolved per video, and each video is opened and decoded once. Picklable (DataLoader workers).
+
+    Attributes:
+        clip_len: Frames per clip (the model's ``num_frames``).
+        stride: The cfg's ``frame_stride``.
+        num_clips: Temporal clips per video.
+        transform: Resize, crops and scaling of every clip.
+        short_video: ``"loop"`` (reference) or ``"error"``, as in :func:`clip_indices`.
+    """
+
+    clip_len: int
+    stride: int
+    num_clips: int
+    transform: EvalTransform
+    short_video: str = "loop"
+
+    @classmethod
+    def for_model(cls, model_or_cfg: Any, views: str | int | Sequence[int] = (4, 3), *,
+                  short_video: str = "loop") -> ViewSampler:
+        """The sampler of :func:`multi_view_clips`; bad arguments are refused here, before any file is opened."""
+        num_clips, num_crops = parse_views(views)
+        cfg = resolve_data_config(model_or_cfg)
+        clip_len, stride = cfg["input_size"][1], cfg["frame_stride"]
+        _check_clip_args(clip_len, stride, num_clips, "uniform", short_video, stride_name="the cfg's frame_stride")
+        return cls(clip_len, stride, num_clips, EvalTransform.from_cfg(cfg, num_crops), short_video)
+
+    def __call__(self, path: str | Path, *, backend: str = "auto") -> torch.Tensor:
+        """``(clips * crops, C, T, H, W)`` float views of the video at ``path`` (see :func:`multi_view_clips`)."""
+        transform = self.transform
+        with _open(path, backend) as reader:
+            n = reader.info.num_frames
+            if n < 2:
+                raise VideoReadError(f"{reader.path}: has a single frame (a still image, e.g. a one-frame GIF); a "
+                                     "video model needs motion, so pass a video with at least 2 frames")
+            try:
+                indices = clip_indices(n, self.clip_len, self.stride, self.num_clips, "uniform",
+                                       short_video=self.short_video)
+            except ValueError as err:  # the arguments are checked in for_model: only a too-short video is left
+                raise VideoReadError(f"{reader.path}: {err}") from None
+            if n < self.clip_len * self.stride:
+                _logger.info("%s: %d frames is shorter than a clip (%d at stride %d); looping it as the reference "
+                             "does", reader.path, n, self.clip_len, self.stride)
+            # Frames are resized as they are decoded and clips transformed one at a time: memory holds resized
+            # frames only.
+            size = (transform.resize_size, transform.interpolation)
+            views_ = [transform(reader.read(clip.tolist(), size)) for clip in indices]
+        stacked = torch.stack(views_)
+        return stacked.flatten(0, 1) if transform.num_crops > 1 else stacked
+
+
+def read_clip(path: str | Path, clip_len: int, stride: int, *, mode: str = "random",
+              generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
+    """One clip of :func:`clip_indices` (``num_clips=1``), the file opened once: uint8 ``(clip_len, H, W, 3)``.
+
+    Raises:
+        FileNotFoundError, VideoReadError, ValueError: As :func:`read_video` and :func:`clip_indices`.
+    """
+    _check_clip_args(clip_len, stride, 1, mode, "loop")
     with _open(path, backend) as reader:
-        n = reader.info.num_frames
-        if n < 2:
-            raise VideoReadError(f"{reader.path}: has a single frame (a still image, e.g. a one-frame GIF); a video "
-                                 "model needs motion, so pass a video with at least 2 frames")
-        try:
-            indices = clip_indices(n, clip_len, stride, num_clips, "uniform", short_video=short_video)
-        except ValueError as err:  # the arguments are checked above: only a too-short video is left to refuse
-            raise VideoReadError(f"{reader.path}: {err}") from None
-        if n < clip_len * stride:
-            _logger.info("%s: %d frames is shorter than a clip (%d at stride %d); looping it as the reference does",
-                         reader.path, n, clip_len, stride)
-        # Frames are resized as they are decoded and clips transformed one at a time: memory holds resized frames only.
-        size = (transform.resize_size, transform.interpolation)
-        views_ = [transform(reader.read(clip.tolist(), size)) for clip in indices]
-    stacked = torch.stack(views_)
-    return stacked.flatten(0, 1) if num_crops > 1 else stacked
+        indices = clip_indices(reader.info.num_frames, clip_len, stride, 1, mode, generator=generator)[0]
+        return reader.read(indices.tolist())
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -295,8 +351,6 @@ def _check_clip_args(clip_len: int, stride: int, num_clips: int, mode: str, shor
 
 
 def _check_resize(short_side: int, interpolation: str) -> tuple[int, str]:
-    from vivit.data.transforms import INTERPOLATIONS
-
     if isinstance(short_side, bool) or not isinstance(short_side, int | np.integer) or short_side < 1:
         raise ValueError(f"short_side must be a positive integer (pixels), found {short_side!r}")
     if interpolation not in INTERPOLATIONS:
@@ -312,8 +366,6 @@ def _resize_frame(frame: np.ndarray | torch.Tensor, size: tuple[int, str] | None
     """
     if size is None:
         return np.asarray(frame)
-    from vivit.data.transforms import resize_short_side
-
     chw = torch.as_tensor(frame).permute(2, 0, 1)[None]
     return resize_short_side(chw, size[0], size[1])[0].permute(1, 2, 0).numpy()
 
@@ -448,6 +500,10 @@ class _PyAVReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Drop the open frame generator and close the decoding container (the next decode opens a fresh one)."""
         self._drop_frames()
         if self._container is not None:
             self._container.close()
@@ -508,13 +564,15 @@ class _PyAVReader:
         if not pts:
             raise VideoReadError(f"{self.path}: has a video stream but no frames; pass a video with frames")
         known = [p for p in pts if p is not None]
-        if len(known) == len(pts) and len(set(known)) == len(known):
-            self._pts: list[int] | None = sorted(known)
+        # The span the frames cover, from their timestamps even when two share one (Matroska rounds to 1 ms).
+        self._times = sorted(known) if len(known) == len(pts) else None
+        self._last_duration = durations[pts.index(self._times[-1])] if self._times else 0
+        if self._times is not None and len(set(known)) == len(known):
+            self._pts: list[int] | None = self._times
             self._index = {p: i for i, p in enumerate(self._pts)}
             self._keys = sorted(self._index[k] for k in keys)
-            self._last_duration = durations[pts.index(self._pts[-1])]
-        else:  # no usable timestamps (some AVI/raw streams): count frames by decoding from the start
-            self._pts, self._index, self._keys, self._last_duration = None, {}, [], 0
+        else:  # no usable timestamps (some AVI/raw streams), or repeated ones: find frames by decoding from the start
+            self._pts, self._index, self._keys = None, {}, []
         if self._header_frames and self.num_frames < self._header_frames:
             raise VideoReadError(f"{self.path}: is truncated: the header lists {self._header_frames} frames but only "
                                  f"{self.num_frames} are present; re-fetch or re-encode it")
@@ -522,9 +580,9 @@ class _PyAVReader:
     def _make_info(self) -> VideoInfo:
         fps = self._nominal_rate
         duration = self.num_frames / fps if fps else 0.0
-        if self._pts is not None and len(self._pts) > 1:
-            span = float((self._pts[-1] - self._pts[0]) * self.time_base)
-            last = float(self._last_duration * self.time_base) if self._last_duration else span / (len(self._pts) - 1)
+        if self._times is not None and len(self._times) > 1 and self._times[-1] > self._times[0]:
+            span = float((self._times[-1] - self._times[0]) * self.time_base)
+            last = float(self._last_duration * self.time_base) if self._last_duration else span / (len(self._times) - 1)
             duration = span + last
             fps = self.num_frames / duration  # exact for a constant rate, the average for a variable one
         if self._header_duration and duration < 0.9 * self._header_duration - 0.1:
@@ -551,10 +609,7 @@ class _PyAVReader:
 
     def _frames_from_start(self) -> Iterator[Any]:
         # A fresh container rather than a seek to 0, which some formats (GIF, raw streams) refuse.
-        self._drop_frames()
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        self._close()
         container = self._decoder()
         return self._decode(container, container.streams.video[0])
 
@@ -641,8 +696,6 @@ class _PyAVReader:
     def _to_array(self, frame: Any) -> np.ndarray:
         """An upright RGB frame, resized while decoding when ``read`` was given a size."""
         if self._size is not None and frame.width * frame.height > EXACT_RESIZE_MAX_PIXELS:
-            from vivit.data.transforms import short_side_size
-
             # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
             height, width = short_side_size(frame.height, frame.width, self._size[0])  # symmetric: rotation-safe
             small = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
@@ -713,5 +766,5 @@ def _reason(err: BaseException, path: Path | None = None) -> str:
     return text.strip() or type(err).__name__
 
 
-__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "VideoInfo", "VideoReadError", "clip_indices", "multi_view_clips",
-           "parse_views", "read_video", "video_info", "write_video"]
+__all__ = ["BACKENDS", "EXACT_RESIZE_MAX_PIXELS", "MAX_CLIPS", "VideoInfo", "VideoReadError", "ViewSampler",
+           "clip_indices", "multi_view_clips", "parse_views", "read_clip", "read_video", "video_info", "write_video"]

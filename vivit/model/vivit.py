@@ -6,29 +6,32 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx
 from einops import rearrange
 from torch import nn
 
+from vivit.model.args import (
+    ATTENTION_ORDERS,
+    VARIANTS,
+    check_args,
+    check_grid,
+    check_pool_switch,
+    check_video,
+    default_pool,
+)
 from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
 from vivit.model.grid import pair
-from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
+from vivit.model.layers import Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
 
 _logger = logging.getLogger(__name__)
-
-VARIANTS = tuple(ENCODERS)
-ATTENTION_ORDERS = ("space_time", "time_space")
-# scenic ViViT.__call__: the factorised-attention variants cannot have a CLS token.
-_NO_CLS_VARIANTS = ("factorized_self_attention", "factorized_dot_product")
+__all__ = ["ATTENTION_ORDERS", "VARIANTS", "PreLogits", "ViViT", "take_indices"]
 
 
 def take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) -> list[int]:
@@ -53,64 +56,6 @@ def take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) ->
         raise ValueError(f"block indices {list(indices)} must be a non-empty list of values in "
                          f"[-{num_blocks}, {num_blocks}): the model has {num_blocks} blocks")
     return taken
-
-
-def _check_args(args: dict[str, Any]) -> None:
-    """Refuse constructor arguments that would fail deep inside a layer or build a model that outputs NaN.
-
-    ``args`` are the constructor's keyword arguments; every message says what is expected and what was found.
-    Warns (``UserWarning``) when the tubelet does not tile the clip: the leftover pixels or frames are dropped, as
-    the reference drops them.
-    """
-    choices = {"variant": VARIANTS, "embedding": ("tubelet", "frame_sampling"), "attention_order": ATTENTION_ORDERS,
-               "act_layer": tuple(ACT_LAYERS), "attn_impl": ATTN_IMPLS, "global_pool": (None, *HEAD_POOL_TYPES)}
-    for name, allowed in choices.items():
-        if args[name] not in allowed:
-            raise ValueError(f"{name} must be one of {tuple(a for a in allowed if a is not None)}, got {args[name]!r}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-    def sizes(name: str, length: int) -> tuple[int, ...]:
-        value = args[name]
-        values = (value,) * length if is_int(value) and length == 2 else value
-        if not isinstance(values, Sequence) or len(values) != length or not all(is_int(v) and v > 0 for v in values):
-            shape = "an int or (H, W)" if length == 2 else "(t, h, w)"
-            raise ValueError(f"{name} must be {shape} of positive ints, got {value!r}")
-        return tuple(int(v) for v in values)
-
-    img, tubelet = sizes("img_size", 2), sizes("tubelet_size", 3)
-    fe = args["variant"] == "factorized_encoder" and not args["spatial_only_baseline"]
-    required = {"num_frames": 1, "in_chans": 1, "embed_dim": 1, "depth": 1, "num_heads": 1, "mlp_dim": 1,
-                "temporal_depth": 1 if fe else 0, "num_classes": 0}
-    optional = {"temporal_num_heads": 1, "temporal_mlp_dim": 1, "representation_size": 0, "n_sampled_frames": 1}
-    for name, low in (required | optional).items():
-        value = args[name]
-        if not (name in optional and value is None) and not (is_int(value) and value >= low):
-            raise ValueError(f"{name} must be an int >= {low}{' or None' if name in optional else ''}, got {value!r}")
-    for name in ("num_heads", "temporal_num_heads"):
-        heads = args[name]
-        if heads is not None and args["embed_dim"] % heads:
-            raise ValueError(f"embed_dim {args['embed_dim']} must be divisible by {name} {heads} (each head gets "
-                             "embed_dim / num_heads channels)")
-    for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
-        if not (isinstance(args[name], int | float) and 0 <= args[name] <= 1):
-            raise ValueError(f"{name} must be a probability in [0, 1], got {args[name]!r}")
-    eps = args["norm_eps"]
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"norm_eps must be a small positive number (the reference uses 1e-6), got {eps!r}")
-
-    # The reference's conv has no padding: leftovers are dropped. Faithful, but never silent.
-    # Frame sampling stacks the sampled frames along height first, so only its columns are cut like a tubelet's.
-    dims = [("pixel columns", img[1], tubelet[2])]
-    if args["embedding"] == "tubelet":
-        dims = [("pixel rows", img[0], tubelet[1]), *dims, ("frames", args["num_frames"], tubelet[0])]
-    dropped = [f"the last {size % step} {what} ({size} is not a multiple of {step})" for what, size, step in dims
-               if size >= step and size % step]
-    if dropped:
-        warnings.warn(f"ViViT with img_size={img}, num_frames={args['num_frames']}, tubelet_size={tubelet}: "
-                      f"{'; '.join(dropped)} are dropped by the tubelet embedding, as the reference drops them; pick "
-                      "multiples of the tubelet to use every pixel", UserWarning, stacklevel=3)
 
 
 class PreLogits(nn.Module):
@@ -199,66 +144,25 @@ class ViViT(nn.Module):
     ) -> None:
         super().__init__()
         self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        _check_args(self.model_args)
-        head_pool = global_pool  # "" (timm: unpooled tokens) builds the variant's default pooling, then drops it
-        global_pool = global_pool or ("avg" if variant in _NO_CLS_VARIANTS else "token")
-        if variant in _NO_CLS_VARIANTS and global_pool in ("token", "first"):
-            raise ValueError(f"{variant} has no CLS token (scenic forbids it): use global_pool 'avg', 'max' or 'sum'")
+        check_args(self.model_args)
         self.variant = variant
         self.img_size = pair(img_size)
         self.num_frames = num_frames
         self.in_chans = in_chans
         self.tubelet_size = tuple(int(v) for v in tubelet_size)
-        self.global_pool = global_pool
+        # "" (timm: unpooled tokens) builds the variant's default pooling, then drops it
+        self.global_pool = default_pool(variant, global_pool)
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.num_features = self.head_hidden_size = representation_size or embed_dim
         self.pretrained_cfg: dict[str, Any] = {}
-
-        if embedding == "tubelet":  # _check_args admits only the two embeddings
-            self.patch_embed = TubeletEmbed(self.img_size, num_frames, self.tubelet_size, in_chans, embed_dim)
-        else:
-            if self.tubelet_size[0] != 1:
-                raise ValueError(f"frame_sampling embeds 2D patches: tubelet_size must be (1, h, w), "
-                                 f"got {tubelet_size}")
-            if n_sampled_frames is None:
-                raise ValueError("embedding='frame_sampling' needs n_sampled_frames")
-            self.patch_embed = FrameSamplingEmbed(
-                self.img_size, num_frames, self.tubelet_size[1:], in_chans, embed_dim, n_sampled_frames,
-                exact_frame_count,
-            )
-            if variant != "spacetime" and self.img_size[0] % self.tubelet_size[1]:
-                raise ValueError(
-                    f"{variant} needs frame-aligned tokens: the patch height {self.tubelet_size[1]} must divide the "
-                    f"frame height {self.img_size[0]}"
-                )
-        if dynamic_input_size and embedding != "tubelet":
-            raise ValueError("dynamic_input_size=True needs embedding='tubelet': frame sampling picks its frames from "
-                             "the clip length fixed at creation; use set_input_size(num_frames=...) to change it")
+        self.patch_embed = _make_embed(self.model_args, self.img_size, self.tubelet_size)
         self.dynamic_input_size = dynamic_input_size
-        grid = self.patch_embed.grid_size
-        if min(grid) < 1:
-            raise ValueError(
-                f"input {num_frames}x{self.img_size[0]}x{self.img_size[1]} is smaller than one tubelet "
-                f"{self.tubelet_size}: no tokens"
-            )
-
-        args = BlockArgs(drop_rate, attn_drop_rate, act_layer, norm_eps, attn_impl)
-        encoder_kwargs: dict[str, Any] = {}
-        if variant == "factorized_encoder":
-            encoder_kwargs = dict(global_pool=global_pool, temporal_depth=temporal_depth,
-                                  temporal_num_heads=temporal_num_heads, temporal_mlp_dim=temporal_mlp_dim,
-                                  spatial_only_baseline=spatial_only_baseline)
-        elif variant == "factorized_self_attention":
-            encoder_kwargs = dict(attention_order=attention_order)
-            if drop_path_rate:
-                _logger.warning("factorized_self_attention has no stochastic depth in the reference; ignoring "
-                                "drop_path_rate=%s", drop_path_rate)
-        self.encoder = ENCODERS[variant](grid, embed_dim, depth, num_heads, mlp_dim, use_cls=global_pool == "token",
-                                         drop_path_rate=drop_path_rate, args=args, **encoder_kwargs)
+        check_grid(self.patch_embed.grid_size, num_frames, self.img_size, self.tubelet_size)
+        self.encoder = _make_encoder(self.model_args, self.patch_embed.grid_size, self.global_pool)
         self.pre_logits = PreLogits(embed_dim, representation_size) if representation_size else nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if head_pool == "":
+        if global_pool == "":
             self.global_pool = ""
         self.init_weights()
 
@@ -270,34 +174,7 @@ class ViViT(nn.Module):
         Also what to call after ``with torch.device("meta")`` creation and ``to_empty()``: positional embeddings, CLS
         tokens, LayerNorms and the frame-sampling indices are set too.
         """
-        for module in self.modules():
-            if isinstance(module, Transformer):  # scenic AddPositionEmbs: normal(0.02); CLS tokens: zeros
-                nn.init.normal_(module.pos_embed, std=0.02)
-                if module.cls_token is not None:
-                    nn.init.zeros_(module.cls_token)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, FrameSamplingEmbed):
-                module.frame_indices.copy_(torch.tensor(module.frame_index_list))
-            if isinstance(module, Attention):  # flax MHA: xavier_uniform over the (d, heads*hd) kernel, zero bias
-                bound = math.sqrt(6.0 / (2 * module.proj.in_features))
-                for linear in (module.qkv, module.proj):
-                    nn.init.uniform_(linear.weight, -bound, bound)
-                    nn.init.zeros_(linear.bias)
-            elif isinstance(module, Mlp):  # MlpBlock: xavier_uniform kernels, normal(1e-6) biases
-                for linear in (module.fc1, module.fc2):
-                    nn.init.xavier_uniform_(linear.weight)
-                    nn.init.normal_(linear.bias, std=1e-6)
-            elif isinstance(module, (nn.Conv2d, nn.Conv3d, PreLogits)):  # flax default: lecun_normal, zero bias
-                layer = module.fc if isinstance(module, PreLogits) else module
-                fan_in = layer.weight[0].numel()
-                std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-                nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
-                nn.init.zeros_(layer.bias)
-        if isinstance(self.head, nn.Linear):  # scenic output_projection: zeros
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        _init_reference(self)
 
     # --------------------------------------------------------------- forward
     def check_input(self, x: torch.Tensor) -> None:
@@ -309,41 +186,7 @@ class ViViT(nn.Module):
         Nothing is converted: a silent cast would hide a float64 pipeline or copy a clip to another dtype per call.
         Skipped while ``torch.fx`` traces (shapes are proxies then).
         """
-        if fx_tracing():
-            return
-        if not isinstance(x, torch.Tensor):
-            hint = " (torch.from_numpy(x) converts it)" if type(x).__module__ == "numpy" else ""
-            raise TypeError(f"expected a torch.Tensor video B x C x T x H x W, got {type(x).__module__}."
-                            f"{type(x).__qualname__}{hint}")
-        t, h, w = self.num_frames, *self.img_size
-        expected = "B x {} x {} x {} x {}".format(self.in_chans, *(("T", "H", "W") if self.dynamic_input_size
-                                                                  else (t, h, w)))
-        if x.ndim == 5 and x.shape[2] == self.in_chans and x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected a video B x C x T x H x W = {expected}, got shape {tuple(x.shape)}, which looks like "
-                "B x T x C x H x W (the transformers layout): pass x.permute(0, 2, 1, 3, 4)"
-            )
-        if self.dynamic_input_size:
-            tt, th, tw = self.tubelet_size
-            bad = x.ndim != 5 or x.shape[1] != self.in_chans or any(
-                n < k or n % k for n, k in zip(x.shape[2:], self.tubelet_size, strict=True))
-            fix = f"T, H, W must be positive multiples of the tubelet {tt} x {th} x {tw}"
-        else:
-            bad = x.ndim != 5 or tuple(x.shape[1:]) != (self.in_chans, t, h, w)
-            fix = ("Resample frames/resize to match, call model.set_input_size(num_frames=, img_size=), or create the "
-                   "model with dynamic_input_size=True")
-        if bad:
-            raise ValueError(f"expected a video tensor B x C x T x H x W = {expected}, got shape {tuple(x.shape)}. "
-                             f"{fix}.")
-        if not x.is_floating_point():
-            raise ValueError(
-                f"expected a float video ({expected}) scaled to [-1, 1], got dtype {x.dtype}; "
-                "convert uint8 frames with x.float() * 2 / 255 - 1 (vivit.data.transforms does this)"
-            )
-        dtype = self.patch_embed.proj.weight.dtype
-        if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"expected a {dtype} video to match the model's weights, got {x.dtype}; convert the "
-                            f"clip with x.to({dtype}) or the model with model.to({x.dtype})")
+        check_video(self, x)
 
     def _input_grid(self, x: torch.Tensor) -> tuple[int, int, int] | None:
         """The token grid of ``x`` for a dynamic-size model (``None``: the built grid)."""
@@ -384,17 +227,7 @@ class ViViT(nn.Module):
         Each value is ``(B, *groups, heads, n, n)`` for the tokens that layer attends over; Model 4 layers give a dict
         ``{"time": ..., "space": ...}``.
         """
-        layers = {name: m for name, m in self.named_modules() if isinstance(m, Attention)}
-        if any(m.attn_impl != "eager" for m in layers.values()):
-            raise ValueError("attention maps need a model created with attn_impl='eager'")
-        for m in layers.values():
-            m.record_attn = True
-        try:
-            self.forward_head(self.forward_features(x))  # not forward: its last block has only one query
-            return {name: m.attn_map for name, m in layers.items()}
-        finally:
-            for m in layers.values():
-                m.record_attn, m.attn_map = False, None
+        return _attention_maps(self, x)
 
     def forward_intermediates(
         self,
@@ -454,16 +287,7 @@ class ViViT(nn.Module):
             prune_head: Remove ``pre_logits`` and the classifier; Model 2 also drops its temporal encoder, which reads
                 only pooled frames (the model then pools like the spatial-only baseline).
         """
-        take = take_indices(len(self.encoder.get_submodule(self.encoder.intermediate_blocks)), indices)
-        self.encoder.prune(max(take) + 1, prune_norm=prune_norm, prune_head=prune_head)
-        self.model_args["depth"] = max(take) + 1  # keeps save_pretrained's config able to rebuild the model
-        if prune_head:
-            self.pre_logits = nn.Identity()
-            self.num_features = self.head_hidden_size = self.embed_dim
-            self.reset_classifier(0)
-            self.model_args.update(representation_size=None, spatial_only_baseline=(
-                hasattr(self.encoder, "temporal") and self.encoder.temporal is None))
-        return take
+        return _prune(self, indices, prune_norm, prune_head)
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -488,13 +312,7 @@ class ViViT(nn.Module):
         ``forward`` then returns every token (``B x prefix + N x D`` with ``num_classes=0``), as timm's ViT does.
         """
         if global_pool is not None:
-            if global_pool not in HEAD_POOL_TYPES:
-                raise ValueError(f"global_pool must be one of {HEAD_POOL_TYPES}, got {global_pool!r}")
-            if global_pool != "" and (global_pool == "token") != (self.encoder.num_prefix_tokens > 0):
-                raise ValueError(
-                    f"cannot switch global_pool from {self.global_pool!r} to {global_pool!r}: it changes whether the "
-                    "model has a CLS token; create a new model instead"
-                )
+            check_pool_switch(self.global_pool, global_pool, self.encoder.num_prefix_tokens > 0)
             self.global_pool = global_pool
         self.num_classes = num_classes
         if num_classes > 0:
@@ -555,19 +373,7 @@ class ViViT(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups for layer-wise LR decay: stem, blocks (Model 2: spatial, then temporal), final norms."""
-        block = r"^encoder\.(?:spatial\.)?blocks\.(\d+)"
-        matcher: dict[str, Any] = {
-            "stem": r"^patch_embed|^encoder\.(?:spatial\.)?(?:cls_token|pos_embed)",
-            "blocks": block if coarse else [(block, None), (r"^encoder\.(?:spatial\.)?norm", (99999,))],
-        }
-        if getattr(self.encoder, "temporal", None) is not None:
-            temporal = r"^encoder\.temporal\.blocks\.(\d+)"
-            matcher["temporal"] = temporal if coarse else [
-                (r"^encoder\.temporal\.(?:cls_token|pos_embed)", (0,)),
-                (temporal, (1,)),
-                (r"^encoder\.temporal\.norm", (99999,)),
-            ]
-        return matcher
+        return _group_matcher(self.encoder, coarse)
 
     # ---------------------------------------------------------------- weights
     def save_pretrained(self, save_directory: str, *, label_names: list[str] | None = None,
@@ -614,3 +420,110 @@ class ViViT(nn.Module):
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid ``(t, h, w)``."""
         return tuple(self.patch_embed.grid_size)
+
+
+def _make_embed(args: dict[str, Any], img_size: tuple[int, int], tubelet: tuple[int, ...]) -> nn.Module:
+    """The patch embedding ``args["embedding"]`` names (``check_args`` admits only the two)."""
+    if args["embedding"] == "tubelet":
+        return TubeletEmbed(img_size, args["num_frames"], tubelet, args["in_chans"], args["embed_dim"])
+    return FrameSamplingEmbed(img_size, args["num_frames"], tubelet[1:], args["in_chans"], args["embed_dim"],
+                              args["n_sampled_frames"], args["exact_frame_count"])
+
+
+def _make_encoder(args: dict[str, Any], grid: Sequence[int], global_pool: str) -> nn.Module:
+    """``ENCODERS[variant]`` with the keywords only that variant takes."""
+    variant = args["variant"]
+    extra: dict[str, Any] = {}
+    if variant == "factorized_encoder":
+        extra = {k: args[k] for k in ("temporal_depth", "temporal_num_heads", "temporal_mlp_dim",
+                                      "spatial_only_baseline")}
+        extra["global_pool"] = global_pool
+    elif variant == "factorized_self_attention":
+        extra = dict(attention_order=args["attention_order"])
+        if args["drop_path_rate"]:
+            _logger.warning("factorized_self_attention has no stochastic depth in the reference; ignoring "
+                            "drop_path_rate=%s", args["drop_path_rate"])
+    block_args = BlockArgs(args["drop_rate"], args["attn_drop_rate"], args["act_layer"], args["norm_eps"],
+                           args["attn_impl"])
+    return ENCODERS[variant](grid, args["embed_dim"], args["depth"], args["num_heads"], args["mlp_dim"],
+                             use_cls=global_pool == "token", drop_path_rate=args["drop_path_rate"], args=block_args,
+                             **extra)
+
+
+@torch.no_grad()
+def _init_reference(model: nn.Module) -> None:
+    """``ViViT.init_weights``: the reference's initialisers for every tensor."""
+    for module in model.modules():
+        if isinstance(module, Transformer):  # scenic AddPositionEmbs: normal(0.02); CLS tokens: zeros
+            nn.init.normal_(module.pos_embed, std=0.02)
+            if module.cls_token is not None:
+                nn.init.zeros_(module.cls_token)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, FrameSamplingEmbed):
+            module.frame_indices.copy_(torch.tensor(module.frame_index_list))
+        if isinstance(module, Attention):  # flax MHA: xavier_uniform over the (d, heads*hd) kernel, zero bias
+            bound = math.sqrt(6.0 / (2 * module.proj.in_features))
+            for linear in (module.qkv, module.proj):
+                nn.init.uniform_(linear.weight, -bound, bound)
+                nn.init.zeros_(linear.bias)
+        elif isinstance(module, Mlp):  # MlpBlock: xavier_uniform kernels, normal(1e-6) biases
+            for linear in (module.fc1, module.fc2):
+                nn.init.xavier_uniform_(linear.weight)
+                nn.init.normal_(linear.bias, std=1e-6)
+        elif isinstance(module, (nn.Conv2d, nn.Conv3d, PreLogits)):  # flax default: lecun_normal, zero bias
+            layer = module.fc if isinstance(module, PreLogits) else module
+            fan_in = layer.weight[0].numel()
+            std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(layer.bias)
+    if isinstance(model.head, nn.Linear):  # scenic output_projection: zeros
+        nn.init.zeros_(model.head.weight)
+        nn.init.zeros_(model.head.bias)
+
+
+def _attention_maps(model: ViViT, x: torch.Tensor) -> dict[str, Any]:
+    """``ViViT.forward_attention_maps``: record every attention layer's weights during one forward pass."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, Attention)}
+    if any(m.attn_impl != "eager" for m in layers.values()):
+        raise ValueError("attention maps need a model created with attn_impl='eager'")
+    for m in layers.values():
+        m.record_attn = True
+    try:
+        model.forward_head(model.forward_features(x))  # not forward: its last block has only one query
+        return {name: m.attn_map for name, m in layers.items()}
+    finally:
+        for m in layers.values():
+            m.record_attn, m.attn_map = False, None
+
+
+def _group_matcher(encoder: nn.Module, coarse: bool) -> dict[str, Any]:
+    """``ViViT.group_matcher``: stem, blocks (Model 2: spatial, then temporal), final norms."""
+    block = r"^encoder\.(?:spatial\.)?blocks\.(\d+)"
+    matcher: dict[str, Any] = {
+        "stem": r"^patch_embed|^encoder\.(?:spatial\.)?(?:cls_token|pos_embed)",
+        "blocks": block if coarse else [(block, None), (r"^encoder\.(?:spatial\.)?norm", (99999,))],
+    }
+    if getattr(encoder, "temporal", None) is not None:
+        temporal = r"^encoder\.temporal\.blocks\.(\d+)"
+        matcher["temporal"] = temporal if coarse else [
+            (r"^encoder\.temporal\.(?:cls_token|pos_embed)", (0,)),
+            (temporal, (1,)),
+            (r"^encoder\.temporal\.norm", (99999,)),
+        ]
+    return matcher
+
+
+def _prune(model: ViViT, indices: int | Sequence[int], prune_norm: bool, prune_head: bool) -> list[int]:
+    """``ViViT.prune_intermediate_layers``."""
+    take = take_indices(len(model.encoder.get_submodule(model.encoder.intermediate_blocks)), indices)
+    model.encoder.prune(max(take) + 1, prune_norm=prune_norm, prune_head=prune_head)
+    model.model_args["depth"] = max(take) + 1  # keeps save_pretrained's config able to rebuild the model
+    if prune_head:
+        model.pre_logits = nn.Identity()
+        model.num_features = model.head_hidden_size = model.embed_dim
+        model.reset_classifier(0)
+        model.model_args.update(representation_size=None, spatial_only_baseline=(
+            hasattr(model.encoder, "temporal") and model.encoder.temporal is None))
+    return take

@@ -1,2 +1,2 @@
-"""What users run, built on both paths: ``predict`` (one video, multi-view), ``evaluate`` (a dataset: evaluation
-and feature extraction), ``explain`` (attention maps)."""
+"""What users run, built on both paths: ``predict`` (one video, multi-view), ``evaluate`` and ``extract`` (a whole
+dataset: evaluation, feature extraction; ``run`` holds what they share), ``explain`` (attention maps)."""

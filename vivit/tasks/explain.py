@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
-from vivit.files import write_atomic
-from vivit.model.vivit import ViViT
 from vivit.data.transforms import resolve_data_config
+from vivit.files import write_atomic
+from vivit.model.layers import FactorizedSelfAttentionBlock
+from vivit.model.vivit import ViViT
 
 
 def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
@@ -31,8 +32,7 @@ def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
     if video.shape[0] != 1:
         raise ValueError(f"attention_heatmap explains one clip; got a batch of {video.shape[0]}")
     maps = model.forward_attention_maps(video)
-    # The last layer that attends over space: Model 2's temporal and Model 3's time attention are skipped.
-    name = [n for n in maps if ".temporal." not in n and not n.endswith("attn_time")][-1]
+    name = _last_spatial_attention(model)
     weights = maps[name]["space"] if isinstance(maps[name], dict) else maps[name]  # (1, [t,] heads, q, k)
     t, h, w = model.grid_size
     keys = h * w if weights.ndim == 5 else t * h * w
@@ -40,6 +40,18 @@ def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
     received = weights[..., 0, prefix:] if prefix else weights.mean(dim=-2)  # (1, [t,] heads, keys)
     heat = received.mean(dim=-2).reshape(t, h, w)
     return (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
+
+
+def _last_spatial_attention(model: ViViT) -> str:
+    """Module name of the last attention layer that attends over space, found from the encoder's structure.
+
+    The blocks ``forward_intermediates`` walks (``encoder.intermediate_blocks``) are the spatial ones: Model 2's
+    spatial encoder (its temporal encoder comes after them); in Model 3's block the space attention is
+    ``attn_space`` (``attn_time`` attends over time); Models 1 and 4 have one ``attn`` (Model 4 splits its heads).
+    """
+    last = model.encoder.get_submodule(model.encoder.intermediate_blocks)[-1]
+    attention = last.attn_space if isinstance(last, FactorizedSelfAttentionBlock) else last.attn
+    return next(name for name, module in model.named_modules() if module is attention)
 
 
 def frames_for_tokens(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
