@@ -24,9 +24,9 @@ pytest.importorskip("av")
 import vivit  # noqa: E402
 from vivit import cli  # noqa: E402
 from vivit.data.datasets import DataError  # noqa: E402
-from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES, make_clip  # noqa: E402
 from vivit.data.video import multi_view_clips, write_video  # noqa: E402
+from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 
 from .videos import write_truncated  # noqa: E402
 

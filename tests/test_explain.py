@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.test_model import TINY_VARIANTS, tiny
-from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
 from vivit.data.transforms import to_float
+from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
 
 
 @pytest.mark.parametrize("variant", list(TINY_VARIANTS))

@@ -192,8 +192,8 @@ def _positive_int(text: str) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
-    from vivit.tasks.predict import default_views, predict_video, top_k
     from vivit.data.video import parse_views
+    from vivit.tasks.predict import default_views, predict_video, top_k
 
     model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
     views = parse_views(args.views) if args.views else default_views(model)
@@ -254,9 +254,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from vivit.tasks.predict import predict_video
     from vivit.data.synthetic import MOTION_CLASSES, make_clip
     from vivit.data.video import write_video
+    from vivit.tasks.predict import predict_video
 
     model = load_model_for_cli("vivit_motion")
     labels = model.pretrained_cfg["label_names"]
@@ -285,8 +285,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
     from vivit.data.video import multi_view_clips
+    from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
 
     model = load_model_for_cli(args.model, attn_impl="eager", force_download=args.force_download)
     clip = multi_view_clips(args.video, model, (1, 1))[0]

@@ -15,7 +15,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vivit.model.embed import resample_pos_embed
-from vivit.model.layers import Block, FactorizedDotProductAttention, FactorizedSelfAttentionBlock, fx_tracing, pool_tokens
+from vivit.model.layers import (
+    Block,
+    FactorizedDotProductAttention,
+    FactorizedSelfAttentionBlock,
+    fx_tracing,
+    pool_tokens,
+)
 
 torch.fx.wrap("rearrange")  # see layers.py
 Grid = tuple[int, int, int]

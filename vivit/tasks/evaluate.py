@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vivit.files import write_atomic, write_text_atomic
 from vivit.data.datasets import (
     KINETICS_PATTERN,
     DataError,
@@ -59,10 +58,11 @@ from vivit.data.datasets import (
     shard,
     to_items,
 )
+from vivit.data.video import parse_views
+from vivit.files import write_atomic, write_text_atomic
+from vivit.labels import LABEL_SETS
 from vivit.tasks.predict import default_views, top_k
 from vivit.weights.build import create_model
-from vivit.labels import LABEL_SETS
-from vivit.data.video import parse_views
 
 _logger = logging.getLogger(__name__)
 
@@ -285,9 +285,9 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
     docstring into ``out``.
 
     Args:
-        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are class names of the model (Kinetics CSVs
-            spell them with spaces, folder trees often with ``_``: both match) or class indices; a split head takes
-            ``"noun|verb"``. Unlabelled rows get predictions only.
+        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are class names of the model
+            (Kinetics CSVs spell them with spaces, folder trees often with ``_``: both match) or class indices; a split
+            head takes ``"noun|verb"``. Unlabelled rows get predictions only.
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; an existing one from an interrupted run with the same settings is continued.
         views: ``"4x3"``; default the weights' ``eval_views``, else 4x3.

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
+from vivit.data.transforms import resolve_data_config
 from vivit.files import write_atomic
 from vivit.model.vivit import ViViT
-from vivit.data.transforms import resolve_data_config
 
 
 def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vivit.model.vivit import ViViT
 from vivit.weights.fetch import HUB_PREFIXES
 from vivit.weights.load import create_from_folder, create_from_hub, fetch_weights, load_pretrained, load_weights_into
-from vivit.model.vivit import ViViT
 from vivit.zoo import ARCHS, PRETRAINED, arch_defaults, list_models, resolve_name
 
 _VIVIT_KWARGS = frozenset(inspect.signature(ViViT.__init__).parameters) - {"self"}

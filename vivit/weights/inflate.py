@@ -18,10 +18,10 @@ import torch
 from einops import repeat
 from torch import nn
 
-from vivit.weights import fetch
 from vivit.model.embed import resample_pos_embed
 from vivit.model.layers import Attention, Mlp
 from vivit.model.vivit import ViViT
+from vivit.weights import fetch
 
 KERNEL_INITS = ("central_frame", "average", "average_arp")
 POSEMB_INITS = ("tile", "resize", "resize_tile")
@@ -225,8 +225,8 @@ def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: t
 
 
 def _timm_weights_file(timm: Any, name: str) -> dict[str, str]:
-    """Fetch a timm name's Hub weights through ``vivit.weights.fetch`` (one clear error offline, checked cache); timm then
-    reads that file (``pretrained_cfg_overlay={"file": ...}``) instead of retrying the Hub with its own client."""
+    """Fetch a timm name's Hub weights through ``vivit.weights.fetch`` (one clear error offline, checked cache); timm
+    then reads that file (``pretrained_cfg_overlay={"file": ...}``) instead of retrying the Hub with its own client."""
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
         return {}  # unknown names and URL-only weights: timm's own error or download

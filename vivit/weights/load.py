@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 
+from vivit.labels import label_names
+from vivit.model.vivit import ViViT
 from vivit.weights import fetch
-from vivit.weights.fit import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params
 from vivit.weights.convert.transformers import config_dict, from_transformers, model_args_from_transformers
+from vivit.weights.fit import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
 from vivit.weights.read import (
     check_finite,
     check_weights_record,
@@ -33,8 +35,6 @@ from vivit.weights.read import (
     read_npz,
     read_state_dict,
 )
-from vivit.labels import label_names
-from vivit.model.vivit import ViViT
 from vivit.zoo import PRETRAINED
 
 _logger = logging.getLogger(__name__)

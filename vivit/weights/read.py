@@ -1,8 +1,8 @@
 """Reading weight files: detect the format of a file or folder and read it into tensors (no conversion).
 
 Formats: safetensors, torch state dicts (``weights_only=True``, never unpickling code), ``.npz`` archives of flax
-params, reference flax checkpoints (named here; read by ``vivit.weights.convert``), folders written by ``save_pretrained`` and
-transformers ViViT folders. Imports nothing else of vivit.
+params, reference flax checkpoints (named here; read by ``vivit.weights.convert``), folders written by
+``save_pretrained`` and transformers ViViT folders. Imports nothing else of vivit.
 """
 
 from __future__ import annotations

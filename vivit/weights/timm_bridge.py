@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from vivit.model.vivit import ViViT
 from vivit.weights.build import create_model
 from vivit.weights.load import Weights, load_pretrained, load_weights_into, saved_source
-from vivit.model.vivit import ViViT
 from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults
 
 default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute

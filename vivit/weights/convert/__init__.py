@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from vivit.weights.fit import fit_pos_embeds
-from vivit.weights.read import check_finite
 from vivit.model.vivit import ViViT
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
 from vivit.weights.convert.transformers import from_transformers
+from vivit.weights.fit import fit_pos_embeds
+from vivit.weights.read import check_finite
 
 __all__ = ["from_scenic", "from_transformers", "read_scenic_checkpoint"]
 
