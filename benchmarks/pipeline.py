@@ -1,6 +1,7 @@
 """Throughput of the dataset-evaluation pipeline (``vivit evaluate``) next to its two stages, measured in one run.
 
-Generated motion clips (``vivit.data.synthetic``) are written as real H.264 files, then for 0, 1 and 2 DataLoader workers:
+Generated motion clips (``vivit.data.synthetic``) are written as real H.264 files, then for 0, 1 and 2 DataLoader
+workers:
 
 - **decode-only**: the evaluation dataset (decode + resize + crop every test view) through the loader, no model;
 - **model-only**: forward passes of ready-made view batches, no decoding (workers do not change it; measured before
@@ -32,10 +33,10 @@ import torch
 
 import vivit
 from vivit.data.datasets import EvalVideos, Item, collate_views, make_loader
-from vivit.tasks.evaluate import evaluate_dataset
 from vivit.data.synthetic import MOTION_CLASSES, make_clip
 from vivit.data.transforms import resolve_data_config
 from vivit.data.video import parse_views, write_video
+from vivit.tasks.evaluate import evaluate_dataset
 
 
 def write_clips(folder: Path, count: int, frames: int, size: int) -> Path:

@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import vivit  # noqa: E402
-from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES, make_clip  # noqa: E402
+from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 T, H, W = 4, 3, 3  # a small token grid to draw

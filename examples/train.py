@@ -6,7 +6,8 @@
     python examples/train.py ... --resume runs/a            # continue from the newest checkpoint in runs/a
 
 Data: a CSV of ``path,label`` rows (paths relative to the CSV; a ``path,label`` header is optional), a Kinetics CSV or a
-folder with one sub-folder of videos per class, read by ``vivit.data.datasets`` (listings, clip datasets, loaders, ranks).
+folder with one sub-folder of videos per class, read by ``vivit.data.datasets`` (listings, clip datasets, loaders,
+ranks).
 Videos are decoded with ``vivit.data.video`` and augmented with ``vivit.data.transforms``.
 
 The defaults are the reference's (scenic ``projects/vivit/configs``, see ``RECIPES``): SGD with momentum 0.9, a
@@ -60,9 +61,9 @@ from vivit.data.datasets import (
     resolve_classes,
     to_items,
 )
-from vivit.tasks.predict import predict_views
 from vivit.data.transforms import TRAIN_RECIPES, mixup, resolve_data_config, train_transform
 from vivit.data.video import parse_views
+from vivit.tasks.predict import predict_views
 
 _logger = logging.getLogger("vivit.train")
 

@@ -1,7 +1,7 @@
 """Train ``vivit_motion``, the small ViViT whose weights ship inside the package.
 
-The task (``vivit.data.synthetic``) is built so that one frame cannot tell its classes apart, and the script proves it: next
-to the video model it trains the same architecture on clips made of one frame repeated, which stays near chance.
+The task (``vivit.data.synthetic``) is built so that one frame cannot tell its classes apart, and the script proves it:
+next to the video model it trains the same architecture on clips made of one frame repeated, which stays near chance.
 
     python scripts/train_motion.py                     # writes vivit/weights/vivit_motion.{safetensors,json}
     python scripts/train_motion.py --steps 20 --out /tmp/motion   # a quick determinism check

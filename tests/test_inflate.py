@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import GOLDEN_DIR
+from vivit.model.vivit import ViViT
 from vivit.weights.convert.scenic import convert_scenic_params, model_args_from_scenic, scenic_key_table
 from vivit.weights.inflate import average_arp_weights, inflate, inflate_kernel
-from vivit.model.vivit import ViViT
 
 INFLATION_DIR = GOLDEN_DIR / "scenic" / "inflation"
 GOLDEN_FILES = sorted(p.stem for p in INFLATION_DIR.glob("*.json")) if INFLATION_DIR.is_dir() else []

@@ -14,8 +14,8 @@ import vivit
 from tests.conftest import TINY
 from tests.test_model import TINY_VARIANTS
 from vivit.model.embed import resample_pos_embed
-from vivit.weights.read import detect_format
 from vivit.weights.load import load_pretrained
+from vivit.weights.read import detect_format
 
 SNAPSHOT = __import__("pathlib").Path(__file__).parent / "snapshots" / "state_dict_keys.json"
 

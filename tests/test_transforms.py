@@ -1,4 +1,5 @@
-"""vivit.data.transforms: the reference's scaling, short-side resize, crops, eval pipeline from a cfg, train augmentation."""
+"""vivit.data.transforms: the reference's scaling, short-side resize, crops, eval pipeline from a cfg, train
+augmentation."""
 
 from __future__ import annotations
 
