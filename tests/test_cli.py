@@ -378,6 +378,9 @@ def _main(argv: list[str], capsys) -> tuple[int, str, str]:
     (KeyboardInterrupt(), 130, ""),
     (MemoryError(), 1, "clip.mp4: out of memory while decoding or classifying it; free memory or use a smaller "
                        "--batch-size"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"), 1, "clip.mp4: out of memory while decoding or "
+                                                                        "classifying it; free memory or use a smaller "
+                                                                        "--batch-size"),
 ])
 def test_classify_interrupted_or_out_of_memory_is_one_line_with_its_exit_code(raised, code, message, monkeypatch,
                                                                                capsys):

@@ -412,3 +412,15 @@ def test_thousands_of_missing_files_print_a_bounded_summary(clips, tmp_path):
     assert len(lines) < 60, "\n".join(lines[:80])
     assert "2000 of 2001 files do not exist" in result.stderr and "2000 of 2001 videos failed" in result.stderr
     assert _report(tmp_path / "o")["num_failed"] == 2000  # every one of them is in the report
+
+
+def test_log_every_counts_videos_not_batches(caplog):
+    from vivit.data.datasets import Dist
+    from vivit.tasks.run import Progress
+
+    progress = Progress(total=40, what="evaluate", every=10, env=Dist(), bar=False)
+    with caplog.at_level("INFO", logger="vivit.tasks.run"):
+        for _ in range(8):  # batches of 5 videos
+            progress.update(5, 0)
+    done = [int(r.getMessage().split(": ")[1].split("/")[0]) for r in caplog.records]
+    assert done == [10, 20, 30, 40]

@@ -7,8 +7,19 @@ built on both paths). ``zoo`` holds the architectures and released checkpoints a
 
 import os as _os
 import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from vivit._version import __version__
+
+if _TYPE_CHECKING:  # what _load() binds, spelled out for type checkers and the API docs (griffe reads imports)
+    from vivit.data import transforms, video
+    from vivit.model import ViViT
+    from vivit.tasks import predict as evaluate
+    from vivit.weights import convert
+    from vivit.weights.build import create_model
+    from vivit.weights.inflate import inflate
+    from vivit.weights.load import load_pretrained
+    from vivit.zoo import list_models
 
 
 def _load() -> None:

@@ -241,7 +241,9 @@ def _count(n: int, noun: str) -> str:
 
 def _one_line(err: BaseException, path: Path) -> str:
     """``err`` as one line that names ``path`` once."""
-    if isinstance(err, MemoryError):
+    from vivit.data.datasets import is_out_of_memory
+
+    if is_out_of_memory(err):  # MemoryError, CUDA out of memory, a CPU allocation torch refused
         return f"{path}: out of memory while decoding or classifying it; free memory or use a smaller --batch-size"
     message = _collapse(err)
     return message if str(path) in message else f"{path}: {message}"
