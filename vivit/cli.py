@@ -370,6 +370,42 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    from vivit.data.datasets import VIDEO_SUFFIXES
+    from vivit.data.stream import is_url
+    from vivit.tasks.timeline import timeline_listing, timeline_video
+
+    logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
+    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
+    options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
+                   top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after)
+    source = args.input
+    live = is_url(source)
+    if live or Path(source).suffix.lower() in VIDEO_SUFFIXES:
+        def show(record: dict) -> None:  # a live stream: each window's labels as it is classified
+            tops = record.get("top") or [t[0] for t in record["top_by_split"]]
+            print(f"{record['start']:9.2f}-{record['end']:9.2f} s  " + ", ".join(
+                f"{t['label']} ({t['score']:.1%})" for t in tops[:3]), flush=True)
+
+        result = timeline_video(source, model, args.out, on_window=show if live or args.print else None, **options)
+        results = [] if result is None else [{"path": source, **result}]
+    else:
+        summary = timeline_listing(source, model, args.out, device=args.device, **options)
+        results = [] if summary is None else summary["videos"]
+    if not results:
+        return STOPPED_EXIT_CODE
+    for r in results:
+        if r.get("padded"):
+            print(f"{r['path']}: shorter than one window: one window of its frames looped, as classify does",
+                  file=sys.stderr)
+        print(f"{r['path']}: {r['windows']} windows, {r.get('segments', 0)} segments over {r.get('duration', 0):.1f} s "
+              f"-> {r['out']}")
+        if r.get("error"):
+            print(f"vivit timeline: {r['path']}: {r['error']} (the {r['windows']} windows before it are kept)",
+                  file=sys.stderr)
+    return EXIT_STATUS["failed"] if any(r.get("error") for r in results) else 0
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     """Arguments shared by ``evaluate`` and ``extract``."""
     from vivit.data.datasets import KINETICS_PATTERN
@@ -461,6 +497,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, help="token mean of this block's output instead of the pre-logits")
     p.add_argument("--shard-size", type=_positive_int, default=1024, help="videos per shard file")
     p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("timeline", help="what happens when: slide the model's clip over a whole video (or every video "
+                                        "of a listing): windows.jsonl, segments.json, timeline.png; resumable")
+    p.add_argument("input", help="a video file, a stream URL (rtsp://, http://), or a listing of videos")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
+    p.add_argument("--step", type=float, help="seconds between window starts (default: half a window)")
+    p.add_argument("--window-stride", type=_positive_int, help="frames between a window's frames (default: the "
+                                                                "model's frame stride)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per window")
+    p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
+    p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="run the model in this precision")
+    p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
+                                                        "for a stream URL)")
+    p.add_argument("--stop-after", type=_positive_int, help="leave after N windows (exit status 3), as a killed run "
+                                                            "would; for testing resumption")
+    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+    p.set_defaults(func=_cmd_timeline)
     return parser
 
 

@@ -156,8 +156,9 @@ def top1(record: dict[str, Any]) -> tuple[str, float]:
 def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0) -> list[dict[str, Any]]:
     """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}``.
 
-    A segment runs from its first window's start to the next segment's first start (the last one to its window's
-    end), so segments tile the timeline without overlaps.
+    Two segments meet halfway between the centres of the last window of one and the first window of the next; the
+    first starts at its first window's start and the last ends at its last window's end, so segments tile the
+    timeline without overlaps.
 
     Args:
         windows: Records of :func:`timeline`, in time order.
@@ -172,14 +173,16 @@ def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment:
         return []
     best = [top1(w) for w in windows] if smooth == 1 else _smoothed(windows, smooth)
     segs: list[dict[str, Any]] = []
-    for w, (label, score) in zip(windows, best, strict=True):
+    centre = [(w["start"] + w["end"]) / 2 for w in windows]
+    for i, (w, (label, score)) in enumerate(zip(windows, best, strict=True)):
         if segs and segs[-1]["label"] == label:
             segs[-1]["scores"].append(score)
             segs[-1]["end"] = w["end"]
         else:
+            start = round((centre[i - 1] + centre[i]) / 2, 6) if segs else w["start"]
             if segs:
-                segs[-1]["end"] = w["start"]
-            segs.append({"start": w["start"], "end": w["end"], "label": label, "scores": [score]})
+                segs[-1]["end"] = start
+            segs.append({"start": start, "end": w["end"], "label": label, "scores": [score]})
     segs = _absorb(segs, min_segment)
     return [{"start": s["start"], "end": s["end"], "label": s["label"], "score": round(float(np.mean(s["scores"])), 6)}
             for s in segs]
