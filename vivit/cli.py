@@ -371,7 +371,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
-    from vivit.data.datasets import VIDEO_SUFFIXES
     from vivit.data.stream import is_url
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
@@ -381,7 +380,8 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after)
     source = args.input
     live = is_url(source)
-    if live or Path(source).suffix.lower() in VIDEO_SUFFIXES:
+    # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
+    if live or not (Path(source).is_dir() or Path(source).suffix.lower() in (".csv", ".txt", ".tsv", ".list")):
         def show(record: dict) -> None:  # a live stream: each window's labels as it is classified
             tops = record.get("top") or [t[0] for t in record["top_by_split"]]
             print(f"{record['start']:9.2f}-{record['end']:9.2f} s  " + ", ".join(
