@@ -24,9 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FPS, SECONDS_EACH = 8, 3  # vivit_motion's window: 16 frames at stride 1 = 2 s; the default step is 1 s
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vivit", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``vivit ARGS`` in this process (a subprocess would import torch again for every call): status, stdout, stderr."""
+    from vivit.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -71,39 +76,37 @@ def test_windows_follow_the_model_clip_and_the_step(motion_video, motion_model):
     assert three["start"] == 0.0 and len(three["top"]) == 1
 
 
-def test_killed_run_resumes_with_identical_outputs(motion_video, tmp_path):
+def test_killed_run_resumes_with_identical_outputs(motion_video, tmp_path, capsys):
     path, _ = motion_video
     common = ["timeline", path, "--model", "vivit_motion", "--batch-size", "4", "--min-segment", "1.5"]
-    whole = run_cli(*common, "--out", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr
-    stopped = run_cli(*common, "--out", tmp_path / "resumed", "--stop-after", "6")
-    assert stopped.returncode == 3 and "run again" in stopped.stderr
+    assert run_cli(capsys, *common, "--out", tmp_path / "whole")[0] == 0
+    assert run_cli(capsys, *common, "--out", tmp_path / "resumed", "--stop-after", "6")[0] == 3
+    assert len((tmp_path / "resumed" / "windows.jsonl").read_text().splitlines()) == 6
     with open(tmp_path / "resumed" / "windows.jsonl", "a") as f:
         f.write('{"index": 6, "sta')  # the kill also cut a line in half
-    again = run_cli(*common, "--out", tmp_path / "resumed")
-    assert again.returncode == 0, again.stderr
+    assert run_cli(capsys, *common, "--out", tmp_path / "resumed")[0] == 0
     for name in ("windows.jsonl", "segments.json"):
         assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "whole" / name).read_text()
-    other = run_cli(*common, "--out", tmp_path / "resumed", "--step", "0.5")
-    assert other.returncode == 1 and "other settings" in other.stderr and "step" in other.stderr
+    rc, _, err = run_cli(capsys, *common, "--out", tmp_path / "resumed", "--step", "0.5")
+    assert rc == 1 and "other settings" in err and "step" in err
 
 
-def test_short_video_gives_one_looped_window(motion_model, tmp_path):
+def test_short_video_gives_one_looped_window(motion_model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     path = write_video(tmp_path / "short.mp4", make_sequence([2], rng, frames_each=6, size=32), fps=FPS)
     records = list(vivit.timeline(motion_model, path))
     assert len(records) == 1 and records[0]["padded"] and records[0]["start"] == 0.0
-    out = run_cli("timeline", path, "--model", "vivit_motion", "--out", tmp_path / "out")
-    assert out.returncode == 0 and "shorter than one window" in out.stderr
+    rc, _, err = run_cli(capsys, "timeline", path, "--model", "vivit_motion", "--out", tmp_path / "out")
+    assert rc == 0 and "shorter than one window" in err
 
 
-def test_video_without_a_video_stream_is_one_clear_error(tmp_path):
+def test_video_without_a_video_stream_is_one_clear_error(tmp_path, capsys):
     from tests.videos import write_audio_only
 
-    out = run_cli("timeline", write_audio_only(tmp_path / "tone.wav"), "--model", "vivit_motion", "--out",
-                  tmp_path / "out")
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "no video stream" in out.stderr
+    rc, _, err = run_cli(capsys, "timeline", write_audio_only(tmp_path / "tone.wav"), "--model", "vivit_motion",
+                         "--out", tmp_path / "out")
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "no video stream" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_broken_stream_keeps_the_windows_before_it(motion_video, motion_model, tmp_path):
@@ -156,14 +159,15 @@ def test_segments_merge_smooth_and_absorb():
         segments(windows, smooth=0)
 
 
-def test_listing_does_every_video_into_its_own_folder(motion_video, tmp_path):
+def test_listing_does_every_video_into_its_own_folder(motion_video, tmp_path, capsys):
     path, _ = motion_video
     rng = np.random.default_rng(1)
     other = write_video(tmp_path / "other.mp4", make_sequence([0, 8], rng, frames_each=20, size=32), fps=FPS)
     listing = tmp_path / "videos.txt"
     listing.write_text(f"{path}\n{other}\n{tmp_path / 'missing.mp4'}\n")
-    out = run_cli("timeline", listing, "--model", "vivit_motion", "--out", tmp_path / "out", "--step", "2")
-    assert out.returncode == 1 and "missing.mp4" in out.stderr
+    rc, _, err = run_cli(capsys, "timeline", listing, "--model", "vivit_motion", "--out", tmp_path / "out", "--step",
+                         "2")
+    assert rc == 1 and "missing.mp4" in err
     summary = json.loads((tmp_path / "out" / "timelines.json").read_text())
     assert [v["windows"] > 0 for v in summary["videos"]] == [True, True, False] and summary["num_failed"] == 1
     assert (tmp_path / "out" / "0001-other" / "segments.json").exists()
@@ -202,8 +206,8 @@ def test_twenty_minute_video_runs_in_bounded_memory(tmp_path):
 
 def test_no_windows_lost_or_doubled_between_batches(motion_video, motion_model):
     path, _ = motion_video
-    one = list(vivit.timeline(motion_model, path, batch_size=1, top_k=1))
-    many = list(vivit.timeline(motion_model, path, batch_size=7, top_k=1))
+    one = list(vivit.timeline(motion_model, path, batch_size=1, top_k=1, step=2.0))
+    many = list(vivit.timeline(motion_model, path, batch_size=7, top_k=1, step=2.0))
     assert [r["index"] for r in one] == [r["index"] for r in many]
     assert [r["top"][0]["label"] for r in one] == [r["top"][0]["label"] for r in many]
     assert torch.tensor([r["top"][0]["score"] for r in one]).allclose(
@@ -220,3 +224,56 @@ def test_still_image_is_refused(tmp_path, motion_model):
     path = write_video(tmp_path / "still.mp4", np.zeros((1, 32, 32, 3), np.uint8), fps=FPS)
     with pytest.raises(VideoReadError, match="single frame"):
         list(vivit.timeline(motion_model, path))
+
+
+def test_stream_url_is_read_live_and_printed_window_by_window(motion_video, motion_model, tmp_path, capsys):
+    import functools
+    import http.server
+    import threading
+
+    source, _ = motion_video
+    with VideoStream(source) as stream:
+        frames = np.stack([stream.to_array(f) for _, f in stream.frames()])
+    path = write_video(tmp_path / "live.mkv", frames, fps=FPS)  # Matroska streams; MP4 over HTTP needs range requests
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        rc, stdout, _ = run_cli(capsys, "timeline", url, "--model", "vivit_motion", "--out", tmp_path / "live",
+                                "--top-k", "1")
+    finally:
+        server.shutdown()
+    assert rc == 0
+    live = [json.loads(line) for line in (tmp_path / "live" / "windows.jsonl").read_text().splitlines()]
+    assert live == list(vivit.timeline(motion_model, path, top_k=1))
+    printed = [line for line in stdout.splitlines() if " s  " in line]
+    assert len(printed) == len(live) and live[3]["top"][0]["label"] in printed[3]
+
+
+def test_growing_file_is_followed_to_its_end(motion_video, motion_model, tmp_path):
+    import threading
+    import time
+
+    source, _ = motion_video
+    with VideoStream(source) as stream:
+        frames = np.stack([stream.to_array(f) for _, f in stream.frames()])
+    data = write_video(tmp_path / "whole.mkv", frames, fps=FPS).read_bytes()
+    growing = tmp_path / "recording.mkv"
+    chunk = len(data) // 8
+    growing.write_bytes(data[:chunk])
+
+    def record() -> None:  # a recorder appending to the file while it is read
+        with open(growing, "ab") as f:
+            for start in range(chunk, len(data), chunk):
+                time.sleep(0.3)
+                f.write(data[start:start + chunk])
+                f.flush()
+
+    writer = threading.Thread(target=record)
+    writer.start()
+    try:
+        followed = list(vivit.timeline(motion_model, growing, follow=3.0, top_k=1, step=2.0))
+    finally:
+        writer.join()
+    assert followed == list(vivit.timeline(motion_model, tmp_path / "whole.mkv", top_k=1, step=2.0))

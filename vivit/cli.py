@@ -387,7 +387,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
             print(f"{record['start']:9.2f}-{record['end']:9.2f} s  " + ", ".join(
                 f"{t['label']} ({t['score']:.1%})" for t in tops[:3]), flush=True)
 
-        result = timeline_video(source, model, args.out, on_window=show if live or args.print else None, **options)
+        live = live or args.follow is not None
+        result = timeline_video(source, model, args.out, on_window=show if live or args.print else None,
+                                follow=args.follow, **options)
         results = [] if result is None else [{"path": source, **result}]
     else:
         summary = timeline_listing(source, model, args.out, device=args.device, **options)
@@ -515,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default=None, help="run the model in this precision")
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")
+    p.add_argument("--follow", type=float, metavar="SECONDS", help="the video is still being written (Matroska, "
+                   "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
     p.add_argument("--stop-after", type=_positive_int, help="leave after N windows (exit status 3), as a killed run "
                                                             "would; for testing resumption")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")

@@ -12,8 +12,10 @@ Times are seconds from the video's first frame.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,14 +94,19 @@ class VideoStream:
         source: A video file or a URL FFmpeg opens (``rtsp://``, ``http://`` ...).
         short_side: Resize converted frames so that their short side is this size (``None``: full size).
         interpolation: Resize filter.
+        follow: A file still being written (a recording in a streamable container: Matroska, MPEG-TS): at its
+            current end, wait up to this many seconds for it to grow before taking that as the end of the video.
     """
 
-    def __init__(self, source: str | Path, short_side: int | None = None, interpolation: str = "bilinear") -> None:
-        self.live = is_url(source)
-        self.source = str(source) if self.live else _check_file(source)
+    def __init__(self, source: str | Path, short_side: int | None = None, interpolation: str = "bilinear", *,
+                 follow: float | None = None) -> None:
+        self.live = is_url(source) or follow is not None
+        self.follow = follow
+        self.source = str(source) if is_url(source) else _check_file(source)
         self.size = None if short_side is None else (int(short_side), interpolation)
         self._av = _import_av()
         self._container: Any = None
+        self._growing: list[_Growing] = []
         with contextlib.closing(self._open()) as container:
             stream = container.streams.video[0]
             self.time_base = stream.time_base
@@ -125,9 +132,14 @@ class VideoStream:
         if self._container is not None:
             self._container.close()
             self._container = None
+        while self._growing:
+            self._growing.pop().close()
 
     def _open(self) -> Any:
-        return open_container(self._av, self.source)
+        if self.follow is None:
+            return open_container(self._av, self.source)
+        self._growing.append(_Growing(Path(self.source), self.follow))  # PyAV leaves file objects open: close() does
+        return open_container(self._av, self._growing[-1])
 
     def to_array(self, frame: Any) -> np.ndarray:
         """A decoded frame as uint8 ``(H, W, 3)``, upright, resized to ``short_side``."""
@@ -197,6 +209,35 @@ class VideoStream:
         if header and end < 0.9 * header - 0.1:
             raise VideoReadError(f"{self.source}: the frames end at {end:.2f} s but the header says {header:.2f} s; "
                                  "the file is truncated (e.g. an interrupted download): re-fetch or re-encode it")
+
+
+class _Growing(io.RawIOBase):
+    """A file being written, read as a stream: at its current end, wait for more data (up to ``idle`` seconds).
+
+    It is not seekable, so FFmpeg reads it front to back as it would a network stream (an MP4 being recorded cannot
+    be read this way: its index is written at the end).
+    """
+
+    def __init__(self, path: Path, idle: float) -> None:
+        super().__init__()
+        self.name, self.idle = str(path), idle
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with this object
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        waited = 0.0
+        while True:
+            n = self._file.readinto(buffer)
+            if n or waited >= self.idle:
+                return n or 0
+            time.sleep(0.1)
+            waited += 0.1
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def sliding_windows(stream: VideoStream, clip_len: int, stride: int, step: float, *,

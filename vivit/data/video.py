@@ -421,23 +421,28 @@ def _normalise_rotation(path: Path, degrees: float | None) -> int:
     return rounded
 
 
-def open_container(av: Any, source: Path | str) -> Any:
-    """Open ``source`` (a file, or a URL FFmpeg reads) with PyAV, its first video stream set up for decoding.
+def open_container(av: Any, source: Path | str | Any) -> Any:
+    """Open ``source`` (a file, a URL FFmpeg reads, or a readable binary file object) with PyAV, its first video
+    stream set up for decoding.
 
     Raises:
         VideoReadError: FFmpeg cannot read it, or it has no video stream.
     """
+    if hasattr(source, "read"):
+        source, name = source, getattr(source, "name", "the stream")
+    else:
+        source = name = str(source)
     try:
-        container = av.open(str(source))
+        container = av.open(source)
     except av.error.FFmpegError as err:
         raise VideoReadError(
-            f"{source}: FFmpeg cannot read it as a video ({_reason(err)}); it is not a video, or it is "
+            f"{name}: FFmpeg cannot read it as a video ({_reason(err)}); it is not a video, or it is "
             "truncated or corrupt (e.g. an interrupted download): re-fetch or re-encode it") from None
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
         found = f"found {', '.join(kinds)} streams, e.g. an audio-only file" if kinds else "the container is empty"
-        raise VideoReadError(f"{source}: has no video stream ({found}); pass a file with video")
+        raise VideoReadError(f"{name}: has no video stream ({found}); pass a file with video")
     stream = container.streams.video[0]
     # Frame threading keeps one decoded frame per thread; for huge frames, slice threading keeps only one.
     large = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) > EXACT_RESIZE_MAX_PIXELS

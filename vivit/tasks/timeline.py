@@ -73,7 +73,7 @@ def window_plan(model: torch.nn.Module, fps: float, *, step: float | None = None
 
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
              crops: int = 1, batch_size: int = 8, top_k: int = 5, device: str | torch.device | None = None,
-             first: int = 0) -> Iterator[dict[str, Any]]:
+             first: int = 0, follow: float | None = None) -> Iterator[dict[str, Any]]:
     """Classify every window of a video, yielding one record per window as soon as its batch is done.
 
     Args:
@@ -87,6 +87,8 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
         top_k: Labels per window.
         device: Where to run; default the model's device.
         first: Window index to start at (resuming).
+        follow: ``path`` is a file still being written (Matroska, MPEG-TS): at its end, wait up to this many seconds
+            for more before ending (:class:`vivit.data.stream.VideoStream`).
 
     Yields:
         ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
@@ -104,7 +106,7 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cfg = getattr(model, "pretrained_cfg", None) or {}
     labels, splits = cfg.get("label_names"), cfg.get("class_splits")
-    with VideoStream(path, transform.resize_size, transform.interpolation) as stream:
+    with VideoStream(path, transform.resize_size, transform.interpolation, follow=follow) as stream:
         clip_len, stride, step_s = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
         batch: list[Window] = []
         try:
@@ -261,11 +263,25 @@ def _read_windows(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _resume(lines: Path, batch_size: int) -> list[dict[str, Any]]:
+    """The windows an interrupted run finished, in whole batches (so that each window left is recomputed in the same
+    batch as in an uninterrupted run); ``windows.jsonl`` is cut back to them."""
+    _trim_torn_line(lines)
+    done = _read_windows(lines)
+    kept = done[:len(done) // batch_size * batch_size]
+    if lines.exists() and len(lines.read_text().splitlines()) != len(kept):
+        write_text_atomic(lines, "".join(json.dumps(r) + "\n" for r in kept))
+    if kept:
+        _logger.info("%s: %d windows already done; continuing", lines.parent, len(kept))
+    return kept
+
+
 def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Path, *, step: float | None = None,
                    window_stride: int | None = None, crops: int = 1, batch_size: int = 8, top_k: int = 5,
                    smooth: int = 1, min_segment: float = 0.0, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, plot: bool = True, progress_bar: bool | None = None,
-                   stop_after: int | None = None, on_window: Any = None) -> dict[str, Any] | None:
+                   stop_after: int | None = None, on_window: Any = None,
+                   follow: float | None = None) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
     Args:
@@ -280,6 +296,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
         stop_after: Leave after this many new windows, as a killed run would; returns ``None``.
         on_window: Called with each window's record as it is written (the CLI prints live streams' windows).
+        follow: As in :func:`timeline`; like a URL, a followed file is never resumed.
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
@@ -292,30 +309,25 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
     env = Dist(device=torch.device(device) if device is not None else
                torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model, name = _prepare_model(model, env, dtype)
-    with VideoStream(path) as probe:  # no video stream, not a file: refused before anything is written
+    live = is_url(path) or follow is not None
+    with VideoStream(path, follow=follow) as probe:  # no video stream, not a file: refused before writing anything
         fps = probe.info.fps
     clip_len, stride, step_s = window_plan(model, fps, step=step, window_stride=window_stride)
     settings = {"video": _video_identity(path), "model": name, "weights": weights_digest(model),
                 "dtype": _dtype_name(model), "window": clip_len, "window_stride": stride, "step": step_s,
                 "crops": crops, "top_k": top_k, "batch_size": batch_size}
     lines = out / WINDOWS
-    if is_url(path):
+    if live:  # a live stream cannot go back: every run starts afresh
         lines.unlink(missing_ok=True)
         (out / "run.json").unlink(missing_ok=True)
     _check_run(out, settings, env)
-    _trim_torn_line(lines)
-    done = _read_windows(lines)
-    kept = done[:len(done) // batch_size * batch_size]  # whole batches: each window recomputed as it was first
-    if lines.exists() and len(lines.read_text().splitlines()) != len(kept):
-        write_text_atomic(lines, "".join(json.dumps(r) + "\n" for r in kept))
-    if kept:
-        _logger.info("%s: %d windows already done; continuing", out, len(kept))
+    kept = _resume(lines, batch_size)
     first = kept[-1]["index"] + 1 if kept else 0
     error, new = None, 0
     bar = _Bar(math.ceil(probe.info.duration / step_s) if probe.info.duration else None, len(kept), progress_bar)
     with open(lines, "a") as f:
         records = timeline(model, path, step=step_s, window_stride=stride, crops=crops, batch_size=batch_size,
-                           top_k=top_k, first=first)
+                           top_k=top_k, first=first, follow=follow)
         try:
             for record in records:
                 f.write(json.dumps(record) + "\n")
@@ -338,7 +350,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
     write_text_atomic(out / SEGMENTS, json.dumps(segs, indent=2) + "\n")
     if plot and windows:
         plot_timeline(windows, segs, out / PLOT, title=f"{Path(str(path)).name}: {name}",
-                      thumbnails=None if is_url(path) else path)
+                      thumbnails=None if live else path)
     return {"windows": len(windows), "segments": len(segs), "duration": windows[-1]["end"] if windows else 0.0,
             "padded": bool(windows and windows[0].get("padded")), "error": error, "out": str(out),
             "windows_per_second": round(rate, 3)}
