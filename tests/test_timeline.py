@@ -277,3 +277,16 @@ def test_growing_file_is_followed_to_its_end(motion_video, motion_model, tmp_pat
     finally:
         writer.join()
     assert followed == list(vivit.timeline(motion_model, tmp_path / "whole.mkv", top_k=1, step=2.0))
+
+
+@pytest.mark.parametrize("crops", [1, 3])
+def test_a_window_is_preprocessed_as_classify_preprocesses_a_view(motion_model, tmp_path, crops):
+    from vivit.tasks.predict import predict_video, top_k
+
+    rng = np.random.default_rng(3)  # exactly one window (16 frames), wider than high so three crops differ
+    frames = make_sequence([6], rng, frames_each=16, size=48)[:, 8:40].repeat(2, axis=1).repeat(2, axis=2)
+    path = write_video(tmp_path / "one_window.mp4", frames, fps=FPS)
+    (record,) = list(vivit.timeline(motion_model, path, crops=crops, top_k=3))
+    labels = motion_model.pretrained_cfg["label_names"]
+    expected = top_k(predict_video(motion_model, path, (1, crops)), 3, labels)[0]
+    assert "padded" not in record and record["top"] == [{"label": t["label"], "score": t["score"]} for t in expected]
