@@ -23,6 +23,7 @@ are kept in whole batches, so every window is computed in the same batch as in a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -445,8 +446,9 @@ def _draw_thumbnails(ax: Any, video: str | Path, times: Sequence[float], end: fl
         with VideoStream(video, short_side=64) as stream:
             frames = []
             for t in times:
-                found = next(stream.frames(t), None)
-                frames.append(None if found is None else stream.to_array(found[1]))
+                with contextlib.closing(stream.frames(t)) as after:
+                    found = next(after, None)
+                    frames.append(None if found is None else stream.to_array(found[1]))
     except READ_ERRORS as err:
         _logger.warning("no thumbnails: %s", one_line(err))
         return
