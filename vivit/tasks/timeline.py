@@ -292,8 +292,13 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         path: A video file or stream URL (a URL is read from its current position and never resumed).
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; one holding an interrupted run with the same settings is continued.
-        step, window_stride, crops, batch_size, top_k: As in :func:`timeline`.
-        smooth, min_segment: As in :func:`segments`.
+        step: Seconds between window starts (default: half a window), as in :func:`timeline`.
+        window_stride: Frames between a window's frames (default: the model's).
+        crops: 1 or 3 spatial views per window.
+        batch_size: Windows per forward pass; a resumed run keeps whole batches, so keep it to resume.
+        top_k: Labels per window.
+        smooth: Windows averaged before segmenting, as in :func:`segments`.
+        min_segment: Seconds below which a segment joins a neighbour.
         device: Default the model's device (a name: CUDA when available).
         dtype: Cast the weights (``"bfloat16"`` ...).
         plot: Draw ``timeline.png`` (skipped with a log line when matplotlib is missing).
@@ -474,7 +479,8 @@ def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str
         listing: Anything :func:`vivit.data.read_listing` reads (labels are ignored).
         model: A model or a name.
         out: Output folder.
-        device, dtype: As in :func:`timeline_video` (default device ``cuda:LOCAL_RANK`` when available).
+        device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
+        dtype: Cast the weights (``"bfloat16"`` ...).
         stop_after: Leave after this many new windows on this rank (testing resumption); returns ``None``.
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it).
         **kwargs: The other arguments of :func:`timeline_video`.
