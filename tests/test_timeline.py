@@ -290,3 +290,20 @@ def test_a_window_is_preprocessed_as_classify_preprocesses_a_view(motion_model, 
     labels = motion_model.pretrained_cfg["label_names"]
     expected = top_k(predict_video(motion_model, path, (1, crops)), 3, labels)[0]
     assert "padded" not in record and record["top"] == [{"label": t["label"], "score": t["score"]} for t in expected]
+
+
+def test_corrupt_data_midway_keeps_the_windows_before_it_and_says_where(motion_video, tmp_path, capsys):
+    path, _ = motion_video
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 3000] = b"\xff" * 3000  # garbage where the demuxer expects the next packets
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    rc, _, err = run_cli(capsys, "timeline", bad, "--model", "vivit_motion", "--out", tmp_path / "out", "--step", "2")
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and "decoding stopped after" in lines[0] and "windows before it" in lines[0]
+    kept = [json.loads(line) for line in (tmp_path / "out" / "windows.jsonl").read_text().splitlines()]
+    stopped_at = float(lines[0].split("decoding stopped after ")[1].split(" s")[0])
+    whole = list(vivit.timeline(vivit.create_model("vivit_motion", pretrained=True), path, step=2.0))
+    # every window whose frames all came before the break, and only those (a window ends one frame after its last)
+    assert kept == [w for w in whole if w["end"] <= stopped_at + 1 / FPS + 1e-6] and len(kept) >= 5

@@ -113,7 +113,7 @@ class VideoStream:
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             header = (container.duration / 1e6 if container.duration and not self.live
                       and any(f in container.format.name for f in _HEADER_DURATION_FORMATS) else None)
-            first = next(self._decode(container, 0.0), None)
+            first = next(self._decode(container), None)
             if first is None:
                 raise VideoReadError(f"{self.source}: no frame could be decoded (corrupt or truncated); re-fetch or "
                                      "re-encode it")
@@ -159,8 +159,8 @@ class VideoStream:
         self._container = container = self._open()
         seeked = start > 0 and self._t0 is not None and not self.live and self._seek(container, start)
         last, step = -math.inf, 1.0 / self.info.fps
-        for i, frame in enumerate(self._decode(container, last)):
-            t = self._time(frame, i)
+        for i, frame in enumerate(self._decode(container)):
+            t = self._reached = self._time(frame, i)
             if seeked and i == 0 and t > start:  # landed after the target: no keyframe index to trust
                 _logger.debug("%s: seek to %.3f s landed at %.3f s; decoding from the start", self.source, start, t)
                 yield from self.frames_from_start(start)
@@ -176,8 +176,8 @@ class VideoStream:
         """As :meth:`frames`, without seeking."""
         self.close()
         self._container = container = self._open()
-        for i, frame in enumerate(self._decode(container, -math.inf)):
-            t = self._time(frame, i)
+        for i, frame in enumerate(self._decode(container)):
+            t = self._reached = self._time(frame, i)
             if t >= start:
                 yield t, frame
 
@@ -196,11 +196,12 @@ class VideoStream:
             return i / self.info.fps
         return float(frame.pts * self.time_base) - self._t0
 
-    def _decode(self, container: Any, last: float) -> Iterator[Any]:
+    def _decode(self, container: Any) -> Iterator[Any]:
+        self._reached: float | None = None  # the last frame's time, for the message of a failure midway
         try:
             yield from container.decode(container.streams.video[0])
         except self._av.error.FFmpegError as err:
-            where = f"after {last:.2f} s" if last > -math.inf else "at the start"
+            where = "at the start" if self._reached is None else f"after {self._reached:.2f} s"
             raise VideoReadError(f"{self.source}: decoding stopped {where} ({_reason(err)}); the video is corrupt or "
                                  "truncated from there: re-fetch or re-encode it") from None
 
