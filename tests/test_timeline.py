@@ -225,6 +225,8 @@ def test_bad_step_is_refused(motion_video, motion_model):
     path, _ = motion_video
     with pytest.raises(ValueError, match="at least one frame"):
         next(vivit.timeline(motion_model, path, step=0.01))
+    with pytest.raises(ValueError, match="window_stride must be >= 1"):
+        next(vivit.timeline(motion_model, path, window_stride=0))
 
 
 def test_still_image_is_refused(tmp_path, motion_model):

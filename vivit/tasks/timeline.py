@@ -64,7 +64,7 @@ def window_plan(model: torch.nn.Module, fps: float, *, step: float | None = None
         ValueError: A step shorter than one frame, or a stride below 1.
     """
     cfg = resolve_data_config(model)
-    clip_len, stride = cfg["input_size"][1], int(window_stride or cfg["frame_stride"])
+    clip_len, stride = cfg["input_size"][1], int(cfg["frame_stride"] if window_stride is None else window_stride)
     if stride < 1:
         raise ValueError(f"window_stride must be >= 1 (frames between a window's frames), found {window_stride}")
     step = clip_len * stride / 2 / fps if step is None else float(step)
