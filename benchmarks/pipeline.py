@@ -11,11 +11,18 @@ workers:
 The ratio end-to-end / slower stage says how well decoding and the model overlap: 1.0 is a perfect pipeline (the
 job runs at the speed of its slower stage); with 0 workers the stages run one after the other, so it is lower.
 
+A **timeline** row does the same for ``vivit timeline`` on one long generated video (``--timeline-seconds``, 25 fps):
+windows/s of :func:`vivit.tasks.timeline.timeline_video` next to streaming decode alone (``sliding_windows``, frames
+resized to the model's short side) and the model alone (batches of ready-made windows), and their ratio. Decoding and
+the model run one after the other in one process there, so 1.0 is out of reach: the ratio to expect is about
+``1 / (1 + faster / slower)``.
+
 Usage::
 
     python benchmarks/pipeline.py                                   # vivit_motion on 32x32 clips: decoding-bound
     python benchmarks/pipeline.py --model vivit_b_16x2 --num-frames 8 --img-size 112 --video-size 128 --views 1x1
     python benchmarks/pipeline.py --videos 4 --workers 0 1 --repeats 1 --json out.jsonl     # a quick smoke run
+    python benchmarks/pipeline.py --workers 0 --videos 4 --timeline-seconds 300           # mostly the timeline row
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import torch
 
 import vivit
 from vivit.data.datasets import EvalVideos, Item, collate_views, make_loader
-from vivit.data.synthetic import MOTION_CLASSES, make_clip
-from vivit.data.transforms import resolve_data_config
+from vivit.data.stream import VideoStream, sliding_windows
+from vivit.data.synthetic import MOTION_CLASSES, make_clip, make_sequence
+from vivit.data.transforms import eval_transform, resolve_data_config
 from vivit.data.video import parse_views, write_video
 from vivit.tasks.evaluate import evaluate_dataset
+from vivit.tasks.timeline import timeline_video, window_plan
 
 
 def write_clips(folder: Path, count: int, frames: int, size: int) -> Path:
@@ -81,6 +90,40 @@ def model_only(model: torch.nn.Module, views: tuple[int, int], batch_size: int, 
             model(x[: min(batch_size, total - start)]).float().cpu()
 
 
+def timeline_row(model: torch.nn.Module, seconds: int, size: int, batch_size: int, repeats: int,
+                 folder: Path) -> dict:
+    """Windows/s of ``timeline_video`` on one generated video, next to streaming decode alone and the model alone."""
+    rng = np.random.default_rng(0)
+    labels = [int(c) for c in rng.integers(0, len(MOTION_CLASSES), max(1, seconds // 3))]
+    path = write_video(folder / "long.mp4", make_sequence(labels, rng, frames_each=75, size=size), fps=25)
+    transform = eval_transform(model)
+
+    def decode() -> int:
+        with VideoStream(path, transform.resize_size, transform.interpolation) as stream:
+            return sum(1 for _ in sliding_windows(stream, *window_plan(model, stream.info.fps)))
+
+    windows = decode()
+    decode_s = best_of(repeats, decode)
+    model_s = best_of(repeats, lambda: model_only(model, (1, 1), batch_size, windows, next(model.parameters()).device))
+    runs = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        result = timeline_video(path, model, folder / f"timeline-{r}", batch_size=batch_size, plot=False,
+                                progress_bar=False)
+        runs.append(time.perf_counter() - start)
+        assert result is not None and result["windows"] == windows, result
+    rates = {"decode_only": windows / decode_s, "model_only": windows / model_s, "end_to_end": windows / min(runs)}
+    slower = min(rates["decode_only"], rates["model_only"])
+    row = {"job": "timeline", "video": f"{seconds}s x {size}x{size} at 25 fps", "windows": windows,
+           "batch_size": batch_size, "windows_per_s": {k: round(v, 2) for k, v in rates.items()},
+           "slower_stage": "decode" if rates["decode_only"] < rates["model_only"] else "model",
+           "ratio": round(rates["end_to_end"] / slower, 3)}
+    print(f"timeline: {windows} windows, end-to-end {rates['end_to_end']:7.2f} windows/s | decode-only "
+          f"{rates['decode_only']:7.2f} | model-only {rates['model_only']:7.2f} | slower stage {row['slower_stage']}, "
+          f"end-to-end / slower = {row['ratio']:.2f}", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vivit_motion", help="architecture (random weights) or tag")
@@ -98,6 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, help="torch intra-op threads of the main process (default: torch's)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the fastest is kept)")
     p.add_argument("--json", type=Path, help="append one JSON line per worker count")
+    p.add_argument("--timeline-seconds", type=int, default=60, help="length of the timeline row's video (0: no row)")
     args = p.parse_args(argv)
 
     if args.threads:
@@ -144,6 +188,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"workers {workers}: end-to-end {rates['end_to_end']:7.2f} videos/s | decode-only "
                   f"{rates['decode_only']:7.2f} | model-only {rates['model_only']:7.2f} | slower stage "
                   f"{row['slower_stage']}, end-to-end / slower = {row['ratio']:.2f}", flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        if args.timeline_seconds > 0:
+            row = timeline_row(model, args.timeline_seconds, args.video_size, args.batch_size, args.repeats, Path(tmp))
+            rows.append(row)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -3,11 +3,14 @@
 - ``token_grouping.png``: which tokens one query attends to in each of the four models.
 - ``attention_motion.png``: ``vivit explain``'s heatmap of the embedded ``vivit_motion`` on a generated clip.
 - ``compute.png``: GMACs and parameters of the ViViT-B variants against the paper (``benchmarks/flops.py``).
+- ``timeline_motion.png``: ``vivit timeline`` with ``vivit_motion`` on a generated video whose motion changes every
+  3 s (docs/guides/timeline.md).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -137,11 +140,33 @@ def compute(path: Path) -> Path:
     return path
 
 
+def timeline_motion(path: Path, video: Path | None = None) -> Path:
+    """``vivit timeline`` on a generated 30 s video whose motion changes every 3 s (the guide's example)."""
+    import tempfile
+
+    from vivit.data.synthetic import make_sequence
+    from vivit.data.video import write_video
+    from vivit.tasks.timeline import plot_timeline, timeline_video
+
+    rng = np.random.default_rng(0)
+    labels = [MOTION_CLASSES.index(n) for n in ("moving_right", "blinking", "moving_up", "static", "moving_down_left",
+                                                "moving_left", "blinking", "moving_up_right", "static", "moving_down")]
+    frames = make_sequence(labels, rng, frames_each=24, size=32).repeat(4, axis=1).repeat(4, axis=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_video(video or Path(tmp) / "motion_changes.mp4", frames, fps=8)
+        model = vivit.create_model("vivit_motion", pretrained=True)
+        timeline_video(video, model, Path(tmp) / "out", min_segment=1.5, plot=False)
+        windows = [json.loads(line) for line in (Path(tmp) / "out" / "windows.jsonl").read_text().splitlines()]
+        segs = json.loads((Path(tmp) / "out" / "segments.json").read_text())
+        return plot_timeline(windows, segs, path, title="vivit timeline motion_changes.mp4 --model vivit_motion "
+                             "--min-segment 1.5 (motion changes every 3 s)", thumbnails=video)
+
+
 def main(out: Path = ROOT / "docs" / "images") -> list[Path]:
     """Write every figure into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     return [token_grouping(out / "token_grouping.png"), attention_motion(out / "attention_motion.png"),
-            compute(out / "compute.png")]
+            compute(out / "compute.png"), timeline_motion(out / "timeline_motion.png")]
 
 
 if __name__ == "__main__":

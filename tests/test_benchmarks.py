@@ -91,9 +91,17 @@ def test_scaling_measures_each_configuration_in_its_own_process(tmp_path):
 def test_pipeline_benchmark_reports_end_to_end_next_to_its_stages(tmp_path):
     pytest.importorskip("av")
     out = run_script("pipeline.py", "--videos", "3", "--video-frames", "16", "--video-size", "32", "--workers", "0",
-                     "1", "--repeats", "1", "--batch-size", "2", "--json", str(tmp_path / "r.jsonl"))
+                     "1", "--repeats", "1", "--batch-size", "2", "--json", str(tmp_path / "r.jsonl"),
+                     "--timeline-seconds", "6")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    timeline = rows.pop()
+    # vivit_motion: 16-frame windows every 8 frames over 6 s at 25 fps (150 frames): (150 - 16) // 8 + 1
+    assert timeline["job"] == "timeline" and timeline["windows"] == 17
+    rates = timeline["windows_per_s"]
+    assert all(v > 0 for v in rates.values())
+    assert timeline["ratio"] == pytest.approx(rates["end_to_end"] / min(rates["decode_only"], rates["model_only"]),
+                                              rel=0.02)
     assert [r["workers"] for r in rows] == [0, 1] and "end-to-end / slower" in out.stdout
     for row in rows:
         rates = row["videos_per_s"]

@@ -36,7 +36,8 @@ def test_figures_are_generated_by_the_script(tmp_path):
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
     written = figures.main(tmp_path)
-    assert [p.name for p in written] == ["token_grouping.png", "attention_motion.png", "compute.png"]
+    assert [p.name for p in written] == ["token_grouping.png", "attention_motion.png", "compute.png",
+                                         "timeline_motion.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
     assert all((ROOT / "docs" / "images" / p.name).is_file() for p in written)  # the committed copies exist
 

@@ -414,6 +414,44 @@ DATASET_EPILOG = ("exit status: 0 every video done; 1 some videos failed (each n
                   "folder, whose files are complete) or the run failed; 2 bad usage; 3 stopped by --stop-after")
 
 
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    from vivit.data.stream import is_url
+    from vivit.tasks.timeline import timeline_listing, timeline_video
+
+    logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
+    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
+    options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
+                   top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after)
+    source = args.input
+    live = is_url(source)
+    # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
+    if live or not (Path(source).is_dir() or Path(source).suffix.lower() in (".csv", ".txt", ".tsv", ".list")):
+        def show(record: dict) -> None:  # a live stream: each window's labels as it is classified
+            tops = record.get("top") or [t[0] for t in record["top_by_split"]]
+            print(f"{record['start']:9.2f}-{record['end']:9.2f} s  " + ", ".join(
+                f"{t['label']} ({t['score']:.1%})" for t in tops[:3]), flush=True)
+
+        live = live or args.follow is not None
+        result = timeline_video(source, model, args.out, on_window=show if live or args.print else None,
+                                follow=args.follow, **options)
+        results = [] if result is None else [{"path": source, **result}]
+    else:
+        summary = timeline_listing(source, model, args.out, device=args.device, **options)
+        results = [] if summary is None else summary["videos"]
+    if not results:
+        return STOPPED_EXIT_CODE
+    for r in results:
+        if r.get("padded"):
+            print(f"{r['path']}: shorter than one window: one window of its frames looped, as classify does",
+                  file=sys.stderr)
+        print(f"{r['path']}: {r['windows']} windows, {r.get('segments', 0)} segments over {r.get('duration', 0):.1f} s "
+              f"-> {r['out']}")
+        if r.get("error"):
+            print(f"vivit timeline: {r['path']}: {r['error']} (the {r['windows']} windows before it are kept)",
+                  file=sys.stderr)
+    return EXIT_STATUS["failed"] if any(r.get("error") for r in results) else 0
+
+
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to an option's help unless it has no default or already says which."""
 
@@ -507,6 +545,34 @@ def _add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_extract)
 
 
+
+def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``timeline`` sub-command: sliding windows over a whole video, a stream or a listing."""
+    p = sub.add_parser("timeline", help="what happens when: slide the model's clip over a whole video (or every video "
+                                        "of a listing): windows.jsonl, segments.json, timeline.png; resumable")
+    p.add_argument("input", help="a video file, a stream URL (rtsp://, http://), or a listing of videos")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
+    p.add_argument("--step", type=float, help="seconds between window starts (default: half a window)")
+    p.add_argument("--window-stride", type=_positive_int, help="frames between a window's frames (default: the "
+                                                                "model's frame stride)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per window")
+    p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
+    p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="run the model in this precision")
+    p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
+                                                        "for a stream URL)")
+    p.add_argument("--follow", type=float, metavar="SECONDS", help="the video is still being written (Matroska, "
+                   "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
+    p.add_argument("--stop-after", type=_positive_int, help="leave after N windows (exit status 3), as a killed run "
+                                                            "would; for testing resumption")
+    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+    p.set_defaults(func=_cmd_timeline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
     parser = argparse.ArgumentParser(prog="vivit",
@@ -539,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     _add_dataset_parsers(sub)
+    _add_timeline_parser(sub)
     return parser
 
 

@@ -156,3 +156,16 @@ def make_dataset(n: int, seed: int | Sequence[int], *, num_frames: int = 16, siz
     for i, label in enumerate(labels):
         videos[i] = make_clip(int(label), rng, num_frames=num_frames, size=size, noise_std=noise_std)
     return videos, labels
+
+
+def make_sequence(labels: Sequence[int], rng: np.random.Generator, *, frames_each: int = 24, size: int = 32,
+                  noise_std: float = 3.0) -> np.ndarray:
+    """Clips of classes ``labels`` one after another: a video whose motion changes every ``frames_each`` frames.
+
+    Returns:
+        uint8 array ``(len(labels) * frames_each) x H x W x 3``.
+    """
+    if not len(labels):
+        raise ValueError("labels is empty; pass at least one class index")
+    return np.concatenate([make_clip(int(label), rng, num_frames=frames_each, size=size, noise_std=noise_std)
+                           for label in labels])

@@ -37,7 +37,6 @@ from vivit.data.transforms import (
     EvalTransform,
     resize_short_side,
     resolve_data_config,
-    short_side_size,
 )
 from vivit.files import write_atomic
 
@@ -473,6 +472,48 @@ def _normalise_rotation(path: Path, degrees: float | None) -> int:
     return rounded
 
 
+def open_container(av: Any, source: Path | str | Any) -> Any:
+    """Open ``source`` (a file, a URL FFmpeg reads, or a readable binary file object) with PyAV, its first video
+    stream set up for decoding.
+
+    Raises:
+        VideoReadError: FFmpeg cannot read it, or it has no video stream.
+    """
+    if hasattr(source, "read"):
+        source, name = source, getattr(source, "name", "the stream")
+    else:
+        source = name = str(source)
+    try:
+        container = av.open(source)
+    except av.error.FFmpegError as err:
+        raise VideoReadError(
+            f"{name}: FFmpeg cannot read it as a video ({_reason(err)}); it is not a video, or it is "
+            "truncated or corrupt (e.g. an interrupted download): re-fetch or re-encode it") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        found = f"found {', '.join(kinds)} streams, e.g. an audio-only file" if kinds else "the container is empty"
+        raise VideoReadError(f"{name}: has no video stream ({found}); pass a file with video")
+    stream = container.streams.video[0]
+    # Frame threading keeps one decoded frame per thread; for huge frames, slice threading keeps only one.
+    large = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) > EXACT_RESIZE_MAX_PIXELS
+    stream.thread_type = "SLICE" if large else "AUTO"
+    return container
+
+
+def frame_to_array(frame: Any, rotation: int, size: tuple[int, str] | None) -> np.ndarray:
+    """A decoded PyAV frame as an upright uint8 ``(H, W, 3)`` RGB array, resized on its short side when ``size =
+    (short_side, interpolation)`` (see the module docstring for frames beyond ``EXACT_RESIZE_MAX_PIXELS``)."""
+    if size is not None and frame.width * frame.height > EXACT_RESIZE_MAX_PIXELS:
+        from vivit.data.transforms import short_side_size
+
+        # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
+        height, width = short_side_size(frame.height, frame.width, size[0])  # symmetric: rotation-safe
+        small = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+        return _rotate(small, rotation)
+    return _resize_frame(_rotate(frame.to_ndarray(format="rgb24"), rotation), size)
+
+
 class _Fallback(Exception):
     """Seeking did not land where the frame table said; decode from the start instead."""
 
@@ -520,23 +561,7 @@ class _PyAVReader:
 
     # ---------------------------------------------------------------- opening and scanning
     def _open_container(self) -> Any:
-        av = self._av
-        try:
-            container = av.open(str(self.path))
-        except av.error.FFmpegError as err:
-            raise VideoReadError(
-                f"{self.path}: FFmpeg cannot read it as a video ({_reason(err)}); it is not a video, or it is "
-                "truncated or corrupt (e.g. an interrupted download): re-fetch or re-encode it") from None
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams})
-            container.close()
-            found = f"found {', '.join(kinds)} streams, e.g. an audio-only file" if kinds else "the container is empty"
-            raise VideoReadError(f"{self.path}: has no video stream ({found}); pass a file with video")
-        stream = container.streams.video[0]
-        # Frame threading keeps one decoded frame per thread; for huge frames, slice threading keeps only one.
-        large = (stream.codec_context.width or 0) * (stream.codec_context.height or 0) > EXACT_RESIZE_MAX_PIXELS
-        stream.thread_type = "SLICE" if large else "AUTO"
-        return container
+        return open_container(self._av, self.path)
 
     def _scan(self, container: Any) -> None:
         """Demux (no decoding) to list every frame's timestamp, in presentation order, and the keyframes."""
@@ -695,12 +720,7 @@ class _PyAVReader:
 
     def _to_array(self, frame: Any) -> np.ndarray:
         """An upright RGB frame, resized while decoding when ``read`` was given a size."""
-        if self._size is not None and frame.width * frame.height > EXACT_RESIZE_MAX_PIXELS:
-            # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
-            height, width = short_side_size(frame.height, frame.width, self._size[0])  # symmetric: rotation-safe
-            small = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
-            return _rotate(small, self.rotation)
-        return _resize_frame(_rotate(frame.to_ndarray(format="rgb24"), self.rotation), self._size)
+        return frame_to_array(frame, self.rotation, self._size)
 
 
 class _TorchCodecReader:

@@ -45,7 +45,17 @@ from vivit.files import write_atomic, write_text_atomic
 from vivit.labels import LABEL_SETS
 from vivit.tasks.extract import extract_features, load_features
 from vivit.tasks.predict import top_k
-from vivit.tasks.run import Progress, Run, RunOptions, claimed, finite_or_reason, outputs, started, stopping
+from vivit.tasks.run import (
+    Progress,
+    Run,
+    RunOptions,
+    claimed,
+    finite_or_reason,
+    outputs,
+    started,
+    stopping,
+    trim_torn_line,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -200,7 +210,7 @@ def _evaluate(run: Run, identity: dict[str, Any], items: list[Item], head: _Head
 def _evaluate_videos(run: Run, table: np.ndarray, own: Path, items: list[Item], mine: list[int],
                      head: _Head) -> dict[int, tuple[dict[str, Any], np.ndarray | None]] | None:
     """Evaluate this rank's videos, appending each batch's lines to ``own``; ``None`` when ``stop_after`` left."""
-    _trim_torn_line(own)
+    trim_torn_line(own)
     bar = Progress(len(mine), "evaluate", run.opts.log_every, run.env, run.opts.progress_bar)
     new: dict[int, tuple[dict[str, Any], np.ndarray | None]] = {}
     with open(own, "a", encoding="utf-8") as lines:
@@ -322,16 +332,6 @@ def _parse_prediction(path: Path, number: int, line: str, items: Sequence[Item],
                          "status and a reason or logits_row, as vivit evaluate writes them); delete the line (its "
                          "video is then evaluated again) or pass another --out")
     return entry
-
-
-def _trim_torn_line(path: Path) -> None:
-    """Cut a last line that a kill left without its newline, so appended lines start on a line of their own."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _prediction(index: int, label: str | None, record: dict[str, Any], logits: torch.Tensor | None,

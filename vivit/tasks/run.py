@@ -126,12 +126,12 @@ def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, op
     if opts.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, found {opts.batch_size}")
     rows = read_listing(listing, video_root=opts.video_root, pattern=opts.pattern)
-    model, name, weights = _prepare_model(model, env, opts.dtype)
+    model, name, weights = prepare_model(model, env, opts.dtype)
     views = default_views(model) if opts.views is None else parse_views(opts.views)
     return Run(Path(listing), Path(out), rows, model, name, views, opts, env, weights)
 
 
-def _prepare_model(model: torch.nn.Module | str, env: Dist,
+def prepare_model(model: torch.nn.Module | str, env: Dist,
                    dtype: str | torch.dtype | None) -> tuple[Any, str, str]:
     """The model on this rank's device, in eval mode and ``dtype``, its name and the digest of its weights (taken
     before the cast); a name is created with its released weights."""
@@ -374,6 +374,18 @@ def stopping(run: Run, processed: int, what: str) -> bool:
     return True
 
 
+
+
+def trim_torn_line(path: Path) -> None:
+    """Cut a last line that a kill left without its newline, so appended lines start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 __all__ = ["DTYPES", "Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
-           "joined", "model_name", "outputs", "param_dtype", "read_json", "start", "started", "stopping",
-           "weights_digest"]
+           "joined", "model_name", "outputs", "param_dtype", "prepare_model", "read_json", "start", "started",
+           "stopping", "trim_torn_line", "weights_digest"]
