@@ -19,6 +19,7 @@ from torch import nn
 from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
 from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
+from vivit.model.merge import TokenMerging
 
 torch.fx.wrap("rearrange")  # see layers.py
 
@@ -167,6 +168,7 @@ class ViViT(nn.Module):
         attn_impl: ``"sdpa"`` (fused kernels) or ``"eager"`` (needed for attention maps).
         dynamic_input_size: ``forward`` takes any ``T x H x W`` that is a multiple of the tubelet, with the positional
             embeddings resampled to its token grid (cached per grid); the built size uses them as they are.
+        token_merging: ToMe's ``r`` for Models 1 and 2 (see ``set_token_merging``); 0 (default) merges nothing.
     """
 
     def __init__(
@@ -199,9 +201,12 @@ class ViViT(nn.Module):
         norm_eps: float = 1e-6,
         attn_impl: str = "sdpa",
         dynamic_input_size: bool = False,
+        token_merging: TokenMerging = 0,
     ) -> None:
         super().__init__()
-        self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # token_merging is a run-time setting (set_token_merging), not architecture: saved configs leave it out.
+        self.model_args: dict[str, Any] = {k: v for k, v in locals().items()
+                                           if k not in ("self", "__class__", "token_merging")}
         _check_args(self.model_args)
         head_pool = global_pool  # "" (timm: unpooled tokens) builds the variant's default pooling, then drops it
         global_pool = global_pool or ("avg" if variant in _NO_CLS_VARIANTS else "token")
@@ -264,6 +269,8 @@ class ViViT(nn.Module):
         if head_pool == "":
             self.global_pool = ""
         self.init_weights()
+        self.token_merging: TokenMerging = 0
+        self.set_token_merging(token_merging)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -444,6 +451,37 @@ class ViViT(nn.Module):
         if return_prefix_tokens and prefix is not None:
             maps = list(zip(maps, prefix, strict=True))
         return maps if intermediates_only else (final, maps)
+
+    def set_token_merging(self, r: TokenMerging, trace_source: bool = False) -> None:
+        """Token merging (ToMe, Bolya et al. ICLR 2023): merge ``r`` similar tokens in each block, no training needed.
+
+        Model 1 merges over the whole clip, Model 2 within each frame of its spatial encoder (the temporal encoder
+        keeps its frame tokens); Models 3 and 4 refuse. ``forward_features`` then returns the merged tokens and
+        ``token_sizes`` says how many input tokens each stands for.
+
+        Args:
+            r: An int (tokens merged per block), an ``(r, inflection)`` tuple (``inflection`` in ``[-1, 1]``: -1
+                merges most in the first block, +1 in the last) or a list with one ``r`` per block, as ToMe's
+                ``parse_r`` reads them. 0 restores the dense model.
+            trace_source: Also record which input tokens each output token merged (``token_sources``).
+        """
+        self.encoder.set_token_merging(r, trace_source)
+        self.token_merging = r
+
+    @property
+    def token_sizes(self) -> torch.Tensor | None:
+        """Sizes of the tokens the last forward returned with token merging: ``(B, prefix + N', 1)`` (Model 2: its
+        spatial tokens, ``(B, T', prefix + S', 1)``); ``None`` without merging."""
+        return self._merging_encoder().token_sizes
+
+    @property
+    def token_sources(self) -> torch.Tensor | None:
+        """With ``set_token_merging(r, trace_source=True)``: ``(B, prefix + N', prefix + N)`` (Model 2:
+        ``(B, T', prefix + S', prefix + S)``), 1 where an input token went into an output token."""
+        return self._merging_encoder().token_sources
+
+    def _merging_encoder(self) -> Transformer:
+        return getattr(self.encoder, "spatial", self.encoder)
 
     # ------------------------------------------------------------ timm surface
     def prune_intermediate_layers(
