@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -126,6 +128,15 @@ def test_forward_intermediates_refuses_merged_tokens_clearly():
     model.forward_intermediates(_video())
 
 
+def test_torch_compile_traces_merging_in_one_graph():
+    model, x = _model(token_merging=(8, -1.0)), _video()
+    with torch.no_grad():
+        expected = model.forward_features(x)
+        compiled = torch.compile(model.forward_features, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
+    assert model.token_sizes.shape == (2, expected.shape[1], 1)  # set by the compiled call too
+
+
 @pytest.mark.parametrize("variant", ["factorized_self_attention", "factorized_dot_product"])
 def test_models_3_and_4_refuse_token_merging(variant):
     model = _model(variant)  # token_merging=0 is accepted
@@ -149,3 +160,63 @@ def test_parse_r_matches_the_reference_schedule():
     for r, depth in [(8, 12), ((8, -1.0), 12), ((16, 0.5), 12), ((5, 1), 4), ([1, 2], 5), ((7, -0.3), 3)]:
         assert parse_r(r, depth) == ref.parse_r(depth, list(r) if isinstance(r, list) else r)
     assert parse_r((8, -1.0), 1) == [16]  # ToMe divides by depth - 1; one block takes the schedule's start
+
+
+# ---------------------------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def motion_listing(tmp_path_factory):
+    pytest.importorskip("av")
+    import numpy as np
+
+    from vivit.data.synthetic import MOTION_CLASSES, make_clip
+    from vivit.data.video import write_video
+
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for label in (0, 3, 5):
+        path = write_video(root / f"clip{label}.mp4", make_clip(label, rng, num_frames=16, size=32), fps=8)
+        rows.append(f"{path.name},{MOTION_CLASSES[label]}")
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root / "list.csv"
+
+
+def _cli(*argv, capsys) -> tuple[int, str, str]:
+    from vivit import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse usage errors
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_evaluate_records_token_merging_and_refuses_to_resume_with_another_r(motion_listing, tmp_path, capsys):
+    args = ("evaluate", motion_listing, "--model", "vivit_motion", "--workers", "0", "--batch-size", "2")
+    assert _cli(*args, "--out", tmp_path / "a", "--token-merging", "(4, -1)", capsys=capsys)[0] == 0
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["token_merging"] == {"r": 4, "inflection": -1}
+    assert _cli(*args, "--out", tmp_path / "b", "--token-merging", "4", "--stop-after", "1", capsys=capsys)[0] == 3
+    code, _, err = _cli(*args, "--out", tmp_path / "b", "--token-merging", "2", capsys=capsys)
+    assert code == 1 and "token_merging was 4, now 2" in err
+
+
+def test_classify_and_extract_take_token_merging(motion_listing, tmp_path, capsys):
+    video = motion_listing.parent / "clip3.mp4"
+    code, out, _ = _cli("classify", video, "--model", "vivit_motion", "--token-merging", "[4, 2]", "--json",
+                        capsys=capsys)
+    assert code == 0 and json.loads(out)["top_k"][0]["label"]
+    code, _, _ = _cli("extract", motion_listing, "--model", "vivit_motion", "--out", tmp_path, "--workers", "0",
+                      "--token-merging", "4", capsys=capsys)
+    assert code == 0 and json.loads((tmp_path / "run.json").read_text())["token_merging"] == 4
+
+
+@pytest.mark.parametrize("value, code, message", [
+    ("2.5", 2, "expected an int r"), ("four", 2, "expected an int r"),
+    ("[1, 2, 3]", 1, "3 values for 2 blocks"), ("9", 1, "at most 8"),
+])
+def test_bad_token_merging_on_the_command_line_is_one_line(motion_listing, value, code, message, capsys):
+    video = motion_listing.parent / "clip0.mp4"
+    got, _, err = _cli("classify", video, "--model", "vivit_motion", "--token-merging", value, capsys=capsys)
+    assert got == code and message in err and "Traceback" not in err

@@ -105,6 +105,12 @@ def _dtype_name(model: torch.nn.Module) -> str:
     return str(param.dtype).removeprefix("torch.") if param is not None else "float32"
 
 
+def _token_merging(model: torch.nn.Module) -> Any:
+    """The model's ToMe ``r`` as JSON (an ``(r, inflection)`` pair as a dict, so it never reads as a per-block list)."""
+    r = getattr(model, "token_merging", 0)
+    return {"r": r[0], "inflection": r[1]} if isinstance(r, tuple) else r
+
+
 def _views(model: torch.nn.Module, views: str | Sequence[int] | None) -> tuple[int, int]:
     return default_views(model) if views is None else parse_views(views)
 
@@ -331,7 +337,8 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     views_text = f"{view_shape[0]}x{view_shape[1]}"
     num, num_classes = len(items), int(model.num_classes)
     settings = {"model": name, "views": views_text, "dtype": _dtype_name(model), "num_videos": num,
-                "num_classes": num_classes, "listing": _listing_digest(rows)}
+                "num_classes": num_classes, "listing": _listing_digest(rows),
+                "token_merging": _token_merging(model)}
     _check_run(out, settings, env)
 
     logits_path = out / LOGITS
@@ -496,6 +503,7 @@ def _report(entries: list[dict[str, Any]], table: np.ndarray, targets: list[tupl
                        "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None}
     report: dict[str, Any] = {
         "model": settings["model"], "views": settings["views"], "dtype": settings["dtype"],
+        "token_merging": settings["token_merging"],
         "num_videos": len(entries), "num_labelled": len(labelled), "num_evaluated": len(entries) - len(failed),
         "num_failed": len(failed),
         "top1": _pct(right1.mean()) if scored else None, "top5": _pct(right5.mean()) if scored else None,
@@ -648,7 +656,8 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
     view_shape = _views(model, views_arg)
     num = len(items)
     settings = {"model": name, "views": f"{view_shape[0]}x{view_shape[1]}", "dtype": _dtype_name(model),
-                "per_clip": per_clip, "layer": layer, "num_videos": num, "listing": _listing_digest(rows)}
+                "per_clip": per_clip, "layer": layer, "num_videos": num, "listing": _listing_digest(rows),
+                "token_merging": _token_merging(model)}
     _check_run(out, settings, env)
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
