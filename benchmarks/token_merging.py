@@ -52,6 +52,7 @@ def speed(label: str, frames: int, size: int, repeats: int, device: str, r_value
                 times[r].append(time.perf_counter() - start)
     seconds = {r: statistics.median(t) for r, t in times.items()}
     return {"model": MODELS[label], "label": label, "frames": frames, "size": size, "device": device,
+            "threads": torch.get_num_threads(),
             "seconds": seconds, "speedup": {r: seconds[r_values[0]] / s for r, s in seconds.items()}}
 
 
@@ -77,10 +78,13 @@ def main() -> None:
     parser.add_argument("--r", type=int, nargs="+", help="r values to time (default: per model and size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--num-test", type=int, default=2000, help="held-out vivit_motion clips (0: skip accuracy)")
     parser.add_argument("--motion-r", type=int, nargs="+", default=list(range(9)))
     parser.add_argument("--json", help="append the results to this JSON-lines file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
     for size in args.sizes:
@@ -89,7 +93,8 @@ def main() -> None:
             row = speed(label, frames, pixels, args.repeats, args.device, args.r)
             rows.append(row)
             cells = ", ".join(f"r={r}: {s * 1000:.0f} ms ({row['speedup'][r]:.2f}x)" for r, s in row["seconds"].items())
-            print(f"{label} ({row['model']}) {frames}x{pixels}² {args.device}: {cells}", flush=True)
+            print(f"{label} ({row['model']}) {frames}x{pixels}² {args.device}, {torch.get_num_threads()} threads: "
+                  f"{cells}", flush=True)
     if args.num_test:
         row = accuracy(args.motion_r, args.num_test)
         rows.append(row)

@@ -124,8 +124,9 @@ def merge_tokens(x: torch.Tensor, m: Matching, reduce: str = "sum") -> torch.Ten
 def merge_weighted(x: torch.Tensor, size: torch.Tensor | None, m: Matching) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average merge of ``x`` ``(b, n, c)``; returns the merged tokens and their sizes ``(b, n', 1)``."""
     size = torch.ones_like(x[..., :1]) if size is None else size
-    total = merge_tokens(size, m)
-    return merge_tokens(x * size, m) / total, total
+    merged = merge_tokens(torch.cat([x * size, size], dim=-1), m)  # one gather/scatter pass for tokens and sizes
+    total = merged[..., -1:]
+    return merged[..., :-1] / total, total
 
 
 def merging_block(
