@@ -184,5 +184,5 @@ def run_merging(
             sources = sources[:, :num_outputs] if num_outputs else sources
             sources = merge_tokens(sources, m, reduce="amax") if m is not None else sources
     size = torch.ones_like(x[..., :1]) if size is None else size
-    unflat = (lambda z: z.reshape(*lead, *z.shape[1:]))  # noqa: E731
-    return MergeResult(unflat(x), unflat(size), None if sources is None else unflat(sources))
+    x, size = x.reshape(*lead, *x.shape[1:]), size.reshape(*lead, *size.shape[1:])
+    return MergeResult(x, size, None if sources is None else sources.reshape(*lead, *sources.shape[1:]))

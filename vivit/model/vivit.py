@@ -466,7 +466,7 @@ class ViViT(nn.Module):
             trace_source: Also record which input tokens each output token merged (``token_sources``).
         """
         self.encoder.set_token_merging(r, trace_source)
-        self.token_merging = r
+        self.token_merging = list(r) if isinstance(r, list) else r  # a copy: the caller's list may change later
 
     @property
     def token_sizes(self) -> torch.Tensor | None:
