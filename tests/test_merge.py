@@ -120,8 +120,9 @@ def test_create_model_takes_token_merging_and_gradients_flow_with_checkpointing(
     assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("head"))
 
 
-def test_forward_intermediates_refuses_merged_tokens_clearly():
-    model = _model(token_merging=4)
+@pytest.mark.parametrize("variant", ["spacetime", "factorized_encoder"])
+def test_forward_intermediates_refuses_merged_tokens_clearly(variant):
+    model = _model(variant, token_merging=4)
     with pytest.raises(ValueError, match="set_token_merging\\(0\\)"):
         model.forward_intermediates(_video())
     model.set_token_merging(0)
