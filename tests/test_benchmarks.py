@@ -108,3 +108,13 @@ def test_pipeline_benchmark_reports_end_to_end_next_to_its_stages(tmp_path):
         assert set(rates) == {"decode_only", "model_only", "end_to_end"} and all(v > 0 for v in rates.values())
         slower = min(rates["decode_only"], rates["model_only"])
         assert row["ratio"] == pytest.approx(rates["end_to_end"] / slower, rel=0.02)
+
+
+def test_token_merging_times_every_r_and_scores_vivit_motion(tmp_path):
+    out = run_script("token_merging.py", "--sizes", "2x32", "--models", "Model 1", "--r", "0", "1", "--repeats", "1",
+                     "--num-test", "20", "--motion-r", "0", "8", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    speed, acc = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert speed["model"] == "vivit_b_16x2" and set(speed["seconds"]) == {"0", "1"} and speed["speedup"]["0"] == 1
+    assert acc["model"] == "vivit_motion" and set(acc["top1"]) == {"0", "8"}
+    assert all(0 <= v <= 1 for v in acc["top1"].values())

@@ -188,13 +188,34 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _token_merging(text: str) -> int | tuple | list:
+    """``--token-merging``: ``16``, ``"(16, -1)"`` (r, inflection) or ``"[16, 16, 8]"`` (one r per block)."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, int | tuple | list) or isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"expected an int r, an (r, inflection) pair such as '(16, -1)' or a list "
+                                         f"such as '[16, 16, 8]', got {text!r}")
+    return value
+
+
+def _add_token_merging_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-merging", type=_token_merging, default=0, metavar="R",
+                   help="merge R similar tokens per block (ToMe; Models 1 and 2): faster, slightly less accurate; "
+                        "also '(R, INFLECTION)' or '[R1, R2, ...]' (default 0: off)")
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
     from vivit.data.video import parse_views
     from vivit.tasks.predict import default_views, predict_video, top_k
 
-    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
+    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download,
+                               token_merging=args.token_merging)
     views = parse_views(args.views) if args.views else default_views(model)
     print(_classify_plan(args.model, model, views), file=sys.stderr, flush=True)
     labels = model.pretrained_cfg.get("label_names")
@@ -362,7 +383,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vivit.tasks.evaluate import evaluate_dataset
 
     _dataset_logging()
-    model = load_model_for_cli(args.model, dtype=args.dtype)
+    model = load_model_for_cli(args.model, dtype=args.dtype, token_merging=args.token_merging)
     report = evaluate_dataset(args.listing, model, args.out, **_dataset_kwargs(args))
     if report is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
@@ -378,7 +399,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from vivit.tasks.extract import extract_features
 
     _dataset_logging()
-    model = load_model_for_cli(args.model, dtype=args.dtype)
+    model = load_model_for_cli(args.model, dtype=args.dtype, token_merging=args.token_merging)
     index = extract_features(args.listing, model, args.out, per_clip=args.per_clip, layer=args.layer,
                              shard_size=args.shard_size, **_dataset_kwargs(args))
     if index is None:
@@ -419,7 +440,8 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
     logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
-    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download)
+    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download,
+                               token_merging=args.token_merging)
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after)
     source = args.input
@@ -482,6 +504,7 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
     p.add_argument("--log-every", type=_positive_int, default=100, help="videos between progress lines (no TTY)")
     p.add_argument("--stop-after", type=_positive_int, help="leave after N videos per rank (exit status 3), as a "
                                                             "killed job would; for testing resumption")
+    _add_token_merging_arg(p)
     return p
 
 
@@ -506,6 +529,7 @@ def _add_task_parsers(sub: argparse._SubParsersAction) -> None:
                    help="run the model in this precision; bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5x with "
                    "AVX512-BF16")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+    _add_token_merging_arg(p)
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
@@ -570,6 +594,7 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=_positive_int, help="leave after N windows (exit status 3), as a killed run "
                                                             "would; for testing resumption")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+    _add_token_merging_arg(p)
     p.set_defaults(func=_cmd_timeline)
 
 

@@ -5,6 +5,7 @@ A variant is chosen once, at construction, through ``ENCODERS[variant]``; the fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from vivit.model.layers import (
     fx_tracing,
     pool_tokens,
 )
+from vivit.model.merge import TokenMerging, parse_r, run_merging
 
 torch.fx.wrap("rearrange")  # see layers.py
 Grid = tuple[int, int, int]
@@ -69,6 +71,11 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim, eps=args.norm_eps)
         self.grad_checkpointing = False
+        # Token merging (merge.py): the per-block schedule (None: dense), and what the last forward merged.
+        self.token_merging: list[int] | None = None
+        self.trace_source = False
+        self.token_sizes: torch.Tensor | None = None
+        self.token_sources: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
         """``(b, *groups, n, d) -> (b, *groups, prefix + n, d)``, after the final norm.
@@ -138,6 +145,8 @@ class Transformer(nn.Module):
 
         ``stop_early`` skips the blocks after the last one in ``indices``; ``head_token_only``: see ``forward``.
         """
+        if self.token_merging is not None:
+            return self._forward_merging(x, indices, head_token_only)
         x = self._to_blocks(x, self.grid if grid is None else grid)
         taken = []
         blocks = self.blocks[: max(indices) + 1] if stop_early and indices else self.blocks
@@ -152,6 +161,30 @@ class Transformer(nn.Module):
                 taken.append(self._from_blocks(x))
         x = self._from_blocks(x)
         return x if indices is None else (x, taken)
+
+    def set_token_merging(self, r: TokenMerging, trace_source: bool = False) -> None:
+        """Merge tokens in the blocks (ToMe, see ``merge.parse_r`` for ``r``); ``r=0`` restores the dense blocks.
+
+        ``trace_source`` also records which input tokens each output token stands for (``token_sources``).
+        """
+        schedule = parse_r(r, len(self.blocks), max_r=math.prod(self.grid) // 2)
+        self.token_merging = schedule if any(schedule) else None
+        self.trace_source = bool(trace_source) and self.token_merging is not None
+        self.token_sizes = self.token_sources = None
+
+    def _forward_merging(
+        self, x: torch.Tensor, indices: Collection[int] | None, head_token_only: bool
+    ) -> torch.Tensor:
+        """``forward_blocks`` with token merging: ``(b, *groups, n, d) -> (b, *groups, n', d)``; keeps the sizes."""
+        if indices is not None:
+            raise ValueError("forward_intermediates returns every block's tokens on the t x h x w grid, which token "
+                             "merging shrinks from block to block; call model.set_token_merging(0) first")
+        out = run_merging(self.blocks, x, self.token_merging, self.num_prefix_tokens,
+                          head_token_only=head_token_only and self.can_trim_last_block,
+                          grad_checkpointing=self.grad_checkpointing and torch.is_grad_enabled(),
+                          trace_source=self.trace_source)
+        self.token_sizes, self.token_sources = out.sizes, out.sources
+        return out.x
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: Collection[int], *, norm: bool = False, stop_early: bool = False,
@@ -182,6 +215,8 @@ class Transformer(nn.Module):
         """Keep the first ``num_blocks`` blocks; ``prune_norm`` replaces the final norm by ``nn.Identity``."""
         del prune_head  # nothing after the final norm here; the model owns the head
         self.blocks = self.blocks[:num_blocks]
+        if self.token_merging is not None:
+            self.token_merging = self.token_merging[:num_blocks]
         if prune_norm:
             self.norm = nn.Identity()
 
@@ -192,8 +227,13 @@ class Transformer(nn.Module):
         return x
 
     def pool(self, x: torch.Tensor, global_pool: str) -> torch.Tensor:
-        """``(b, prefix + n, d) -> (b, d)``."""
-        return pool_tokens(x, global_pool, self.num_prefix_tokens)
+        """``(b, prefix + n, d) -> (b, d)``; merged tokens are weighted by their sizes in ``avg`` and ``sum``."""
+        sizes = self.token_sizes if self.token_merging is not None else None
+        if sizes is not None and sizes.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"with token merging, pooling weighs tokens by the sizes from the last forward_features "
+                             f"({tuple(sizes.shape[:-1])} tokens), but got {tuple(x.shape[:-1])}; pool the features "
+                             "of the last forward_features call")
+        return pool_tokens(x, global_pool, self.num_prefix_tokens, sizes)
 
 
 class SpacetimeEncoder(Transformer):
@@ -221,6 +261,13 @@ class _FrameGrouped:
 
     def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(x, "b t s d -> b (t s) d")
+
+    def set_token_merging(self, r: TokenMerging, trace_source: bool = False) -> None:
+        """Refused unless ``r == 0``: factorised attention needs the full t x h x w grid, which merging breaks."""
+        if parse_r(r, len(self.blocks)) != [0] * len(self.blocks):
+            raise ValueError("token merging needs blocks that attend over one token sequence (Models 1 and 2): "
+                             "Models 3 and 4 attend along the time and space axes of the full t x h x w grid, and "
+                             "merged tokens no longer sit on it; use variant 'spacetime' or 'factorized_encoder'")
 
 
 def _refuse_cls(variant: str, use_cls: bool) -> None:
@@ -293,6 +340,10 @@ class FactorizedEncoder(nn.Module):
         if self.temporal is None:
             return x
         return self.temporal(x, head_token_only, None if grid is None else (grid[0], 1, 1))
+
+    def set_token_merging(self, r: TokenMerging, trace_source: bool = False) -> None:
+        """Merge tokens within each frame in the spatial encoder; the temporal encoder keeps its frame tokens."""
+        self.spatial.set_token_merging(r, trace_source)
 
     def set_grid(self, grid: Grid) -> None:
         """Resample both positional embeddings in place to the token grid ``(t, h, w)``."""

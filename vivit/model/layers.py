@@ -57,6 +57,7 @@ def attend(
     dropout_p: float = 0.0,
     return_weights: bool = False,
     scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over the second-to-last axis.
 
@@ -68,6 +69,8 @@ def attend(
         dropout_p: Attention-weight dropout probability (pass 0 in eval mode).
         return_weights: Also return the softmax weights ``(..., heads, n, n)``; eager only.
         scale: The eager path's query scale; default ``1 / sqrt(hd)`` (sdpa always uses that default).
+        bias: Added to the attention logits before the softmax, ``(..., 1 | heads, 1 | n, m)`` with ``q``'s leading
+            dims (token merging's log token sizes).
 
     Returns:
         The attended values ``(..., heads, n, hd)`` and the weights (or ``None``).
@@ -77,12 +80,14 @@ def attend(
             raise ValueError("attention maps need attn_impl='eager'; the fused sdpa kernels never form them")
         # Fused kernels want 4-D inputs; fold every leading axis into the batch (flatten(0, -4) keeps fx tracing
         # free of Python arithmetic on shapes).
+        mask = None if bias is None else bias.to(q.dtype).flatten(0, -4)
         out = F.scaled_dot_product_attention(
-            *(_cpu_contiguous(z.flatten(0, -4)) for z in (q, k, v)), dropout_p=dropout_p)
+            *(_cpu_contiguous(z.flatten(0, -4)) for z in (q, k, v)), attn_mask=mask, dropout_p=dropout_p)
         return out.reshape(q.shape), None
     # scenic (flax dot_product_attention): the query is scaled before the product.
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    weights = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    logits = (q * scale) @ k.transpose(-2, -1)
+    weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
     attn = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
     return attn @ v, (weights if return_weights else None)
 
@@ -113,15 +118,33 @@ class Attention(nn.Module):
 
         ``num_queries=m`` returns ``(b, *groups, m, d)``: tokens ``0..m-1`` attend over all ``n`` keys and values.
         """
+        return self._project(x, num_queries)[0]
+
+    def forward_with_keys(
+        self, x: torch.Tensor, num_queries: int | None = None, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with an optional logit ``bias`` (see ``attend``), also returning the keys averaged over heads.
+
+        The mean key ``(b, *groups, n, hd)`` is token merging's similarity metric (ToMe).
+        """
+        out, k = self._project(x, num_queries, bias)
+        return out, k.mean(dim=-3)
+
+    def _project(
+        self, x: torch.Tensor, num_queries: int | None = None, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention output and the keys ``(b, *groups, heads, n, hd)``."""
         q, k, v = rearrange(self.qkv(x), "... n (qkv heads hd) -> qkv ... heads n hd", qkv=3, heads=self.num_heads)
         if num_queries is not None:
             q = q[..., :num_queries, :]
-        out = self._attend_heads(q, k, v)
-        return self.proj_drop(self.proj(rearrange(out, "... heads n hd -> ... n (heads hd)")))
+        out = self._attend_heads(q, k, v, bias)
+        return self.proj_drop(self.proj(rearrange(out, "... heads n hd -> ... n (heads hd)"))), k
 
-    def _attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend_heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         out, weights = attend(q, k, v, self.attn_impl, self.attn_drop if self.training else 0.0,
-                              return_weights=self.record_attn, scale=self.scale)
+                              return_weights=self.record_attn, scale=self.scale, bias=bias)
         if self.record_attn:
             self.attn_map = weights
         return out
@@ -145,8 +168,11 @@ class FactorizedDotProductAttention(Attention):
             raise ValueError("factorized dot-product attention mixes time and space: it has no subset of queries")
         return super().forward(x)
 
-    def _attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend_heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # q, k, v: (b, t, heads, s, hd)
+        assert bias is None, "Models 3 and 4 refuse token merging, the only source of a bias"
         half = self.num_heads // 2
         drop = self.attn_drop if self.training else 0.0
         to_time = "b t heads s hd -> b s heads t hd"
@@ -290,18 +316,25 @@ class FactorizedSelfAttentionBlock(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
-def pool_tokens(x: torch.Tensor, pool: str, num_prefix_tokens: int = 0) -> torch.Tensor:
+def pool_tokens(
+    x: torch.Tensor, pool: str, num_prefix_tokens: int = 0, sizes: torch.Tensor | None = None
+) -> torch.Tensor:
     """Pool ``(..., n, d)`` tokens to ``(..., d)``.
 
     ``token`` and ``first`` take token 0 (the CLS token, or the first patch token when there is none); ``avg`` /
     ``max`` / ``sum`` reduce over the patch tokens (scenic ``gap`` / ``gmp`` / ``gsp``), skipping prefix tokens;
-    ``""`` returns the tokens unpooled (timm).
+    ``""`` returns the tokens unpooled (timm). ``sizes`` ``(..., n, 1)``: how many tokens each merged token stands
+    for (token merging); ``avg`` and ``sum`` then count every token as that many.
     """
     if pool == "":
         return x
     if pool in ("token", "first"):
         return x[..., 0, :]
     patches = x[..., num_prefix_tokens:, :]
+    if sizes is not None and pool in ("avg", "sum"):
+        sizes = sizes[..., num_prefix_tokens:, :]
+        total = (patches * sizes).sum(dim=-2)
+        return total / sizes.sum(dim=-2) if pool == "avg" else total
     if pool == "avg":
         return patches.mean(dim=-2)
     if pool == "max":

@@ -27,6 +27,7 @@ from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
 from vivit.model.grid import pair
 from vivit.model.layers import Attention, Mlp, fx_tracing
+from vivit.model.merge import TokenMerging, TokenMergingMixin
 
 torch.fx.wrap("rearrange")  # see layers.py
 
@@ -71,7 +72,7 @@ class PreLogits(nn.Module):
         return self.act(self.fc(x))
 
 
-class ViViT(nn.Module):
+class ViViT(TokenMergingMixin, nn.Module):
     """Video Vision Transformer (Arnab et al., ICCV 2021), all four model variants.
 
     Input is a float video ``B x C x T x H x W`` scaled like the reference (``x * 2 / 255 - 1``); output logits
@@ -109,6 +110,7 @@ class ViViT(nn.Module):
         attn_impl: ``"sdpa"`` (fused kernels) or ``"eager"`` (needed for attention maps).
         dynamic_input_size: ``forward`` takes any ``T x H x W`` that is a multiple of the tubelet, with the positional
             embeddings resampled to its token grid (cached per grid); the built size uses them as they are.
+        token_merging: ToMe's ``r`` for Models 1 and 2 (see ``set_token_merging``); 0 (default) merges nothing.
     """
 
     def __init__(
@@ -141,9 +143,12 @@ class ViViT(nn.Module):
         norm_eps: float = 1e-6,
         attn_impl: str = "sdpa",
         dynamic_input_size: bool = False,
+        token_merging: TokenMerging = 0,
     ) -> None:
         super().__init__()
-        self.model_args: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # token_merging is a run-time setting (set_token_merging), not architecture: saved configs leave it out.
+        self.model_args: dict[str, Any] = {k: v for k, v in locals().items()
+                                           if k not in ("self", "__class__", "token_merging")}
         check_args(self.model_args)
         self.variant = variant
         self.img_size = pair(img_size)
@@ -165,6 +170,8 @@ class ViViT(nn.Module):
         if global_pool == "":
             self.global_pool = ""
         self.init_weights()
+        self.token_merging: TokenMerging = 0
+        self.set_token_merging(token_merging)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

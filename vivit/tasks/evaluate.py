@@ -380,6 +380,7 @@ def _report(entries: list[dict[str, Any]], table: np.ndarray, targets: list[tupl
                        "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None}
     report: dict[str, Any] = {
         "model": settings["model"], "views": settings["views"], "dtype": settings["dtype"],
+        "token_merging": settings["token_merging"],
         "num_videos": len(entries), "num_labelled": len(labelled), "num_evaluated": len(entries) - len(failed),
         "num_failed": len(failed),
         "top1": _pct(right1.mean()) if scored else None, "top5": _pct(right5.mean()) if scored else None,

@@ -92,7 +92,8 @@ class Run:
         """
         return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.model),
-                "backend": self.opts.backend, **extra, "num_videos": len(self.rows.paths),
+                "backend": self.opts.backend, "token_merging": token_merging(self.model), **extra,
+                "num_videos": len(self.rows.paths),
                 "listing": _listing_digest(self.rows)}
 
     @property
@@ -175,6 +176,12 @@ def _config_digest(model: torch.nn.Module) -> str | None:
         return None
     text = json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def token_merging(model: torch.nn.Module) -> Any:
+    """The model's ToMe ``r`` as JSON (an ``(r, inflection)`` pair as a dict, so it never reads as a per-block list)."""
+    r = getattr(model, "token_merging", 0)
+    return {"r": r[0], "inflection": r[1]} if isinstance(r, tuple) else r
 
 
 def dtype_name(model: torch.nn.Module) -> str:
@@ -388,4 +395,4 @@ def trim_torn_line(path: Path) -> None:
 
 __all__ = ["DTYPES", "Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
            "joined", "model_name", "outputs", "param_dtype", "prepare_model", "read_json", "start", "started",
-           "stopping", "trim_torn_line", "weights_digest"]
+           "stopping", "token_merging", "trim_torn_line", "weights_digest"]
