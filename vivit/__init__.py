@@ -11,6 +11,7 @@ from vivit._version import __version__
 from vivit.data import transforms, video
 from vivit.model import ViViT
 from vivit.tasks import predict as evaluate
+from vivit.tasks.optimize import optimize
 from vivit.weights import convert
 from vivit.weights.build import create_model
 from vivit.weights.inflate import inflate
@@ -26,4 +27,4 @@ for _name, _module in {"convert": convert, "video": video, "transforms": transfo
 _register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
 
 __all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "video", "transforms",
-           "evaluate", "__version__"]
+           "evaluate", "optimize", "__version__"]
