@@ -59,6 +59,7 @@ from vivit.data.datasets import (
     shard,
     to_items,
 )
+from vivit.tasks.optimize import Optimized, optimize
 from vivit.tasks.predict import default_views, top_k
 from vivit.weights.build import create_model
 from vivit.labels import LABEL_SETS
@@ -100,7 +101,10 @@ def _model_name(model: torch.nn.Module) -> str:
     return f"{arch}.{tag}" if tag else arch
 
 
-def _dtype_name(model: torch.nn.Module) -> str:
+def _dtype_name(model: torch.nn.Module, fast: Optimized | None = None) -> str:
+    """The precision the model runs in: the optimized callable's where there is one, else the weights'."""
+    if fast is not None:
+        return str(fast.dtype).removeprefix("torch.")
     param = next(model.parameters(), None)
     return str(param.dtype).removeprefix("torch.") if param is not None else "float32"
 
@@ -280,7 +284,8 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                      compile: bool = False, video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN,
                      backend: str = "auto", log_every: int = 100, progress_bar: bool | None = None,
-                     stop_after: int | None = None, env: Dist | None = None) -> dict[str, Any] | None:
+                     stop_after: int | None = None, env: Dist | None = None,
+                     runtime: str = "torch") -> dict[str, Any] | None:
     """Evaluate ``model`` on every video of ``listing`` with multi-view averaging; write the outputs of the module
     docstring into ``out``.
 
@@ -304,6 +309,7 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
         stop_after: Leave after this many videos on this rank without a report, as a killed job would (returns
             ``None``); for testing resumption.
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
+        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s.
 
     Returns:
         The report on rank 0; ``None`` on other ranks and when stopped early.
@@ -311,7 +317,7 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
     env, owned = _begin(env, device)
     try:
         return _evaluate(Path(listing), model, Path(out), views, batch_size, workers, dtype, compile, video_root,
-                         pattern, backend, log_every, progress_bar, stop_after, env)
+                         pattern, backend, log_every, progress_bar, stop_after, env, runtime=runtime)
     finally:
         if owned:
             env.close()
@@ -319,9 +325,12 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
 
 def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_arg: Any, batch_size: int,
               workers: int, dtype: Any, compile: bool, video_root: Any, pattern: str, backend: str, log_every: int,
-              progress_bar: bool | None, stop_after: int | None, env: Dist) -> dict[str, Any] | None:
+              progress_bar: bool | None, stop_after: int | None, env: Dist,
+              runtime: str = "torch") -> dict[str, Any] | None:
     rows = read_listing(listing, video_root=video_root, pattern=pattern)
-    model, name = _prepare_model(model_arg, env, dtype)
+    model, name = _prepare_model(model_arg, env, dtype if runtime == "torch" else None)
+    fast = optimize(model, dtype, backend=runtime) if runtime != "torch" else None
+    _logger.info("backend %s", fast.note if fast else "torch")
     splits, names, part_names = _class_parts(model)
     targets = _targets(rows.labels, rows.where, splits, names, str(listing))
     # The targets hold the labels (one index per part); items only the paths. A listing none of whose files exists
@@ -330,7 +339,7 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     view_shape = _views(model, views_arg)
     views_text = f"{view_shape[0]}x{view_shape[1]}"
     num, num_classes = len(items), int(model.num_classes)
-    settings = {"model": name, "views": views_text, "dtype": _dtype_name(model), "num_videos": num,
+    settings = {"model": name, "views": views_text, "dtype": _dtype_name(model, fast), "num_videos": num,
                 "num_classes": num_classes, "listing": _listing_digest(rows)}
     _check_run(out, settings, env)
 
@@ -350,7 +359,7 @@ def _evaluate(listing: Path, model_arg: torch.nn.Module | str, out: Path, views_
     if env.main and done:
         _logger.info("%s: %d of %d videos already done; continuing", out, len(done), num)
 
-    fn: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile else model
+    fn: Callable[[torch.Tensor], torch.Tensor] = fast or (torch.compile(model) if compile else model)
     ds = EvalVideos([items[i] for i in mine], model, view_shape, backend=backend)
     own = out / (PREDICTIONS if env.world_size == 1 else f"predictions.rank{env.rank}.jsonl")
     _trim_torn_line(own)
@@ -581,7 +590,8 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
                      dtype: str | torch.dtype | None = None, compile: bool = False,
                      video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN, backend: str = "auto",
                      shard_size: int = 1024, log_every: int = 100, progress_bar: bool | None = None,
-                     stop_after: int | None = None, env: Dist | None = None) -> dict[str, Any] | None:
+                     stop_after: int | None = None, env: Dist | None = None,
+                     runtime: str = "torch") -> dict[str, Any] | None:
     """Pooled features of every video of ``listing`` into safetensors shards plus ``index.json``.
 
     A feature is ``model.forward_head(model.forward_features(x), pre_logits=True)`` (``layer=None``), or the mean
@@ -609,6 +619,8 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
         stop_after: Leave after this many videos without writing the pending shard or the index, as a killed job
             would; for testing resumption.
         env: A :class:`vivit.data.datasets.Dist`.
+        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s
+            (``layer=None`` only; ``layer`` features run in torch).
 
     Returns:
         The index on rank 0; ``None`` on other ranks and when stopped early.
@@ -616,7 +628,8 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
     env, owned = _begin(env, device)
     try:
         return _extract(Path(listing), model, Path(out), per_clip, layer, views, batch_size, workers, dtype, compile,
-                        video_root, pattern, backend, shard_size, log_every, progress_bar, stop_after, env)
+                        video_root, pattern, backend, shard_size, log_every, progress_bar, stop_after, env,
+                        runtime=runtime)
     finally:
         if owned:
             env.close()
@@ -637,17 +650,20 @@ def _feature_fn(model: torch.nn.Module, layer: int | None) -> Callable[[torch.Te
 def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: int | None, views_arg: Any,
              batch_size: int, workers: int, dtype: Any, compile: bool, video_root: Any, pattern: str, backend: str,
              shard_size: int, log_every: int, progress_bar: bool | None, stop_after: int | None,
-             env: Dist) -> dict[str, Any] | None:
+             env: Dist, runtime: str = "torch") -> dict[str, Any] | None:
     from safetensors.torch import save_file
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, found {shard_size}")
     rows = read_listing(listing, video_root=video_root, pattern=pattern)
-    model, name = _prepare_model(model_arg, env, dtype)
+    fast_features = runtime != "torch" and layer is None
+    model, name = _prepare_model(model_arg, env, None if fast_features else dtype)
+    fast = optimize(model, dtype, backend=runtime, pre_logits=True) if fast_features else None
+    _logger.info("backend %s", fast.note if fast else "torch")
     items = to_items(rows.paths, [None] * len(rows.paths), rows.where, [], str(listing))
     view_shape = _views(model, views_arg)
     num = len(items)
-    settings = {"model": name, "views": f"{view_shape[0]}x{view_shape[1]}", "dtype": _dtype_name(model),
+    settings = {"model": name, "views": f"{view_shape[0]}x{view_shape[1]}", "dtype": _dtype_name(model, fast),
                 "per_clip": per_clip, "layer": layer, "num_videos": num, "listing": _listing_digest(rows)}
     _check_run(out, settings, env)
     shards = out / "shards"
@@ -662,7 +678,7 @@ def _extract(listing: Path, model_arg: Any, out: Path, per_clip: bool, layer: in
                   default=-1)
 
     fn = _feature_fn(model, layer)
-    fn = torch.compile(fn) if compile else fn
+    fn = fast or (torch.compile(fn) if compile else fn)
     ds = EvalVideos([items[i] for i in mine], model, view_shape, backend=backend)
     bar = _Progress(len(mine), "extract", log_every, env, progress_bar)
     pending: dict[str, list] = {"features": [], "video": [], "view": [], "failed": []}

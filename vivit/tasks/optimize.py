@@ -274,7 +274,7 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
     start = time.perf_counter()
     ov_model = _read_entry(core, folder)
     if ov_model is None:
-        _logger.info("converting the model to OpenVINO (once; ViViT-B takes ~30 s) into %s", folder)
+        _logger.info("vivit.optimize: converting the model to OpenVINO once (ViViT-B: ~30 s), cached in %s", folder)
         ov_model = _convert(ov, model, input_size)
         how = f"converted in {time.perf_counter() - start:.0f} s"
         how += f", cached in {folder}" if _write_entry(ov, ov_model, folder, key) else ", not cached"
@@ -288,7 +288,6 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
         raise BackendUnavailable(f"OpenVINO cannot compile this model for this CPU ({_first_line(err)})") from None
     ready = time.perf_counter() - start
     note = f"openvino {ov.__version__.split('-')[0]} on CPU, {_name(dtype)} ({how}, ready in {ready:.1f} s)"
-    _logger.info("vivit.optimize: %s", note)
     return Optimized(model, "openvino", dtype, _OpenVINORun(compiled, input_size), note)
 
 
