@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,18 @@ def test_pipeline_benchmark_reports_end_to_end_next_to_its_stages(tmp_path):
         assert set(rates) == {"decode_only", "model_only", "end_to_end"} and all(v > 0 for v in rates.values())
         slower = min(rates["decode_only"], rates["model_only"])
         assert row["ratio"] == pytest.approx(rates["end_to_end"] / slower, rel=0.02)
+
+
+def test_cpu_backends_reports_every_path_with_its_error(tmp_path):
+    pytest.importorskip("openvino")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_backends.py"), "--models", "vivit_motion",
+                          "--sizes", "4x32", "--paths", "eager", "openvino", "optimize", "--repeats", "1",
+                          "--json", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "VIVIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr
+    assert "peak: " in out.stdout and "GFLOP/s" in out.stdout
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert set(row["seconds"]) == {f"{p} {d}" for p in ("eager", "openvino", "optimize") for d in ("float32",
+                                                                                                    "bfloat16")}
+    assert row["gflop"] > 0 and row["max_abs_err"]["eager float32"] == 0
+    assert row["max_abs_err"]["optimize float32"] < 1e-4

@@ -287,3 +287,20 @@ def test_cli_classify_says_which_backend_runs_first_and_second_time(tmp_path):
     assert "vivit classify: backend torch" in torch_run and "float32" in torch_run
     labels = [json.loads(run.stdout)["top_k"][0]["label"] for run in runs]
     assert labels[0] == labels[1]
+
+
+def test_no_cpu_device_in_openvino_falls_back_to_torch(monkeypatch, caplog):
+    import openvino
+
+    class NoCPU:
+        available_devices = ["GPU"]
+
+    monkeypatch.setattr(openvino, "Core", NoCPU)
+    model, x = tiny(), clip()
+    with caplog.at_level(logging.WARNING, logger="vivit.tasks.optimize"):
+        run = vivit.optimize(model)
+    assert run.backend == "torch" and "no CPU device" in caplog.text and len(caplog.records) == 1
+    with torch.inference_mode():
+        assert torch.equal(run(x), model(x))
+    with pytest.raises(opt.BackendUnavailable, match="no CPU device"):
+        vivit.optimize(model, backend="openvino")
