@@ -119,7 +119,7 @@ def test_classify_reports_every_video_and_fails_at_the_end(tmp_path):
     other = write_video(tmp_path / "other.avi", num_frames=12, height=36, width=36, codec="mpeg4_avi")
     truncated = write_truncated(tmp_path / "cut.mp4", good)
     out = run_cli("classify", good, tmp_path / "missing.mp4", truncated, other, "--model", tmp_path / "model",
-                  "--views", "2x3", "--top-k", "2", "--json", env=_offline_env(tmp_path))
+                  "--views", "2x3", "--top-k", "2", "--json", "--dtype", "float32", env=_offline_env(tmp_path))
     assert out.returncode == 1, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [Path(r["video"]).name for r in rows] == ["good.mp4", "other.avi"]

@@ -195,12 +195,15 @@ def _positive_int(text: str) -> int:
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
+    import torch
+
     from vivit.tasks.predict import default_views, predict_video, top_k
     from vivit.data.video import parse_views
 
-    dtype = resolve_dtype(args.dtype, args.device, "classify")
-    model = load_model_for_cli(args.model, args.device, dtype if args.backend == "torch" else None,
-                               force_download=args.force_download)
+    model = load_model_for_cli(args.model, args.device, force_download=args.force_download)
+    dtype = resolve_dtype(args.dtype, args.device, "classify")  # after loading: a failed load is its one line
+    if dtype and args.backend == "torch":
+        model = model.to(getattr(torch, dtype))
     views = parse_views(args.views) if args.views else default_views(model)
     print(_classify_plan(args.model, model, views, dtype), file=sys.stderr, flush=True)
     run = optimized(model, dtype, args.backend, "classify")
@@ -370,8 +373,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vivit.tasks.evaluate import evaluate_dataset
 
     _dataset_logging()
-    dtype = resolve_dtype(args.dtype, args.device, "evaluate")
     model = load_model_for_cli(args.model)
+    dtype = resolve_dtype(args.dtype, args.device, "evaluate")
     report = evaluate_dataset(args.listing, model, args.out, views=args.views, batch_size=args.batch_size,
                               workers=args.workers, device=args.device, compile=args.compile, runtime=args.backend,
                               dtype=dtype,
@@ -391,8 +394,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from vivit.tasks.evaluate import extract_features
 
     _dataset_logging()
-    dtype = resolve_dtype(args.dtype, args.device, "extract")
     model = load_model_for_cli(args.model)
+    dtype = resolve_dtype(args.dtype, args.device, "extract")
     index = extract_features(args.listing, model, args.out, per_clip=args.per_clip, layer=args.layer,
                              runtime=args.backend, dtype=dtype,
                              views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
