@@ -67,11 +67,12 @@ def cpu_name_and_mhz() -> tuple[str, float]:
     return name, mhz
 
 
-def peak_gflops(threads: int, override: float | None) -> tuple[dict[str, float], str]:
+def peak_gflops(threads: int, override: float | None, clock_ghz: float | None = None) -> tuple[dict[str, float], str]:
     """Peak GFLOP/s per dtype and how it was computed."""
     if override:
         return {"float32": override, "bfloat16": override}, f"{override} GFLOP/s (--peak-gflops)"
     isa, (name, mhz) = cpu_isa(), cpu_name_and_mhz()
+    mhz = clock_ghz * 1e3 if clock_ghz else mhz
     fp32, bf16 = PEAK_FLOPS_PER_CYCLE[isa]
     peaks = {"float32": threads * mhz / 1e3 * fp32, "bfloat16": threads * mhz / 1e3 * bf16}
     how = (f"{name}, {isa}: {threads} cores x {mhz / 1e3:.2f} GHz x {fp32} (float32) / {bf16} (bfloat16) "
@@ -161,9 +162,11 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-gflops", type=float, help="the CPU's peak, instead of computing it")
+    parser.add_argument("--clock-ghz", type=float, help="the clock the peak assumes (default /proc/cpuinfo's, the "
+                        "nominal one on most VMs: a boosting CPU then shows more than 100 %%)")
     parser.add_argument("--json", help="append the results to this JSON-lines file")
     args = parser.parse_args()
-    peaks, how = peak_gflops(torch.get_num_threads(), args.peak_gflops)
+    peaks, how = peak_gflops(torch.get_num_threads(), args.peak_gflops, args.clock_ghz)
     print(f"peak: {how}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     rows = []
     for size in args.sizes:
