@@ -23,6 +23,13 @@ def golden_dir() -> Path:
     return GOLDEN_DIR
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _vivit_cache(tmp_path_factory) -> None:
+    """Caches written by the tests (vivit.optimize's converted models) go to a temporary folder, not the user's."""
+    if "VIVIT_CACHE" not in os.environ:
+        os.environ["VIVIT_CACHE"] = str(tmp_path_factory.mktemp("vivit_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

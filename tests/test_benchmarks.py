@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,16 @@ def test_token_merging_times_every_r_and_scores_vivit_motion(tmp_path):
     assert speed["model"] == "vivit_b_16x2" and set(speed["seconds"]) == {"0", "1"} and speed["speedup"]["0"] == 1
     assert acc["model"] == "vivit_motion" and set(acc["top1"]) == {"0", "8"}
     assert all(0 <= v <= 1 for v in acc["top1"].values())
+def test_cpu_backends_reports_every_path_with_its_error(tmp_path):
+    pytest.importorskip("openvino")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_backends.py"), "--models", "vivit_motion",
+                          "--sizes", "4x32", "--paths", "eager", "openvino", "optimize", "--repeats", "1",
+                          "--json", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**os.environ, "VIVIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr
+    assert "peak: " in out.stdout and "GFLOP/s" in out.stdout
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert set(row["seconds"]) == {f"{p} {d}" for p in ("eager", "openvino", "optimize") for d in ("float32",
+                                                                                                    "bfloat16")}
+    assert row["gflop"] > 0 and row["max_abs_err"]["eager float32"] == 0
+    assert row["max_abs_err"]["optimize float32"] < 1e-4

@@ -229,7 +229,7 @@ def test_extract_of_a_block_is_its_token_mean_and_resumes_after_a_stop(clips, mo
     listing = tmp_path / "files.txt"
     listing.write_text("\n".join(map(str, paths)) + "\n")
     args = ["extract", str(listing), "--model", "vivit_motion", "--out", str(tmp_path / "o"), "--layer", "0",
-            "--shard-size", "2", "--batch-size", "1", "--workers", "0"]
+            "--shard-size", "2", "--batch-size", "1", "--workers", "0", "--dtype", "float32"]
     assert cli.main([*args, "--stop-after", "3"]) == cli.STOPPED_EXIT_CODE  # 1 shard written, 1 video pending
     assert len(list((tmp_path / "o" / "shards").glob("*.safetensors"))) == 1
     assert cli.main(args) == 0

@@ -15,6 +15,7 @@ if _TYPE_CHECKING:  # what _load() binds, spelled out for type checkers and the 
     from vivit.data import transforms, video
     from vivit.model import ViViT
     from vivit.tasks import predict as evaluate
+    from vivit.tasks.optimize import optimize
     from vivit.tasks.timeline import timeline
     from vivit.weights import convert
     from vivit.weights.build import create_model
@@ -28,6 +29,7 @@ def _load() -> None:
     from vivit.data import transforms, video
     from vivit.model import ViViT
     from vivit.tasks import predict as evaluate
+    from vivit.tasks.optimize import optimize
     from vivit.tasks.timeline import timeline
     from vivit.weights import convert
     from vivit.weights.build import create_model
@@ -42,7 +44,8 @@ def _load() -> None:
     for name, module in namespaces.items():
         _sys.modules[f"{__name__}.{name}"] = module
     globals().update(namespaces, ViViT=ViViT, create_model=create_model, inflate=inflate,
-                     load_pretrained=load_pretrained, list_models=list_models, timeline=timeline)
+                     load_pretrained=load_pretrained, list_models=list_models, timeline=timeline,
+                     optimize=optimize)
     register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
 
 
@@ -69,4 +72,4 @@ else:
     _load()
 
 __all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "video", "transforms",
-           "evaluate", "timeline", "__version__"]
+           "evaluate", "optimize", "timeline", "__version__"]

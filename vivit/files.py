@@ -7,6 +7,7 @@ Imports nothing else of vivit.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +57,28 @@ def umask_mode() -> int:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """``write_atomic`` for UTF-8 text."""
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_folder_atomic(path: str | Path, write: Callable[[Path], object]) -> bool:
+    """Call ``write(tmp)`` on a new hidden sibling folder and rename it to ``path`` when it returns.
+
+    Renaming a folder over an existing one fails, so when another writer finished ``path`` first, its folder stays and
+    ours is removed: readers see a whole folder or none.
+
+    Returns:
+        ``True`` when ours was renamed into place, ``False`` when ``path`` already existed.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -136,7 +136,8 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                      compile: bool = False, video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN,
                      backend: str = "auto", log_every: int = 100, progress_bar: bool | None = None,
-                     stop_after: int | None = None, env: Dist | None = None) -> dict[str, Any] | None:
+                     stop_after: int | None = None, env: Dist | None = None,
+                     runtime: str = "torch") -> dict[str, Any] | None:
     """Evaluate ``model`` on every video of ``listing`` with multi-view averaging; write the outputs of the module
     docstring into ``out``.
 
@@ -160,12 +161,13 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
         stop_after: Leave after this many videos on this rank without a report, as a killed job would (returns
             ``None``); for testing resumption.
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
+        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s.
 
     Returns:
         The report on rank 0; ``None`` on other ranks and when stopped early.
     """
     opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
-                      progress_bar, stop_after)
+                      progress_bar, stop_after, runtime=runtime)
     with started(listing, model, out, opts, env, device) as run:
         head = _class_parts(run.model)
         targets = _targets(run.rows.labels, run.rows.where, head.splits, head.names, str(run.listing))

@@ -40,7 +40,8 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
                      dtype: str | torch.dtype | None = None, compile: bool = False,
                      video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN, backend: str = "auto",
                      shard_size: int = 1024, log_every: int = 100, progress_bar: bool | None = None,
-                     stop_after: int | None = None, env: Dist | None = None) -> dict[str, Any] | None:
+                     stop_after: int | None = None, env: Dist | None = None,
+                     runtime: str = "torch") -> dict[str, Any] | None:
     """Pooled features of every video of ``listing`` into safetensors shards plus ``index.json``.
 
     A feature is ``model.forward_head(model.forward_features(x), pre_logits=True)`` (``layer=None``), or the mean
@@ -69,13 +70,16 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
             would; for testing resumption.
         env: A :class:`vivit.data.datasets.Dist`.
 
+        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s
+            (``layer=None`` only; ``layer`` features run in torch).
     Returns:
         The index on rank 0; ``None`` on other ranks and when stopped early.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, found {shard_size}")
     opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
-                      progress_bar, stop_after)
+                      progress_bar, stop_after, runtime=runtime if layer is None else "torch",
+                      pre_logits=True)
     with started(listing, model, out, opts, env, device) as run:
         identity = run.identity(per_clip=per_clip, layer=layer)
         with claimed(run.out, identity, run.env):

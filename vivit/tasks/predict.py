@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 @torch.inference_mode()
 def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int = 4, *,
                   device: torch.device | str | None = None, reduce: bool = True,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Logits of every view, averaged as the reference does (mean of logits, no softmax first).
 
     The model runs in eval mode (its previous mode is restored afterwards), ``batch_size`` views at a time.
@@ -24,6 +24,7 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int =
         device: Where to run; default the model's device. Views are moved there one batch at a time.
         reduce: ``False`` returns the per-view logits ``(V, K)`` instead of their mean.
         progress: Show a tqdm bar over batches (needs ``tqdm``).
+        run: Called instead of ``model`` on each batch, e.g. ``vivit.optimize(model)``.
 
     Returns:
         ``(K,)`` float32 averaged logits (``(V, K)`` with ``reduce=False``), on the CPU.
@@ -46,7 +47,8 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int =
     was_training = model.training
     model.eval()
     try:
-        logits = torch.cat([model(clips[i : i + batch_size].to(device, dtype)).float().cpu() for i in batches])
+        logits = torch.cat([(run or model)(clips[i : i + batch_size].to(device, dtype)).float().cpu()
+                            for i in batches])
     finally:
         model.train(was_training)
     return logits.mean(0) if reduce else logits
@@ -61,7 +63,7 @@ def default_views(model: torch.nn.Module) -> tuple[int, int]:
 
 def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, batch_size: int = 4, *,
                   device: torch.device | str | None = None, backend: str = "auto",
-                  short_video: str = "loop") -> torch.Tensor:
+                  short_video: str = "loop", run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Decode ``path`` into the model's test views and return the view-averaged logits ``(K,)``.
 
     Args:
@@ -73,12 +75,13 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, b
         device: Where to run; default the model's device.
         backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
         short_video: ``"loop"`` (reference) or ``"error"`` for videos shorter than one clip.
+        run: Called instead of ``model`` on each batch, e.g. ``vivit.optimize(model)``.
     """
     from vivit.data.video import multi_view_clips
 
     clips = multi_view_clips(path, model, default_views(model) if views is None else views, backend=backend,
                              short_video=short_video)
-    return predict_views(model, clips, batch_size, device=device)
+    return predict_views(model, clips, batch_size, device=device, run=run)
 
 
 __all__ = ["default_views", "predict_video", "predict_views", "top_k"]

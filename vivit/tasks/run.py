@@ -38,6 +38,7 @@ from vivit.data.datasets import (
 )
 from vivit.data.video import parse_views
 from vivit.files import write_text_atomic
+from vivit.tasks.optimize import Optimized, optimize
 from vivit.tasks.predict import default_views
 from vivit.weights.build import create_model
 
@@ -68,6 +69,8 @@ class RunOptions:
     log_every: int = 100
     progress_bar: bool | None = None
     stop_after: int | None = None
+    runtime: str = "torch"  # "torch": the model as it is; "auto" / "openvino": through vivit.optimize
+    pre_logits: bool = False  # the optimized callable returns pre-logits features instead of logits
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Run:
     opts: RunOptions
     env: Dist
     weights: str
+    fast: Optimized | None = None  # vivit.optimize's callable when opts.runtime is not "torch"
 
     def identity(self, **extra: Any) -> dict[str, Any]:
         """The inputs a resume must share with the first start (``extra``: the job's own settings).
@@ -91,7 +95,8 @@ class Run:
         without it then differ from runs with it, and are refused rather than mixed.
         """
         return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
-                "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.model),
+                "views": f"{self.views[0]}x{self.views[1]}",
+                "dtype": str(self.fast.dtype).removeprefix("torch.") if self.fast else dtype_name(self.model),
                 "backend": self.opts.backend, "token_merging": token_merging(self.model), **extra,
                 "num_videos": len(self.rows.paths),
                 "listing": _listing_digest(self.rows)}
@@ -127,9 +132,12 @@ def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, op
     if opts.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, found {opts.batch_size}")
     rows = read_listing(listing, video_root=opts.video_root, pattern=opts.pattern)
-    model, name, weights = prepare_model(model, env, opts.dtype)
+    optimized = opts.runtime != "torch"
+    model, name, weights = prepare_model(model, env, None if optimized else opts.dtype)
+    fast = optimize(model, opts.dtype, backend=opts.runtime, pre_logits=opts.pre_logits) if optimized else None
+    _logger.info("backend %s", fast.note if fast else "torch")
     views = default_views(model) if opts.views is None else parse_views(opts.views)
-    return Run(Path(listing), Path(out), rows, model, name, views, opts, env, weights)
+    return Run(Path(listing), Path(out), rows, model, name, views, opts, env, weights, fast)
 
 
 def prepare_model(model: torch.nn.Module | str, env: Dist,
@@ -321,7 +329,7 @@ def outputs(run: Run, fn: Callable[[torch.Tensor], torch.Tensor],
             items: Sequence[Any]) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
     """Per loaded batch of ``items``: its video records and each video's per-view outputs (``None`` where decoding
     failed). Running out of memory stops the run with what to lower (it is no fault of one video)."""
-    fn = torch.compile(fn) if run.opts.compile else fn
+    fn = run.fast or (torch.compile(fn) if run.opts.compile else fn)
     ds = EvalVideos(items, run.model, run.views, backend=run.opts.backend)
     dtype = param_dtype(run.model)
     try:
