@@ -18,7 +18,7 @@ from torch import nn
 
 from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
-from vivit.model.grid import pair
+from vivit.model.grid import checked_input_size, pair
 from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, Attention, Mlp, fx_tracing
 
 torch.fx.wrap("rearrange")  # see layers.py
@@ -516,20 +516,26 @@ class ViViT(nn.Module):
             img_size: New frame size ``H`` or ``(H, W)`` (default: unchanged).
             num_frames: New clip length ``T`` (default: unchanged).
         """
-        img_size = self.img_size if img_size is None else pair(img_size)
-        num_frames = self.num_frames if num_frames is None else int(num_frames)
+        img_size, num_frames, grid = checked_input_size(self.img_size if img_size is None else img_size,
+                                                        self.num_frames if num_frames is None else num_frames,
+                                                        self.model_args)
         if self.variant != "spacetime" and isinstance(self.patch_embed, FrameSamplingEmbed) and (
                 img_size[0] % self.tubelet_size[1]):
             raise ValueError(f"{self.variant} needs frame-aligned tokens: the patch height {self.tubelet_size[1]} must "
                              f"divide the frame height, got {img_size[0]}")
         old = (self.img_size, self.num_frames)
-        self.patch_embed.set_input_size(img_size, num_frames)
-        grid = self.patch_embed.grid_size
-        if min(grid) < 1:
+        saved = [(m, m.__dict__.get("grid"), m._parameters.get("pos_embed")) for m in self.encoder.modules()]
+        try:  # all or nothing: an error (out of memory) puts back every grid and positional embedding
+            self.patch_embed.set_input_size(img_size, num_frames)
+            self.encoder.set_grid(grid)
+        except BaseException:
             self.patch_embed.set_input_size(*old)
-            raise ValueError(f"input {num_frames}x{img_size[0]}x{img_size[1]} is smaller than one tubelet "
-                             f"{self.tubelet_size}: no tokens")
-        self.encoder.set_grid(grid)
+            for module, module_grid, pos_embed in saved:
+                if module_grid is not None:
+                    module.grid = module_grid
+                if pos_embed is not None:
+                    module.pos_embed = pos_embed
+            raise
         self.img_size, self.num_frames = img_size, num_frames
         self.model_args.update(img_size=img_size, num_frames=num_frames)
         self.pretrained_cfg = {**self.pretrained_cfg, **self.input_cfg()}
