@@ -138,8 +138,9 @@ def load_model_for_cli(name: str, device: str | None = None, dtype: str | None =
     try:
         model = vivit.create_model(name, pretrained=True, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RuntimeError(f"cannot load {name}: {first} — {OFFLINE_HINT}") from None
+        from vivit.files import first_line
+
+        raise RuntimeError(f"cannot load {name}: {first_line(err)} — {OFFLINE_HINT}") from None
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
     return model.to(device).eval() if device else model.eval()

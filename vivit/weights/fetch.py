@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from vivit._version import __version__
-from vivit.files import temporary_sibling, write_atomic
-from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, first_line, remember_sha256
+from vivit.files import first_line, temporary_sibling, write_atomic
+from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, remember_sha256
 
 _logger = logging.getLogger(__name__)
 

@@ -151,15 +151,13 @@ def _timm_entrypoint(arch: str):
 
 def register_timm_models(archs: Iterable[str] | None = None) -> bool:
     """Register architectures (default: all of ``ARCHS``, their pretrained tags and the generic ``vivit``) into timm's
-    registry; ``False`` if timm is not installed.
+    registry (timm is a core dependency); returns ``True``.
 
     Args:
         archs: Only these names of ``ARCHS`` (e.g. test architectures added to ``ARCHS`` after import).
     """
-    try:
-        from timm.models import generate_default_cfgs, register_model
-    except ImportError:
-        return False
+    from timm.models import generate_default_cfgs, register_model
+
     names = (*ARCHS, GENERIC_ARCH) if archs is None else tuple(archs)
     cfgs = {cfg.name if cfg.tag else cfg.architecture: _timm_cfg(cfg) for cfg in PRETRAINED.values()
             if cfg.architecture in names}
