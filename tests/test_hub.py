@@ -1,4 +1,5 @@
-"""vivit.weights.fetch / vivit.weights.publish against a loopback server: cached downloads, Hub files, saved folders, cards, pushes.
+"""vivit.weights.fetch / vivit.weights.publish against a loopback server: cached downloads, Hub files, saved folders,
+cards, pushes.
 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` and ``HF_HOME`` when imported, so every Hub call runs in a subprocess
 pointed at the loopback server; plain URL downloads (urllib) run in-process.
@@ -562,7 +563,8 @@ def test_push_to_hub_checks_arguments_and_offline_mode_first(monkeypatch: pytest
 
 
 def test_importing_hub_loads_no_optional_dependency() -> None:
-    code = ("import sys, vivit; before = set(sys.modules); import vivit.weights.fetch, vivit.weights.read, vivit.weights.publish; "
+    code = ("import sys, vivit; before = set(sys.modules); "
+            "import vivit.weights.fetch, vivit.weights.read, vivit.weights.publish; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new & {'huggingface_hub', 'safetensors', 'httpx2', 'httpx', 'tqdm'}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
