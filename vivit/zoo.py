@@ -142,8 +142,10 @@ def arch_defaults(arch: str) -> PretrainedCfg:
     args = ARCHS.get(arch)
     if args is None:  # the generic "vivit" of saved custom models: the paper's input
         return PretrainedCfg(architecture=arch)
-    img = args["img_size"]  # every registered architecture takes square frames (an int)
-    return PretrainedCfg(architecture=arch, input_size=(args.get("in_chans", 3), args["num_frames"], img, img))
+    # an int or (H, W): the model's grid.pair, written out here because the zoo imports nothing of vivit
+    img = args.get("img_size", 224)
+    h, w = (img, img) if isinstance(img, int) else img
+    return PretrainedCfg(architecture=arch, input_size=(args.get("in_chans", 3), args.get("num_frames", 32), h, w))
 
 
 def default_pretrained_cfg(arch: str) -> PretrainedCfg:
