@@ -271,8 +271,10 @@ def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -
     for text in ("# me/tiny.k400", "`vivit_b_16x2`", "Model 1", "Parameters:", "GMACs", "B × 3 × 4 × 32 × 32",
                  "tubelet 2×16×16", "x * 2 / 255 - 1", "400 classes (Kinetics-400)", "`class 0`",
                  "hf-hub:google/vivit-b-16x2-kinetics400", 'vivit.ViViT.from_pretrained("hf-hub:me/tiny.k400")',
-                 "| Kinetics-400 | 79.9 | 4x3 |", "@inproceedings{arnab2021vivit", "Schmid, Cordelia"):
+                 "@inproceedings{arnab2021vivit", "Schmid, Cordelia"):
         assert text in body, text
+    # random weights of a tiny model: the checkpoint's 79.9 (4x3) is not theirs (issue 24)
+    assert "79.9" not in body and "## Evaluation" not in body
 
 
 def test_new_head_drops_the_source_accuracy_from_the_card(tmp_path: Path) -> None:

@@ -72,66 +72,29 @@ def _load_into_arch(args: argparse.Namespace, overrides: dict):
     the architecture's token grid are resampled only to an explicit ``--num-frames`` / ``--img-size`` (and printed),
     and are an error otherwise.
     """
-    import torch
-
     import vivit
-    from vivit.weights.fit import source_grid
-    from vivit.weights.load import fetch_weights, load_weights_into
+    from vivit.weights.fit import last_load
 
-    with torch.device("meta"):  # only the variant and the sizes are needed to read the weights
-        probe = vivit.create_model(args.arch, **overrides)
-    weights = fetch_weights(args.source, probe, force_download=args.force_download)
-    head = weights.state.get("head.weight")
-    classes = None if head is None else int(head.shape[0])
-    num_classes = args.num_classes if args.num_classes is not None else classes
-    if num_classes is None:
+    model = vivit.create_model(args.arch, pretrained=args.source, num_classes=args.num_classes,
+                               force_download=args.force_download, **overrides)
+    report = last_load(model)
+    if report.new_head and report.new_head[0] is None and args.num_classes is None:
         raise SystemExit(f"vivit convert: {args.source} has no classifier head: pass --num-classes N for a new "
                          "zero-initialised head (0 for none)")
-    with torch.device("meta"):
-        probe = vivit.create_model(args.arch, num_classes=num_classes, **overrides)
-    grid = tuple(source_grid(weights.state, probe, weights.grid))
-    if grid != probe.grid_size and not overrides:
+    if report.resampled and not overrides:
         raise SystemExit(
             f"vivit convert: the positional embeddings of {args.source} do not fit {args.arch}'s token grid "
-            f"{probe.grid_size} ({probe.num_frames} frames of {probe.img_size[0]}x{probe.img_size[1]}): pass "
+            f"{model.grid_size} ({model.num_frames} frames of {model.img_size[0]}x{model.img_size[1]}): pass "
             "--num-frames and --img-size of the clips the weights were trained on, or the size to resample to")
-    model = vivit.create_model(args.arch, num_classes=num_classes, **overrides)
-    return load_weights_into(model, weights)
-
-
-class _Notes(logging.Handler):
-    """Collects what loading changed about the weights (resampled positional embeddings, a new head) to print it;
-    records the root logger would show anyway are passed on to it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith(("resampled ", "new classifier")):
-            self.lines.append(message)
-        root = logging.getLogger()
-        if record.levelno >= root.getEffectiveLevel():
-            root.callHandlers(record)
+    return model
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    notes = _Notes()
-    loggers = [logging.getLogger(name) for name in ("vivit.weights.fit", "vivit.weights.load")]
-    saved = [(logger.level, logger.propagate) for logger in loggers]
-    for logger in loggers:  # INFO reaches the notes only; the notes pass on what the user asked to see
-        logger.addHandler(notes)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    try:
-        model = _load_source(args)
-    finally:
-        for logger, (level, propagate) in zip(loggers, saved, strict=True):
-            logger.removeHandler(notes)
-            logger.setLevel(level)
-            logger.propagate = propagate
-    for line in notes.lines:
+    from vivit.weights.fit import last_load
+
+    model = _load_source(args)
+    report = last_load(model)
+    for line in report.lines() if report else ():
         print(line)
     out = model.save_pretrained(args.out_dir)
     params = sum(p.numel() for p in model.parameters())
@@ -177,8 +140,9 @@ def load_model_for_cli(name: str, device: str | None = None, dtype: str | None =
     try:
         model = vivit.create_model(name, pretrained=True, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RuntimeError(f"cannot load {name}: {first} — {OFFLINE_HINT}") from None
+        from vivit.files import first_line
+
+        raise RuntimeError(f"cannot load {name}: {first_line(err)} — {OFFLINE_HINT}") from None
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
     return model.to(device).eval() if device else model.eval()

@@ -1,7 +1,8 @@
 """Writing files whole or not at all: write a hidden sibling, then rename it over the target (``os.replace``).
 
 A killed or failed write leaves the old file (or none) and no temporary file behind; readers never see half a file.
-Imports nothing else of vivit.
+Also the one-line form of an error (``first_line``), shared by the weights and data paths. Imports nothing else of
+vivit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): the one-line form errors are shown in."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def temporary_sibling(path: Path, *, tmp_suffix: str = ".tmp", keep_suffix: bool = False) -> Path:

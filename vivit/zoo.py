@@ -54,6 +54,11 @@ ARCHS["vivit_motion"] = dict(variant="factorized_encoder", img_size=32, num_fram
                              embed_dim=128, depth=2, num_heads=4, mlp_dim=256, temporal_depth=2, global_pool="avg")
 
 
+def tagged_name(architecture: str | None, tag: str | None) -> str | None:
+    """``arch.tag``, or just ``arch`` when there is no tag (timm's name for a pretrained config)."""
+    return f"{architecture}.{tag}" if architecture and tag else architecture
+
+
 @dataclass(frozen=True)
 class PretrainedCfg:
     """Where a set of weights lives and how its inputs must look (timm ``pretrained_cfg`` fields plus provenance)."""
@@ -88,7 +93,7 @@ class PretrainedCfg:
     @property
     def name(self) -> str:
         """``arch.tag`` (just ``arch`` for the untagged default)."""
-        return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
+        return tagged_name(self.architecture, self.tag)
 
     @property
     def has_weights(self) -> bool:
@@ -126,7 +131,7 @@ PRETRAINED: dict[str, PretrainedCfg] = {
                   num_classes=10, input_size=(3, 16, 32, 32), frame_stride=1, crop_pct=1.0, label_set="motion",
                   top1=99.6, eval_views="1x1", paper_name="vivit_motion (not in the paper)",
                   origin_url="scripts/train_motion.py",
-                  notes=("trained on vivit.data.synthetic clips; held-out top-1 99.6%, single-frame baseline 10.75% "
+                  notes=("trained on vivit.data.synthetic clips; a single-frame baseline reaches 10.75% "
                          "(chance 10%)",)),
     )
 }
@@ -137,8 +142,10 @@ def arch_defaults(arch: str) -> PretrainedCfg:
     args = ARCHS.get(arch)
     if args is None:  # the generic "vivit" of saved custom models: the paper's input
         return PretrainedCfg(architecture=arch)
-    img = args["img_size"]  # every registered architecture takes square frames (an int)
-    return PretrainedCfg(architecture=arch, input_size=(args.get("in_chans", 3), args["num_frames"], img, img))
+    # an int or (H, W): the model's grid.pair, written out here because the zoo imports nothing of vivit
+    img = args.get("img_size", 224)
+    h, w = (img, img) if isinstance(img, int) else img
+    return PretrainedCfg(architecture=arch, input_size=(args.get("in_chans", 3), args.get("num_frames", 32), h, w))
 
 
 def default_pretrained_cfg(arch: str) -> PretrainedCfg:

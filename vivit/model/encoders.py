@@ -270,18 +270,12 @@ class _FrameGrouped:
                              "merged tokens no longer sit on it; use variant 'spacetime' or 'factorized_encoder'")
 
 
-def _refuse_cls(variant: str, use_cls: bool) -> None:
-    # scenic ViViT.__call__ asserts classifier not in ['token', '0'] for the factorised-attention variants.
-    if use_cls:
-        raise ValueError(f"{variant} has no CLS token: use global_pool 'avg', 'max' or 'sum'")
-
-
 class FactorizedDotProductEncoder(_FrameGrouped, SpacetimeEncoder):
     """Model 4: Model 1's blocks on ``(b, t, s, d)``; half the heads attend over time, half over space."""
 
     def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
                  use_cls: bool, drop_path_rate: float, args: BlockArgs) -> None:
-        _refuse_cls("factorized_dot_product", use_cls)
+        # use_cls is always False here: ViViT refuses CLS pooling for Models 3 and 4 before building an encoder
         super().__init__(grid, dim, depth, num_heads, mlp_dim, use_cls=False, drop_path_rate=drop_path_rate,
                          args=args, attn_cls=FactorizedDotProductAttention)
 
@@ -291,7 +285,6 @@ class FactorizedSelfAttentionEncoder(_FrameGrouped, Transformer):
 
     def __init__(self, grid: tuple[int, int, int], dim: int, depth: int, num_heads: int, mlp_dim: int, *,
                  use_cls: bool, drop_path_rate: float, args: BlockArgs, attention_order: str = "space_time") -> None:
-        _refuse_cls("factorized_self_attention", use_cls)
         blocks = [
             FactorizedSelfAttentionBlock(dim, num_heads, mlp_dim, attention_order=attention_order,
                                          drop=args.drop_rate, attn_drop=args.attn_drop_rate, act_layer=args.act_layer,

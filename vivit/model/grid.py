@@ -97,3 +97,40 @@ def infer_plane(tokens: int, known: Iterable[Sequence[int]] = ()) -> tuple[int, 
             return (int(h), int(w))
     side = math.isqrt(tokens) if tokens >= 0 else 0
     return (side, side) if side > 0 and side * side == tokens else None
+
+
+MAX_INPUT_SIDE = 8192  # frames, pixel rows or columns a model may be set to take
+MAX_TOKENS = 1 << 18  # tokens of a clip (ViViT-L at 32 x 320²: 6400): the positional embedding is tokens x width
+
+
+def checked_input_size(
+    img_size: Any, num_frames: Any, model_args: Mapping[str, Any]
+) -> tuple[tuple[int, int], int, tuple[int, int, int]]:
+    """``(img_size, num_frames, token grid)`` for ``ViViT.set_input_size``, checked before anything changes.
+
+    Raises:
+        TypeError: A size that is not an int (``"64"``, ``3.5``, ``True``) or an ``(H, W)`` pair of ints.
+        ValueError: A size out of ``[1, MAX_INPUT_SIDE]``, a clip smaller than one tubelet, or more than ``MAX_TOKENS``
+            tokens (refused before the positional embeddings are resampled).
+    """
+    def as_int(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"set_input_size: {name} must be an int, got {value!r} ({type(value).__name__})")
+        if not 1 <= value <= MAX_INPUT_SIDE:
+            raise ValueError(f"set_input_size: {name} must be in [1, {MAX_INPUT_SIDE}], got {value}")
+        return int(value)
+
+    if isinstance(img_size, str) or not isinstance(img_size, int | np.integer | Sequence) or (
+            isinstance(img_size, Sequence) and len(img_size) != 2):
+        raise TypeError(f"set_input_size: img_size must be an int H or a pair (H, W) of ints, got {img_size!r}")
+    sides = (img_size, img_size) if isinstance(img_size, int | np.integer) else img_size
+    size = (as_int("img_size", sides[0]), as_int("img_size", sides[1]))
+    frames = as_int("num_frames", num_frames)
+    grid = grid_of_args({**model_args, "img_size": size, "num_frames": frames})
+    if min(grid) < 1:
+        raise ValueError(f"set_input_size: input {frames}x{size[0]}x{size[1]} is smaller than one tubelet "
+                         f"{tuple(model_args.get('tubelet_size', ()))}: no tokens")
+    if math.prod(grid) > MAX_TOKENS:
+        raise ValueError(f"set_input_size: input {frames}x{size[0]}x{size[1]} makes {math.prod(grid)} tokens (grid "
+                         f"{grid}), more than {MAX_TOKENS}")
+    return size, frames, grid

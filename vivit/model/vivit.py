@@ -25,7 +25,7 @@ from vivit.model.args import (
 )
 from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
-from vivit.model.grid import pair
+from vivit.model.grid import checked_input_size, pair
 from vivit.model.layers import Attention, Mlp, fx_tracing
 from vivit.model.merge import TokenMerging, TokenMergingMixin
 
@@ -341,23 +341,7 @@ class ViViT(TokenMergingMixin, nn.Module):
             img_size: New frame size ``H`` or ``(H, W)`` (default: unchanged).
             num_frames: New clip length ``T`` (default: unchanged).
         """
-        img_size = self.img_size if img_size is None else pair(img_size)
-        num_frames = self.num_frames if num_frames is None else int(num_frames)
-        if self.variant != "spacetime" and isinstance(self.patch_embed, FrameSamplingEmbed) and (
-                img_size[0] % self.tubelet_size[1]):
-            raise ValueError(f"{self.variant} needs frame-aligned tokens: the patch height {self.tubelet_size[1]} must "
-                             f"divide the frame height, got {img_size[0]}")
-        old = (self.img_size, self.num_frames)
-        self.patch_embed.set_input_size(img_size, num_frames)
-        grid = self.patch_embed.grid_size
-        if min(grid) < 1:
-            self.patch_embed.set_input_size(*old)
-            raise ValueError(f"input {num_frames}x{img_size[0]}x{img_size[1]} is smaller than one tubelet "
-                             f"{self.tubelet_size}: no tokens")
-        self.encoder.set_grid(grid)
-        self.img_size, self.num_frames = img_size, num_frames
-        self.model_args.update(img_size=img_size, num_frames=num_frames)
-        self.pretrained_cfg = {**self.pretrained_cfg, **self.input_cfg()}
+        _set_input_size(self, img_size, num_frames)
 
     def input_cfg(self) -> dict[str, Any]:
         """timm's input fields of ``pretrained_cfg`` for the model as it is now.
@@ -427,6 +411,34 @@ class ViViT(TokenMergingMixin, nn.Module):
     def grid_size(self) -> tuple[int, int, int]:
         """Token grid ``(t, h, w)``."""
         return tuple(self.patch_embed.grid_size)
+
+
+
+def _set_input_size(model: ViViT, img_size: int | tuple[int, int] | None, num_frames: int | None) -> None:
+    """``ViViT.set_input_size``: checked first, then all or nothing."""
+    img_size, num_frames, grid = checked_input_size(model.img_size if img_size is None else img_size,
+                                                    model.num_frames if num_frames is None else num_frames,
+                                                    model.model_args)
+    if model.variant != "spacetime" and isinstance(model.patch_embed, FrameSamplingEmbed) and (
+            img_size[0] % model.tubelet_size[1]):
+        raise ValueError(f"{model.variant} needs frame-aligned tokens: the patch height {model.tubelet_size[1]} must "
+                         f"divide the frame height, got {img_size[0]}")
+    old = (model.img_size, model.num_frames)
+    saved = [(m, m.__dict__.get("grid"), m._parameters.get("pos_embed")) for m in model.encoder.modules()]
+    try:  # all or nothing: an error (out of memory) puts back every grid and positional embedding
+        model.patch_embed.set_input_size(img_size, num_frames)
+        model.encoder.set_grid(grid)
+    except BaseException:
+        model.patch_embed.set_input_size(*old)
+        for module, module_grid, pos_embed in saved:
+            if module_grid is not None:
+                module.grid = module_grid
+            if pos_embed is not None:
+                module.pos_embed = pos_embed
+        raise
+    model.img_size, model.num_frames = img_size, num_frames
+    model.model_args.update(img_size=img_size, num_frames=num_frames)
+    model.pretrained_cfg = {**model.pretrained_cfg, **model.input_cfg()}
 
 
 def _make_embed(args: dict[str, Any], img_size: tuple[int, int], tubelet: tuple[int, ...]) -> nn.Module:

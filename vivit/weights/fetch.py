@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from vivit._version import __version__
-from vivit.files import temporary_sibling, write_atomic
-from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, first_line, remember_sha256
+from vivit.files import first_line, temporary_sibling, write_atomic
+from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, remember_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -300,6 +300,11 @@ def revision_problem(revision: str) -> str | None:
     return None
 
 
+def _check_revision(revision: str | None) -> None:
+    if revision is not None and (problem := revision_problem(revision)):
+        raise ValueError(f"invalid revision {revision!r}: {problem}")
+
+
 def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
                 cache_dir: str | Path | None = None, force_download: bool = False, sha256: str | None = None) -> Path:
     """Fetch one file of a Hub repo through the Hugging Face cache (``huggingface_hub.hf_hub_download``).
@@ -333,8 +338,7 @@ def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
         RevisionNotFoundError,
     )
 
-    if revision is not None and (problem := revision_problem(revision)):
-        raise ValueError(f"invalid revision {revision!r}: {problem}")
+    _check_revision(revision)
     rev = revision or constants.DEFAULT_REVISION
     url = hf_hub_url(repo_id, filename, revision=rev)
     where = f"Hub repo {repo_id!r} (revision {rev!r})"

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vivit.model.embed import resample_pos_embed
 from vivit.model.grid import grid_of_args, infer_plane
 
-__all__ = ["adapt_input_channels", "fit_input_channels", "fit_pos_embeds", "grid_of_args", "source_grid"]
+__all__ = ["LoadReport", "adapt_input_channels", "fit_input_channels", "fit_pos_embeds", "grid_of_args", "last_load",
+           "measured_checkpoint", "remember_load", "source_grid"]
 
 if TYPE_CHECKING:
     from vivit.model.vivit import ViViT
@@ -30,7 +33,7 @@ def source_grid(state: Mapping[str, torch.Tensor], model: ViViT,
     target = model.state_dict()
 
     def tokens(key: str) -> int | None:
-        if key not in state:
+        if key not in state or key not in target:  # another variant's key: the strict load names it
             return None
         prefix = target[key].shape[1] - math.prod(_grid_for_key(key, (t, h, w)))
         return state[key].shape[1] - prefix
@@ -58,9 +61,15 @@ def _grid_for_key(key: str, grid: tuple[int, int, int]) -> tuple[int, ...]:
     return {"encoder.spatial.pos_embed": grid[1:], "encoder.temporal.pos_embed": grid[:1]}.get(key, grid)
 
 
-def fit_pos_embeds(state: dict[str, torch.Tensor], model: ViViT, source_grid: tuple[int, int, int]) -> None:
-    """Resample every positional embedding in ``state`` from ``source_grid`` to the model's token grid (SPEC 4.3)."""
+def fit_pos_embeds(state: dict[str, torch.Tensor], model: ViViT,
+                   source_grid: tuple[int, int, int]) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """Resample every positional embedding in ``state`` from ``source_grid`` to the model's token grid (SPEC 4.3).
+
+    Returns:
+        ``(key, old grid, new grid)`` of each embedding resampled.
+    """
     target = model.state_dict()
+    done = []
     for key in ("encoder.pos_embed", "encoder.spatial.pos_embed", "encoder.temporal.pos_embed"):
         if key not in state or key not in target:
             continue
@@ -69,6 +78,8 @@ def fit_pos_embeds(state: dict[str, torch.Tensor], model: ViViT, source_grid: tu
             prefix = target[key].shape[1] - math.prod(new)
             state[key] = resample_pos_embed(state[key], old, new, prefix)
             _logger.info("resampled %s from grid %s to %s", key, old, new)
+            done.append((key, old, new))
+    return done
 
 
 def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -90,9 +101,77 @@ def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return adapted.to(dtype)
 
 
-def fit_input_channels(state: dict[str, torch.Tensor], model: ViViT) -> None:
-    """Adapt ``state``'s patch-embedding kernel to the model's ``in_chans`` (see ``adapt_input_channels``)."""
+def fit_input_channels(state: dict[str, torch.Tensor], model: ViViT) -> tuple[int, int] | None:
+    """Adapt ``state``'s patch-embedding kernel to the model's ``in_chans`` (see ``adapt_input_channels``).
+
+    Returns:
+        ``(channels in the weights, channels of the model)`` when adapted, else ``None``.
+    """
     key = "patch_embed.proj.weight"
     if key in state and state[key].ndim >= 3 and state[key].shape[1] != model.in_chans:
-        _logger.info("adapting %s from %d to %d input channels", key, state[key].shape[1], model.in_chans)
+        source = int(state[key].shape[1])
+        _logger.info("adapting %s from %d to %d input channels", key, source, model.in_chans)
         state[key] = adapt_input_channels(state[key], model.in_chans)
+        return (source, model.in_chans)
+    return None
+
+
+@dataclass
+class LoadReport:
+    """What loading did to fit the weights to the model; ``lines()`` says it in words (the CLI prints them)."""
+
+    source: str
+    checkpoint: str | None = None  # the released "arch.tag" the weights are, when loaded as they are
+    resampled: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    new_head: tuple[int | None, int] | None = None  # (classes in the weights, classes in the model)
+    adapted_channels: tuple[int, int] | None = None
+    missing: list[str] = field(default_factory=list)  # strict=False only
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> bool:
+        """The model holds the weights exactly as they were published."""
+        return not (self.resampled or self.new_head or self.adapted_channels or self.missing or self.unexpected)
+
+    def lines(self) -> list[str]:
+        """One line per change."""
+        out = [f"resampled {key} from grid {old} to {new}" for key, old, new in self.resampled]
+        if self.new_head:
+            out.append(f"new classifier: {self.new_head[0]} classes in the weights, {self.new_head[1]} in the model; "
+                       "head left at init")
+        if self.adapted_channels:
+            out.append("adapted the patch embedding from {} to {} input channels".format(*self.adapted_channels))
+        return out
+
+
+_LAST_LOAD: weakref.WeakKeyDictionary[torch.nn.Module, tuple[LoadReport, tuple[Any, ...]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: torch.nn.Module) -> tuple[Any, ...]:
+    # Each tensor's storage and in-place version counter: training steps, load_state_dict, .to() and a new head all
+    # change it, at no cost (no hashing of the weights).
+    return tuple((k, t.data_ptr(), t._version) for k, t in model.state_dict(keep_vars=True).items())
+
+
+def remember_load(model: torch.nn.Module, report: LoadReport) -> None:
+    """Record ``report`` as the last load into ``model`` (see ``last_load``)."""
+    _LAST_LOAD[model] = (report, _fingerprint(model))
+
+
+def last_load(model: torch.nn.Module) -> LoadReport | None:
+    """The report of the last load into ``model`` by vivit, or ``None``."""
+    found = _LAST_LOAD.get(model)
+    return found[0] if found else None
+
+
+def measured_checkpoint(model: torch.nn.Module) -> str | None:
+    """The released ``arch.tag`` whose weights ``model`` holds untouched since they were loaded, else ``None``.
+
+    Only for those weights do the zoo's accuracy figures hold: fine-tuned, resampled, re-headed or random weights get
+    no claim in a model card or summary.
+    """
+    found = _LAST_LOAD.get(model)
+    if found is None or not found[0].unchanged or found[1] != _fingerprint(model):
+        return None
+    return found[0].checkpoint

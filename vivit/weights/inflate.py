@@ -185,10 +185,8 @@ def inflate_pos_embed(
 # ------------------------------------------------------------------------------------------------------------ source
 def _load_source(vit: str | nn.Module | Mapping[str, torch.Tensor], grid_size: tuple[int, int] | None) -> _Source:
     if isinstance(vit, str):
-        try:
-            import timm
-        except ImportError as e:
-            raise ImportError("inflating from a timm model name needs timm: pip install timm") from e
+        import timm  # a core dependency, imported only when a name is given
+
         vit = timm.create_model(vit, pretrained=True, pretrained_cfg_overlay=_timm_weights_file(timm, vit))
     if isinstance(vit, nn.Module):
         if getattr(vit, "no_embed_class", False) or getattr(vit, "num_reg_tokens", 0):

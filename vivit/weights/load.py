@@ -24,7 +24,7 @@ from vivit.weights.config import checked_model_args
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params
 from vivit.weights.convert.transformers import convert_transformers
-from vivit.weights.fit import fit_input_channels, fit_pos_embeds, grid_of_args, source_grid
+from vivit.weights.fit import LoadReport, fit_input_channels, fit_pos_embeds, grid_of_args, remember_load, source_grid
 from vivit.weights.read import (
     CONFIG_NAME,
     check_finite,
@@ -37,7 +37,7 @@ from vivit.weights.read import (
     read_state_dict,
     read_weights_file,
 )
-from vivit.zoo import PRETRAINED
+from vivit.zoo import PRETRAINED, tagged_name
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Weights:
     label_names: list[str] | None = None
     source: str = "the weights"  # where they were read from, for error messages
     args: dict[str, Any] | None = None  # the ViViT kwargs the weights state, when known
+    checkpoint: str | None = None  # the released "arch.tag" these weights are
 
 
 # -------------------------------------------------------------------------------------------------- reading
@@ -118,30 +119,19 @@ def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True,
     if not allow_non_finite:
         check_finite(weights.state, weights.source)
     state = dict(weights.state)
-    fit_pos_embeds(state, model, source_grid(state, model, weights.grid))
-    fit_input_channels(state, model)
+    report = LoadReport(weights.source, weights.checkpoint)
+    report.resampled = fit_pos_embeds(state, model, source_grid(state, model, weights.grid))
+    report.adapted_channels = fit_input_channels(state, model)
     target = model.state_dict()
-    allowed_missing: set[str] = set()
-    head_kept = True
-    if any(k in state for k in HEAD_KEYS):
-        source_classes = state["head.weight"].shape[0] if "head.weight" in state else None
-        if model.num_classes == 0 or source_classes != model.num_classes:
-            for k in HEAD_KEYS:
-                state.pop(k, None)
-            allowed_missing = {k for k in HEAD_KEYS if k in target}
-            head_kept = False
-            _logger.info("new classifier: %s classes in the weights, %s in the model; head left at init",
-                         source_classes, model.num_classes)
-    elif model.num_classes > 0:
-        allowed_missing = set(HEAD_KEYS)  # headless weights (a backbone): the head keeps its zero init
-        head_kept = False
+    allowed_missing = _reconcile_head(state, model, report)
     for key, value in state.items():
         if key in target and tuple(value.shape) != tuple(target[key].shape):
             raise ValueError(f"{weights.source}: weight {key} has shape {tuple(value.shape)} but the model expects "
                              f"{tuple(target[key].shape)}: the weights belong to another architecture "
                              f"(model: {model.variant}, embed_dim {model.embed_dim})")
-    missing = sorted(set(target) - set(state) - allowed_missing)
-    unexpected = sorted(set(state) - set(target))
+    report.missing = sorted(set(target) - set(state) - allowed_missing)
+    report.unexpected = sorted(set(state) - set(target))
+    missing, unexpected = report.missing, report.unexpected
     if (missing or unexpected) and strict:
         raise ValueError(f"{weights.source} does not fit this {model.variant} model: {len(missing)} missing keys "
                          f"{missing[:12]}, {len(unexpected)} unexpected keys {unexpected[:12]}. Check the "
@@ -150,9 +140,30 @@ def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True,
         _logger.warning("strict=False: %d missing keys %s, %d unexpected keys %s", len(missing), missing[:12],
                         len(unexpected), unexpected[:12])
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
+    head_kept = report.new_head is None and any(k in state for k in HEAD_KEYS)
     if head_kept and weights.label_names and len(weights.label_names) == model.num_classes:
         model.pretrained_cfg["label_names"] = list(weights.label_names)
+    remember_load(model, report)
     return model
+
+
+def _reconcile_head(state: dict[str, torch.Tensor], model: ViViT, report: LoadReport) -> set[str]:
+    """Drop a head of another size from ``state`` (noted in ``report``); returns the head keys that may be missing."""
+    target = model.state_dict()
+    if any(k in state for k in HEAD_KEYS):
+        source_classes = state["head.weight"].shape[0] if "head.weight" in state else None
+        if model.num_classes == 0 or source_classes != model.num_classes:
+            for k in HEAD_KEYS:
+                state.pop(k, None)
+            report.new_head = (source_classes, model.num_classes)
+            _logger.info("new classifier: %s classes in the weights, %s in the model; head left at init",
+                         source_classes, model.num_classes)
+            return {k for k in HEAD_KEYS if k in target}
+        return set()
+    if model.num_classes > 0:
+        report.new_head = (None, model.num_classes)  # headless weights (a backbone): the head keeps its zero init
+        return set(HEAD_KEYS)
+    return set()
 
 
 # ---------------------------------------------------------------------------------------------- resolving
@@ -180,6 +191,7 @@ def fetch_weights(source: str | Path, model: ViViT, *, force_download: bool = Fa
             weights.grid = grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
         if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
             weights.label_names = label_names(cfg.label_set)
+        weights.checkpoint = cfg.name
         return weights
     if text.startswith(fetch.HUB_PREFIXES):
         repo_id, revision = fetch.parse_hub_name(text)
@@ -243,7 +255,7 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
     """
     if source is None:
         cfg = model.pretrained_cfg or {}
-        name = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg.get("architecture")
+        name = tagged_name(cfg.get("architecture"), cfg.get("tag"))
         if not cfg.get("hf_hub_id") and not cfg.get("url") and not cfg.get("file"):
             raise ValueError(f"model {name or '(unnamed)'} has no default weights; pass a source (tag, 'hf-hub:...', "
                              "URL or local path)")
@@ -264,10 +276,10 @@ def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Pat
     kind = config_kind(config)
     if kind is None:
         raise ValueError(f"{where} is not a vivit or transformers ViViT config (keys: {sorted(config)[:10]})")
+    args = checked_model_args(config, where) if kind == "vivit" else None  # before any weights are fetched
     weights = folder_weights(config, weights_file(), where) if pretrained or kind == "transformers" else None
     if kind == "vivit":
-        args, labels = checked_model_args(config, where), config.get("label_names")
-        pretrained_cfg = dict(config.get("pretrained_cfg") or {})
+        labels, pretrained_cfg = config.get("label_names"), dict(config.get("pretrained_cfg") or {})
     else:
         args, labels, pretrained_cfg = dict(weights.args), None, {}
     model = ViViT(**{**args, **overrides})

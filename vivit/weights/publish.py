@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vivit._version import __version__
-from vivit.files import write_atomic
+from vivit.files import first_line, write_atomic
 from vivit.weights.fetch import HUB_PREFIXES, is_offline, parse_hub_name, transport_errors
-from vivit.weights.read import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256, first_line
-from vivit.zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD
+from vivit.weights.fit import measured_checkpoint
+from vivit.weights.read import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256
+from vivit.zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD, tagged_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,8 +90,12 @@ def model_config(model: nn.Module, *, label_names: Sequence[str] | None = None) 
     source = model.pretrained_cfg
     pretrained_cfg = {k: v for k, v in source.items() if k not in _SOURCE_KEYS and k != "label_names"}
     if source.get("num_classes", model.num_classes) != model.num_classes:
-        # A new head: the source's classes and accuracy no longer describe these weights.
-        for key in ("label_set", "class_splits", "top1", "eval_views"):
+        # A new head: the source's classes no longer describe these weights.
+        for key in ("label_set", "class_splits"):
+            pretrained_cfg.pop(key, None)
+    if measured_checkpoint(model) != tagged_name(source.get("architecture"), source.get("tag")):
+        # The accuracy was measured for the released checkpoint; random, fine-tuned or resampled weights get none.
+        for key in ("top1", "eval_views"):
             pretrained_cfg.pop(key, None)
     origin = f"hf-hub:{source['hf_hub_id']}" if source.get("hf_hub_id") else source.get("url")
     if origin:
@@ -262,7 +267,7 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
     c, t, h, w = cfg["input_size"]
     tt, th, tw = args.get("tubelet_size", (2, 16, 16))
     variant = args.get("variant", "spacetime")
-    name = repo_id or (f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"])
+    name = repo_id or tagged_name(cfg["architecture"], cfg.get("tag"))
     front = ["---", "library_name: vivit", f"license: {cfg.get('license') or 'apache-2.0'}", "tags:",
              "- video-classification", "- vivit", "- timm", "pipeline_tag: video-classification", "---"]
     width = (f"embed dim {args.get('embed_dim')}, depth {args.get('depth')}, {args.get('num_heads')} heads, "

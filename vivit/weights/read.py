@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vivit.files import first_line
+
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_NAMES = (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)  # a model folder's weights file, preferred first
@@ -190,11 +192,6 @@ def check_safetensors_header(path: Path) -> dict[str, Any]:
                              f"{str(entry)[:120]} (needs dtype, a shape of non-negative ints and data_offsets within "
                              f"the {data} data bytes)")
     return header
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import torch
 from vivit.model.vivit import ViViT
 from vivit.weights.build import create_model
 from vivit.weights.load import Weights, load_pretrained, load_weights_into, saved_source
-from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults
+from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults, tagged_name
 
 default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute
 _FEATURE_KWARGS = ("out_indices", "feature_cls", "output_fmt", "norm", "prune", "flatten_sequential", "out_map",
@@ -116,12 +116,12 @@ def _timm_entrypoint(arch: str):
         overlay = dict(pretrained_cfg_overlay or {})
         name, source = arch, None
         if isinstance(pretrained_cfg, str):  # timm passes the tag of "arch.tag"
-            name = f"{arch}.{pretrained_cfg}" if pretrained_cfg else arch
+            name = tagged_name(arch, pretrained_cfg)
         elif pretrained_cfg is not None:
             cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict()
             source = saved_source(cfg)  # timm.create_model("hf-hub:org/repo") read our config.json
             if source is None and cfg.get("tag"):
-                name = f"{arch}.{cfg['tag']}"
+                name = tagged_name(arch, cfg["tag"])
         named = _overlay_source(overlay)
         if arch == GENERIC_ARCH and pretrained and source is None and named is None:
             raise ValueError("the generic 'vivit' architecture has no weights of its own; name a source")
@@ -151,15 +151,13 @@ def _timm_entrypoint(arch: str):
 
 def register_timm_models(archs: Iterable[str] | None = None) -> bool:
     """Register architectures (default: all of ``ARCHS``, their pretrained tags and the generic ``vivit``) into timm's
-    registry; ``False`` if timm is not installed.
+    registry (timm is a core dependency); returns ``True``.
 
     Args:
         archs: Only these names of ``ARCHS`` (e.g. test architectures added to ``ARCHS`` after import).
     """
-    try:
-        from timm.models import generate_default_cfgs, register_model
-    except ImportError:
-        return False
+    from timm.models import generate_default_cfgs, register_model
+
     names = (*ARCHS, GENERIC_ARCH) if archs is None else tuple(archs)
     cfgs = {cfg.name if cfg.tag else cfg.architecture: _timm_cfg(cfg) for cfg in PRETRAINED.values()
             if cfg.architecture in names}

@@ -11,7 +11,7 @@ from vivit.model.vivit import ViViT
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
 from vivit.weights.convert.transformers import from_transformers
-from vivit.weights.fit import fit_pos_embeds
+from vivit.weights.fit import LoadReport, fit_pos_embeds, remember_load
 from vivit.weights.read import check_finite
 
 __all__ = ["from_scenic", "from_transformers", "read_scenic_checkpoint"]
@@ -54,6 +54,7 @@ def from_scenic(
     state = convert_scenic_params(params, args["variant"], source=source)
     if not allow_non_finite:
         check_finite(state, source)
-    fit_pos_embeds(state, model, weights_grid(params, config, args, model.grid_size))
+    resampled = fit_pos_embeds(state, model, weights_grid(params, config, args, model.grid_size))
     model.load_state_dict(state, strict=True)
+    remember_load(model, LoadReport(source, resampled=resampled))
     return model.eval()
