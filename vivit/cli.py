@@ -43,40 +43,44 @@ def _nothing_matches(pattern: str, names: Sequence[str]) -> str:
 def _load_source(args: argparse.Namespace):
     """Build the model ``convert`` saves: a tag / hf-hub name, or a file with --arch or --scenic-config."""
     import vivit
+    from vivit.weights.build import build
     from vivit.weights.read import detect_format
-    from vivit.zoo import PRETRAINED
+    from vivit.weights.source import parse_source
 
-    source = args.source
+    source = parse_source(args.source)
     overrides = {k: v for k, v in dict(img_size=args.img_size, num_frames=args.num_frames).items() if v is not None}
-    if source in PRETRAINED or source.startswith("hf-hub:"):
-        return vivit.create_model(source, pretrained=True, force_download=args.force_download, **overrides)
+    if source.kind in ("tag", "hub"):
+        return build(source, True, force_download=args.force_download, **overrides)
     if args.scenic_config:
         config = json.loads(Path(args.scenic_config).read_text())
         config = config.get("scenic_config", config)  # a golden sidecar holds the config under this key
         if "img_size" not in overrides:
             raise SystemExit("vivit convert: --img-size is needed with --scenic-config (reference configs do not "
                              "state the frame size)")
-        return vivit.convert.from_scenic(source, config, **overrides)
-    if Path(source).is_dir() and detect_format(source) in ("transformers-folder", "vivit-folder"):
-        return vivit.create_model(f"local-dir:{source}", pretrained=True, **overrides)
+        return vivit.convert.from_scenic(args.source, config, **overrides)
+    folder = parse_source(args.source, folder_first=True)
+    if folder.kind == "folder" and detect_format(folder.path) in ("transformers-folder", "vivit-folder"):
+        return build(folder, True, **overrides)
     if not args.arch:
-        raise SystemExit(f"vivit convert: {source} needs --arch NAME (a registered architecture) or --scenic-config "
-                         "CONFIG.json to say what model the weights belong to")
-    return _load_into_arch(args, overrides)
+        raise SystemExit(f"vivit convert: {args.source} needs --arch NAME (a registered architecture) or "
+                         "--scenic-config CONFIG.json to say what model the weights belong to")
+    return _load_into_arch(args, source, overrides)
 
 
-def _load_into_arch(args: argparse.Namespace, overrides: dict):
-    """Weights with no config of their own into ``--arch``: the head size comes from the weights.
+def _load_into_arch(args: argparse.Namespace, source, overrides: dict):
+    """Weights with no config of their own (the parsed ``source``) into ``--arch``: the head size comes from the
+    weights.
 
     A head of another size is replaced only when ``--num-classes`` asks for it; positional embeddings that do not fit
     the architecture's token grid are resampled only to an explicit ``--num-frames`` / ``--img-size`` (and printed),
     and are an error otherwise.
     """
-    import vivit
+    from vivit.weights.build import build
     from vivit.weights.fit import last_load
+    from vivit.weights.source import parse_source
 
-    model = vivit.create_model(args.arch, pretrained=args.source, num_classes=args.num_classes,
-                               force_download=args.force_download, **overrides)
+    model = build(parse_source(args.arch), source, num_classes=args.num_classes, force_download=args.force_download,
+                  **overrides)
     report = last_load(model)
     if report.new_head and report.new_head[0] is None and args.num_classes is None:
         raise SystemExit(f"vivit convert: {args.source} has no classifier head: pass --num-classes N for a new "
@@ -133,12 +137,14 @@ def load_model_for_cli(name: str, device: str | None = None, dtype: str | None =
     """
     import torch
 
-    import vivit
+    from vivit.weights.build import build
+    from vivit.weights.source import parse_source
 
-    if Path(name).is_dir():
-        name = f"local-dir:{name}"
+    source = parse_source(name, folder_first=True)
+    if source.kind == "folder":
+        name = f"local-dir:{name}"  # what the error line names, as before
     try:
-        model = vivit.create_model(name, pretrained=True, **kwargs)
+        model = build(source, True, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as err:
         from vivit.files import first_line
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -393,14 +392,9 @@ class ViViT(TokenMergingMixin, nn.Module):
             **kwargs: ``create_model`` keywords: ``num_classes``, ``num_frames``, ``img_size``, any ViViT keyword.
         """
         # The weights path sits above the model; this constructor reaches up to it, like save_pretrained (STYLE).
-        from vivit.weights.build import create_model
+        from vivit.weights.build import build, parse_source
 
-        name = os.fspath(source)
-        if os.path.isdir(name):
-            name = f"local-dir:{name}"
-        elif re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name) and not os.path.exists(name):
-            name = f"hf-hub:{name}"
-        return create_model(name, pretrained=True, **kwargs)
+        return build(parse_source(os.fspath(source), folder_first=True, bare_hub=True), True, **kwargs)
 
     @property
     def default_cfg(self) -> dict[str, Any]:

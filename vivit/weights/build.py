@@ -1,5 +1,5 @@
-"""``create_model``: a name (zoo tag or architecture, ``hf-hub:``, ``local-dir:``) -> model arguments and a weights
-source -> a ``ViViT``, with its weights loaded when asked."""
+"""``create_model`` and :func:`build`, the one builder: a parsed source (zoo tag or architecture, ``hf-hub:``,
+``local-dir:``, a folder) -> model arguments and a weights source -> a ``ViViT``, with its weights loaded when asked."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from vivit.model.vivit import ViViT
-from vivit.weights.fetch import HUB_PREFIXES
-from vivit.weights.load import create_from_folder, create_from_hub, fetch_weights, load_pretrained, load_weights_into
+from vivit.weights.load import create_from_folder, create_from_hub, fetch_release, fetch_weights, load_weights_into
+from vivit.weights.source import Source, parse_source
 from vivit.zoo import ARCHS, PRETRAINED, arch_defaults, list_models, resolve_name
 
 _VIVIT_KWARGS = frozenset(inspect.signature(ViViT.__init__).parameters) - {"self"}
@@ -26,13 +26,9 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
             raise TypeError(f"create_model() got an unexpected keyword argument {key!r}{hint}")
 
 
-def _path_like(name: str) -> bool:
-    return "/" in name or "\\" in name or name.startswith((".", "~")) or Path(name).suffix in (
-        ".safetensors", ".pt", ".pth", ".bin", ".npz", ".msgpack")
-
-
-def _from_path(name: str, pretrained: bool, overrides: dict[str, Any]) -> ViViT:
+def _from_path(source: Source, pretrained: bool, overrides: dict[str, Any]) -> ViViT:
     """``create_model("my_saved_dir")``: a folder is loaded as ``local-dir:``; anything else says what to write."""
+    name = source.text
     path = Path(name).expanduser()
     if path.is_dir():
         return create_from_folder(path, pretrained=pretrained, **overrides)
@@ -44,29 +40,85 @@ def _from_path(name: str, pretrained: bool, overrides: dict[str, Any]) -> ViViT:
                             "vivit.list_models() for registered names.")
 
 
-def _with_weights_from(arch: str, source: str, args: dict[str, Any], num_classes: int | None,
+def _with_weights_from(arch: str, source: Source, args: dict[str, Any], num_classes: int | None,
                        force_download: bool = False, allow_non_finite: bool = False) -> ViViT:
     """``create_model(arch, pretrained=SOURCE)``: the architecture, filled from any source ``load_pretrained`` takes.
 
     The head takes the size of the weights' head unless ``num_classes`` is given (then only the head is reset).
     """
-    cfg = PRETRAINED[source] if source in PRETRAINED else arch_defaults(arch)
+    cfg = PRETRAINED[source.name] if source.kind == "tag" else arch_defaults(arch)
     model = ViViT(**{**args, "num_classes": num_classes if num_classes is not None else cfg.num_classes})
     weights = fetch_weights(source, model, force_download=force_download)
     source_head = weights.state.get("head.weight")
     if num_classes is None and source_head is not None and source_head.shape[0] != model.num_classes:
         model.reset_classifier(source_head.shape[0])
     model.pretrained_cfg = {**cfg.to_dict(), "num_classes": model.num_classes, **model.input_cfg()}
-    if source not in PRETRAINED:  # say where the weights came from, not where the arch's released ones live
+    if source.kind != "tag":  # say where the weights came from, not where the arch's released ones live
         where = dict(hf_hub_id=None, url=None, file=None)
-        if source.startswith(HUB_PREFIXES):
-            where.update(source="hf-hub", hf_hub_id=source.split(":", 1)[1])
-        elif source.startswith(("http://", "https://")):
-            where.update(source="url", url=source)
+        if source.kind == "hub":
+            where.update(source="hf-hub", hf_hub_id=source.text.split(":", 1)[1])
+        elif source.kind == "url":
+            where.update(source="url", url=source.url)
         else:
-            where.update(source="local-dir", file=source)
+            where.update(source="local-dir", file=source.text)
         model.pretrained_cfg.update(where, tag="", label_set=None, top1=None, eval_views=None)
     return load_weights_into(model, weights, allow_non_finite=allow_non_finite)
+
+
+def _from_zoo(name: str, overrides: dict[str, Any], pretrained: bool, force_download: bool,
+              allow_non_finite: bool) -> ViViT:
+    """A zoo name (``arch`` or ``arch.tag``), with the release's weights when ``pretrained``."""
+    arch, cfg = resolve_name(name)
+    model = ViViT(**{**ARCHS[arch], "num_classes": cfg.num_classes, **overrides})
+    model.pretrained_cfg = {**cfg.to_dict(), **model.input_cfg()}
+    if pretrained:
+        if not cfg.has_weights:
+            released = [n for n in list_models(pretrained=True) if n.startswith(arch + ".")]
+            raise ValueError(
+                f"{name!r} has no released weights"
+                + (f"; released tags: {', '.join(released)}" if released else "")
+                + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.inflate."
+            )
+        weights = fetch_release(cfg, model, force_download=force_download)  # the cfg itself: no name round trip
+        load_weights_into(model, weights, allow_non_finite=allow_non_finite)
+    return model
+
+
+def build(
+    source: Source,
+    weights: bool | Source = False,
+    *,
+    num_classes: int | None = None,
+    num_frames: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    force_download: bool = False,
+    allow_non_finite: bool = False,
+    **kwargs: Any,
+) -> ViViT:
+    """The one builder: a parsed ``source`` (what to build) and ``weights`` (``True``: the source's own; a parsed
+    ``Source``: those weights into the named architecture). ``create_model``, ``ViViT.from_pretrained``, the timm
+    entry points and the CLI all build here; the keywords are ``create_model``'s.
+    """
+    _check_kwargs(kwargs)
+    overrides = {k: v for k, v in dict(num_classes=num_classes, num_frames=num_frames, img_size=img_size).items()
+                 if v is not None}
+    if isinstance(weights, Source) and source.kind not in ("tag", "name"):
+        raise ValueError(f"{source.text!r} brings its own weights: use pretrained=True, or name an architecture to "
+                         f"load {weights.text!r} into")
+    trust = dict(allow_non_finite=allow_non_finite)
+    if source.kind == "hub":
+        return create_from_hub(source, pretrained=weights is True, force_download=force_download, **trust,
+                               **overrides, **kwargs)
+    if source.kind == "local-dir":
+        return create_from_folder(source.path, pretrained=weights is True, **trust, **overrides, **kwargs)
+    if source.kind in ("folder", "file", "missing", "url"):
+        return _from_path(source, weights is True, {**trust, **overrides, **kwargs})
+    if isinstance(weights, Source):
+        arch, _ = resolve_name(source.text)
+        args = {**ARCHS[arch], **overrides, **kwargs}
+        return _with_weights_from(arch, weights, args, args.pop("num_classes", None), force_download,
+                                  allow_non_finite)
+    return _from_zoo(source.text, {**overrides, **kwargs}, bool(weights), force_download, allow_non_finite)
 
 
 def create_model(
@@ -95,38 +147,10 @@ def create_model(
         allow_non_finite: With ``pretrained``, accept weights holding NaN or infinite values (refused by default).
         **kwargs: Any other ``ViViT`` keyword (``drop_path_rate``, ``attn_impl``, ``depth`` ...).
     """
-    _check_kwargs(kwargs)
-    if isinstance(pretrained, os.PathLike):
-        pretrained = os.fspath(pretrained)
-    overrides = {k: v for k, v in dict(num_classes=num_classes, num_frames=num_frames, img_size=img_size).items()
-                 if v is not None}
-    a_path = name.partition(".")[0] not in ARCHS and (_path_like(name) or Path(name).exists())
-    if isinstance(pretrained, str) and (a_path or name.startswith((*HUB_PREFIXES, "local-dir:"))):
-        raise ValueError(f"{name!r} brings its own weights: use pretrained=True, or name an architecture to load "
-                         f"{pretrained!r} into")
-    trust = dict(allow_non_finite=allow_non_finite)
-    if name.startswith(HUB_PREFIXES):
-        return create_from_hub(name, pretrained=pretrained, force_download=force_download, **trust, **overrides,
-                               **kwargs)
-    if name.startswith("local-dir:"):
-        return create_from_folder(name[len("local-dir:"):], pretrained=pretrained, **trust, **overrides, **kwargs)
-    if a_path:
-        return _from_path(name, pretrained is True, {**trust, **overrides, **kwargs})
-    arch, cfg = resolve_name(name)
-    if isinstance(pretrained, str):
-        args = {**ARCHS[arch], **overrides, **kwargs}
-        return _with_weights_from(arch, pretrained, args, args.pop("num_classes", None), force_download,
-                                  allow_non_finite)
-    args = {**ARCHS[arch], "num_classes": cfg.num_classes, **overrides, **kwargs}
-    model = ViViT(**args)
-    model.pretrained_cfg = {**cfg.to_dict(), **model.input_cfg()}
-    if pretrained:
-        if not cfg.has_weights:
-            released = [n for n in list_models(pretrained=True) if n.startswith(arch + ".")]
-            raise ValueError(
-                f"{name!r} has no released weights"
-                + (f"; released tags: {', '.join(released)}" if released else "")
-                + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.inflate."
-            )
-        load_pretrained(model, cfg.name, force_download=force_download, allow_non_finite=allow_non_finite)
-    return model
+    source = parse_source(name)
+    if isinstance(pretrained, (str, os.PathLike)):
+        weights: bool | Source = parse_source(os.fspath(pretrained))
+    else:
+        weights = bool(pretrained)
+    return build(source, weights, num_classes=num_classes, num_frames=num_frames, img_size=img_size,
+                 force_download=force_download, allow_non_finite=allow_non_finite, **kwargs)

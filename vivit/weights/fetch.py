@@ -38,10 +38,10 @@ from typing import Any
 from vivit._version import __version__
 from vivit.files import first_line, temporary_sibling, write_atomic
 from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, remember_sha256
+from vivit.weights.source import parse_hub_name, revision_problem  # noqa: F401 (parse_hub_name: re-exported)
 
 _logger = logging.getLogger(__name__)
 
-HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts the underscore spelling too
 DOWNLOAD_TIMEOUT = 60.0  # default of VIVIT_DOWNLOAD_TIMEOUT
 MIN_DOWNLOAD_RATE = 1024  # bytes/s a download must average over each timeout window
 _CHUNK = 1 << 20
@@ -49,7 +49,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _RECORD_SUFFIX = ".record.json"
 _STALE_PART_SECONDS = 24 * 3600
-_HUB_PART = re.compile(r"^[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 
 
 # ----------------------------------------------------------------------------------------------- plain URLs
@@ -256,50 +255,6 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face Hub
-def parse_hub_name(name: str) -> tuple[str, str | None]:
-    """``"hf-hub:org/repo[@revision]"`` -> ``("org/repo", "revision" or None)``.
-
-    Raises:
-        ValueError: No ``hf-hub:`` prefix, a repo id that is not ``org/repo``, or an empty revision.
-    """
-    prefix = next((p for p in HUB_PREFIXES if name.startswith(p)), None)
-    if prefix is None:
-        raise ValueError(f"expected 'hf-hub:<org>/<repo>[@<revision>]', got {name!r}")
-    repo_id, at, revision = name[len(prefix):].partition("@")
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_HUB_PART.match(p) and ".." not in p and "--" not in p for p in parts):
-        raise ValueError(f"invalid Hub repo id {repo_id!r} in {name!r}: expected '<org>/<repo>' of letters, digits, "
-                         "'-', '_' and '.' (e.g. 'hf-hub:google/vivit-b-16x2-kinetics400')")
-    if at and (problem := revision_problem(revision)):
-        raise ValueError(f"invalid revision {revision!r} in {name!r}: {problem}; expected a branch, tag or commit "
-                         "(a git ref name such as 'main', 'v1.0', 'refs/pr/1', or a 40-hex commit) after '@'")
-    return repo_id, (revision if at else None)
-
-
-def revision_problem(revision: str) -> str | None:
-    """Why ``revision`` is not a git ref name (``git check-ref-format`` rules) or a commit; ``None`` when it is one.
-
-    The revision becomes a path inside the Hugging Face cache (``refs/<revision>``): ``..`` and friends would let a
-    name, or an endpoint answering for it, write outside the cache.
-    """
-    if _HEX40.match(revision):
-        return None
-    if not revision:
-        return "it is empty"
-    if revision == "@":
-        return "'@' alone is not a ref name"
-    bad = sorted({c for c in revision if ord(c) < 0x20 or ord(c) == 0x7F or c in " ~^:?*[\\"})
-    if bad:
-        return f"it contains {''.join(bad)!r}"
-    if ".." in revision or "@{" in revision or "//" in revision:
-        return "it contains '..', '@{' or '//'"
-    if revision.startswith("/") or revision.endswith(("/", ".")):
-        return "it starts with '/' or ends with '/' or '.'"
-    if any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")):
-        return "a component starts with '.' or ends with '.lock'"
-    return None
-
-
 def _check_revision(revision: str | None) -> None:
     if revision is not None and (problem := revision_problem(revision)):
         raise ValueError(f"invalid revision {revision!r}: {problem}")

@@ -37,7 +37,8 @@ from vivit.weights.read import (
     read_state_dict,
     read_weights_file,
 )
-from vivit.zoo import PRETRAINED, tagged_name
+from vivit.weights.source import Source, parse_source
+from vivit.zoo import PRETRAINED, PretrainedCfg, tagged_name
 
 _logger = logging.getLogger(__name__)
 
@@ -167,38 +168,42 @@ def _reconcile_head(state: dict[str, torch.Tensor], model: ViViT, report: LoadRe
 
 
 # ---------------------------------------------------------------------------------------------- resolving
-def fetch_weights(source: str | Path, model: ViViT, *, force_download: bool = False) -> Weights:
-    """Resolve ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout.
+def fetch_weights(source: Source, model: ViViT, *, force_download: bool = False) -> Weights:
+    """Resolve a parsed ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout.
 
-    ``force_download`` downloads again even when cached. A tag's ``sha256`` (when the release's digest is known) is
-    checked for downloads and shipped files alike.
+    ``force_download`` downloads again even when cached. Anything that is no tag, Hub repo or URL is read as a path.
     """
-    text = str(source)
-    if text in PRETRAINED:
-        cfg = PRETRAINED[text]
-        if cfg.file:  # shipped inside the package
-            path = Path(str(resources.files("vivit").joinpath(cfg.file)))
-            if cfg.sha256 and file_sha256(path) != cfg.sha256:
-                raise RuntimeError(f"{path} (shipped with vivit for {text}) does not have its release sha256 "
-                                   f"{cfg.sha256}: the installation is damaged; reinstall vivit")
-            weights = read_weights(path, model)
-        elif cfg.hf_hub_id:
-            weights = _fetch_hub(cfg.hf_hub_id, None, model, force_download, cfg.sha256)
-        else:
-            weights = _read_download(cfg.url, model, force_download, cfg.sha256)
-        if weights.grid is None and cfg.source_format in ("scenic", "vivit"):
-            c, t, h, w = cfg.input_size
-            weights.grid = grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
-        if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
-            weights.label_names = label_names(cfg.label_set)
-        weights.checkpoint = cfg.name
-        return weights
-    if text.startswith(fetch.HUB_PREFIXES):
-        repo_id, revision = fetch.parse_hub_name(text)
-        return _fetch_hub(repo_id, revision, model, force_download, None)
-    if text.startswith(("http://", "https://")):
-        return _read_download(text, model, force_download, None)
-    return read_weights(Path(source), model)
+    if source.kind == "tag":
+        return fetch_release(PRETRAINED[source.name], model, force_download=force_download)
+    if source.kind == "hub":
+        return _fetch_hub(source.repo_id, source.revision, model, force_download, None)
+    if source.kind == "url":
+        return _read_download(source.url, model, force_download, None)
+    return read_weights(source.path or Path(source.text), model)
+
+
+def fetch_release(cfg: PretrainedCfg, model: ViViT, *, force_download: bool = False) -> Weights:
+    """The weights of a released checkpoint (a ``PRETRAINED`` cfg): shipped, on the Hub or at a URL.
+
+    The release's ``sha256`` (when its digest is known) is checked for downloads and shipped files alike.
+    """
+    if cfg.file:  # shipped inside the package
+        path = Path(str(resources.files("vivit").joinpath(cfg.file)))
+        if cfg.sha256 and file_sha256(path) != cfg.sha256:
+            raise RuntimeError(f"{path} (shipped with vivit for {cfg.name}) does not have its release sha256 "
+                               f"{cfg.sha256}: the installation is damaged; reinstall vivit")
+        weights = read_weights(path, model)
+    elif cfg.hf_hub_id:
+        weights = _fetch_hub(cfg.hf_hub_id, None, model, force_download, cfg.sha256)
+    else:
+        weights = _read_download(cfg.url, model, force_download, cfg.sha256)
+    if weights.grid is None and cfg.source_format in ("scenic", "vivit"):
+        c, t, h, w = cfg.input_size
+        weights.grid = grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
+    if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
+        weights.label_names = label_names(cfg.label_set)
+    weights.checkpoint = cfg.name
+    return weights
 
 
 def _fetch_hub(repo_id: str, revision: str | None, model: ViViT, force_download: bool,
@@ -237,14 +242,15 @@ def saved_source(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
-def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: bool = True,
+def load_pretrained(model: ViViT, source: str | Path | Source | None = None, *, strict: bool = True,
                     force_download: bool = False, allow_non_finite: bool = False) -> ViViT:
     """Load weights into ``model``, converting foreign layouts and resampling positional embeddings.
 
     Args:
         model: The model to fill (its variant, sizes and head decide what is expected).
         source: ``None`` (the model's own pretrained cfg), a tag ``"arch.tag"``, ``"hf-hub:org/repo[@rev]"``, an
-            ``http(s)`` URL, or a local file/folder; the format is detected (see ``FORMATS``).
+            ``http(s)`` URL, or a local file/folder (or a parsed ``Source``); the format is detected (see
+            ``FORMATS``).
         strict: Refuse missing or unexpected keys (listing them). A head whose size differs from the model's is
             always dropped and left at its zero init; that is the only tolerated gap.
         force_download: Download the file(s) again even when cached.
@@ -260,7 +266,8 @@ def load_pretrained(model: ViViT, source: str | Path | None = None, *, strict: b
             raise ValueError(f"model {name or '(unnamed)'} has no default weights; pass a source (tag, 'hf-hub:...', "
                              "URL or local path)")
         source = saved_source(cfg) or name
-    weights = fetch_weights(source, model, force_download=force_download)
+    parsed = source if isinstance(source, Source) else parse_source(str(source))
+    weights = fetch_weights(parsed, model, force_download=force_download)
     return load_weights_into(model, weights, strict=strict, allow_non_finite=allow_non_finite)
 
 
@@ -291,7 +298,7 @@ def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Pat
     return model
 
 
-def create_from_hub(name: str, pretrained: bool = False, *, force_download: bool = False,
+def create_from_hub(source: Source, pretrained: bool = False, *, force_download: bool = False,
                     allow_non_finite: bool = False, **overrides: Any) -> ViViT:
     """``create_model("hf-hub:org/repo[@rev]")``: rebuild the architecture from the repo's config.json.
 
@@ -299,7 +306,7 @@ def create_from_hub(name: str, pretrained: bool = False, *, force_download: bool
     (``num_classes``, ``num_frames``, ``img_size``, any ViViT kwarg) replace the stored values; with ``pretrained``
     the weights are loaded and resampled to them; ``force_download`` fetches the files again even when cached.
     """
-    repo_id, revision = fetch.parse_hub_name(name)
+    repo_id, revision = source.repo_id, source.revision
     config, where = _hub_config(repo_id, revision, force_download)
     model = _model_from_config(config, lambda: fetch.hub_weights_file(repo_id, revision, force_download=force_download),
                                where, overrides, pretrained, allow_non_finite)

@@ -21,9 +21,10 @@ import torch
 
 from vivit._version import __version__
 from vivit.files import first_line, write_atomic
-from vivit.weights.fetch import HUB_PREFIXES, is_offline, parse_hub_name, transport_errors
+from vivit.weights.fetch import is_offline, transport_errors
 from vivit.weights.fit import measured_checkpoint
 from vivit.weights.read import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256
+from vivit.weights.source import HUB_PREFIXES, parse_hub_name
 from vivit.zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD, tagged_name
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
 """timm bridge: registers every architecture and pretrained tag into timm's registry, translates our configs into
 timm's ``pretrained_cfg`` fields and wraps models for ``features_only``.
 
-After ``import vivit``, ``timm.create_model("vivit_b_16x2_fe")`` goes through :func:`vivit.create_model`. timm itself is
+After ``import vivit``, ``timm.create_model("vivit_b_16x2_fe")`` goes through vivit's one builder
+(:func:`vivit.weights.build.build`), as :func:`vivit.create_model` does. timm itself is
 imported inside the functions: vivit works without it.
 """
 
@@ -15,8 +16,9 @@ from typing import Any
 import torch
 
 from vivit.model.vivit import ViViT
-from vivit.weights.build import create_model
+from vivit.weights.build import build
 from vivit.weights.load import Weights, load_pretrained, load_weights_into, saved_source
+from vivit.weights.source import HUB_PREFIXES, parse_source
 from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, arch_defaults, tagged_name
 
 default_cfgs: dict[str, Any] = {}  # timm's register_model reads this module attribute
@@ -93,15 +95,13 @@ def _overlay_source(overlay: dict[str, Any]) -> tuple[str, Any] | None:
 def _load_overlay_source(model: ViViT, key: str, value: Any) -> None:
     if key == "state_dict":
         load_weights_into(model, Weights(dict(value)))
-    elif key == "file":
-        if not Path(value).exists():
-            raise FileNotFoundError(f"pretrained_cfg_overlay file {str(value)!r} does not exist; no weights were "
-                                    "loaded (pass an existing weights file or folder)")
-        load_pretrained(model, Path(value))
-    elif key == "hf_hub_id":
-        load_pretrained(model, value if str(value).startswith(("hf-hub:", "hf_hub:")) else f"hf-hub:{value}")
-    else:
-        load_pretrained(model, value)
+        return
+    if key == "file" and not Path(value).exists():
+        raise FileNotFoundError(f"pretrained_cfg_overlay file {str(value)!r} does not exist; no weights were "
+                                "loaded (pass an existing weights file or folder)")
+    if key == "hf_hub_id" and not str(value).startswith(HUB_PREFIXES):
+        value = f"hf-hub:{value}"
+    load_pretrained(model, parse_source(str(value)))
 
 
 def _timm_entrypoint(arch: str):
@@ -114,12 +114,13 @@ def _timm_entrypoint(arch: str):
         feature_kwargs.update({k: kwargs.pop(k) for k in _FEATURE_KWARGS if features_only and k in kwargs})
         _refuse_scriptable()
         overlay = dict(pretrained_cfg_overlay or {})
-        name, source = arch, None
+        name, source = arch, None  # source: the weights a saved config names
         if isinstance(pretrained_cfg, str):  # timm passes the tag of "arch.tag"
             name = tagged_name(arch, pretrained_cfg)
         elif pretrained_cfg is not None:
             cfg = pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict()
-            source = saved_source(cfg)  # timm.create_model("hf-hub:org/repo") read our config.json
+            saved = saved_source(cfg)  # timm.create_model("hf-hub:org/repo") read our config.json
+            source = parse_source(saved) if saved else None
             if source is None and cfg.get("tag"):
                 name = tagged_name(arch, cfg["tag"])
         named = _overlay_source(overlay)
@@ -132,7 +133,7 @@ def _timm_entrypoint(arch: str):
                 model.pretrained_cfg = {**arch_defaults(arch).to_dict(), **model.input_cfg()}
             else:
                 # registry weights load here unless the overlay or a saved config names another source
-                model = create_model(name, pretrained=pretrained and source is None and named is None, **kwargs)
+                model = build(parse_source(name), pretrained and source is None and named is None, **kwargs)
         if overlay:
             model.pretrained_cfg = {**model.pretrained_cfg, **{k: v for k, v in overlay.items() if k != "state_dict"}}
         if pretrained and named is not None:
@@ -145,7 +146,7 @@ def _timm_entrypoint(arch: str):
 
     entrypoint.__name__ = entrypoint.__qualname__ = arch
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"timm entrypoint of vivit's {arch} (vivit.create_model does the work)."
+    entrypoint.__doc__ = f"timm entrypoint of vivit's {arch} (vivit.weights.build.build does the work)."
     return entrypoint
 
 
