@@ -108,7 +108,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 DEFAULT_MODEL = "vivit_b_16x2.k400"
 OFFLINE_HINT = ("use --model vivit_motion (ships with vivit) or --model FOLDER (a saved model; `vivit convert` makes "
                 "one from a weights file)")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")  # vivit.tasks.optimize.DTYPES, without importing torch for --help
 BACKENDS = ("auto", "torch", "openvino")  # vivit.tasks.optimize.BACKENDS, without importing torch for --help
 BACKEND_HELP = ("what runs the model: auto (OpenVINO on CPU when installed, pip install \"vivit[openvino]\"; else "
                 "torch), torch, or openvino")
@@ -117,13 +117,10 @@ EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "stopped": 3, "interrupted": 13
 
 def _progress(items: Sequence, desc: str):
     """tqdm over ``items`` when stderr is a terminal and tqdm is installed; the plain sequence otherwise."""
-    if not sys.stderr.isatty():
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="video", leave=False)
+    from vivit.progress import progress_bar
+
+    bar = progress_bar(items, desc=desc, unit="video", leave=False)
+    return items if bar is None else bar
 
 
 def load_model_for_cli(name: str, device: str | None = None, dtype: str | None = None, **kwargs: object):

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from vivit.data.stream import VideoStream, Window, is_url, sliding_windows
 from vivit.data.transforms import eval_transform, resolve_data_config
 from vivit.data.video import VideoReadError
 from vivit.files import write_text_atomic
+from vivit.progress import progress_bar
 from vivit.tasks.predict import top_k as _top_k
 from vivit.tasks.run import claimed, dtype_name, prepare_model, trim_torn_line
 
@@ -369,14 +369,7 @@ class _Bar:
 
     def __init__(self, total: int | None, done: int, bar: bool | None) -> None:
         self.done, self.new, self.start = done, 0, time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty() if bar is None else bar:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, initial=done, desc="timeline", unit="window", dynamic_ncols=True)
+        self.bar = progress_bar(total=total, initial=done, desc="timeline", unit="window", dynamic_ncols=True, show=bar)
 
     def update(self, reached: float) -> None:
         self.done, self.new = self.done + 1, self.new + 1

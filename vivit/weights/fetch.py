@@ -37,6 +37,7 @@ from typing import Any
 
 from vivit._version import __version__
 from vivit.files import first_line, temporary_sibling, write_atomic
+from vivit.progress import progress_bar
 from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, remember_sha256
 
 _logger = logging.getLogger(__name__)
@@ -239,13 +240,8 @@ class _Progress:
     """A tqdm bar on an interactive stderr, otherwise nothing (logs and CI stay clean)."""
 
     def __init__(self, total: int | None, desc: str) -> None:
-        self.bar: Any = None
-        if sys.stderr is not None and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # tqdm is optional
-                return
-            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr)
+        self.bar: Any = progress_bar(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                                     file=sys.stderr)
 
     def __enter__(self) -> Callable[[int], None]:
         return self.bar.update if self.bar is not None else (lambda n: None)
