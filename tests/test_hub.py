@@ -464,6 +464,35 @@ def run_hub(code: str, server: HubServer, hf_home: Path, **env: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_a_trickling_hub_file_is_abandoned_at_the_deadline_leaving_nothing(tmp_path: Path) -> None:
+    path = "/vivit-test/tiny/resolve/main/model.safetensors"
+    with HubServer(repos={"vivit-test/tiny": {"model.safetensors": b"x" * 400}}, trickle={path: 0.05}) as server:
+        code = """
+import time
+start = time.monotonic()
+result = attempt(fetch.hf_hub_file, "vivit-test/tiny", "model.safetensors")
+print(json.dumps({**result, "elapsed": time.monotonic() - start}))
+"""
+        result = run_hub(code, server, tmp_path / "hf", VIVIT_DOWNLOAD_TIMEOUT="0.5")
+    assert result["error"] == "RuntimeError", result
+    message = result["message"]
+    assert "\n" not in message and "'model.safetensors'" in message and "vivit-test/tiny" in message
+    assert re.search(r"bytes/s.*VIVIT_DOWNLOAD_TIMEOUT=0.5.*nothing was cached", message), message
+    assert result["elapsed"] < 8, result  # the trickle alone takes 20 s, and forever at one byte per 20 s
+    left = [p for p in (tmp_path / "hf").rglob("*")
+            if p.is_file() and ("blobs" in p.parts or "snapshots" in p.parts or p.name.endswith(".incomplete"))]
+    assert left == [], left  # no blob, no .incomplete file, no snapshot link (refs and lock files are metadata)
+
+
+def test_a_hub_file_at_a_good_rate_passes_the_guard(tmp_path: Path) -> None:
+    with HubServer(repos={"vivit-test/tiny": {"model.safetensors": PAYLOAD}}) as server:
+        code = """
+path = fetch.hf_hub_file("vivit-test/tiny", "model.safetensors")
+print(json.dumps({"size": len(open(path, "rb").read())}))
+"""
+        assert run_hub(code, server, tmp_path / "hf", VIVIT_DOWNLOAD_TIMEOUT="0.5") == {"size": len(PAYLOAD)}
+
+
 @pytest.fixture
 def saved_repo(tmp_path: Path) -> tuple[vivit.ViViT, Path]:
     model = tiny_model()

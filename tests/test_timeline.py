@@ -21,6 +21,9 @@ from vivit.data.video import VideoReadError, write_video  # noqa: E402
 from vivit.tasks.timeline import segments, timeline_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# The CLI's backend and dtype default to auto (OpenVINO, bfloat16 where the CPU has it); tests that compare its files
+# with vivit.timeline(model) in float32 torch pin these (and so print no "--dtype auto" note).
+TORCH_FLOAT32 = ("--backend", "torch", "--dtype", "float32")
 FPS, SECONDS_EACH = 8, 3  # vivit_motion's window: 16 frames at stride 1 = 2 s; the default step is 1 s
 
 
@@ -104,7 +107,7 @@ def test_video_without_a_video_stream_is_one_clear_error(tmp_path, capsys):
     from tests.videos import write_audio_only
 
     rc, _, err = run_cli(capsys, "timeline", write_audio_only(tmp_path / "tone.wav"), "--model", "vivit_motion",
-                         "--out", tmp_path / "out")
+                         "--out", tmp_path / "out", *TORCH_FLOAT32)
     assert rc == 1 and len(err.strip().splitlines()) == 1 and "no video stream" in err
     assert not (tmp_path / "out").exists()
 
@@ -250,7 +253,7 @@ def test_stream_url_is_read_live_and_printed_window_by_window(motion_video, moti
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
         rc, stdout, _ = run_cli(capsys, "timeline", url, "--model", "vivit_motion", "--out", tmp_path / "live",
-                                "--top-k", "1")
+                                "--top-k", "1", *TORCH_FLOAT32)
     finally:
         server.shutdown()
     assert rc == 0
@@ -308,7 +311,8 @@ def test_corrupt_data_midway_keeps_the_windows_before_it_and_says_where(motion_v
     data[middle:middle + 3000] = b"\xff" * 3000  # garbage where the demuxer expects the next packets
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(bytes(data))
-    rc, _, err = run_cli(capsys, "timeline", bad, "--model", "vivit_motion", "--out", tmp_path / "out", "--step", "2")
+    rc, _, err = run_cli(capsys, "timeline", bad, "--model", "vivit_motion", "--out", tmp_path / "out", "--step", "2",
+                         *TORCH_FLOAT32)
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and "decoding stopped after" in lines[0] and "windows before it" in lines[0]
     kept = [json.loads(line) for line in (tmp_path / "out" / "windows.jsonl").read_text().splitlines()]
@@ -316,3 +320,47 @@ def test_corrupt_data_midway_keeps_the_windows_before_it_and_says_where(motion_v
     whole = list(vivit.timeline(vivit.create_model("vivit_motion", pretrained=True), path, step=2.0))
     # every window whose frames all came before the break, and only those (a window ends one frame after its last)
     assert kept == [w for w in whole if w["end"] <= stopped_at + 1 / FPS + 1e-6] and len(kept) >= 5
+
+
+def _openvino_importable() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.skipif(
+    not _openvino_importable(), reason="openvino is not installed"))])
+def test_the_cli_runs_the_chosen_backend_and_records_it(motion_video, motion_model, backend, tmp_path, capsys):
+    path, _ = motion_video
+    common = ["timeline", path, "--model", "vivit_motion", "--out", tmp_path, "--step", "2", "--dtype", "float32"]
+    rc, _, err = run_cli(capsys, *common, "--backend", backend)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "run.json").read_text())["backend"] == backend
+    windows = [json.loads(line) for line in (tmp_path / "windows.jsonl").read_text().splitlines()]
+    reference = list(vivit.timeline(motion_model, path, step=2.0))  # the plain model, float32
+    assert [w["index"] for w in windows] == [r["index"] for r in reference]
+    for got, want in zip(windows, reference, strict=True):
+        assert [t["label"] for t in got["top"][:1]] == [t["label"] for t in want["top"][:1]]
+        assert got["top"][0]["score"] == pytest.approx(want["top"][0]["score"], abs=1e-3)
+    other = "auto" if backend == "torch" else "torch"
+    rc, _, err = run_cli(capsys, *common, "--backend", other)
+    if other == "auto" and not _openvino_importable():
+        assert rc == 0  # auto is torch here: the same run, continued
+    else:
+        assert rc == 1 and "other settings" in err and "backend" in err
+
+
+def test_timeline_runs_the_callable_it_is_given(motion_video, motion_model):
+    path, _ = motion_video
+    calls = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        assert x.dtype == torch.float32
+        return torch.zeros(x.shape[0], motion_model.num_classes).index_fill_(1, torch.tensor([3]), 1.0)
+
+    records = list(vivit.timeline(motion_model, path, step=2.0, batch_size=4, run=run))
+    assert sum(calls) == len(records) and max(calls) == 4
+    assert {r["top"][0]["label"] for r in records} == {motion_model.pretrained_cfg["label_names"][3]}

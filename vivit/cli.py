@@ -112,7 +112,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 DEFAULT_MODEL = "vivit_b_16x2.k400"
 OFFLINE_HINT = ("use --model vivit_motion (ships with vivit) or --model FOLDER (a saved model; `vivit convert` makes "
                 "one from a weights file)")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")  # vivit.tasks.optimize.DTYPES, without importing torch for --help
 BACKENDS = ("auto", "torch", "openvino")  # vivit.tasks.optimize.BACKENDS, without importing torch for --help
 BACKEND_HELP = ("what runs the model: auto (OpenVINO on CPU when installed, pip install \"vivit[openvino]\"; else "
                 "torch), torch, or openvino")
@@ -121,13 +121,10 @@ EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "stopped": 3, "interrupted": 13
 
 def _progress(items: Sequence, desc: str):
     """tqdm over ``items`` when stderr is a terminal and tqdm is installed; the plain sequence otherwise."""
-    if not sys.stderr.isatty():
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, unit="video", leave=False)
+    from vivit.progress import progress_bar
+
+    bar = progress_bar(items, desc=desc, unit="video", leave=False)
+    return items if bar is None else bar
 
 
 def load_model_for_cli(name: str, device: str | None = None, dtype: str | None = None, **kwargs: object):
@@ -447,10 +444,13 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
     logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
-    model = load_model_for_cli(args.model, args.device, args.dtype, force_download=args.force_download,
+    model = load_model_for_cli(args.model, args.device, force_download=args.force_download,
                                token_merging=args.token_merging)
+    dtype = resolve_dtype(args.dtype, args.device, "timeline")  # after loading: a failed load is its one line
+    logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
-                   top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after)
+                   top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
+                   dtype=dtype, runtime=args.backend)
     source = args.input
     live = is_url(source)
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
@@ -596,7 +596,9 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="run the model in this precision")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="run the model in this precision "
+                   "(auto: bfloat16 on CPUs with native bfloat16, else the weights')")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")
     p.add_argument("--follow", type=float, metavar="SECONDS", help="the video is still being written (Matroska, "

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vivit.data.transforms import resolve_data_config
 from vivit.data.video import VideoReadError, ViewSampler, parse_views, read_clip
+from vivit.files import first_line
 
 _logger = logging.getLogger(__name__)
 
@@ -419,7 +420,7 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def one_line(err: BaseException, path: str | None = None) -> str:
     """The first line of an error message, without a leading ``path:`` (the record holds the path)."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    text = first_line(err)
     if path and text.startswith(f"{path}: "):
         text = text[len(path) + 2:]
     return text or type(err).__name__

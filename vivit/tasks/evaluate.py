@@ -84,7 +84,7 @@ def _class_parts(model: torch.nn.Module) -> _Head:
     if sum(splits) != num:
         raise ValueError(f"pretrained_cfg class_splits {splits} do not add up to the head's {num} classes")
     names = list(cfg.get("label_names") or [str(i) for i in range(num)])
-    parts = list(cfg.get("class_split_names") or _split_names(cfg.get("label_set"), len(splits)))
+    parts = list(_split_names(cfg.get("label_set"), len(splits)))
     return _Head(splits, names, parts)
 
 

@@ -30,7 +30,7 @@ _logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino")
 INSTALL_HINT = 'pip install "vivit[openvino]"'
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 matrix instructions
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ENTRY_FILES = ("model.xml", "model.bin")
 _said: set[str] = set()
 
@@ -194,10 +194,10 @@ def _as_dtype(dtype: torch.dtype | str | None, param: torch.Tensor | None) -> to
     if dtype is None:
         return param.dtype if param is not None and param.is_floating_point() else torch.float32
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, found {dtype!r}")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, found {dtype}")
     return dtype
 

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,15 +37,16 @@ from vivit.data.datasets import (
 )
 from vivit.data.video import parse_views
 from vivit.files import write_text_atomic
-from vivit.tasks.optimize import Optimized, optimize
+from vivit.progress import progress_bar
+from vivit.tasks.optimize import DTYPES, Optimized, optimize
 from vivit.tasks.predict import default_views
 from vivit.weights.build import create_model
+from vivit.zoo import tagged_name
 
 _logger = logging.getLogger(__name__)
 
 RUN = "run.json"
 LOCK = ".lock"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RunError(RuntimeError):
@@ -164,8 +164,7 @@ def prepare_model(model: torch.nn.Module | str, env: Dist,
 def model_name(model: torch.nn.Module) -> str:
     """``arch.tag`` of the model's pretrained cfg (the class name without one)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    arch, tag = cfg.get("architecture") or type(model).__name__, cfg.get("tag")
-    return f"{arch}.{tag}" if tag else arch
+    return tagged_name(cfg.get("architecture") or type(model).__name__, cfg.get("tag"))
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -290,14 +289,8 @@ class Progress:
         self.total, self.what, self.every, self.env = total, what, max(1, every), env
         self.done = self.failed = 0
         self.start = time.perf_counter()
-        self.bar = None
-        if (sys.stderr.isatty() if bar is None else bar) and env.main:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, desc=what, unit="video", dynamic_ncols=True)
+        self.bar = (progress_bar(total=total, desc=what, unit="video", dynamic_ncols=True, show=bar) if env.main
+                    else None)
 
     def update(self, n: int, failed: int) -> None:
         self.done, self.failed = self.done + n, self.failed + failed
@@ -401,6 +394,6 @@ def trim_torn_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-__all__ = ["DTYPES", "Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
+__all__ = ["Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
            "joined", "model_name", "outputs", "param_dtype", "prepare_model", "read_json", "start", "started",
            "stopping", "token_merging", "trim_torn_line", "weights_digest"]

@@ -27,9 +27,8 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ from vivit.data.stream import VideoStream, Window, is_url, sliding_windows
 from vivit.data.transforms import eval_transform, resolve_data_config
 from vivit.data.video import VideoReadError
 from vivit.files import write_text_atomic
+from vivit.progress import progress_bar
+from vivit.tasks.optimize import Optimized, optimize
 from vivit.tasks.predict import top_k as _top_k
 from vivit.tasks.run import claimed, dtype_name, prepare_model, trim_torn_line
 
@@ -74,7 +75,8 @@ def window_plan(model: torch.nn.Module, fps: float, *, step: float | None = None
 
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
              crops: int = 1, batch_size: int = 8, top_k: int = 5, device: str | torch.device | None = None,
-             first: int = 0, follow: float | None = None) -> Iterator[dict[str, Any]]:
+             first: int = 0, follow: float | None = None,
+             run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[str, Any]]:
     """Classify every window of a video, yielding one record per window as soon as its batch is done.
 
     Args:
@@ -90,6 +92,8 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
         first: Window index to start at (resuming).
         follow: ``path`` is a file still being written (Matroska, MPEG-TS): at its end, wait up to this many seconds
             for more before ending (:class:`vivit.data.stream.VideoStream`).
+        run: Called instead of ``model`` on each batch of float32 windows, e.g. ``vivit.optimize(model)``; the model
+            still gives the clip, stride, preprocessing and labels.
 
     Yields:
         ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
@@ -114,17 +118,17 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
             for window in sliding_windows(stream, clip_len, stride, step_s, first=first):
                 batch.append(window)
                 if len(batch) == batch_size:
-                    yield from _classify(model, batch, transform, device, dtype, top_k, labels, splits)
+                    yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
                     batch = []
         except VideoReadError:  # decoding failed midway: the windows finished before it are kept
-            yield from _classify(model, batch, transform, device, dtype, top_k, labels, splits)
+            yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
             raise
-        yield from _classify(model, batch, transform, device, dtype, top_k, labels, splits)
+        yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
 
 
 @torch.inference_mode()
-def _classify(model: torch.nn.Module, batch: list[Window], transform: Any, device: torch.device | None,
-              dtype: torch.dtype, k: int, labels: Sequence[str] | None,
+def _classify(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor] | None, batch: list[Window],
+              transform: Any, device: torch.device | None, dtype: torch.dtype, k: int, labels: Sequence[str] | None,
               splits: Sequence[int] | None) -> Iterator[dict[str, Any]]:
     if not batch:
         return
@@ -136,7 +140,8 @@ def _classify(model: torch.nn.Module, batch: list[Window], transform: Any, devic
     was_training = model.training
     model.eval()
     try:
-        logits = model(x.to(device, dtype)).float().cpu()
+        # An optimized callable takes float32 input and moves and casts it itself (OpenVINO wants it on the CPU).
+        logits = (model(x.to(device, dtype)) if run is None else run(x)).float().cpu()
     finally:
         model.train(was_training)
     logits = logits.view(len(batch), crops, -1).mean(1)  # classify's view average: mean of logits
@@ -298,8 +303,8 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    window_stride: int | None = None, crops: int = 1, batch_size: int = 8, top_k: int = 5,
                    smooth: int = 1, min_segment: float = 0.0, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, plot: bool = True, progress_bar: bool | None = None,
-                   stop_after: int | None = None, on_window: Any = None,
-                   follow: float | None = None) -> dict[str, Any] | None:
+                   stop_after: int | None = None, on_window: Any = None, follow: float | None = None,
+                   runtime: str | Optimized = "torch") -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
     Args:
@@ -320,6 +325,9 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         stop_after: Leave after this many new windows, as a killed run would; returns ``None``.
         on_window: Called with each window's record as it is written (the CLI prints live streams' windows).
         follow: As in :func:`timeline`; like a URL, a followed file is never resumed.
+        runtime: What runs the model: ``"torch"`` (the model as it is, cast to ``dtype``), ``"auto"`` or
+            ``"openvino"`` (through :func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized`
+            of this model. The backend and dtype that ran are part of the run's identity.
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
@@ -331,14 +339,16 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         device = param.device if param is not None else None
     env = Dist(device=torch.device(device) if device is not None else
                torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    model, name, weights = prepare_model(model, env, dtype)
+    model, name, weights = prepare_model(model, env, dtype if runtime == "torch" else None)
+    fast = _optimized(model, dtype, runtime)
     live = is_url(path) or follow is not None
     with VideoStream(path, follow=follow) as probe:  # no video stream, not a file: refused before writing anything
         fps = probe.info.fps
     clip_len, stride, step_s = window_plan(model, fps, step=step, window_stride=window_stride)
     settings = {"video": _video_identity(path), "model": name, "weights": weights,
-                "dtype": dtype_name(model), "window": clip_len, "window_stride": stride, "step": step_s,
-                "crops": crops, "top_k": top_k, "batch_size": batch_size}
+                "dtype": str(fast.dtype).removeprefix("torch.") if fast else dtype_name(model),
+                "backend": fast.backend if fast else "torch", "window": clip_len, "window_stride": stride,
+                "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
     lines = out / WINDOWS
     if live:  # a live stream cannot go back: every run starts afresh
         lines.unlink(missing_ok=True)
@@ -348,7 +358,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         first = kept[-1]["index"] + 1 if kept else 0
         bar = _Bar(math.ceil(probe.info.duration / step_s) if probe.info.duration else None, len(kept), progress_bar)
         records = timeline(model, path, step=step_s, window_stride=stride, crops=crops, batch_size=batch_size,
-                           top_k=top_k, first=first, follow=follow)
+                           top_k=top_k, first=first, follow=follow, run=fast)
         error, stopped = _append_windows(lines, records, bar, on_window, stop_after)
     if stopped:
         return None
@@ -364,19 +374,24 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
             "windows_per_second": round(rate, 3)}
 
 
+def _optimized(model: torch.nn.Module, dtype: str | torch.dtype | None,
+               runtime: str | Optimized) -> Optimized | None:
+    """The callable that runs ``model``: ``None`` for ``"torch"`` (the model itself), ``runtime`` when it is one."""
+    if isinstance(runtime, Optimized):
+        return runtime
+    if runtime == "torch":
+        return None
+    fast = optimize(model, dtype, backend=runtime)
+    _logger.info("backend %s", fast.note)
+    return fast
+
+
 class _Bar:
     """Windows done, the video time reached and windows/s: a tqdm bar on a terminal, else a log line now and then."""
 
     def __init__(self, total: int | None, done: int, bar: bool | None) -> None:
         self.done, self.new, self.start = done, 0, time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty() if bar is None else bar:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                pass
-            else:
-                self.bar = tqdm(total=total, initial=done, desc="timeline", unit="window", dynamic_ncols=True)
+        self.bar = progress_bar(total=total, initial=done, desc="timeline", unit="window", dynamic_ncols=True, show=bar)
 
     def update(self, reached: float) -> None:
         self.done, self.new = self.done + 1, self.new + 1
@@ -469,7 +484,7 @@ def _draw_thumbnails(ax: Any, video: str | Path, times: Sequence[float], end: fl
 # ================================================================================================ many videos
 def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str | Path, *,
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                     stop_after: int | None = None, env: Dist | None = None,
+                     stop_after: int | None = None, env: Dist | None = None, runtime: str = "torch",
                      **kwargs: Any) -> dict[str, Any] | None:
     """:func:`timeline_video` for every video of a listing, one sub-folder each (``<row>-<file stem>``); under
     ``torchrun`` each rank takes its share. Rank 0 writes ``timelines.json`` (every video's folder and outcome).
@@ -482,20 +497,22 @@ def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str
         dtype: Cast the weights (``"bfloat16"`` ...).
         stop_after: Leave after this many new windows on this rank (testing resumption); returns ``None``.
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it).
+        runtime: As in :func:`timeline_video`; the model is optimized once for every video.
         **kwargs: The other arguments of :func:`timeline_video`.
     """
     owned = env is None
     env = init_distributed(device) if env is None else env
     try:
         rows = read_listing(listing)
-        model, _, _ = prepare_model(model, env, dtype)
+        model, _, _ = prepare_model(model, env, dtype if runtime == "torch" else None)
+        fast = _optimized(model, dtype, runtime)
         out = Path(out)
         results: dict[int, dict[str, Any]] = {}
         for i in shard(list(range(len(rows.paths))), env.rank, env.world_size):
             sub = out / f"{i:04d}-{Path(rows.paths[i]).stem}"
             try:
                 result = timeline_video(rows.paths[i], model, sub, device=env.device, stop_after=stop_after,
-                                        **kwargs)
+                                        runtime=fast or "torch", **kwargs)
             except READ_ERRORS as err:
                 result = {"error": one_line(err, rows.paths[i]), "out": str(sub), "windows": 0}
                 _logger.warning("%s: %s", rows.paths[i], result["error"])

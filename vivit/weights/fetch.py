@@ -8,9 +8,12 @@ Environment:
     VIVIT_CACHE: cache folder of :func:`download_url` (default ``~/.cache/vivit``). Hub files use the Hugging Face
         cache (``HF_HOME`` / ``HF_HUB_CACHE``).
     HF_HUB_OFFLINE, VIVIT_OFFLINE: ``1`` serves cached files only and never touches the network.
-    VIVIT_DOWNLOAD_TIMEOUT: seconds (default 60) a URL download may wait for data, and the window over which it must
-        average ``MIN_DOWNLOAD_RATE``: a server that trickles bytes is abandoned instead of holding the call forever.
+    VIVIT_DOWNLOAD_TIMEOUT: seconds (default 60) a URL download may wait for data, and the window over which a URL or
+        Hub download must average ``MIN_DOWNLOAD_RATE``: a server that trickles bytes is abandoned instead of holding
+        the call forever.
     HF_HUB_ETAG_TIMEOUT: seconds the Hub's first answer may take (huggingface_hub's setting, default 10).
+    HF_HUB_DOWNLOAD_TIMEOUT: seconds a Hub download may wait for the next data (huggingface_hub's setting, default
+        10; it retries a stalled read a few times).
 
 Cache trust: every downloaded file gets a record (size and sha256) written atomically beside it before the file is
 renamed into place, and checked whenever the entry is reused; Hub blobs are checked against the digest they are named
@@ -19,6 +22,9 @@ by (their ETag). A file that does not match is never used: the error names the c
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import hashlib
 import http.client
 import json
@@ -31,12 +37,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vivit._version import __version__
 from vivit.files import first_line, temporary_sibling, write_atomic
+from vivit.progress import progress_bar
 from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, remember_sha256
 from vivit.weights.source import parse_hub_name, revision_problem  # noqa: F401 (parse_hub_name: re-exported)
 
@@ -207,8 +214,7 @@ def _remove_stale_parts(dest: Path) -> None:
 def _fetch(url: str, tmp: Path, timeout: float, desc: str) -> tuple[int, int | None, str]:
     """Stream ``url`` into ``tmp``; returns (bytes received, Content-Length or None, sha256 hex).
 
-    The socket timeout only bounds each wait for data; a server sending a byte every few seconds would keep it alive
-    forever, so each ``timeout``-second window must also bring ``MIN_DOWNLOAD_RATE * timeout`` bytes (or the end).
+    The socket timeout bounds each wait for data, and :class:`_RateGuard` the rate (a trickle is abandoned).
     """
     request = urllib.request.Request(url, headers={"User-Agent": f"vivit/{__version__}"})
     digest = hashlib.sha256()
@@ -216,35 +222,46 @@ def _fetch(url: str, tmp: Path, timeout: float, desc: str) -> tuple[int, int | N
     with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        window_start, window_bytes = time.monotonic(), 0
+        guard = _RateGuard(timeout)
         with _Progress(expected, desc) as update:
             while chunk := response.read1(_CHUNK):  # read1: returns what has arrived, so the clock is checked
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
-                window_bytes += len(chunk)
                 update(len(chunk))
-                elapsed = time.monotonic() - window_start
-                if elapsed >= timeout:
-                    if window_bytes < MIN_DOWNLOAD_RATE * elapsed:
-                        raise TimeoutError(f"only {window_bytes} bytes arrived in {elapsed:.1f} s (minimum "
-                                           f"{MIN_DOWNLOAD_RATE} bytes/s, VIVIT_DOWNLOAD_TIMEOUT={timeout:g}); the "
-                                           "download was abandoned")
-                    window_start, window_bytes = time.monotonic(), 0
+                guard.arrived(len(chunk))
     return received, expected, digest.hexdigest()
+
+
+class _RateGuard:
+    """Each ``timeout``-second window of a download must bring ``MIN_DOWNLOAD_RATE`` bytes/s on average (or end).
+
+    A socket timeout only bounds each wait for data: a server that sends a byte every few seconds keeps it alive
+    forever. This is checked as data arrives, so a trickle is abandoned about ``timeout`` seconds into it.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.start, self.bytes = time.monotonic(), 0
+
+    def arrived(self, n: int) -> None:
+        """Count ``n`` more bytes; raises ``TimeoutError`` when the window closes below the minimum rate."""
+        self.bytes += n
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.timeout:
+            return
+        if self.bytes < MIN_DOWNLOAD_RATE * elapsed:
+            raise TimeoutError(f"only {self.bytes} bytes arrived in {elapsed:.1f} s (minimum {MIN_DOWNLOAD_RATE} "
+                               f"bytes/s, VIVIT_DOWNLOAD_TIMEOUT={self.timeout:g}); the download was abandoned")
+        self.start, self.bytes = time.monotonic(), 0
 
 
 class _Progress:
     """A tqdm bar on an interactive stderr, otherwise nothing (logs and CI stay clean)."""
 
     def __init__(self, total: int | None, desc: str) -> None:
-        self.bar: Any = None
-        if sys.stderr is not None and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # tqdm is optional
-                return
-            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr)
+        self.bar: Any = progress_bar(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                                     file=sys.stderr)
 
     def __enter__(self) -> Callable[[int], None]:
         return self.bar.update if self.bar is not None else (lambda n: None)
@@ -265,22 +282,19 @@ def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
     """Fetch one file of a Hub repo through the Hugging Face cache (``huggingface_hub.hf_hub_download``).
 
     A file not yet cached is first asked for once, without huggingface_hub's retries (an unreachable Hub is one error
-    at once, not half a minute of retry warnings). The file is then checked against the digest its blob is named by
-    (the ETag: sha256 for LFS files, git's blob sha1 otherwise), so content that changed between the metadata request
-    and the download, or a cached blob damaged since, is never used.
+    at once). The download must keep the URL downloads' minimum rate (``VIVIT_DOWNLOAD_TIMEOUT``). The file is then
+    checked against the digest its blob is named by (the ETag: sha256 for LFS files, git's blob sha1 otherwise).
 
     Args:
-        repo_id: ``"org/repo"``.
-        filename: Path of the file inside the repo.
-        revision: Branch, tag or commit; default ``main``.
+        repo_id, filename, revision: ``"org/repo"``, the file's path in it, and a branch, tag or commit (``main``).
         cache_dir: Overrides the Hugging Face cache folder.
         force_download: Download again even when cached.
         sha256: Expected hex digest of the file (a release's known digest).
 
     Raises:
         FileNotFoundError: The repo, revision or file does not exist (or the repo is private).
-        RuntimeError: Offline without a cached copy, the Hub is unreachable, access is refused, or the file does not
-            match its digest.
+        RuntimeError: Offline without a cached copy, the Hub is unreachable or too slow, access is refused, or the
+            file does not match its digest.
     """
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.errors import (
@@ -307,9 +321,12 @@ def hf_hub_file(repo_id: str, filename: str, revision: str | None = None, *,
             # One metadata request with no retries: huggingface_hub retries a missing file five times with backoff.
             get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT, library_name="vivit",
                                  library_version=__version__, retry_on_errors=False)
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, library_name="vivit",
-                                    library_version=__version__, local_files_only=_env_true("VIVIT_OFFLINE"),
-                                    force_download=force_download))
+        with _hub_rate_guard(download_timeout()):
+            path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                        library_name="vivit", library_version=__version__,
+                                        local_files_only=_env_true("VIVIT_OFFLINE"), force_download=force_download))
+    except TimeoutError as err:  # _RateGuard's, raised inside huggingface_hub's read loop, which removed its temp file
+        raise RuntimeError(f"cannot get {filename!r} from {where}: {err}; nothing was cached. " + manual) from None
     except RemoteEntryNotFoundError:
         raise FileNotFoundError(f"{where} has no file {filename!r} ({url} answered 404). Check the file name; "
                                 "vivit folders hold model.safetensors and config.json.") from None
@@ -373,15 +390,71 @@ def _check_hub_blob(path: Path, what: str, fresh: bool, sha256: str | None) -> N
         f"{path}) or pass force_download=True (CLI: --force-download) to download it again")
 
 
-def transport_errors() -> tuple[type[Exception], ...]:
-    """Request errors (connection, timeout, too many redirects) of the HTTP client huggingface_hub uses (httpx2 in
-    2.x, httpx before)."""
+def _http_client() -> Any | None:
+    """The HTTP client module huggingface_hub uses (httpx2 in 2.x, httpx before), ``None`` without either."""
     for module in ("httpx2", "httpx"):  # older huggingface_hub releases use httpx
         try:
-            return (__import__(module).RequestError,)
+            return __import__(module)
         except ImportError:
             continue
-    return ()  # neither client: nothing more to translate; the original error propagates
+    return None
+
+
+def transport_errors() -> tuple[type[Exception], ...]:
+    """Request errors (connection, timeout, too many redirects) of the HTTP client huggingface_hub uses."""
+    client = _http_client()
+    return () if client is None else (client.RequestError,)  # neither client: the original error propagates
+
+
+# The rate window of the Hub download in progress in this context (None: a request that is not vivit's download).
+_hub_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("vivit_hub_timeout", default=None)
+
+
+@contextlib.contextmanager
+def _hub_rate_guard(timeout: float) -> Iterator[None]:
+    """Hub downloads inside the block must keep ``MIN_DOWNLOAD_RATE`` like URL downloads (:class:`_RateGuard`).
+
+    huggingface_hub reads a body in 10 MB chunks, so neither its progress callback nor its per-read socket timeout
+    (``HF_HUB_DOWNLOAD_TIMEOUT``) sees a trickle. A response hook on its HTTP session wraps each GET body, so every
+    network read is counted; the ``TimeoutError`` leaves its read loop, which deletes the partial file.
+    """
+    from huggingface_hub.utils import get_session
+
+    hooks = getattr(get_session(), "event_hooks", {}).get("response")
+    if hooks is None:  # huggingface_hub < 1.0 reads with requests: only its per-read timeout applies there
+        _logger.debug("this huggingface_hub has no response hooks: its Hub downloads keep no minimum rate")
+    elif _guard_hub_body not in hooks:
+        hooks.append(_guard_hub_body)
+    token = _hub_timeout.set(timeout)
+    try:
+        yield
+    finally:
+        _hub_timeout.reset(token)
+
+
+def _guard_hub_body(response: Any) -> None:
+    timeout = _hub_timeout.get()
+    if timeout is not None and response.request.method == "GET":
+        response.stream = _guarded_stream_class()(response.stream, timeout)
+
+
+@functools.cache
+def _guarded_stream_class() -> type:
+    """A body stream of the HTTP client that counts each network read with a :class:`_RateGuard`."""
+
+    class GuardedStream(_http_client().SyncByteStream):
+        def __init__(self, stream: Any, timeout: float) -> None:
+            self.stream, self.guard = stream, _RateGuard(timeout)
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self.stream:
+                self.guard.arrived(len(chunk))
+                yield chunk
+
+        def close(self) -> None:
+            self.stream.close()
+
+    return GuardedStream
 
 
 def hub_weights_file(repo_id: str, revision: str | None = None, *, force_download: bool = False,

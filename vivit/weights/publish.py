@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vivit._version import __version__
-from vivit.files import first_line, write_atomic
+from vivit.files import first_line, umask_mode, write_atomic
 from vivit.weights.fetch import is_offline, transport_errors
 from vivit.weights.fit import measured_checkpoint
 from vivit.weights.read import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256
@@ -166,12 +165,6 @@ def _check_rebuild(model: nn.Module, model_args: dict[str, Any], state: Mapping[
     return twin
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def remove_orphans(directory: Path) -> list[Path]:
     """Delete the temporary files killed saves left in ``directory`` (``_ORPHAN`` names only); returns them.
 
@@ -227,12 +220,12 @@ def save_pretrained(model: nn.Module, save_directory: str | Path, *, label_names
     try:
         directory.mkdir(parents=True, exist_ok=True)
         remove_orphans(directory)
-        write_atomic(directory / WEIGHTS_NAME, write_weights, mode=_file_mode())
+        write_atomic(directory / WEIGHTS_NAME, write_weights, mode=umask_mode())
         write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
-                     mode=_file_mode())
+                     mode=umask_mode())
         card = model_card(config, num_params=sum(t.numel() for t in state.values()), gmacs=_gmacs(twin, config),
                           repo_id=repo_id)
-        write_atomic(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"), mode=_file_mode())
+        write_atomic(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"), mode=umask_mode())
     except (OSError, SafetensorError) as err:
         found = _OS_ERROR.search(str(err))
         reason = found.group(1) if found else getattr(err, "strerror", None) or first_line(err)
