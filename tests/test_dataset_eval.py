@@ -33,7 +33,8 @@ from .videos import write_truncated  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PER_CLASS = 3
 BROKEN = ("garbage.mp4", "truncated.mp4", "gone.mp4")
-EVAL_ARGS = ("--model", "vivit_motion", "--batch-size", "4", "--workers", "1")
+# float32: these runs check files and lines, not speed (--dtype auto would pick bfloat16 and say so on stderr)
+EVAL_ARGS = ("--model", "vivit_motion", "--batch-size", "4", "--workers", "1", "--dtype", "float32")
 
 
 @pytest.fixture(scope="module")

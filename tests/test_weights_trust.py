@@ -174,3 +174,13 @@ def test_set_input_size_failing_midway_restores_every_positional_embedding(monke
     monkeypatch.undo()
     model.set_input_size(img_size=64)  # still usable
     assert model(torch.zeros(1, 3, 4, 64, 64)).shape == (1, 3)
+
+
+def test_a_model_created_under_inference_mode_loads_and_claims_nothing(tmp_path):
+    """Inference tensors keep no version counter: loading must still work, and the card vouches for nothing."""
+    from vivit.weights.fit import measured_checkpoint
+
+    with torch.inference_mode():
+        model = vivit.create_model("vivit_motion", pretrained=True)
+    assert measured_checkpoint(model) is None
+    assert measured_checkpoint(vivit.create_model("vivit_motion", pretrained=True)) is not None

@@ -144,14 +144,18 @@ class LoadReport:
         return out
 
 
-_LAST_LOAD: weakref.WeakKeyDictionary[torch.nn.Module, tuple[LoadReport, tuple[Any, ...]]] = \
+_LAST_LOAD: weakref.WeakKeyDictionary[torch.nn.Module, tuple[LoadReport, tuple[Any, ...] | None]] = \
     weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: torch.nn.Module) -> tuple[Any, ...]:
+def _fingerprint(model: torch.nn.Module) -> tuple[Any, ...] | None:
     # Each tensor's storage and in-place version counter: training steps, load_state_dict, .to() and a new head all
-    # change it, at no cost (no hashing of the weights).
-    return tuple((k, t.data_ptr(), t._version) for k, t in model.state_dict(keep_vars=True).items())
+    # change it, at no cost (no hashing of the weights). Tensors made under torch.inference_mode() keep no counter:
+    # then nothing can be vouched for (None never equals a fingerprint, so no accuracy is claimed).
+    tensors = model.state_dict(keep_vars=True).items()
+    if any(t.is_inference() for _, t in tensors):
+        return None
+    return tuple((k, t.data_ptr(), t._version) for k, t in tensors)
 
 
 def remember_load(model: torch.nn.Module, report: LoadReport) -> None:
@@ -172,6 +176,6 @@ def measured_checkpoint(model: torch.nn.Module) -> str | None:
     no claim in a model card or summary.
     """
     found = _LAST_LOAD.get(model)
-    if found is None or not found[0].unchanged or found[1] != _fingerprint(model):
+    if found is None or not found[0].unchanged or found[1] is None or found[1] != _fingerprint(model):
         return None
     return found[0].checkpoint
