@@ -384,10 +384,8 @@ def _dataset_logging() -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vivit.tasks.evaluate import evaluate_dataset
 
-    _dataset_logging()
-    model = load_model_for_cli(args.model, token_merging=args.token_merging)
-    dtype = resolve_dtype(args.dtype, args.device, "evaluate")
-    report = evaluate_dataset(args.listing, model, args.out, runtime=args.backend, dtype=dtype, **_dataset_kwargs(args))
+    model, kwargs = _dataset_job(args, "evaluate")
+    report = evaluate_dataset(args.listing, model, args.out, **kwargs)
     if report is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
     # An unlabelled listing has no accuracy: its summary says so instead of printing "top1 None".
@@ -401,16 +399,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from vivit.tasks.extract import extract_features
 
-    _dataset_logging()
-    model = load_model_for_cli(args.model, token_merging=args.token_merging)
-    dtype = resolve_dtype(args.dtype, args.device, "extract")
+    model, kwargs = _dataset_job(args, "extract")
     index = extract_features(args.listing, model, args.out, per_clip=args.per_clip, layer=args.layer,
-                             shard_size=args.shard_size, runtime=args.backend, dtype=dtype, **_dataset_kwargs(args))
+                             shard_size=args.shard_size, **kwargs)
     if index is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
     print(f"{_count(index['num_extracted'], 'video')}, {index['dim']}-d features -> {args.out / 'index.json'} "
           f"({_count(len(index['shards']), 'shard')}, {index['num_failed']} failed)")
     return _report_failures(index["failed"], len(index["videos"]))
+
+
+def _dataset_job(args: argparse.Namespace, command: str) -> tuple[object, dict[str, object]]:
+    """The model of ``evaluate`` / ``extract`` and what both pass on (``--dtype auto`` resolved, and said)."""
+    _dataset_logging()
+    model = load_model_for_cli(args.model, token_merging=args.token_merging)
+    kwargs = _dataset_kwargs(args)
+    kwargs.update(runtime=args.backend, dtype=resolve_dtype(args.dtype, args.device, command))
+    return model, kwargs
 
 
 def _dataset_kwargs(args: argparse.Namespace) -> dict[str, object]:
