@@ -184,3 +184,19 @@ def test_a_model_created_under_inference_mode_loads_and_claims_nothing(tmp_path)
         model = vivit.create_model("vivit_motion", pretrained=True)
     assert measured_checkpoint(model) is None
     assert measured_checkpoint(vivit.create_model("vivit_motion", pretrained=True)) is not None
+
+
+def test_the_generic_arch_timm_lists_is_built_by_create_model_too():
+    """timm.list_models('vivit*') shows the generic 'vivit' (saved custom configurations): create_model takes it the
+    same way, the keywords being the architecture, and refuses weights it has none of."""
+    import timm
+
+    # run from the repository root, where a folder named vivit/ exists: the name still means the architecture
+    assert "vivit" in timm.list_models("vivit*")
+    ours = vivit.create_model("vivit", depth=1, embed_dim=32, num_heads=2, mlp_dim=64, img_size=32, num_frames=4,
+                              num_classes=3)
+    theirs = timm.create_model("vivit", depth=1, embed_dim=32, num_heads=2, mlp_dim=64, img_size=32, num_frames=4,
+                               num_classes=3)
+    assert type(ours) is type(theirs) and ours.model_args == theirs.model_args and ours.num_classes == 3
+    with pytest.raises(ValueError, match="no weights of its own"):
+        vivit.create_model("vivit", pretrained=True)

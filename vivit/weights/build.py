@@ -12,7 +12,7 @@ from typing import Any
 from vivit.model.vivit import ViViT
 from vivit.weights.load import create_from_folder, create_from_hub, fetch_release, fetch_weights, load_weights_into
 from vivit.weights.source import Source, parse_source
-from vivit.zoo import ARCHS, PRETRAINED, arch_defaults, list_models, resolve_name
+from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, arch_defaults, list_models, resolve_name
 
 _VIVIT_KWARGS = frozenset(inspect.signature(ViViT.__init__).parameters) - {"self"}
 
@@ -68,6 +68,13 @@ def _with_weights_from(arch: str, source: Source, args: dict[str, Any], num_clas
 def _from_zoo(name: str, overrides: dict[str, Any], pretrained: bool, force_download: bool,
               allow_non_finite: bool) -> ViViT:
     """A zoo name (``arch`` or ``arch.tag``), with the release's weights when ``pretrained``."""
+    if name == GENERIC_ARCH:  # timm's name for a saved custom configuration: the keywords are the architecture
+        if pretrained:
+            raise ValueError(f"the generic {GENERIC_ARCH!r} architecture has no weights of its own; name a source "
+                             "(pretrained='hf-hub:org/repo', a file or a folder) or a released architecture")
+        model = ViViT(**overrides)
+        model.pretrained_cfg = {**arch_defaults(name).to_dict(), **model.input_cfg()}
+        return model
     arch, cfg = resolve_name(name)
     model = ViViT(**{**ARCHS[arch], "num_classes": cfg.num_classes, **overrides})
     model.pretrained_cfg = {**cfg.to_dict(), **model.input_cfg()}

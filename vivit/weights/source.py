@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vivit.zoo import ARCHS, PRETRAINED
+from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts the underscore spelling too
 LOCAL_DIR = "local-dir:"
@@ -78,7 +78,7 @@ def parse_source(text: str, *, folder_first: bool = False, bare_hub: bool = Fals
         return Source("folder", text, path=path)
     if text in PRETRAINED:
         return Source("tag", text, name=text)
-    if text.partition(".")[0] not in ARCHS and (_path_like(text) or path.exists()):
+    if text.partition(".")[0] not in (*ARCHS, GENERIC_ARCH) and (_path_like(text) or path.exists()):
         if bare_hub and _BARE_REPO.fullmatch(text) and not path.exists():
             return parse_source(f"hf-hub:{text}")
         expanded = path.expanduser()

@@ -128,12 +128,9 @@ def _timm_entrypoint(arch: str):
             raise ValueError("the generic 'vivit' architecture has no weights of its own; name a source")
         # timm passes device/dtype to every model (factory kwargs): build under the device, then cast.
         with torch.device(device) if device is not None else nullcontext():
-            if arch == GENERIC_ARCH:  # a saved custom configuration: config.json's model_args are the kwargs
-                model = ViViT(**kwargs)
-                model.pretrained_cfg = {**arch_defaults(arch).to_dict(), **model.input_cfg()}
-            else:
-                # registry weights load here unless the overlay or a saved config names another source
-                model = build(parse_source(name), pretrained and source is None and named is None, **kwargs)
+            # registry weights load here unless the overlay or a saved config names another source; the generic
+            # arch (a saved custom configuration) is built from config.json's model_args, which are the kwargs
+            model = build(parse_source(name), pretrained and source is None and named is None, **kwargs)
         if overlay:
             model.pretrained_cfg = {**model.pretrained_cfg, **{k: v for k, v in overlay.items() if k != "state_dict"}}
         if pretrained and named is not None:
