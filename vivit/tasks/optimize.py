@@ -113,6 +113,7 @@ class _OpenVINORun:
     """One compiled model and one reused infer request; inputs are shared with OpenVINO, not copied."""
 
     def __init__(self, compiled: Any, input_size: tuple[int, ...]) -> None:
+        self.compiled = compiled  # held as long as its request: the request must never outlive the compiled model
         self.request = compiled.create_infer_request()
         self.input_size = input_size
         self.num_outputs = len(compiled.outputs)
