@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -155,7 +156,9 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     Args:
         model: A ViViT (or any module taking one ``B x C x T x H x W`` tensor), on CPU or CUDA.
         dtype: ``torch.float32`` or ``torch.bfloat16`` (CUDA also ``float16``); default the weights' dtype.
-        backend: ``"auto"`` (the fastest available), ``"torch"`` or ``"openvino"`` (an error where it cannot run).
+        backend: ``"auto"`` (the fastest available; the environment variable ``VIVIT_BACKEND`` may pin what it
+            picks, e.g. ``torch`` in a process that must not load OpenVINO), ``"torch"`` or ``"openvino"`` (an error
+            where it cannot run).
         input_size: ``(C, T, H, W)`` the OpenVINO model is built for; default the ViViT's own. The batch is free.
         pre_logits: Return the pooled pre-logits features instead of ``model(x)`` (feature extraction).
         cache_dir: Where converted models are kept; default ``<vivit cache>/optimized``.
@@ -163,6 +166,8 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     Returns:
         An :class:`Optimized`; ``.backend`` and ``.note`` say what runs.
     """
+    if backend == "auto":
+        backend = os.environ.get("VIVIT_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
     model = (_PreLogits(model) if pre_logits else model).eval()
