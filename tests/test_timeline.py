@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 pytest.importorskip("av")
 
 import vivit  # noqa: E402
+from tests.test_cli import _peak_rss_mb  # noqa: E402  (the same peak-RSS harness)
 from vivit.data.stream import VideoStream, sliding_windows  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES, make_sequence  # noqa: E402
 from vivit.data.video import VideoReadError, write_video  # noqa: E402
@@ -198,17 +198,8 @@ def test_twenty_minute_video_runs_in_bounded_memory(tmp_path):
     """20 minutes of 320 x 240 at 4 fps (1.1 GB as decoded RGB frames) peaks as a 1-minute one does, under 1.5 GB."""
     commands = [[sys.executable, "-m", "vivit", "timeline", str(_write_long(tmp_path / f"{m}.mp4", m)), "--model",
                  "vivit_motion", "--out", str(tmp_path / f"out{m}"), "--step", "30"] for m in (1, 20)]
-    script = ("import json, resource, subprocess, sys\n"  # children's peak: the largest so far, so short runs first
-              "peaks = []\n"
-              "for cmd in json.loads(sys.argv[1]):\n"
-              "    done = subprocess.run(cmd, capture_output=True, text=True)\n"
-              "    assert done.returncode == 0, done.stderr\n"
-              "    peaks.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
-              "print(json.dumps(peaks))\n")
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    one_minute_mb, twenty_minutes_mb = json.loads(out.stdout)
+    # children's peak is the largest so far, so the short run goes first
+    one_minute_mb, twenty_minutes_mb = _peak_rss_mb(*commands, env=dict(os.environ))
     windows = (tmp_path / "out20" / "windows.jsonl").read_text().splitlines()
     assert len(windows) == 40 and json.loads(windows[-1])["start"] == pytest.approx(1170.0)
     assert twenty_minutes_mb < 1536 and twenty_minutes_mb - one_minute_mb < 100, (one_minute_mb, twenty_minutes_mb)
