@@ -21,3 +21,20 @@ def test_openvino_cases_pass_in_their_own_process():
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
     assert " passed" in out.stdout, out.stdout[-2000:]
+
+
+def test_vivit_backend_pins_what_auto_picks(monkeypatch):
+    """In-process, without OpenVINO: VIVIT_BACKEND=torch makes "auto" the torch path; a bad value is one clear error."""
+    import torch
+
+    from vivit.tasks.optimize import optimize
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 4 * 4, 5))
+    monkeypatch.setenv("VIVIT_BACKEND", "torch")
+    run = optimize(model)
+    assert run.backend == "torch"
+    x = torch.randn(2, 3, 2, 4, 4)
+    torch.testing.assert_close(run(x), model(x))
+    monkeypatch.setenv("VIVIT_BACKEND", "tensorrt")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        optimize(model)
