@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.folders import read_only_folder
 from tests.test_model import TINY_VARIANTS, tiny
 from vivit.data.transforms import to_float
 from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
@@ -105,20 +105,17 @@ def test_a_grid_is_written_under_its_name_only_once_complete(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["grid.png"]
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
 def test_a_read_only_folder_is_named_in_one_line_and_left_empty(tmp_path):
     pytest.importorskip("matplotlib")
     frames, heat = _grid_inputs()
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(OSError, match=r"ro/grid\.png: cannot write the image \(Permission denied\)") as info:
-            save_attention_grid(frames, heat, folder / "grid.png")
-        assert "\n" not in str(info.value) and ".part" not in str(info.value)
-        assert list(folder.iterdir()) == []
-    finally:
-        folder.chmod(0o700)
+    folder = read_only_folder(tmp_path)  # root too: a read-only kernel folder where permission bits do not bind
+    before = sorted(p.name for p in folder.iterdir())
+    target = folder / "grid.png"
+    with pytest.raises(OSError, match="cannot write the image") as info:
+        save_attention_grid(frames, heat, target)
+    assert str(target) in str(info.value)
+    assert "\n" not in str(info.value) and ".part" not in str(info.value)
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def test_a_failed_write_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import vivit
 from vivit.weights import fetch, publish
 from vivit.weights import read as formats
 
+from .folders import read_only_folder
 from .hub_server import COMMIT, HubServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -409,25 +410,6 @@ def test_non_finite_weights_are_not_saved(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "out", allow_non_finite=True)
     with pytest.raises(ValueError, match="NaN or infinite"):
         vivit.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
-
-
-def read_only_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot write (root ignores permission bits: use a read-only kernel folder)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    probe = folder / ".probe"
-    try:
-        probe.write_bytes(b"")
-    except OSError:
-        return folder
-    probe.unlink()
-    for candidate in (Path("/sys/kernel"), Path("/proc/sys")):
-        try:
-            (candidate / ".vivit-probe").write_bytes(b"")
-        except OSError:
-            return candidate
-    pytest.skip("no read-only folder available to this user")
 
 
 def test_a_read_only_folder_error_names_the_folder(tmp_path: Path) -> None:

@@ -325,7 +325,8 @@ def test_zip_and_safetensors_bombs_are_refused_from_their_headers_with_flat_memo
             (bomb, many, huge), ("MiB of arrays.*zip bomb", "declares 70000 tensors", "header of 100000000 bytes"),
             results, strict=True):
         assert __import__("re").search(match, outcome) and str(path) in outcome, outcome
-        assert mib < 64 and seconds < 3, (path.name, mib, seconds)  # reading the bomb alone would take 256+ MiB
+        # memory is the bound; the time limit is only far above the expected ~0.1 s (the old bug took 31 s)
+        assert mib < 64 and seconds < 20, (path.name, mib, seconds)  # reading the bomb alone would take 256+ MiB
 
 
 # -------------------------------------------------------------------------------------- key snapshots
