@@ -472,19 +472,23 @@ def _normalise_rotation(path: Path, degrees: float | None) -> int:
     return rounded
 
 
-def open_container(av: Any, source: Path | str | Any) -> Any:
+def open_container(av: Any, source: Path | str | Any, timeout: float | None = None) -> Any:
     """Open ``source`` (a file, a URL FFmpeg reads, or a readable binary file object) with PyAV, its first video
-    stream set up for decoding.
+    stream set up for decoding; ``timeout``: seconds opening, and each later read, may wait for data (a URL).
 
     Raises:
         VideoReadError: FFmpeg cannot read it, or it has no video stream.
+        TimeoutError: Nothing came within ``timeout`` seconds.
     """
     if hasattr(source, "read"):
         source, name = source, getattr(source, "name", "the stream")
     else:
         source = name = str(source)
     try:
-        container = av.open(source)
+        container = av.open(source, timeout=timeout)
+    except av.error.ExitError:  # PyAV's deadline cut the wait
+        raise TimeoutError(f"{name}: sent nothing for {timeout} s while opening; check the address and that the "
+                           "source is up (VIVIT_DOWNLOAD_TIMEOUT sets the deadline)") from None
     except av.error.FFmpegError as err:
         raise VideoReadError(
             f"{name}: FFmpeg cannot read it as a video ({_reason(err)}); it is not a video, or it is "
