@@ -85,9 +85,10 @@ def test_killed_run_resumes_with_identical_outputs(motion_video, tmp_path, capsy
     common = ["timeline", path, "--model", "vivit_motion", "--batch-size", "4", "--min-segment", "1.5"]
     assert run_cli(capsys, *common, "--out", tmp_path / "whole")[0] == 0
     assert run_cli(capsys, *common, "--out", tmp_path / "resumed", "--stop-after", "6")[0] == 3
-    assert len((tmp_path / "resumed" / "windows.jsonl").read_text().splitlines()) == 6
+    # it leaves at the end of the batch that reaches 6 windows: no window computed is thrown away
+    assert len((tmp_path / "resumed" / "windows.jsonl").read_text().splitlines()) == 8
     with open(tmp_path / "resumed" / "windows.jsonl", "a") as f:
-        f.write('{"index": 6, "sta')  # the kill also cut a line in half
+        f.write('{"index": 8, "sta')  # the kill also cut a line in half
     assert run_cli(capsys, *common, "--out", tmp_path / "resumed")[0] == 0
     for name in ("windows.jsonl", "segments.json"):
         assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "whole" / name).read_text()
@@ -220,8 +221,31 @@ def test_bad_step_is_refused(motion_video, motion_model):
     path, _ = motion_video
     with pytest.raises(ValueError, match="at least one frame"):
         next(vivit.timeline(motion_model, path, step=0.01))
-    with pytest.raises(ValueError, match="window_stride must be >= 1"):
+    with pytest.raises(ValueError, match="window_stride must be an integer from 1"):
         next(vivit.timeline(motion_model, path, window_stride=0))
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("step", float("inf"), "step must be a number of seconds above 0"),  # was accepted; every resume overflowed
+    ("step", 1e308, "at most"),
+    ("step", float("nan"), "step must be"),
+    ("step", -1.0, "step must be"),
+    ("window_stride", 10 ** 20, "window_stride must be an integer from 1 to"),  # was an OverflowError traceback
+    ("batch_size", 10 ** 6, "batch_size must be an integer from 1 to"),  # was gigabytes, then out of memory
+    ("follow", float("nan"), "follow must be a finite number"),  # waited forever at the end of the file
+    ("top_k", 0, "top_k must be"),
+])
+def test_options_at_their_extremes_are_one_clear_error(motion_video, motion_model, tmp_path, option, value, says):
+    path, _ = motion_video
+    with pytest.raises(ValueError, match=says):
+        timeline_video(path, motion_model, tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_windows_that_would_hold_too_many_frames_are_refused(motion_video, motion_model):
+    path, _ = motion_video  # 16 frames 1000 apart, a window every frame: 16000 frames held at once
+    with pytest.raises(ValueError, match="decoded frames at once"):
+        next(vivit.timeline(motion_model, path, window_stride=1000, step=1 / FPS))
 
 
 def test_still_image_is_refused(tmp_path, motion_model):

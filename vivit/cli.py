@@ -12,6 +12,7 @@ import argparse
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -155,6 +156,27 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _up_to(most: int):
+    """An argparse type: an integer from 1 to ``most`` (the library's bound, e.g. timeline's MAX_BATCH_SIZE)."""
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text[:30]}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (``inf``, ``nan`` and 1e308 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most 1e6, got {text[:30]}")
     return value
 
 
@@ -588,28 +610,35 @@ def _add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     """The ``timeline`` sub-command: sliding windows over a whole video, a stream or a listing."""
     p = sub.add_parser("timeline", help="what happens when: slide the model's clip over a whole video (or every video "
-                                        "of a listing): windows.jsonl, segments.json, timeline.png; resumable")
+                                        "of a listing): windows.jsonl, segments.json, timeline.png; resumable",
+                       description="Slide the model's clip over a whole video, a stream URL, a file still being "
+                       "written (--follow) or every video of a listing, in memory bounded by a few windows: writes "
+                       "windows.jsonl (each window's top labels), segments.json (runs of one label) and timeline.png "
+                       "into --out. A stopped run continues when started again with the same inputs and --out.",
+                       epilog="exit status: 0 ok; 1 a video failed midway (its earlier windows are kept), stalled "
+                       "(VIVIT_DOWNLOAD_TIMEOUT), or the model or --out was refused; 2 bad usage; 3 stopped by "
+                       "--stop-after; 130 interrupted (the finished windows and their segments are kept)")
     p.add_argument("input", help="a video file, a stream URL (rtsp://, http://), or a listing of videos")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
-    p.add_argument("--step", type=float, help="seconds between window starts (default: half a window)")
-    p.add_argument("--window-stride", type=_positive_int, help="frames between a window's frames (default: the "
-                                                                "model's frame stride)")
+    p.add_argument("--step", type=_seconds, help="seconds between window starts (default: half a window)")
+    p.add_argument("--window-stride", type=_up_to(1000), help="frames between a window's frames (default: the "
+                                                              "model's frame stride)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
     p.add_argument("--top-k", type=_positive_int, default=5, help="labels per window")
     p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
     p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="windows per forward pass")
+    p.add_argument("--batch-size", type=_up_to(256), default=8, help="windows per forward pass")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="run the model in this precision "
                    "(auto: bfloat16 on CPUs with native bfloat16, else the weights')")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")
-    p.add_argument("--follow", type=float, metavar="SECONDS", help="the video is still being written (Matroska, "
+    p.add_argument("--follow", type=_seconds, metavar="SECONDS", help="the video is still being written (Matroska, "
                    "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
-    p.add_argument("--stop-after", type=_positive_int, help="leave after N windows (exit status 3), as a killed run "
-                                                            "would; for testing resumption")
+    p.add_argument("--stop-after", type=_positive_int, help="leave at the end of the batch that reaches N windows "
+                   "(whole batches of --batch-size; exit status 3), as a killed run would; for testing resumption")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     _add_token_merging_arg(p)
     p.set_defaults(func=_cmd_timeline)

@@ -44,7 +44,18 @@ from vivit.files import write_text_atomic
 from vivit.progress import progress_bar
 from vivit.tasks.optimize import Optimized, optimize
 from vivit.tasks.predict import top_k as _top_k
-from vivit.tasks.run import claimed, dtype_name, prepare_model, trim_torn_line
+from vivit.tasks.run import (
+    NOT_FINITE,
+    RUN,
+    _config_digest,
+    claimed,
+    dtype_name,
+    prepare_model,
+    read_json,
+    token_merging,
+    trim_torn_line,
+)
+from vivit.weights.fetch import download_timeout
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +64,10 @@ SEGMENTS = "segments.json"
 PLOT = "timeline.png"
 SUMMARY = "timelines.json"
 READ_ERRORS = (ValueError, OSError, RuntimeError)
+MAX_STEP = 1e6  # seconds between windows (11.6 days): beyond it no video has a second window
+MAX_WINDOW_STRIDE = 1000  # frames between a window's frames
+MAX_HELD_FRAMES = 4096  # decoded frames the windows in progress may hold (about 1 GB at a 224 short side)
+MAX_BATCH_SIZE = 256  # windows per forward pass; a 32 x 224 x 224 window is 19 MB of float32 input
 
 
 # ================================================================================================ windows
@@ -61,16 +76,52 @@ def window_plan(model: torch.nn.Module, fps: float, *, step: float | None = None
     """``(frames per window, frame stride, step in seconds)``: the model's clip, every half window by default.
 
     Raises:
-        ValueError: A step shorter than one frame, or a stride below 1.
+        ValueError: A step shorter than one frame, not finite or over ``MAX_STEP``; a stride outside 1 to
+            ``MAX_WINDOW_STRIDE``; or windows that would hold more than ``MAX_HELD_FRAMES`` decoded frames at once.
     """
+    _check_options(step, window_stride)
     cfg = resolve_data_config(model)
     clip_len, stride = cfg["input_size"][1], int(cfg["frame_stride"] if window_stride is None else window_stride)
-    if stride < 1:
-        raise ValueError(f"window_stride must be >= 1 (frames between a window's frames), found {window_stride}")
     step = clip_len * stride / 2 / fps if step is None else float(step)
     if not step >= 1 / fps - 1e-9:
         raise ValueError(f"step must be at least one frame (1/{fps:g} s = {1 / fps:.4f} s), found {step!r} s")
+    span = clip_len * stride  # frames a window covers; windows overlapping it are in progress together
+    held = min(span, math.ceil(span / max(1.0, step * fps)) * clip_len)
+    if held > MAX_HELD_FRAMES:
+        raise ValueError(f"windows of {clip_len} frames {stride} apart every {step:g} s would hold {held} decoded "
+                         f"frames at once (at most {MAX_HELD_FRAMES}); raise step or lower window_stride")
     return clip_len, stride, step
+
+
+def _check_options(step: float | None = None, window_stride: int | None = None, crops: int = 1, batch_size: int = 1,
+                   top_k: int = 1) -> None:
+    """Refuse settings no video makes valid, before anything is loaded or written (one line naming the argument)."""
+    if step is not None and not (isinstance(step, int | float) and 0 < step <= MAX_STEP):
+        raise ValueError(f"step must be a number of seconds above 0 and at most {MAX_STEP:g}, found {step!r}")
+    if window_stride is not None and not (isinstance(window_stride, int) and 1 <= window_stride <= MAX_WINDOW_STRIDE):
+        raise ValueError(f"window_stride must be an integer from 1 to {MAX_WINDOW_STRIDE} (frames between a window's "
+                         f"frames), found {str(window_stride)[:30]}")
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, found {crops!r}")
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= MAX_BATCH_SIZE):
+        raise ValueError(f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE} (windows per forward pass), "
+                         f"found {str(batch_size)[:30]}")
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an integer >= 1, found {top_k!r}")
+
+
+def _check_classifier(model: torch.nn.Module) -> None:
+    """A timeline ranks labels: a model without a classifier head would rank feature dimensions."""
+    if getattr(model, "num_classes", None) == 0:
+        raise ValueError(f"{getattr(model, 'default_cfg', {}).get('architecture') or type(model).__name__} has no "
+                         "classifier head (num_classes=0), so it has no labels to put on a timeline; use a model with "
+                         "a head, or `vivit extract` for features")
+
+
+def _open_stream(path: str | Path, transform: Any, follow: float | None) -> VideoStream:
+    """The video decoded at the model's short side; a URL with the download rule's read deadline."""
+    return VideoStream(path, transform.resize_size, transform.interpolation, follow=follow,
+                       timeout=download_timeout() if is_url(path) else None)
 
 
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
@@ -103,27 +154,36 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
         VideoReadError: (a ``ValueError``) no video stream, a still image, or decoding failing midway (raised after
             the windows finished before the failure were yielded).
     """
-    if batch_size < 1 or top_k < 1:
-        raise ValueError(f"batch_size and top_k must be >= 1, found {batch_size}, {top_k}")
+    _check_options(step, window_stride, crops, batch_size, top_k)
+    _check_classifier(model)
     transform = eval_transform(model, num_crops=crops)
+    with _open_stream(path, transform, follow) as stream:
+        plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
+        yield from _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=device,
+                             first=first, run=run)
+
+
+def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any, *,
+              batch_size: int, top_k: int, device: str | torch.device | None, first: int,
+              run: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[dict[str, Any]]:
+    """:func:`timeline` over an open stream with its window plan (made once by the caller)."""
     param = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (param.device if param is not None else None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cfg = getattr(model, "pretrained_cfg", None) or {}
     labels, splits = cfg.get("label_names"), cfg.get("class_splits")
-    with VideoStream(path, transform.resize_size, transform.interpolation, follow=follow) as stream:
-        clip_len, stride, step_s = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
-        batch: list[Window] = []
-        try:
-            for window in sliding_windows(stream, clip_len, stride, step_s, first=first):
-                batch.append(window)
-                if len(batch) == batch_size:
-                    yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
-                    batch = []
-        except VideoReadError:  # decoding failed midway: the windows finished before it are kept
-            yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
-            raise
-        yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
+    clip_len, stride, step_s = plan
+    batch: list[Window] = []
+    try:
+        for window in sliding_windows(stream, clip_len, stride, step_s, first=first):
+            batch.append(window)
+            if len(batch) == batch_size:
+                yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
+                batch = []
+    except (VideoReadError, TimeoutError, KeyboardInterrupt):  # broken, stalled or stopped midway: the windows
+        yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)  # finished are kept
+        raise
+    yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
 
 
 @torch.inference_mode()
@@ -145,13 +205,21 @@ def _classify(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor
     finally:
         model.train(was_training)
     logits = logits.view(len(batch), crops, -1).mean(1)  # classify's view average: mean of logits
+    records = []
     for window, row in zip(batch, logits, strict=True):
         tops = [[{"label": t["label"], "score": t["score"]} for t in top] for top in _top_k(row, k, labels, splits)]
+        if not (bool(torch.isfinite(row).all()) and all(math.isfinite(t["score"]) for top in tops for t in top)):
+            raise NotFinite(f"window {window.index} ({window.start:.2f}-{window.end:.2f} s): {NOT_FINITE}")
         record: dict[str, Any] = {"index": window.index, "start": round(window.start, 6), "end": round(window.end, 6)}
         record.update({"top": tops[0]} if len(tops) == 1 else {"top_by_split": tops})
         if window.padded:
             record["padded"] = True
-        yield record
+        records.append(record)
+    yield from records  # a batch is written whole or not at all
+
+
+class NotFinite(ValueError):
+    """The model's outputs for a window are NaN or infinite: the video fails, as in ``vivit evaluate``."""
 
 
 # ================================================================================================ segments
@@ -243,56 +311,99 @@ def _join(segs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ================================================================================================ one video, on disk
-def _video_identity(path: str | Path) -> dict[str, Any]:
+def _video_identity(path: str | Path, live: bool) -> dict[str, Any]:
     if is_url(path):
         return {"url": str(path)}
+    if live:  # a followed file grows between runs, and is never resumed: its name is what it is
+        return {"path": str(Path(path).resolve()), "follow": True}
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _refuse_unowned(out: Path) -> None:
+    """Outputs without the ``run.json`` that says what made them cannot be continued: they could be anything."""
+    found = [n for n in (WINDOWS, SEGMENTS, PLOT) if (out / n).exists()]
+    if found and not (out / RUN).exists():
+        raise ValueError(f"{out}: holds {', '.join(found)} but no {RUN} saying which video, model and settings made "
+                         "them, so they cannot be continued; delete them to start over, or pass another --out")
+
+
 def _read_windows(path: Path) -> list[dict[str, Any]]:
+    """The window records of ``windows.jsonl``; one line naming the file and line when one is not a record this
+    module wrote (in index order)."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text().splitlines():
+    records: list[dict[str, Any]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: is not text; {_START_OVER}") from None
+    for n, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill, and anything after it
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            record = None
+        if not _is_window(record) or (records and record["index"] <= records[-1]["index"]):
+            raise ValueError(f"{path}: line {n} is not the next window record of a timeline ({line[:40]!r}); "
+                             f"{_START_OVER}")
+        records.append(record)
     return records
 
 
-def _resume(lines: Path, batch_size: int) -> list[dict[str, Any]]:
+_START_OVER = "delete the folder's outputs to start over, or pass another --out"
+
+
+def _is_window(record: Any) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    def top(entries: Any) -> bool:
+        return isinstance(entries, list) and bool(entries) and all(
+            isinstance(t, dict) and isinstance(t.get("label"), str) and number(t.get("score")) for t in entries)
+
+    if not (isinstance(record, dict) and isinstance(record.get("index"), int) and not isinstance(record["index"], bool)
+            and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))):
+        return False
+    if "top" in record:
+        return top(record["top"])
+    splits = record.get("top_by_split")
+    return isinstance(splits, list) and bool(splits) and all(top(t) for t in splits)
+
+
+def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str, Any]]:
     """The windows an interrupted run finished, in whole batches (so that each window left is recomputed in the same
-    batch as in an uninterrupted run); ``windows.jsonl`` is cut back to them."""
+    batch as in an uninterrupted run), or every window of a finished run; ``windows.jsonl`` is cut back to them."""
     trim_torn_line(lines)
     done = _read_windows(lines)
+    if finished is not None and finished == len(done):
+        return done
     kept = done[:len(done) // batch_size * batch_size]
-    if lines.exists() and len(lines.read_text().splitlines()) != len(kept):
+    if len(done) != len(kept):
         write_text_atomic(lines, "".join(json.dumps(r) + "\n" for r in kept))
     if kept:
         _logger.info("%s: %d windows already done; continuing", lines.parent, len(kept))
     return kept
 
 
-def _append_windows(lines: Path, records: Any, bar: _Bar, on_window: Any,
-                    stop_after: int | None) -> tuple[str | None, bool]:
-    """Append each window's line as it finishes: ``(the one-line error of a video broken midway, stopped early)``."""
+def _append_windows(lines: Path, records: Any, bar: _Bar, on_window: Any, stop_after: int | None, done: int,
+                    batch_size: int) -> tuple[str | None, bool]:
+    """Append each window's line as it finishes: ``(the one-line error of a video broken midway, stopped early)``.
+    ``stop_after`` leaves at the end of the batch that reaches it (``done``: windows before, in whole batches)."""
     new = 0
     with open(lines, "a") as f:
         try:
             for record in records:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, allow_nan=False) + "\n")
                 f.flush()
                 new += 1
                 bar.update(record["end"])
                 if on_window is not None:
                     on_window(record)
-                if stop_after is not None and new >= stop_after:
+                if stop_after is not None and new >= stop_after and (done + new) % batch_size == 0:
                     records.close()
                     bar.close()
-                    _logger.warning("stopping after %d windows as asked; run again with the same --out to continue",
-                                    new)
+                    _logger.warning("stopping after %d windows (whole batches of %d) as asked; run again with the "
+                                    "same --out to continue", new, batch_size)
                     return None, True
         except READ_ERRORS as err:  # broken midway: what came before is kept and summarised
             return one_line(err), False
@@ -307,14 +418,21 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    runtime: str | Optimized = "torch") -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
+    The video is opened once (header, windows and thumbnails come from one :class:`~vivit.data.stream.VideoStream`)
+    and its windows are planned once. A URL's reads have a deadline: ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60)
+    without data end it with the windows before kept. Ctrl-C (``KeyboardInterrupt``) leaves ``windows.jsonl`` and the
+    ``segments.json`` of the windows finished, then propagates.
+
     Args:
         path: A video file or stream URL (a URL is read from its current position and never resumed).
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
-        out: Output folder; one holding an interrupted run with the same settings is continued.
+        out: Output folder; one holding an interrupted run with the same settings is continued, a finished one is
+            re-segmented without computing again; outputs without ``run.json`` are refused.
         step: Seconds between window starts (default: half a window), as in :func:`timeline`.
         window_stride: Frames between a window's frames (default: the model's).
         crops: 1 or 3 spatial views per window.
-        batch_size: Windows per forward pass; a resumed run keeps whole batches, so keep it to resume.
+        batch_size: Windows per forward pass (at most ``MAX_BATCH_SIZE``); a resumed run keeps whole batches, so
+            keep it to resume.
         top_k: Labels per window.
         smooth: Windows averaged before segmenting, as in :func:`segments`.
         min_segment: Seconds below which a segment joins a neighbour.
@@ -322,56 +440,102 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         dtype: Cast the weights (``"bfloat16"`` ...).
         plot: Draw ``timeline.png`` (skipped with a log line when matplotlib is missing).
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
-        stop_after: Leave after this many new windows, as a killed run would; returns ``None``.
+        stop_after: Leave at the end of the batch that reaches this many new windows, as a killed run would; returns
+            ``None``.
         on_window: Called with each window's record as it is written (the CLI prints live streams' windows).
         follow: As in :func:`timeline`; like a URL, a followed file is never resumed.
         runtime: What runs the model: ``"torch"`` (the model as it is, cast to ``dtype``), ``"auto"`` or
             ``"openvino"`` (through :func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized`
-            of this model. The backend and dtype that ran are part of the run's identity.
+            of this model. The backend and dtype that ran are part of the run's identity, with the model's config and
+            token merging.
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
-        that broke midway (its earlier windows are kept), else ``None``.
+        that broke midway, stalled, or whose model outputs were not finite (its earlier windows are kept), else
+        ``None``.
     """
     out = Path(out)
+    _check_options(step, window_stride, crops, batch_size, top_k)
     if not isinstance(model, str) and device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else None
     env = Dist(device=torch.device(device) if device is not None else
                torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model, name, weights = prepare_model(model, env, dtype if runtime == "torch" else None)
+    _check_classifier(model)
     fast = _optimized(model, dtype, runtime)
     live = is_url(path) or follow is not None
-    with VideoStream(path, follow=follow) as probe:  # no video stream, not a file: refused before writing anything
-        fps = probe.info.fps
-    clip_len, stride, step_s = window_plan(model, fps, step=step, window_stride=window_stride)
-    settings = {"video": _video_identity(path), "model": name, "weights": weights,
-                "dtype": str(fast.dtype).removeprefix("torch.") if fast else dtype_name(model),
-                "backend": fast.backend if fast else "torch", "window": clip_len, "window_stride": stride,
-                "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
-    lines = out / WINDOWS
-    if live:  # a live stream cannot go back: every run starts afresh
-        lines.unlink(missing_ok=True)
-        (out / "run.json").unlink(missing_ok=True)
-    with claimed(out, settings, env):  # one writer per folder; a resume only with the same settings
-        kept = _resume(lines, batch_size)
-        first = kept[-1]["index"] + 1 if kept else 0
-        bar = _Bar(math.ceil(probe.info.duration / step_s) if probe.info.duration else None, len(kept), progress_bar)
-        records = timeline(model, path, step=step_s, window_stride=stride, crops=crops, batch_size=batch_size,
-                           top_k=top_k, first=first, follow=follow, run=fast)
-        error, stopped = _append_windows(lines, records, bar, on_window, stop_after)
-    if stopped:
-        return None
-    rate = bar.close()
-    windows = _read_windows(lines)
-    segs = segments(windows, smooth=smooth, min_segment=min_segment)
-    write_text_atomic(out / SEGMENTS, json.dumps(segs, indent=2) + "\n")
-    if plot and windows:
-        plot_timeline(windows, segs, out / PLOT, title=f"{Path(str(path)).name}: {name}",
-                      thumbnails=None if live else path)
+    transform = eval_transform(model, num_crops=crops)
+    # One stream for the header, the windows and the thumbnails; no video stream, not a file: refused before writing
+    with _open_stream(path, transform, follow) as stream:
+        plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
+        clip_len, stride, step_s = plan
+        settings = {"video": _video_identity(path, live), "model": name, "weights": weights,
+                    "config": _config_digest(model), "token_merging": token_merging(model),
+                    "dtype": str(fast.dtype).removeprefix("torch.") if fast else dtype_name(model),
+                    "backend": fast.backend if fast else "torch", "window": clip_len, "window_stride": stride,
+                    "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
+        _refuse_unowned(out)
+        lines = out / WINDOWS
+        with claimed(out, settings, env):  # one writer per folder; a resume only with the same settings
+            finished = None
+            if live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
+                for stale in (lines, out / SEGMENTS, out / PLOT):
+                    stale.unlink(missing_ok=True)
+                write_text_atomic(out / RUN, json.dumps(settings, indent=2) + "\n")
+            else:
+                finished = read_json(out / RUN, "the settings of a run").get("finished")
+            done = finished if isinstance(finished, dict) and isinstance(finished.get("windows"), int) else None
+            kept = _resume(lines, batch_size, done and done["windows"])
+            complete = done is not None and len(kept) == done["windows"]  # a finished run: nothing to compute
+            error, rate = (done.get("error") if done else None), 0.0
+            if not complete:
+                error, stopped, rate = _run_windows(model, stream, plan, transform, lines, kept, fast,
+                                                    batch_size=batch_size, top_k=top_k, on_window=on_window,
+                                                    stop_after=stop_after, progress_bar=progress_bar, smooth=smooth,
+                                                    min_segment=min_segment)
+                if stopped:
+                    return None
+            windows = _read_windows(lines)
+            segs = _write_segments(out, windows, smooth, min_segment)
+            _record_finished(out, settings, len(windows), error)
+            if plot and windows:
+                plot_timeline(windows, segs, out / PLOT, title=f"{Path(str(path)).name}: {name}",
+                              thumbnails=None if live else stream)
     return {"windows": len(windows), "segments": len(segs), "duration": windows[-1]["end"] if windows else 0.0,
             "padded": bool(windows and windows[0].get("padded")), "error": error, "out": str(out),
             "windows_per_second": round(rate, 3)}
+
+
+def _run_windows(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any,
+                 lines: Path, kept: list[dict[str, Any]], fast: Optimized | None, *, batch_size: int, top_k: int,
+                 on_window: Any, stop_after: int | None, progress_bar: bool | None, smooth: int,
+                 min_segment: float) -> tuple[str | None, bool, float]:
+    """Classify the windows after ``kept`` into ``lines``: ``(error line, stopped early, windows/s)``. On Ctrl-C the
+    finished windows' segments are written before it propagates."""
+    first = kept[-1]["index"] + 1 if kept else 0
+    bar = _Bar(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None, len(kept), progress_bar)
+    records = _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=None, first=first,
+                        run=fast)
+    try:
+        error, stopped = _append_windows(lines, records, bar, on_window, stop_after, len(kept), batch_size)
+    except KeyboardInterrupt:
+        bar.close()
+        _write_segments(lines.parent, _read_windows(lines), smooth, min_segment)
+        raise
+    return error, stopped, bar.close()
+
+
+def _write_segments(out: Path, windows: list[dict[str, Any]], smooth: int, min_segment: float) -> list[dict[str, Any]]:
+    segs = segments(windows, smooth=smooth, min_segment=min_segment)
+    write_text_atomic(out / SEGMENTS, json.dumps(segs, indent=2, allow_nan=False) + "\n")
+    return segs
+
+
+def _record_finished(out: Path, settings: dict[str, Any], windows: int, error: str | None) -> None:
+    """``run.json`` says the run went to the end (a rerun re-segments without computing its last batch again)."""
+    write_text_atomic(out / RUN, json.dumps({**settings, "finished": {"windows": windows, "error": error}},
+                                            indent=2) + "\n")
 
 
 def _optimized(model: torch.nn.Module, dtype: str | torch.dtype | None,
@@ -414,22 +578,32 @@ def _clock(seconds: float) -> str:
 
 
 # ================================================================================================ the picture
+ROW_WINDOWS = 60  # windows per row of the picture: enough to follow the score lines
+MAX_ROWS = 12  # rows at most; a longer video gets longer rows
+THUMBS_PER_ROW = 6
+
+
 def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, Any]], path: str | Path, *,
-                  title: str = "", thumbnails: str | Path | None = None, max_labels: int = 8) -> Path | None:
+                  title: str = "", thumbnails: str | Path | VideoStream | None = None,
+                  max_labels: int = 8) -> Path | None:
     """Draw the top labels' scores over time over the segments as coloured bands; ``None`` without matplotlib.
+
+    The picture reads at any length: time runs in rows (like lines of text) of at most ``ROW_WINDOWS`` windows, at
+    most ``MAX_ROWS`` of them, so a long video gets a taller picture rather than a denser one; each row shows up to
+    ``THUMBS_PER_ROW`` thumbnails at segment boundaries spread over it (its start when no segment starts in it).
 
     Args:
         windows: Records of :func:`timeline`.
         segs: :func:`segments` of them.
         path: PNG to write.
         title: Figure title.
-        thumbnails: The video, to show a frame at each segment boundary (at most 12).
+        thumbnails: The video (a file, or an open :class:`~vivit.data.stream.VideoStream` of one), to show frames.
         max_labels: Labels drawn: the segments' labels by time covered.
     """
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        _logger.warning("no %s: drawing it needs matplotlib (pip install matplotlib)", Path(path).name)
+        _logger.warning("no %s: drawing it needs matplotlib (pip install \"vivit[video]\")", Path(path).name)
         return None
     cover: dict[str, float] = {}
     for seg in segs:
@@ -437,48 +611,82 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
     labels = sorted(cover, key=lambda lab: -cover[lab])[:max_labels]
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     centres = np.array([(w["start"] + w["end"]) / 2 for w in windows])
-    fig = Figure(figsize=(12, 4.2 if thumbnails else 3.4), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    for seg in segs:
-        ax.axvspan(seg["start"], seg["end"], color=colours.get(seg["label"], "0.85"), alpha=0.18, lw=0)
-    for label in labels:
-        scores = [next((float(t["score"]) for t in _tops(w) if t["label"] == label), 0.0) for w in windows]
-        ax.plot(centres, scores, color=colours[label], lw=1.6, label=label)
+    scores = {lab: np.array([next((float(t["score"]) for t in _tops(w) if t["label"] == lab), 0.0) for w in windows])
+              for lab in labels}
     end = max(w["end"] for w in windows)
-    ax.set(xlim=(0, end), ylim=(0, 1.02), xlabel="time (s)", ylabel="score")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    rows = _rows(windows, end)
+    thumbs = [_thumbnail_times(segs, lo, hi) for lo, hi in rows] if thumbnails is not None else [[] for _ in rows]
+    fig = Figure(figsize=(12, len(rows) * (2.9 if thumbnails is not None else 2.2) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    width = rows[0][1] - rows[0][0]
+    for ax, (lo, hi) in zip(axes, rows, strict=True):
+        for seg in segs:
+            if seg["end"] > lo and seg["start"] < hi:
+                ax.axvspan(seg["start"], seg["end"], color=colours.get(seg["label"], "0.85"), alpha=0.18, lw=0)
+        inside = (centres >= lo - width * 0.02) & (centres <= hi + width * 0.02)
+        for label in labels:
+            ax.plot(centres[inside], scores[label][inside], color=colours[label], lw=1.4, label=label)
+        ax.set(xlim=(lo, lo + width), ylim=(0, 1.02), ylabel="score")
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel("time (s)")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, fontsize=10, loc="left")
+        fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     if thumbnails is not None:
-        _draw_thumbnails(ax, thumbnails, [s["start"] for s in segs][:12], end)
+        _draw_thumbnails(axes, rows, thumbs, width, thumbnails)
     fig.savefig(path, dpi=80)
     return Path(path)
+
+
+def _rows(windows: Sequence[dict[str, Any]], end: float) -> list[tuple[float, float]]:
+    """The rows' time spans: ``ROW_WINDOWS`` windows each, longer when ``MAX_ROWS`` would not hold the video."""
+    starts = sorted(w["start"] for w in windows)
+    step = float(np.median(np.diff(starts))) if len(starts) > 1 else end
+    row = max(ROW_WINDOWS * max(step, 1e-6), end / MAX_ROWS, 1e-6)
+    count = max(1, min(MAX_ROWS, math.ceil(end / row - 1e-9)))
+    return [(i * row, min(end, (i + 1) * row)) for i in range(count)]
+
+
+def _thumbnail_times(segs: Sequence[dict[str, Any]], lo: float, hi: float) -> list[float]:
+    """Up to ``THUMBS_PER_ROW`` segment starts in ``[lo, hi)``, evenly picked; the row's start when there are none."""
+    starts = [s["start"] for s in segs if lo <= s["start"] < hi] or [lo]
+    if len(starts) > THUMBS_PER_ROW:
+        starts = [starts[round(i * (len(starts) - 1) / (THUMBS_PER_ROW - 1))] for i in range(THUMBS_PER_ROW)]
+    return starts
 
 
 def _tops(window: dict[str, Any]) -> list[dict[str, Any]]:
     return window["top"] if "top" in window else [{"label": top1(window)[0], "score": top1(window)[1]}]
 
 
-def _draw_thumbnails(ax: Any, video: str | Path, times: Sequence[float], end: float) -> None:
-    """A small frame above the plot at each time (a segment's start)."""
+def _draw_thumbnails(axes: Any, rows: Sequence[tuple[float, float]], times: Sequence[Sequence[float]], width: float,
+                     video: str | Path | VideoStream) -> None:
+    """A small frame above each row at each of its times (segment starts)."""
     try:
-        with VideoStream(video, short_side=64) as stream:
-            frames = []
-            for t in times:
-                with contextlib.closing(stream.frames(t)) as after:
-                    found = next(after, None)
-                    frames.append(None if found is None else stream.to_array(found[1]))
+        with (contextlib.nullcontext(video) if isinstance(video, VideoStream) else
+              VideoStream(video, short_side=THUMBNAIL_SIDE)) as stream:
+            frames = [[_frame_at(stream, t) for t in row] for row in times]
     except READ_ERRORS as err:
         _logger.warning("no thumbnails: %s", one_line(err))
         return
-    width = 0.07
-    for t, frame in zip(times, frames, strict=True):
-        if frame is None:
-            continue
-        x = min(max(t / end, 0.0), 1.0 - width)
-        inset = ax.inset_axes((x, 1.04, width, 0.3))
-        inset.imshow(frame)
-        inset.set_axis_off()
+    size = 0.07
+    for ax, (lo, _), row_times, row_frames in zip(axes, rows, times, frames, strict=True):
+        for t, frame in zip(row_times, row_frames, strict=True):
+            if frame is None:
+                continue
+            x = min(max((t - lo) / width, 0.0), 1.0 - size)
+            inset = ax.inset_axes((x, 1.04, size, 0.3))
+            inset.imshow(frame)
+            inset.set_axis_off()
+
+
+THUMBNAIL_SIDE = 64
+
+
+def _frame_at(stream: VideoStream, t: float) -> np.ndarray | None:
+    with contextlib.closing(stream.frames(t)) as after:
+        found = next(after, None)
+    return None if found is None else stream.to_array(found[1], THUMBNAIL_SIDE)
 
 
 # ================================================================================================ many videos
