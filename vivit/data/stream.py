@@ -152,9 +152,9 @@ class VideoStream:
         fps = meta["fps"]
         if fps and not MIN_FPS <= fps <= MAX_FPS:
             self.close()
-            raise VideoReadError(f"{self.source}: its frame rate reads {fps:g} fps, outside {MIN_FPS:g} to "
-                                 f"{MAX_FPS:g}, so windows cannot be timed; re-encode it at its real rate (ffmpeg -i "
-                                 "IN -r 25 OUT)")
+            raise VideoReadError(f"{self.source}: its frame rate reads {fps:g} fps, outside the {MIN_FPS:g} to "
+                                 f"{MAX_FPS:g} fps windows are timed by (broken metadata, or a time-lapse or "
+                                 "high-speed recording); re-encode it at a rate in that range (ffmpeg -i IN -r 25 OUT)")
         self.info = StreamInfo(fps or 25.0, meta["duration"], h, w, rotation, meta["codec"], self.live)
 
     def __enter__(self) -> VideoStream:

@@ -12,12 +12,15 @@ eval_transform`: one centre crop, or three), several windows per forward pass.
 - ``segments.json``: consecutive windows with the same top-1 label merged (``start``, ``end``, ``label``, ``score``:
   the mean top-1 score), after an optional moving average over ``smooth`` windows; segments shorter than
   ``min_segment`` seconds are absorbed by their neighbours;
-- ``timeline.png`` (needs matplotlib): the top labels' scores over time over coloured segment bands, with a
-  thumbnail at each segment boundary.
+- ``timeline.png`` (needs matplotlib): the top labels' scores over time over coloured segment bands, in rows that
+  follow the video's length, with thumbnails at segment boundaries over the whole video.
 
 A run killed midway continues where it stopped when started again with the same ``out`` (``run.json``: the same
-video, model, weights and settings, or it is refused, as ``vivit evaluate`` does) and ends with identical files: lines
-are kept in whole batches, so every window is computed in the same batch as in an uninterrupted run.
+video, model, weights, config, token merging and settings, or it is refused, as ``vivit evaluate`` does) and ends with
+identical files: lines are kept in whole batches, so every window is computed in the same batch as in an uninterrupted
+run. A finished run started again computes nothing; outputs without ``run.json`` are refused. The video is opened once
+(one :class:`~vivit.data.stream.VideoStream` gives the header, the windows and the thumbnails) and its windows are
+planned once.
 :func:`timeline_listing` does every video of a listing, one sub-folder each, sharded over ``torchrun`` ranks.
 """
 
@@ -581,6 +584,7 @@ def _clock(seconds: float) -> str:
 ROW_WINDOWS = 60  # windows per row of the picture: enough to follow the score lines
 MAX_ROWS = 12  # rows at most; a longer video gets longer rows
 THUMBS_PER_ROW = 6
+MAX_THUMBNAILS = 24  # each is a seek and a decode from the keyframe before it
 
 
 def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, Any]], path: str | Path, *,
@@ -590,7 +594,8 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
 
     The picture reads at any length: time runs in rows (like lines of text) of at most ``ROW_WINDOWS`` windows, at
     most ``MAX_ROWS`` of them, so a long video gets a taller picture rather than a denser one; each row shows up to
-    ``THUMBS_PER_ROW`` thumbnails at segment boundaries spread over it (its start when no segment starts in it).
+    ``THUMBS_PER_ROW`` thumbnails (``MAX_THUMBNAILS`` in all) at segment boundaries spread over it (its start when
+    no segment starts in it).
 
     Args:
         windows: Records of :func:`timeline`.
@@ -615,7 +620,9 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
               for lab in labels}
     end = max(w["end"] for w in windows)
     rows = _rows(windows, end)
-    thumbs = [_thumbnail_times(segs, lo, hi) for lo, hi in rows] if thumbnails is not None else [[] for _ in rows]
+    per_row = max(1, min(THUMBS_PER_ROW, MAX_THUMBNAILS // len(rows)))
+    thumbs = ([_thumbnail_times(segs, lo, hi, per_row) for lo, hi in rows] if thumbnails is not None
+              else [[] for _ in rows])
     fig = Figure(figsize=(12, len(rows) * (2.9 if thumbnails is not None else 2.2) + 0.4), layout="constrained")
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     width = rows[0][1] - rows[0][0]
@@ -626,7 +633,7 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
         inside = (centres >= lo - width * 0.02) & (centres <= hi + width * 0.02)
         for label in labels:
             ax.plot(centres[inside], scores[label][inside], color=colours[label], lw=1.4, label=label)
-        ax.set(xlim=(lo, lo + width), ylim=(0, 1.02), ylabel="score")
+        ax.set(xlim=(lo, max(lo + width, hi)), ylim=(0, 1.02), ylabel="score")
         ax.tick_params(labelsize=8)
     axes[-1].set_xlabel("time (s)")
     axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
@@ -643,15 +650,15 @@ def _rows(windows: Sequence[dict[str, Any]], end: float) -> list[tuple[float, fl
     starts = sorted(w["start"] for w in windows)
     step = float(np.median(np.diff(starts))) if len(starts) > 1 else end
     row = max(ROW_WINDOWS * max(step, 1e-6), end / MAX_ROWS, 1e-6)
-    count = max(1, min(MAX_ROWS, math.ceil(end / row - 1e-9)))
-    return [(i * row, min(end, (i + 1) * row)) for i in range(count)]
+    count = max(1, min(MAX_ROWS, math.ceil(end / row - 0.05)))  # a last sliver joins the row before
+    return [(i * row, end if i == count - 1 else (i + 1) * row) for i in range(count)]
 
 
-def _thumbnail_times(segs: Sequence[dict[str, Any]], lo: float, hi: float) -> list[float]:
-    """Up to ``THUMBS_PER_ROW`` segment starts in ``[lo, hi)``, evenly picked; the row's start when there are none."""
+def _thumbnail_times(segs: Sequence[dict[str, Any]], lo: float, hi: float, most: int = THUMBS_PER_ROW) -> list[float]:
+    """Up to ``most`` segment starts in ``[lo, hi)``, evenly picked; the row's start when there are none."""
     starts = [s["start"] for s in segs if lo <= s["start"] < hi] or [lo]
-    if len(starts) > THUMBS_PER_ROW:
-        starts = [starts[round(i * (len(starts) - 1) / (THUMBS_PER_ROW - 1))] for i in range(THUMBS_PER_ROW)]
+    if len(starts) > most:
+        starts = [starts[round(i * (len(starts) - 1) / max(1, most - 1))] for i in range(most)]
     return starts
 
 
