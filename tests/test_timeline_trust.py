@@ -243,6 +243,28 @@ def test_ctrl_c_on_a_stalled_url_exits_130_and_keeps_the_windows(videos, tmp_pat
     assert kept and segs and segs[-1]["end"] == kept[-1]["end"]
 
 
+def test_ctrl_c_while_following_a_file_that_stopped_growing(videos, model, tmp_path):
+    data = videos["mkv"].read_bytes()
+    growing = tmp_path / "recording.mkv"
+    growing.write_bytes(data[: len(data) * 2 // 3])  # the recorder stopped; --follow waits up to 600 s for more
+    lines = tmp_path / "out" / "windows.jsonl"
+
+    def interrupt_once_waiting() -> None:
+        for _ in range(600):
+            time.sleep(0.1)
+            if lines.exists() and lines.stat().st_size and time.time() - lines.stat().st_mtime > 1.0:
+                break
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_waiting, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):  # PyAV used to drop it inside the file's read: the wait went on
+        timeline_video(growing, model, tmp_path / "out", follow=600, step=0.5, batch_size=1, plot=False)
+    assert time.monotonic() - started < 300
+    kept = [json.loads(line) for line in _lines(lines)]
+    assert kept and json.loads((tmp_path / "out" / "segments.json").read_text())[-1]["end"] == kept[-1]["end"]
+
+
 def test_a_url_is_connected_to_once_and_windows_are_planned_once(videos, model, tmp_path, serve, monkeypatch):
     plans, original = [], tl.window_plan
     monkeypatch.setattr(tl, "window_plan", lambda *a, **k: plans.append(1) or original(*a, **k))

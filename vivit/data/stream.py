@@ -98,9 +98,10 @@ class VideoStream:
     seek, the thumbnails of a file) open the file again at their seek point: FFmpeg cannot rewind a demuxer that was
     read to its end other than by a seek, and a fresh one decodes exactly what a first pass would.
 
-    A URL is read in a background thread and handed over frame by frame: FFmpeg's reads block in C, where Ctrl-C
-    cannot reach them, so the caller waits in Python instead, and ``timeout`` bounds each wait for data (the thread
-    is left to its deadline when the caller leaves early).
+    A live source (a URL, a followed file) is read in a background thread and handed over frame by frame: FFmpeg's
+    reads block in C, where Ctrl-C cannot reach them (and PyAV drops a ``KeyboardInterrupt`` raised in a file
+    object's read), so the caller waits in Python instead, and ``timeout`` bounds each wait for data (the thread is
+    left to its deadline when the caller leaves early; a followed file's reads end when the stream is closed).
 
     Args:
         source: A video file or a URL FFmpeg opens (``rtsp://``, ``http://`` ...).
@@ -183,7 +184,7 @@ class VideoStream:
         """A pass over the frames: a dict of the stream's header, then its frames from a keyframe at or before
         ``start``; a URL's in a background thread."""
         self._passes += 1
-        if is_url(self.source):
+        if self.live:
             return _in_thread(lambda: self._frames_of(None, start), name=f"vivit-stream {self.source}")
         self._container = self._open()
         return self._frames_of(self._container, start)
