@@ -364,3 +364,24 @@ def test_timeline_help_describes_the_command_and_its_exit_statuses(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "windows.jsonl" in text and "exit status: 0 ok" in text and "130 interrupted" in text
     assert "whole batches" in text
+
+
+def test_timestamps_that_go_back_never_make_a_window_end_before_it_starts():
+    from types import SimpleNamespace
+
+    from vivit.data.stream import sliding_windows
+
+    times = [0, .1, .2, .3, .4, .5, .6, .7, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1.0, 1.1, 1.2]  # a restart at 0.8 s
+
+    class Stream:  # what sliding_windows reads of a VideoStream (muxers refuse to write such files)
+        info, source = SimpleNamespace(fps=10.0), "restarted.ts"
+
+        def frames(self, start: float = 0.0):
+            return ((t, None) for t in times if t >= start)
+
+        def to_array(self, frame: object) -> np.ndarray:
+            return np.zeros((2, 2, 3), np.uint8)
+
+    windows = list(sliding_windows(Stream(), 4, 1, 0.5))
+    assert [(w.index, w.start) for w in windows][:2] == [(0, 0), (1, 0.5)]
+    assert all(w.end > w.start for w in windows) and len(windows) == 4  # 20 frames at 10 fps: 2 s, a window each 0.5

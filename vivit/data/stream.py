@@ -6,7 +6,8 @@ to); it only seeks once, forward, to resume at a window. Frames are converted to
 short side only when a window needs them (:func:`vivit.data.video.frame_to_array`, the resize ``read_video`` does).
 :func:`sliding_windows` starts window ``k`` at the first frame whose timestamp reaches ``k * step`` seconds, so a
 variable frame rate keeps real times, and takes the model's clip (``clip_len`` frames ``stride`` apart) from there.
-Times are seconds from the video's first frame.
+Times are seconds from the video's first frame; where timestamps go back (a broken mux, a restarted stream) they are
+replaced by counting on at the frame rate, so a window never ends before it starts.
 """
 
 from __future__ import annotations
@@ -409,6 +410,7 @@ def sliding_windows(stream: VideoStream, clip_len: int, stride: int, step: float
     kept: dict[int, np.ndarray] = {}
     made, next_k, pos, t, gap = 0, first, -1, 0.0, 1.0 / stream.info.fps
     broken: VideoReadError | None = None
+    went_back = False
     frames = stream.frames(max(0.0, first * step - tol))
     while True:
         try:
@@ -418,6 +420,11 @@ def sliding_windows(stream: VideoStream, clip_len: int, stride: int, step: float
         except VideoReadError as err:  # the windows finished before the failure are still made
             broken = err
             break
+        if pos >= 0 and t_next < t:  # timestamps going back (a broken mux, a restarted stream): count on at the rate
+            if not went_back:
+                _logger.warning("%s: timestamps go back at %.2f s; counting on at the frame rate from there",
+                                stream.source, t)
+            went_back, t_next = True, t + gap
         pos, gap, t = pos + 1, (t_next - t if pos >= 0 and t_next > t else gap), t_next
         k = math.floor((t + tol) / step)
         if k >= next_k:  # a long gap (variable frame rate) starts one window, not several on one frame

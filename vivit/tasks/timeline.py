@@ -365,7 +365,8 @@ def _is_window(record: Any) -> bool:
             isinstance(t, dict) and isinstance(t.get("label"), str) and number(t.get("score")) for t in entries)
 
     if not (isinstance(record, dict) and isinstance(record.get("index"), int) and not isinstance(record["index"], bool)
-            and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))):
+            and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))
+            and record["start"] <= record["end"]):
         return False
     if "top" in record:
         return top(record["top"])
