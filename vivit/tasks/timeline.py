@@ -584,7 +584,7 @@ def _clock(seconds: float) -> str:
 # ================================================================================================ the picture
 ROW_WINDOWS = 60  # windows per row of the picture: enough to follow the score lines
 MAX_ROWS = 12  # rows at most; a longer video gets longer rows
-THUMBS_PER_ROW = 6
+THUMBS_PER_ROW = 10
 MAX_THUMBNAILS = 24  # each is a seek and a decode from the keyframe before it
 
 
