@@ -7,6 +7,7 @@ one; one uninterrupted single-process evaluation is shared by the tests that com
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -452,3 +453,37 @@ def test_log_every_counts_videos_not_batches(caplog):
             progress.update(5, 0)
     done = [int(r.getMessage().split(": ")[1].split("/")[0]) for r in caplog.records]
     assert done == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "torchcodec"])
+def test_a_decoder_passed_as_backend_is_refused_naming_decoder(clips, model, tmp_path, decoder):
+    with pytest.raises(ValueError, match=rf"decoder={decoder!r}"):
+        evaluate_dataset(_small(clips, tmp_path, 1), model, tmp_path / "out", backend=decoder)
+    with pytest.raises(ValueError, match=rf"decoder={decoder!r}"):
+        extract_features(_small(clips, tmp_path, 1), model, tmp_path / "x", backend=decoder)
+    assert not (tmp_path / "out").exists()
+
+
+def test_backend_chooses_the_runtime_and_run_json_records_the_one_that_ran(clips, model, tmp_path):
+    listing = _small(clips, tmp_path, 1)
+    torch_run = evaluate_dataset(listing, model, tmp_path / "t", backend="torch", decoder="pyav", workers=0)
+    auto_run = evaluate_dataset(listing, model, tmp_path / "a", backend="auto", workers=0)  # VIVIT_BACKEND=torch
+    assert torch_run["top1"] == auto_run["top1"] == 100.0
+    for out in ("t", "a"):  # "auto" is recorded as what it picked, so a resume on another machine cannot mix
+        saved = json.loads((tmp_path / out / "run.json").read_text())
+        assert (saved["backend"], saved["decoder"]) == ("torch", "pyav" if out == "t" else "auto")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs vivit[openvino]")
+def test_backend_openvino_runs_the_evaluation_through_openvino(clips, tmp_path):
+    # OpenVINO in a process of its own (tests/test_optimize.py says why); vivit_motion converts in a few seconds.
+    listing = _small(clips, tmp_path, 2)
+    code = ("import json, sys; from vivit.tasks.evaluate import evaluate_dataset; "
+            "r = evaluate_dataset(sys.argv[1], 'vivit_motion', sys.argv[2], backend='openvino', workers=0); "
+            "print(json.dumps(r['top1']))")
+    result = subprocess.run([sys.executable, "-c", code, str(listing), str(tmp_path / "o")], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                         "VIVIT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == 100.0
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["backend"] == "openvino"

@@ -414,7 +414,7 @@ def _dataset_job(args: argparse.Namespace, command: str) -> tuple[object, dict[s
     _dataset_logging()
     model = load_model_for_cli(args.model, token_merging=args.token_merging)
     kwargs = _dataset_kwargs(args)
-    kwargs.update(runtime=args.backend, dtype=resolve_dtype(args.dtype, args.device, command))
+    kwargs.update(backend=args.backend, dtype=resolve_dtype(args.dtype, args.device, command))
     return model, kwargs
 
 
@@ -422,7 +422,7 @@ def _dataset_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """What ``evaluate`` and ``extract`` pass on alike; ``--pattern`` only when given (the library has the default)."""
     kwargs: dict[str, object] = dict(views=args.views, batch_size=args.batch_size, workers=args.workers,
                                      device=args.device, compile=args.compile, video_root=args.video_root,
-                                     log_every=args.log_every, stop_after=args.stop_after)
+                                     decoder=args.decoder, log_every=args.log_every, stop_after=args.stop_after)
     if args.pattern is not None:
         kwargs["pattern"] = args.pattern
     return kwargs
@@ -512,6 +512,8 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
     p.add_argument("--device", default=None, help="torch device (default cuda:LOCAL_RANK when available)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
+                   help="video decoder (auto: PyAV when installed, else torchcodec)")
     p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
     p.add_argument("--pattern", default=None, help="file name of a Kinetics CSV row, str.format over its columns "
                                                    f"(default: {KINETICS_PATTERN_HELP})")

@@ -135,9 +135,9 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
                      views: str | Sequence[int] | None = None, batch_size: int = 16, workers: int = 2,
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                      compile: bool = False, video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN,
-                     backend: str = "auto", log_every: int = 100, progress_bar: bool | None = None,
+                     decoder: str = "auto", log_every: int = 100, progress_bar: bool | None = None,
                      stop_after: int | None = None, env: Dist | None = None,
-                     runtime: str = "torch") -> dict[str, Any] | None:
+                     backend: str = "torch") -> dict[str, Any] | None:
     """Evaluate ``model`` on every video of ``listing`` with multi-view averaging; write the outputs of the module
     docstring into ``out``.
 
@@ -155,19 +155,20 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
         compile: ``torch.compile`` the model.
         video_root: Folder of a Kinetics CSV's videos (default the CSV's folder).
         pattern: File names of a Kinetics CSV's rows.
-        backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
+        decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         log_every: Videos between progress lines (without a terminal).
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
         stop_after: Leave after this many videos on this rank without a report, as a killed job would (returns
             ``None``); for testing resumption.
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
-        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s.
+        backend: What runs the model: ``"torch"`` (the model as it is), ``"auto"`` or ``"openvino"``
+            (:func:`vivit.optimize`).
 
     Returns:
         The report on rank 0; ``None`` on other ranks and when stopped early.
     """
-    opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
-                      progress_bar, stop_after, runtime=runtime)
+    opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, decoder, log_every,
+                      progress_bar, stop_after, backend=backend)
     with started(listing, model, out, opts, env, device) as run:
         head = _class_parts(run.model)
         targets = _targets(run.rows.labels, run.rows.where, head.splits, head.names, str(run.listing))

@@ -38,10 +38,10 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
                      layer: int | None = None, views: str | Sequence[int] | None = None, batch_size: int = 16,
                      workers: int = 2, device: str | torch.device | None = None,
                      dtype: str | torch.dtype | None = None, compile: bool = False,
-                     video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN, backend: str = "auto",
+                     video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN, decoder: str = "auto",
                      shard_size: int = 1024, log_every: int = 100, progress_bar: bool | None = None,
                      stop_after: int | None = None, env: Dist | None = None,
-                     runtime: str = "torch") -> dict[str, Any] | None:
+                     backend: str = "torch") -> dict[str, Any] | None:
     """Pooled features of every video of ``listing`` into safetensors shards plus ``index.json``.
 
     A feature is ``model.forward_head(model.forward_features(x), pre_logits=True)`` (``layer=None``), or the mean
@@ -62,7 +62,7 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
         compile: ``torch.compile`` the feature function.
         video_root: Folder of a Kinetics CSV's videos.
         pattern: File names of a Kinetics CSV's rows.
-        backend: Decoder.
+        decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         shard_size: Videos per shard file (a kill loses at most one unwritten shard per rank).
         log_every: Videos between progress lines.
         progress_bar: Force the tqdm bar on or off.
@@ -70,15 +70,16 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
             would; for testing resumption.
         env: A :class:`vivit.data.datasets.Dist`.
 
-        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s
+        backend: What runs the model: ``"torch"`` (the model as it is), ``"auto"`` or ``"openvino"``
+            (:func:`vivit.optimize`)
             (``layer=None`` only; ``layer`` features run in torch).
     Returns:
         The index on rank 0; ``None`` on other ranks and when stopped early.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, found {shard_size}")
-    opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
-                      progress_bar, stop_after, runtime=runtime if layer is None else "torch",
+    opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, decoder, log_every,
+                      progress_bar, stop_after, backend=backend if layer is None else "torch",
                       pre_logits=True)
     with started(listing, model, out, opts, env, device) as run:
         identity = run.identity(per_clip=per_clip, layer=layer)

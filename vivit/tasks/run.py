@@ -35,10 +35,11 @@ from vivit.data.datasets import (
     make_loader,
     read_listing,
 )
+from vivit.data.video import BACKENDS as DECODERS
 from vivit.data.video import parse_views
 from vivit.files import write_text_atomic
 from vivit.progress import progress_bar
-from vivit.tasks.optimize import DTYPES, Optimized, optimize
+from vivit.tasks.optimize import BACKENDS, DTYPES, Optimized, optimize
 from vivit.tasks.predict import default_views
 from vivit.weights.build import create_model
 from vivit.zoo import tagged_name
@@ -65,12 +66,25 @@ class RunOptions:
     compile: bool = False
     video_root: str | Path | None = None
     pattern: str = KINETICS_PATTERN
-    backend: str = "auto"
+    decoder: str = "auto"
     log_every: int = 100
     progress_bar: bool | None = None
     stop_after: int | None = None
-    runtime: str = "torch"  # "torch": the model as it is; "auto" / "openvino": through vivit.optimize
+    backend: str = "torch"  # "torch": the model as it is; "auto" / "openvino": through vivit.optimize
     pre_logits: bool = False  # the optimized callable returns pre-logits features instead of logits
+
+    def __post_init__(self) -> None:
+        check_backend(self.backend)
+
+
+def check_backend(backend: str) -> None:
+    """``backend`` names what runs the model; a decoder's name there (its meaning before 0.3) is refused, naming
+    ``decoder=``, so an old call never silently means something else."""
+    if backend in DECODERS:
+        raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
+                         f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
 
 
 @dataclass
@@ -86,7 +100,7 @@ class Run:
     opts: RunOptions
     env: Dist
     weights: str
-    fast: Optimized | None = None  # vivit.optimize's callable when opts.runtime is not "torch"
+    fast: Optimized | None = None  # vivit.optimize's callable when opts.backend is not "torch"
 
     def identity(self, **extra: Any) -> dict[str, Any]:
         """The inputs a resume must share with the first start (``extra``: the job's own settings).
@@ -97,7 +111,8 @@ class Run:
         return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}",
                 "dtype": str(self.fast.dtype).removeprefix("torch.") if self.fast else dtype_name(self.model),
-                "backend": self.opts.backend, "token_merging": token_merging(self.model), **extra,
+                "decoder": self.opts.decoder, "backend": self.fast.backend if self.fast else "torch",
+                "token_merging": token_merging(self.model), **extra,
                 "num_videos": len(self.rows.paths),
                 "listing": _listing_digest(self.rows)}
 
@@ -132,9 +147,9 @@ def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, op
     if opts.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, found {opts.batch_size}")
     rows = read_listing(listing, video_root=opts.video_root, pattern=opts.pattern)
-    optimized = opts.runtime != "torch"
+    optimized = opts.backend != "torch"
     model, name, weights = prepare_model(model, env, None if optimized else opts.dtype)
-    fast = optimize(model, opts.dtype, backend=opts.runtime, pre_logits=opts.pre_logits) if optimized else None
+    fast = optimize(model, opts.dtype, backend=opts.backend, pre_logits=opts.pre_logits) if optimized else None
     _logger.info("backend %s", fast.note if fast else "torch")
     views = default_views(model) if opts.views is None else parse_views(opts.views)
     return Run(Path(listing), Path(out), rows, model, name, views, opts, env, weights, fast)
@@ -323,7 +338,7 @@ def outputs(run: Run, fn: Callable[[torch.Tensor], torch.Tensor],
     """Per loaded batch of ``items``: its video records and each video's per-view outputs (``None`` where decoding
     failed). Running out of memory stops the run with what to lower (it is no fault of one video)."""
     fn = run.fast or (torch.compile(fn) if run.opts.compile else fn)
-    ds = EvalVideos(items, run.model, run.views, backend=run.opts.backend)
+    ds = EvalVideos(items, run.model, run.views, decoder=run.opts.decoder)
     dtype = param_dtype(run.model)
     try:
         for batch in _batches(ds, run):
@@ -394,6 +409,6 @@ def trim_torn_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-__all__ = ["Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
+__all__ = ["Progress", "Run", "RunError", "RunOptions", "check_backend", "claimed", "dtype_name", "finite_or_reason",
            "joined", "model_name", "outputs", "param_dtype", "prepare_model", "read_json", "start", "started",
            "stopping", "token_merging", "trim_torn_line", "weights_digest"]
