@@ -401,7 +401,7 @@ def train(args: argparse.Namespace, env: Dist) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(env.device.type, enabled=args.amp and args.amp_dtype == torch.float16)
 
     view_shape = (math.prod(parse_views(args.eval_views)), *data_cfg["input_size"])
-    val_set = (EvalVideos(val_items, data_cfg, args.eval_views, backend=args.video_backend, pad_to=env.world_size)
+    val_set = (EvalVideos(val_items, data_cfg, args.eval_views, decoder=args.video_backend, pad_to=env.world_size)
                if val_items else None)
 
     seed_everything(args.seed, env.rank)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -129,7 +130,10 @@ def test_classify_reports_every_video_and_fails_at_the_end(tmp_path):
     assert rows[0]["views"] == "2x3"
     assert "missing.mp4" in out.stderr and "cut.mp4" in out.stderr and "Traceback" not in out.stderr
     assert "2 of 4 videos failed" in out.stderr
-    assert out.stderr.splitlines()[0].endswith("2x3 views (6 clips of 3x8x32x32) per video, float32 on cpu")
+    lines = out.stderr.splitlines()
+    assert lines[0].endswith("2x3 views (6 clips of 3x8x32x32) per video")
+    runtime = [line for line in lines if line.startswith("vivit classify: backend ")]  # what runs it, dtype, where
+    assert len(runtime) == 1 and "float32" in runtime[0] and "on cpu" in runtime[0].lower()
 
 
 def test_classify_offline_default_model_names_the_offline_option(tmp_path):
@@ -182,7 +186,10 @@ def test_demo_runs_offline_and_gets_the_clips_right(tmp_path):
     for video, line in zip(videos, in_bf16.stdout.splitlines(), strict=True):
         assert json.loads(line)["top_k"][0]["label"] == video.stem.split("_", 1)[1]
         assert json.loads(line)["views"] == "1x1"  # no --views: the model's eval_views
-    assert "vivit_motion, 1x1 views (1 clip of 3x16x32x32) per video, bfloat16 on cpu" in in_bf16.stderr
+    assert "vivit_motion, 1x1 views (1 clip of 3x16x32x32) per video" in in_bf16.stderr
+    # the runtime's line says the dtype that runs: bfloat16, or float32 where OpenVINO said why (no native bfloat16)
+    (runtime,) = [line for line in in_bf16.stderr.splitlines() if line.startswith("vivit classify: backend ")]
+    assert "bfloat16" in runtime or ("float32" in runtime and "no native bfloat16" in in_bf16.stderr)
 
 
 def test_a_split_head_is_ranked_per_part_with_its_own_softmax():
@@ -487,3 +494,38 @@ def test_dataset_commands_have_a_description_defaults_and_exit_status_in_help(ca
         assert "multi-view averaging" in text or "Extract pooled pre-logits" in text
         assert "(default: 16)" in text and "(default: 100)" in text and "(default: 2)" in text
         assert f"(default: {KINETICS_PATTERN})" in text and "1 some videos failed" in text
+
+
+MODEL_COMMANDS = ("classify", "evaluate", "extract", "timeline")
+
+
+def _flags(command: str) -> dict[str, argparse.Action]:
+    """The option actions of ``vivit COMMAND`` by flag."""
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {flag: action for action in sub.choices[command]._actions for flag in action.option_strings}
+
+
+def test_every_model_command_lists_the_same_model_flags_in_help(capsys):
+    model_flags = {"--model", "--device", "--dtype", "--backend", "--token-merging", "--force-download"}
+    helps = {}
+    for command in MODEL_COMMANDS:
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args([command, "--help"])
+        helps[command] = capsys.readouterr().out
+        assert all(flag in helps[command] for flag in model_flags), command
+    # declared once: the same choices, defaults and help everywhere (--model is required where it has no default)
+    first = _flags("classify")
+    for command in MODEL_COMMANDS:
+        flags = _flags(command)
+        for flag in model_flags - {"--model"}:
+            assert (flags[flag].choices, flags[flag].default, flags[flag].help) == (
+                first[flag].choices, first[flag].default, first[flag].help), (command, flag)
+
+
+@pytest.mark.parametrize("command", [["classify", "clip.mp4"], ["evaluate", "list.csv", "--model", "m", "--out", "o"],
+                                     ["timeline", "clip.mp4", "--out", "o"]])
+@pytest.mark.parametrize("value", ["2.5", "true", "(1, 2, 3"])
+def test_a_bad_token_merging_is_bad_usage_before_loading(command, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args([*command, "--token-merging", value])
+    assert exit_.value.code == 2 and "--token-merging" in capsys.readouterr().err

@@ -7,6 +7,8 @@ one; one uninterrupted single-process evaluation is shared by the tests that com
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
 import io
 import json
 import os
@@ -443,12 +445,114 @@ def test_thousands_of_missing_files_print_a_bounded_summary(clips, tmp_path):
 
 
 def test_log_every_counts_videos_not_batches(caplog):
-    from vivit.data.datasets import Dist
-    from vivit.tasks.run import Progress
+    import logging
 
-    progress = Progress(total=40, what="evaluate", every=10, env=Dist(), bar=False)
+    from vivit.progress import Progress
+
+    progress = Progress(40, "evaluate", every=10, show=False, log=logging.getLogger("vivit.tasks.run"))
     with caplog.at_level("INFO", logger="vivit.tasks.run"):
         for _ in range(8):  # batches of 5 videos
-            progress.update(5, 0)
+            progress.update(5)
     done = [int(r.getMessage().split(": ")[1].split("/")[0]) for r in caplog.records]
     assert done == [10, 20, 30, 40]
+
+
+def test_progress_without_a_total_counts_from_a_resume_and_says_where_it_is(caplog):
+    import logging
+
+    from vivit.progress import Progress
+
+    progress = Progress(None, "timeline", unit="window", every=2, initial=5, show=False,
+                        log=logging.getLogger("vivit.tasks.timeline"))
+    with caplog.at_level("INFO", logger="vivit.tasks.timeline"):
+        for _ in range(4):
+            progress.update(note="video at 0:00:01.0")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" windows")[0] for line in lines] == ["timeline: 7", "timeline: 9"]
+    assert all(line.endswith("video at 0:00:01.0") and "ETA" not in line for line in lines)
+    assert progress.close() > 0 and progress.new == 4
+
+
+@pytest.mark.parametrize(("job", "name"), [("evaluate", "predictions.jsonl"), ("evaluate", "logits.npy"),
+                                           ("extract", "index.json"),
+                                           ("extract", "shards/features-000-00000.safetensors")])
+def test_outputs_without_run_json_are_refused_with_one_line(clips, model, tmp_path, capsys, job, name):
+    out = tmp_path / "out"
+    (out / name).parent.mkdir(parents=True)
+    (out / name).write_bytes(b"from an older vivit")
+    listing = _small(clips, tmp_path, 1)
+    assert cli.main([job, str(listing), "--out", str(out), *EVAL_ARGS]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"vivit {job}:")]
+    assert len(errors) == 1 and str(out / name) in errors[0] and "without run.json" in errors[0]
+    assert (out / name).read_bytes() == b"from an older vivit" and not (out / "run.json").exists()
+
+
+def test_options_as_one_object_equal_the_keywords(clips, model, tmp_path):
+    from vivit.tasks.run import RunOptions
+
+    listing = _small(clips, tmp_path, 2)
+    options = RunOptions(views="1x1", batch_size=2, workers=0)
+    by_object = evaluate_dataset(listing, model, tmp_path / "o", options)
+    by_keywords = evaluate_dataset(listing, model, tmp_path / "k", views="1x1", batch_size=2, workers=0)
+    assert by_object == by_keywords and by_object["views"] == "1x1"
+    with pytest.raises(TypeError, match="runtime"):  # the unreleased name of backend= is gone, not ignored
+        evaluate_dataset(listing, model, tmp_path / "r", runtime="torch")
+
+
+def test_a_resume_with_other_settings_is_refused_before_the_model_loads(clips, tmp_path, capsys):
+    listing, out = _small(clips, tmp_path, 1), tmp_path / "out"
+    assert cli.main(["evaluate", str(listing), "--out", str(out), *EVAL_ARGS, "--views", "1x1"]) == 0
+    capsys.readouterr()
+    # a model that cannot load: the settings are checked first, so the line names them, not the model
+    args = ["evaluate", str(listing), "--out", str(out), "--model", str(tmp_path / "no-such-model"), "--dtype",
+            "float32", "--decoder", "pyav"]
+    assert cli.main([*args, "--views", "2x1"]) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "views was '1x1', now '2x1'" in err and "decoder" in err
+    assert "cannot load" not in err
+
+
+def test_layer_features_with_token_merging_are_bad_usage_before_loading(clips, model, tmp_path, capsys):
+    listing = _small(clips, tmp_path, 1)
+    args = ["extract", str(listing), "--out", str(tmp_path / "x"), *EVAL_ARGS]
+    assert cli.main([*args, "--layer", "0", "--token-merging", "2"]) == 2
+    assert "token merging" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    merged = copy.deepcopy(model)
+    merged.set_token_merging(2)
+    with pytest.raises(ValueError, match="token merging"):
+        extract_features(listing, merged, tmp_path / "y", layer=0, workers=0)
+    assert not (tmp_path / "y" / "run.json").exists()
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "torchcodec"])
+def test_a_decoder_passed_as_backend_is_refused_naming_decoder(clips, model, tmp_path, decoder):
+    with pytest.raises(ValueError, match=rf"decoder={decoder!r}"):
+        evaluate_dataset(_small(clips, tmp_path, 1), model, tmp_path / "out", backend=decoder)
+    with pytest.raises(ValueError, match=rf"decoder={decoder!r}"):
+        extract_features(_small(clips, tmp_path, 1), model, tmp_path / "x", backend=decoder)
+    assert not (tmp_path / "out").exists()
+
+
+def test_backend_chooses_the_runtime_and_run_json_records_the_one_that_ran(clips, model, tmp_path):
+    listing = _small(clips, tmp_path, 1)
+    torch_run = evaluate_dataset(listing, model, tmp_path / "t", backend="torch", decoder="pyav", workers=0)
+    auto_run = evaluate_dataset(listing, model, tmp_path / "a", backend="auto", workers=0)  # VIVIT_BACKEND=torch
+    assert torch_run["top1"] == auto_run["top1"] == 100.0
+    for out in ("t", "a"):  # "auto" is recorded as what it picked, so a resume on another machine cannot mix
+        saved = json.loads((tmp_path / out / "run.json").read_text())
+        assert (saved["backend"], saved["decoder"]) == ("torch", "pyav" if out == "t" else "auto")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs vivit[openvino]")
+def test_backend_openvino_runs_the_evaluation_through_openvino(clips, tmp_path):
+    # OpenVINO in a process of its own (tests/test_optimize.py says why); vivit_motion converts in a few seconds.
+    listing = _small(clips, tmp_path, 2)
+    code = ("import json, sys; from vivit.tasks.evaluate import evaluate_dataset; "
+            "r = evaluate_dataset(sys.argv[1], 'vivit_motion', sys.argv[2], backend='openvino', workers=0); "
+            "print(json.dumps(r['top1']))")
+    result = subprocess.run([sys.executable, "-c", code, str(listing), str(tmp_path / "o")], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                         "VIVIT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == 100.0
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["backend"] == "openvino"

@@ -72,6 +72,10 @@ def test_predict_video_runs_a_vivit_on_a_real_file(tmp_path):
     logits = predict_video(model, path, "2x3", batch_size=4)
     assert logits.shape == (5,)
     torch.testing.assert_close(logits, model.eval()(clips).mean(0), rtol=1e-5, atol=1e-5)
+    # the decoder is decoder= (backend names what runs the model): the same views through PyAV by name
+    torch.testing.assert_close(predict_video(model, path, "2x3", batch_size=4, decoder="pyav"), logits)
+    with pytest.raises(ValueError, match="opencv"):
+        predict_video(model, path, "2x3", decoder="opencv")
 
 
 def test_default_views_follow_the_weights_evaluation_protocol():

@@ -128,13 +128,9 @@ def _progress(items: Sequence, desc: str):
     return items if bar is None else bar
 
 
-def load_model_for_cli(name: str, device: str | None = None, dtype: str | None = None, **kwargs: object):
-    """A model from a tag/arch name, ``hf-hub:`` name, or a local folder; one-line errors for the CLI.
-
-    ``dtype`` (``float32`` / ``bfloat16`` / ``float16``) casts the weights; inputs follow the weights' dtype.
-    """
-    import torch
-
+def load_model_for_cli(name: str, **kwargs: object):
+    """A model from a tag/arch name, ``hf-hub:`` name, or a local folder, in eval mode; one-line errors for the CLI
+    (``kwargs`` go to the builder)."""
     from vivit.weights.build import build
     from vivit.weights.source import parse_source
 
@@ -147,9 +143,7 @@ def load_model_for_cli(name: str, device: str | None = None, dtype: str | None =
         from vivit.files import first_line
 
         raise RuntimeError(f"cannot load {name}: {first_line(err)} — {OFFLINE_HINT}") from None
-    if dtype is not None:
-        model = model.to(getattr(torch, dtype))
-    return model.to(device).eval() if device else model.eval()
+    return model.eval()
 
 
 def _positive_int(text: str) -> int:
@@ -194,28 +188,45 @@ def _token_merging(text: str) -> int | tuple | list:
     return value
 
 
-def _add_token_merging_arg(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """The model flags every ``--model`` command takes (``classify``, ``evaluate``, ``extract``, ``timeline``)."""
+    p.add_argument("--model", required=required, default=None if required else DEFAULT_MODEL,
+                   help="tag, hf-hub:org/repo or folder")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cuda:LOCAL_RANK when available "
+                   "for evaluate, extract and a listing's timeline; else the CPU)")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="run the model in this precision (auto: bfloat16 on CPUs with native bfloat16, else the "
+                   "weights'); bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5-2x with AVX512-BF16")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--token-merging", type=_token_merging, default=0, metavar="R",
                    help="merge R similar tokens per block (ToMe; Models 1 and 2): faster, slightly less accurate; "
                         "also '(R, INFLECTION)' or '[R1, R2, ...]' (default 0: off)")
+    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+
+
+def _model_runtime(args: argparse.Namespace, command: str, model):
+    """The ``--model`` of a command (loaded: ``model``) made ready by :func:`vivit.tasks.runtime.setup_runtime`, which
+    says on stderr which runtime, dtype and device run it (``--dtype auto`` resolved after loading: a failed load is
+    its one line)."""
+    from vivit.tasks.runtime import setup_runtime
+
+    dtype = resolve_dtype(args.dtype, args.device, command)
+    logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
+    return setup_runtime(model, args.device, dtype, args.backend, args.token_merging,
+                         say=lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True))
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
-    import torch
-
     from vivit.data.video import parse_views
     from vivit.tasks.predict import default_views, predict_video, top_k
 
-    model = load_model_for_cli(args.model, args.device, force_download=args.force_download,
-                               token_merging=args.token_merging)
-    dtype = resolve_dtype(args.dtype, args.device, "classify")  # after loading: a failed load is its one line
-    if dtype and args.backend == "torch":
-        model = model.to(getattr(torch, dtype))
+    model = load_model_for_cli(args.model, force_download=args.force_download)
     views = parse_views(args.views) if args.views else default_views(model)
-    print(_classify_plan(args.model, model, views, dtype), file=sys.stderr, flush=True)
-    run = optimized(model, dtype, args.backend, "classify")
+    print(_classify_plan(args.model, model, views), file=sys.stderr, flush=True)
+    runtime = _model_runtime(args, "classify", model)
+    model, run = runtime.model, runtime.fn
     labels = model.pretrained_cfg.get("label_names")
     class_splits = model.pretrained_cfg.get("class_splits")
     failed = 0
@@ -245,12 +256,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _classify_plan(name: str, model, views: tuple[int, int], dtype: str | None = None) -> str:
-    """One line saying what ``classify`` is about to run: model, views, clip size, dtype and device."""
-    param = next(model.parameters())
+def _classify_plan(name: str, model, views: tuple[int, int]) -> str:
+    """One line saying what ``classify`` is about to run: model, views and clip size (the runtime's line says the
+    dtype and device)."""
     c, t, (h, w) = model.in_chans, model.num_frames, model.img_size
     return (f"vivit classify: {name}, {views[0]}x{views[1]} views ({_count(views[0] * views[1], 'clip')} of "
-            f"{c}x{t}x{h}x{w}) per video, {dtype or str(param.dtype).removeprefix('torch.')} on {param.device}")
+            f"{c}x{t}x{h}x{w}) per video")
 
 
 def _count(n: int, noun: str) -> str:
@@ -272,16 +283,6 @@ def resolve_dtype(dtype: str | None, device: str | None, command: str) -> str | 
     print(f"vivit {command}: --dtype auto: bfloat16, since this CPU multiplies it natively (AVX512-BF16 or AMX), "
           "2-4x faster than float32; --dtype float32 for full precision", file=sys.stderr, flush=True)
     return "bfloat16"
-
-
-def optimized(model, dtype: str | None, backend: str, command: str):
-    """``vivit.optimize(model, dtype, backend=...)``, saying on stderr which backend runs (and when it converts)."""
-    from vivit.tasks.optimize import optimize
-
-    logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
-    run = optimize(model, dtype, backend=backend)
-    print(f"vivit {command}: backend {run.note}", file=sys.stderr, flush=True)
-    return run
 
 
 def _one_line(err: BaseException, path: Path) -> str:
@@ -406,8 +407,8 @@ def _dataset_logging() -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vivit.tasks.evaluate import evaluate_dataset
 
-    model, kwargs = _dataset_job(args, "evaluate")
-    report = evaluate_dataset(args.listing, model, args.out, **kwargs)
+    model, options = _dataset_job(args, "evaluate", {})
+    report = evaluate_dataset(args.listing, model, args.out, options)
     if report is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
     # An unlabelled listing has no accuracy: its summary says so instead of printing "top1 None".
@@ -421,9 +422,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from vivit.tasks.extract import extract_features
 
-    model, kwargs = _dataset_job(args, "extract")
-    index = extract_features(args.listing, model, args.out, per_clip=args.per_clip, layer=args.layer,
-                             shard_size=args.shard_size, **kwargs)
+    if args.layer is not None and args.token_merging:
+        return _usage("extract", "--layer features are one block's tokens, which token merging changes from block "
+                                 "to block: drop --token-merging, or --layer for the pooled pre-logits")
+    own = dict(per_clip=args.per_clip, layer=args.layer)
+    model, options = _dataset_job(args, "extract", own)
+    index = extract_features(args.listing, model, args.out, options, shard_size=args.shard_size, **own)
     if index is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
     print(f"{_count(index['num_extracted'], 'video')}, {index['dim']}-d features -> {args.out / 'index.json'} "
@@ -431,23 +435,28 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return _report_failures(index["failed"], len(index["videos"]))
 
 
-def _dataset_job(args: argparse.Namespace, command: str) -> tuple[object, dict[str, object]]:
-    """The model of ``evaluate`` / ``extract`` and what both pass on (``--dtype auto`` resolved, and said)."""
+def _usage(command: str, message: str) -> int:
+    """Bad usage found past argparse: one line, exit status 2."""
+    print(f"vivit {command}: error: {message}", file=sys.stderr)
+    return EXIT_STATUS["usage"]
+
+
+def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object]):
+    """The model of ``evaluate`` / ``extract`` and their :class:`~vivit.tasks.run.RunOptions`, built once from the
+    flags; a resume with other settings that the folder's ``run.json`` shows is refused before the model is loaded."""
+    from vivit.tasks.run import RunOptions, check_settings
+
     _dataset_logging()
-    model = load_model_for_cli(args.model, token_merging=args.token_merging)
-    kwargs = _dataset_kwargs(args)
-    kwargs.update(runtime=args.backend, dtype=resolve_dtype(args.dtype, args.device, command))
-    return model, kwargs
-
-
-def _dataset_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """What ``evaluate`` and ``extract`` pass on alike; ``--pattern`` only when given (the library has the default)."""
-    kwargs: dict[str, object] = dict(views=args.views, batch_size=args.batch_size, workers=args.workers,
-                                     device=args.device, compile=args.compile, video_root=args.video_root,
-                                     log_every=args.log_every, stop_after=args.stop_after)
-    if args.pattern is not None:
-        kwargs["pattern"] = args.pattern
-    return kwargs
+    fields: dict[str, object] = dict(
+        views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
+        dtype=resolve_dtype(args.dtype, args.device, command), backend=args.backend, decoder=args.decoder,
+        token_merging=args.token_merging, compile=args.compile, video_root=args.video_root,
+        log_every=args.log_every, stop_after=args.stop_after)
+    if args.pattern is not None:  # only when given: the library has the default
+        fields["pattern"] = args.pattern
+    options = RunOptions(**fields)
+    check_settings(args.out, options, **own)
+    return load_model_for_cli(args.model, force_download=args.force_download), options
 
 
 def _report_failures(failed: Sequence[dict], total: int) -> int:
@@ -471,13 +480,11 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
     logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
-    model = load_model_for_cli(args.model, args.device, force_download=args.force_download,
-                               token_merging=args.token_merging)
-    dtype = resolve_dtype(args.dtype, args.device, "timeline")  # after loading: a failed load is its one line
-    logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
+    runtime = _model_runtime(args, "timeline", load_model_for_cli(args.model, force_download=args.force_download))
+    model = runtime.model
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
-                   dtype=dtype, runtime=args.backend)
+                   runtime=runtime.fast or "torch")
     source = args.input
     live = is_url(source)
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
@@ -523,24 +530,21 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
     p = sub.add_parser(name, help=summary, description=description, epilog=DATASET_EPILOG,
                        formatter_class=_DefaultsFormatter)
     p.add_argument("listing", type=Path, help="CSV (path,label), Kinetics CSV, folder per class, or a list of files")
-    p.add_argument("--model", required=True, help="tag, hf-hub:org/repo or folder")
+    _add_model_args(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
     p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="views per forward pass (views of several videos share one)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes per rank")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="run the model in this precision "
-                   "(auto: bfloat16 on CPUs with native bfloat16, else the weights')")
-    p.add_argument("--device", default=None, help="torch device (default cuda:LOCAL_RANK when available)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
+                   help="video decoder (auto: PyAV when installed, else torchcodec)")
     p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
     p.add_argument("--pattern", default=None, help="file name of a Kinetics CSV row, str.format over its columns "
                                                    f"(default: {KINETICS_PATTERN_HELP})")
     p.add_argument("--log-every", type=_positive_int, default=100, help="videos between progress lines (no TTY)")
     p.add_argument("--stop-after", type=_positive_int, help="leave after N videos per rank (exit status 3), as a "
                                                             "killed job would; for testing resumption")
-    _add_token_merging_arg(p)
     return p
 
 
@@ -554,19 +558,12 @@ def _add_task_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify videos (logits averaged over temporal x spatial views)",
                        description="Classify videos: logits averaged over temporal x spatial views. " + CLASSIFY_TIMING)
     p.add_argument("videos", nargs="+", type=Path, help="video files")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
+    _add_model_args(p)
     p.add_argument("--views", default=None,
                    help="temporal x spatial views, e.g. 4x3 (Kinetics) or 1x1 (default: the model's eval_views)")
     p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per video")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="views per forward pass")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                   help="run the model in this precision (auto: bfloat16 on CPUs with native bfloat16, else the "
-                   "weights'); bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5-2x with AVX512-BF16")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
-    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
-    _add_token_merging_arg(p)
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
@@ -619,7 +616,7 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
                        "(VIVIT_DOWNLOAD_TIMEOUT), or the model or --out was refused; 2 bad usage; 3 stopped by "
                        "--stop-after; 130 interrupted (the finished windows and their segments are kept)")
     p.add_argument("input", help="a video file, a stream URL (rtsp://, http://), or a listing of videos")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"tag, hf-hub:org/repo or folder (default {DEFAULT_MODEL})")
+    _add_model_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
     p.add_argument("--step", type=_seconds, help="seconds between window starts (default: half a window)")
     p.add_argument("--window-stride", type=_up_to(1000), help="frames between a window's frames (default: the "
@@ -629,18 +626,12 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
     p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
     p.add_argument("--batch-size", type=_up_to(256), default=8, help="windows per forward pass")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="run the model in this precision "
-                   "(auto: bfloat16 on CPUs with native bfloat16, else the weights')")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")
     p.add_argument("--follow", type=_seconds, metavar="SECONDS", help="the video is still being written (Matroska, "
                    "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
     p.add_argument("--stop-after", type=_positive_int, help="leave at the end of the batch that reaches N windows "
                    "(whole batches of --batch-size; exit status 3), as a killed run would; for testing resumption")
-    p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
-    _add_token_merging_arg(p)
     p.set_defaults(func=_cmd_timeline)
 
 

@@ -1,22 +1,62 @@
 """Writing files whole or not at all: write a hidden sibling, then rename it over the target (``os.replace``).
 
 A killed or failed write leaves the old file (or none) and no temporary file behind; readers never see half a file.
-Also the one-line form of an error (``first_line``), shared by the weights and data paths. Imports nothing else of
-vivit.
+Also the one-line form of an error (``first_line``), shared by the weights and data paths; for the tasks' output
+folders a JSON object read with a one-line error (``read_json``), an appended file's torn last line cut
+(``trim_torn_line``) and the digest of a model's weights (``weights_digest``). Imports nothing else of vivit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when empty): the one-line form errors are shown in."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 (hex) over every state-dict entry's name, dtype, shape and bytes, in name order: other weights, other
+    digest."""
+    import torch  # here, so that writing files needs no torch
+
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object this package wrote, or one line naming the file when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: is not valid JSON ({type(err).__name__}); it should hold {what}: delete it (and "
+                         "the folder's other outputs) to start over, or pass another --out") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: holds a JSON {type(value).__name__}, expected an object with {what}; delete it "
+                         "to start over, or pass another --out")
+    return value
+
+
+def trim_torn_line(path: Path) -> None:
+    """Cut a last line that a kill left without its newline, so appended lines start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def temporary_sibling(path: Path, *, tmp_suffix: str = ".tmp", keep_suffix: bool = False) -> Path:

@@ -325,13 +325,13 @@ class TrainClips(Dataset):
         data_cfg: :func:`vivit.data.transforms.resolve_data_config` output (clip length and ``frame_stride``).
         transform: Clip transform, e.g. :func:`vivit.data.transforms.train_transform`.
         seed: Base seed.
-        backend: Decoder, as in :func:`vivit.data.video.read_video`.
+        decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``, as :func:`vivit.data.video.read_video`'s ``backend``.
     """
 
     def __init__(self, items: Sequence[Item], data_cfg: dict[str, Any], transform: Callable[[torch.Tensor], Any],
-                 seed: int = 0, backend: str = "auto") -> None:
+                 seed: int = 0, decoder: str = "auto") -> None:
         self.items, self.data_cfg, self.transform = list(items), data_cfg, transform
-        self.seed, self.backend = seed, backend
+        self.seed, self.decoder = seed, decoder
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -352,7 +352,7 @@ class TrainClips(Dataset):
     def _load(self, path: str, seed: int) -> torch.Tensor:
         _, clip_len, _, _ = self.data_cfg["input_size"]
         frames = read_clip(path, clip_len, self.data_cfg["frame_stride"], mode="random",
-                           generator=torch.Generator().manual_seed(seed), backend=self.backend)
+                           generator=torch.Generator().manual_seed(seed), backend=self.decoder)
         with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global RNG
             torch.manual_seed(seed)
             return self.transform(frames)
@@ -369,15 +369,15 @@ class EvalVideos(Dataset):
         items: The videos.
         model_or_cfg: What :func:`vivit.data.video.multi_view_clips` takes (clip length, stride, preprocessing).
         views: ``"4x3"`` or ``(clips, crops)``.
-        backend: Decoder.
+        decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         pad_to: Round the length up to a multiple of this (the world size of lock-step evaluation).
     """
 
     def __init__(self, items: Sequence[Item], model_or_cfg: Any, views: str | Sequence[int] = (4, 3), *,
-                 backend: str = "auto", pad_to: int = 1) -> None:
+                 decoder: str = "auto", pad_to: int = 1) -> None:
         # The preprocessing fields only: workers get a small dict, not a copy of the model.
         self.cfg = resolve_data_config(model_or_cfg)
-        self.items, self.views, self.backend = list(items), parse_views(views), backend
+        self.items, self.views, self.decoder = list(items), parse_views(views), decoder
         self.sampler = ViewSampler.for_model(self.cfg, self.views)  # resolved once, not per video
         self.padded_len = math.ceil(len(self.items) / pad_to) * pad_to
 
@@ -390,7 +390,7 @@ class EvalVideos(Dataset):
         item = self.items[index]
         record = {"index": index, "path": item.path, "label": item.label}
         try:
-            views = self.sampler(item.path, backend=self.backend)
+            views = self.sampler(item.path, backend=self.decoder)
         except READ_ERRORS as err:
             if is_out_of_memory(err):
                 raise  # the machine's limit, not the video's fault: the run stops and says what to lower

@@ -1,10 +1,7 @@
 """Whole datasets: evaluate a classifier on every video of a listing (feature extraction: ``vivit.tasks.extract``).
 
-Both jobs run the same way on one process or under ``torchrun --nproc_per_node N`` (and across nodes): each rank
-takes a disjoint shard of the videos not done yet, decodes them in DataLoader workers while the model runs, and
-batches the views of several videos into one forward pass (``vivit.tasks.run``). ``torch.distributed`` is used only
-to gather results (gloo on CPU, NCCL on GPU); rank 0 writes the merged outputs, identical to those of a
-single-process run.
+Both jobs run in the driver ``vivit.tasks.run`` (one process or ``torchrun --nproc_per_node N``: rank 0 writes the
+merged outputs, identical to those of a single-process run); evaluation is the task here: its targets and report.
 
 **evaluate** (:func:`evaluate_dataset`) writes into ``out``:
 
@@ -24,7 +21,8 @@ A video that cannot be decoded, or whose logits are not finite, is a failed vide
 midway and started again with the same ``out`` continues where it stopped (``run.json`` holds the inputs it must
 keep, see ``vivit.tasks.run``) and ends with the same report as an uninterrupted run. On a resume
 ``predictions.jsonl`` and ``logits.npy`` are checked against each other: a video recorded as done whose logits row is
-missing or not finite is evaluated again; a file that is not what this module writes is refused, naming it.
+missing or not finite is evaluated again; a file that is not what this module writes is refused, naming it, and so
+is a folder holding these files but no ``run.json`` (its settings are unknown).
 """
 
 from __future__ import annotations
@@ -40,22 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from vivit.data.datasets import KINETICS_PATTERN, DataError, Dist, Item, class_index, shard, to_items
-from vivit.files import write_atomic, write_text_atomic
+from vivit.data.datasets import DataError, Dist, class_index
+from vivit.files import first_line, trim_torn_line, write_atomic, write_text_atomic
 from vivit.labels import LABEL_SETS
 from vivit.tasks.extract import extract_features, load_features
 from vivit.tasks.predict import top_k
-from vivit.tasks.run import (
-    Progress,
-    Run,
-    RunOptions,
-    claimed,
-    finite_or_reason,
-    outputs,
-    started,
-    stopping,
-    trim_torn_line,
-)
+from vivit.tasks.run import Run, RunOptions, Task, run_job
 
 _logger = logging.getLogger(__name__)
 
@@ -117,27 +105,17 @@ def _targets(labels: Sequence[str | None], where: Sequence[str], splits: Sequenc
             continue
         out.append(tuple(offsets[p] + int(f) for p, f in enumerate(found)))  # type: ignore[arg-type]
     if bad:
-        form = (" (a split head: one label per part, '" + SPLIT_SEPARATOR.join(f"<{n} label>" for n in
-                                                                             _split_labels_hint(splits)) + "')"
-                if len(splits) > 1 else "")
+        form = (" (a split head: one label per part, '" + SPLIT_SEPARATOR.join(
+            f"<part {i} ({s} classes) label>" for i, s in enumerate(splits)) + "')" if len(splits) > 1 else "")
         known = ", ".join(list(names)[:10]) + (" ..." if len(names) > 10 else "")
         raise DataError(f"{what}: {len(bad)} rows have labels the model does not know{form}: {'; '.join(bad[:5])}. "
                         f"The model's classes ({len(names)}): {known}; labels may be names or class indices")
     return out
 
 
-def _split_labels_hint(splits: Sequence[int]) -> list[str]:
-    return [f"part {i} ({s} classes)" for i, s in enumerate(splits)]
-
-
 # ================================================================================================ evaluate
-def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str | Path, *,
-                     views: str | Sequence[int] | None = None, batch_size: int = 16, workers: int = 2,
-                     device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                     compile: bool = False, video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN,
-                     backend: str = "auto", log_every: int = 100, progress_bar: bool | None = None,
-                     stop_after: int | None = None, env: Dist | None = None,
-                     runtime: str = "torch") -> dict[str, Any] | None:
+def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str | Path,
+                     options: RunOptions | None = None, **kwargs: Any) -> dict[str, Any] | None:
     """Evaluate ``model`` on every video of ``listing`` with multi-view averaging; write the outputs of the module
     docstring into ``out``.
 
@@ -147,102 +125,93 @@ def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str
             split head takes ``"noun|verb"``. Unlabelled rows get predictions only.
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; an existing one from an interrupted run with the same settings is continued.
-        views: ``"4x3"``; default the weights' ``eval_views``, else 4x3.
-        batch_size: Views per forward pass; the views of ``batch_size // views`` videos share one pass.
-        workers: Decoding processes per rank.
-        device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
-        dtype: ``"bfloat16"`` etc.: cast the weights (inputs follow).
-        compile: ``torch.compile`` the model.
-        video_root: Folder of a Kinetics CSV's videos (default the CSV's folder).
-        pattern: File names of a Kinetics CSV's rows.
-        backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
-        log_every: Videos between progress lines (without a terminal).
-        progress_bar: Force the tqdm bar on or off (default: on a terminal).
-        stop_after: Leave after this many videos on this rank without a report, as a killed job would (returns
-            ``None``); for testing resumption.
-        env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
-        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s.
+        options: How it runs (:class:`~vivit.tasks.run.RunOptions`: views, batch_size, workers, device, dtype,
+            backend, decoder, ...).
+        **kwargs: Fields of :class:`~vivit.tasks.run.RunOptions` instead (or on top of ``options``), e.g.
+            ``views="4x3", backend="openvino", decoder="pyav"``.
 
     Returns:
         The report on rank 0; ``None`` on other ranks and when stopped early.
     """
-    opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
-                      progress_bar, stop_after, runtime=runtime)
-    with started(listing, model, out, opts, env, device) as run:
-        head = _class_parts(run.model)
-        targets = _targets(run.rows.labels, run.rows.where, head.splits, head.names, str(run.listing))
-        # The targets hold the labels (one index per part); items only the paths. A listing none of whose files
-        # exists (a wrong --video-root) is refused here rather than reported as all failed.
-        items = to_items(run.rows.paths, [None] * run.num, run.rows.where, head.names, str(run.listing))
-        identity = run.identity(num_classes=int(run.model.num_classes))
-        with claimed(run.out, identity, run.env):
-            return _evaluate(run, identity, items, head, targets)
+    return run_job(listing, model, out, _Evaluate(), RunOptions.of(options, kwargs))
 
 
-def _evaluate(run: Run, identity: dict[str, Any], items: list[Item], head: _Head,
-              targets: list[tuple[int, ...]]) -> dict[str, Any] | None:
-    table = _open_logits(run.out / LOGITS, run.num, len(head.names), run.env)
-    done = _resume(run, table, items)
-    mine = shard([i for i in range(run.num) if i not in done], run.env.rank, run.env.world_size)
-    own = run.out / (PREDICTIONS if run.env.world_size == 1 else f"predictions.rank{run.env.rank}.jsonl")
-    new = _evaluate_videos(run, table, own, [items[i] for i in mine], mine, head)
-    if new is None:
-        return None
-    for part in run.env.all_gather_object(new):
-        done.update(part)
-    report = None
-    if run.env.main:
-        for i, (_, row) in done.items():
+_Result = tuple[dict[str, Any], np.ndarray | None]  # a video's predictions line and logits row (None: failed)
+
+
+class _Evaluate(Task):
+    """Targets from the labels, logits rows and prediction lines per video, the report at the end."""
+
+    what = "evaluate"
+    outputs = (PREDICTIONS, "predictions.rank*.jsonl", LOGITS, REPORT)
+
+    def prepare(self, run: Run) -> dict[str, Any]:
+        self.head = _class_parts(run.model)
+        # The targets hold the labels (one index per part); unknown labels are refused before any work.
+        self.targets = _targets(run.rows.labels, run.rows.where, self.head.splits, self.head.names, str(run.listing))
+        return {"num_classes": int(run.model.num_classes)}
+
+    def resume(self, run: Run) -> dict[int, _Result]:
+        self.table = _open_logits(run.out / LOGITS, run.num, len(self.head.names), run.env)
+        done = _resume(run, self.table)
+        self.own = run.out / (PREDICTIONS if run.env.world_size == 1 else f"predictions.rank{run.env.rank}.jsonl")
+        trim_torn_line(self.own)
+        self.lines = open(self.own, "a", encoding="utf-8")
+        self.new: dict[int, _Result] = {}
+        return done
+
+    def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
+        done_now = [_prediction(i, path, run.rows.labels[i], logits, reason, self.head)
+                    for i, path, logits, reason in batch]
+        for index, _, row in done_now:
             if row is not None:
-                table[i] = row
-        table.flush()
-        entries = [done[i][0] for i in range(run.num)]
+                self.table[index] = row
+        self.table.flush()  # the batch's rows are on disk before the lines that point to them
+        for index, entry, row in done_now:
+            self.lines.write(json.dumps(entry) + "\n")
+            self.new[index] = (entry, row)
+        self.lines.flush()
+
+    def end(self, run: Run, completed: bool) -> dict[int, _Result]:
+        self.lines.close()
+        return self.new
+
+    def finish(self, run: Run, identity: dict[str, Any], results: dict[int, _Result]) -> dict[str, Any]:
+        for i, (_, row) in results.items():
+            if row is not None:
+                self.table[i] = row
+        self.table.flush()
+        entries = [results[i][0] for i in range(run.num)]
         write_text_atomic(run.out / PREDICTIONS, "".join(json.dumps(e) + "\n" for e in entries))
-        report = _report(entries, np.asarray(table), targets, head, identity, run.out)
+        report = _report(entries, np.asarray(self.table), self.targets, self.head, identity, run.out)
         write_text_atomic(run.out / REPORT, json.dumps(report, indent=2) + "\n")
-    run.env.barrier()
-    if run.env.world_size > 1:
-        own.unlink(missing_ok=True)
-    if run.env.main:
-        for stale in run.out.glob("predictions.rank*.jsonl"):
-            stale.unlink(missing_ok=True)
-    return report
+        return report
 
-
-def _evaluate_videos(run: Run, table: np.ndarray, own: Path, items: list[Item], mine: list[int],
-                     head: _Head) -> dict[int, tuple[dict[str, Any], np.ndarray | None]] | None:
-    """Evaluate this rank's videos, appending each batch's lines to ``own``; ``None`` when ``stop_after`` left."""
-    trim_torn_line(own)
-    bar = Progress(len(mine), "evaluate", run.opts.log_every, run.env, run.opts.progress_bar)
-    new: dict[int, tuple[dict[str, Any], np.ndarray | None]] = {}
-    with open(own, "a", encoding="utf-8") as lines:
-        for records, outputs_ in outputs(run, run.model, items):
-            done_now = [_prediction(mine[r["index"]], run.rows.labels[mine[r["index"]]], r, logits, head)
-                        for r, logits in zip(records, outputs_, strict=True)]
-            for index, _, row in done_now:
-                if row is not None:
-                    table[index] = row
-            table.flush()  # the batch's rows are on disk before the lines that point to them
-            for index, entry, row in done_now:
-                lines.write(json.dumps(entry) + "\n")
-                new[index] = (entry, row)
-            lines.flush()
-            bar.update(len(records), sum(entry["status"] == "failed" for _, entry, _ in done_now))
-            if stopping(run, len(new), ""):
-                bar.close()
-                return None
-    rate = bar.close()
-    _logger.info("rank %d: %d videos at %.2f videos/s", run.env.rank, len(new), rate)
-    return new
+    def cleanup(self, run: Run) -> None:
+        if run.env.world_size > 1:
+            self.own.unlink(missing_ok=True)
+        if run.env.main:
+            for stale in run.out.glob("predictions.rank*.jsonl"):
+                stale.unlink(missing_ok=True)
 
 
 def _open_logits(path: Path, num: int, num_classes: int, env: Dist) -> np.ndarray:
-    """``logits.npy`` opened for writing, created (NaN rows) when missing; a file of another run is refused."""
-    _ensure_logits_file(path, num, num_classes, env)
+    """``logits.npy`` opened for writing, created (NaN rows) when missing (by rank 0, then by any rank whose node
+    does not share the folder); a file of another run is refused."""
+    def fill(tmp: Path) -> None:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, num_classes))
+        array[:] = np.nan
+        array.flush()
+        del array
+
+    for first in (env.main, True):
+        if first and not path.exists():
+            write_atomic(path, fill, keep_suffix=True)
+        env.barrier()
     try:
         table = np.load(path, mmap_mode="r+", allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: is not a logits file written by vivit evaluate ({_first_line(err)}); delete it "
+        raise ValueError(f"{path}: is not a logits file written by vivit evaluate ({first_line(err)}); delete it "
                          "to rebuild it from the videos, or pass another --out") from None
     if table.shape != (num, num_classes) or table.dtype != np.float32:
         raise ValueError(f"{path}: holds {table.shape} {table.dtype} logits, expected ({num}, {num_classes}) "
@@ -250,54 +219,22 @@ def _open_logits(path: Path, num: int, num_classes: int, env: Dist) -> np.ndarra
     return table
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _ensure_logits_file(path: Path, num: int, num_classes: int, env: Dist) -> None:
-    """Create ``logits.npy`` (NaN rows) once; ranks on nodes that do not share the folder create their own copy."""
-    def fill(tmp: Path) -> None:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, num_classes))
-        array[:] = np.nan
-        array.flush()
-        del array
-
-    def create() -> None:
-        write_atomic(path, fill, keep_suffix=True)
-
-    if env.main and not path.exists():
-        create()
-    env.barrier()
-    if not path.exists():
-        create()
-    env.barrier()
-
-
-def _resume(run: Run, table: np.ndarray,
-            items: Sequence[Item]) -> dict[int, tuple[dict[str, Any], np.ndarray | None]]:
-    """The videos already done, gathered from every rank, each with its logits row (``None``: failed).
+def _resume(run: Run, table: np.ndarray) -> dict[int, _Result]:
+    """The videos this rank finds done, each with its logits row (``None``: failed); every rank reports what it found
+    (its node may not share the folder).
 
     A video recorded ``ok`` whose row in ``logits.npy`` is not finite (the file was deleted or damaged) is not done:
     it is evaluated again, never reported with NaN logits.
     """
-    known = _read_predictions(run.out, items)
+    known = _read_predictions(run.out, run.rows.paths)
     redo = [i for i, r in known.items() if r["status"] == "ok" and not np.isfinite(table[i]).all()]
     if redo:
         _logger.warning("%s: %d videos recorded in %s have no finite logits in %s (missing or damaged); evaluating "
                         "them again", run.out, len(redo), PREDICTIONS, LOGITS)
-    # Every rank reports what it found (its node may not share the folder), with the logits rows of its ok records.
-    gathered = run.env.all_gather_object({i: (r, np.array(table[i]) if r["status"] == "ok" else None)
-                                          for i, r in known.items() if i not in redo})
-    done: dict[int, tuple[dict[str, Any], np.ndarray | None]] = {}
-    for part in gathered:
-        for i, value in part.items():
-            done.setdefault(i, value)
-    if run.env.main and done:
-        _logger.info("%s: %d of %d videos already done; continuing", run.out, len(done), run.num)
-    return done
+    return {i: (r, np.array(table[i]) if r["status"] == "ok" else None) for i, r in known.items() if i not in redo}
 
 
-def _read_predictions(out: Path, items: Sequence[Item]) -> dict[int, dict[str, Any]]:
+def _read_predictions(out: Path, paths: Sequence[str]) -> dict[int, dict[str, Any]]:
     """Records already written in ``out`` (this run's files and any rank's), skipping a last line a kill cut."""
     found: dict[int, dict[str, Any]] = {}
     for path in [out / PREDICTIONS, *sorted(out.glob("predictions.rank*.jsonl"))]:
@@ -310,13 +247,13 @@ def _read_predictions(out: Path, items: Sequence[Item]) -> dict[int, dict[str, A
                              "(its videos are then evaluated again) or pass another --out") from None
         lines = text.splitlines()
         for number, line in enumerate(lines, start=1):
-            entry = _parse_prediction(path, number, line, items, torn=number == len(lines) and not text.endswith("\n"))
+            entry = _parse_prediction(path, number, line, paths, torn=number == len(lines) and not text.endswith("\n"))
             if entry is not None:
                 found.setdefault(entry["index"], entry)
     return found
 
 
-def _parse_prediction(path: Path, number: int, line: str, items: Sequence[Item], torn: bool) -> dict[str, Any] | None:
+def _parse_prediction(path: Path, number: int, line: str, paths: Sequence[str], torn: bool) -> dict[str, Any] | None:
     """One line of ``predictions.jsonl`` checked against the listing; ``None`` for a last line cut by a kill."""
     try:
         entry = json.loads(line)
@@ -325,8 +262,8 @@ def _parse_prediction(path: Path, number: int, line: str, items: Sequence[Item],
             return None
         entry = None
     index = entry.get("index") if isinstance(entry, dict) else None
-    valid = (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(items)
-             and entry.get("path") == items[index].path and entry.get("status") in STATUSES
+    valid = (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(paths)
+             and entry.get("path") == paths[index] and entry.get("status") in STATUSES
              and (isinstance(entry.get("reason"), str) if entry["status"] == "failed"
                   else entry.get("logits_row") == index))
     if not valid:
@@ -336,11 +273,10 @@ def _parse_prediction(path: Path, number: int, line: str, items: Sequence[Item],
     return entry
 
 
-def _prediction(index: int, label: str | None, record: dict[str, Any], logits: torch.Tensor | None,
+def _prediction(index: int, path: str, label: str | None, logits: torch.Tensor | None, reason: str | None,
                 head: _Head) -> tuple[int, dict[str, Any], np.ndarray | None]:
-    """``(index, predictions line, logits row)``; a video whose logits are not finite is failed."""
-    entry: dict[str, Any] = {"index": index, "path": record["path"], "label": label, "status": "ok"}
-    logits, reason = finite_or_reason(logits, record["error"])
+    """``(index, predictions line, logits row)``; ``logits`` ``None``: failed for ``reason``."""
+    entry: dict[str, Any] = {"index": index, "path": path, "label": label, "status": "ok"}
     if logits is None:
         entry.update(status="failed", reason=reason)
         return index, entry, None

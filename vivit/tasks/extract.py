@@ -4,44 +4,31 @@
 or the token mean of block ``layer``) per video (the mean over views) or per view, in safetensors shards under
 ``out/shards/`` (each rank writes its own, ``shard_size`` videos each, so a kill loses at most one pending shard) and
 ``out/index.json`` mapping each video to its shard and rows; :func:`load_features` reads them back in listing order.
-A video that cannot be decoded, or whose features are not finite, is recorded as failed with its reason.
+A video that cannot be decoded, or whose features are not finite, is recorded as failed with its reason. The job runs
+in the driver ``vivit.tasks.run`` as evaluation does; the :class:`~vivit.tasks.run.Task` here holds the shards and the
+index.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vivit.data.datasets import KINETICS_PATTERN, Dist, shard, to_items
-from vivit.files import umask_mode, write_atomic, write_text_atomic
-from vivit.tasks.run import (
-    Progress,
-    Run,
-    RunOptions,
-    claimed,
-    finite_or_reason,
-        outputs,
-    read_json,
-    started,
-    stopping,
-)
+from vivit.files import read_json, umask_mode, write_atomic, write_text_atomic
+from vivit.tasks.run import Run, RunOptions, Task, run_job
 
 INDEX = "index.json"
 SHARDS = "shards"
 
 
-def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str | Path, *, per_clip: bool = False,
-                     layer: int | None = None, views: str | Sequence[int] | None = None, batch_size: int = 16,
-                     workers: int = 2, device: str | torch.device | None = None,
-                     dtype: str | torch.dtype | None = None, compile: bool = False,
-                     video_root: str | Path | None = None, pattern: str = KINETICS_PATTERN, backend: str = "auto",
-                     shard_size: int = 1024, log_every: int = 100, progress_bar: bool | None = None,
-                     stop_after: int | None = None, env: Dist | None = None,
-                     runtime: str = "torch") -> dict[str, Any] | None:
+def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str | Path,
+                     options: RunOptions | None = None, *, per_clip: bool = False, layer: int | None = None,
+                     shard_size: int = 1024, **kwargs: Any) -> dict[str, Any] | None:
     """Pooled features of every video of ``listing`` into safetensors shards plus ``index.json``.
 
     A feature is ``model.forward_head(model.forward_features(x), pre_logits=True)`` (``layer=None``), or the mean
@@ -52,76 +39,86 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
         listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are kept as given.
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; an interrupted run is continued (shards already written are kept).
+        options: How it runs (:class:`~vivit.tasks.run.RunOptions`); ``stop_after`` leaves without writing the
+            pending shard or the index. ``layer`` features run on the torch backend.
         per_clip: One row per view instead of the mean.
         layer: Block index (negative from the end) instead of the pre-logits.
-        views: ``"4x3"``; default the weights' ``eval_views``, else 4x3.
-        batch_size: Views per forward pass.
-        workers: Decoding processes per rank.
-        device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
-        dtype: Cast the weights (features are stored as float32).
-        compile: ``torch.compile`` the feature function.
-        video_root: Folder of a Kinetics CSV's videos.
-        pattern: File names of a Kinetics CSV's rows.
-        backend: Decoder.
         shard_size: Videos per shard file (a kill loses at most one unwritten shard per rank).
-        log_every: Videos between progress lines.
-        progress_bar: Force the tqdm bar on or off.
-        stop_after: Leave after this many videos without writing the pending shard or the index, as a killed job
-            would; for testing resumption.
-        env: A :class:`vivit.data.datasets.Dist`.
+        **kwargs: Fields of :class:`~vivit.tasks.run.RunOptions` instead (or on top of ``options``).
 
-        runtime: ``"torch"`` runs the model as it is; ``"auto"`` / ``"openvino"`` run :func:`vivit.optimize`'s
-            (``layer=None`` only; ``layer`` features run in torch).
     Returns:
         The index on rank 0; ``None`` on other ranks and when stopped early.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, found {shard_size}")
-    opts = RunOptions(views, batch_size, workers, dtype, compile, video_root, pattern, backend, log_every,
-                      progress_bar, stop_after, runtime=runtime if layer is None else "torch",
-                      pre_logits=True)
-    with started(listing, model, out, opts, env, device) as run:
-        identity = run.identity(per_clip=per_clip, layer=layer)
-        with claimed(run.out, identity, run.env):
-            return _extract(run, identity, per_clip, layer, shard_size)
+    opts = RunOptions.of(options, kwargs)
+    if layer is not None:  # vivit.optimize runs logits or pre-logits only
+        opts = RunOptions.of(opts, {"backend": "torch"})
+    return run_job(listing, model, out, _Extract(per_clip, layer, shard_size), opts)
 
 
-def _extract(run: Run, identity: dict[str, Any], per_clip: bool, layer: int | None,
-             shard_size: int) -> dict[str, Any] | None:
-    items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
-    shards = run.out / SHARDS
-    shards.mkdir(parents=True, exist_ok=True)
-    done: set[int] = set()
-    for part in run.env.all_gather_object(sorted(_scan_shards(shards, run.num))):
-        done.update(part)
-    mine = shard([i for i in range(run.num) if i not in done], run.env.rank, run.env.world_size)
-    writer = _ShardWriter(shards, run.env.rank, run.name)
-    bar = Progress(len(mine), "extract", run.opts.log_every, run.env, run.opts.progress_bar)
-    processed = 0
-    for records, feats in outputs(run, _feature_fn(run.model, layer), [items[i] for i in mine]):
-        failed = sum(writer.add(mine[r["index"]], f, r["error"], per_clip) for r, f in zip(records, feats, strict=True))
-        processed += len(records)
-        bar.update(len(records), failed)
-        if stopping(run, processed, " (the pending shard is not written)"):
-            bar.close()
-            return None
-        if writer.videos >= shard_size:
-            writer.flush()
-    writer.flush()
-    bar.close()
-    return _write_index(run, identity, shards)
+class _Extract(Task):
+    """Features per video into numbered shards per rank; the index of every rank's shards at the end."""
 
+    what = "extract"
+    outputs = (INDEX, f"{SHARDS}/features-*.safetensors")
+    stop_note = " (the pending shard is not written)"
+    pre_logits = True
 
-def _feature_fn(model: torch.nn.Module, layer: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    if layer is None:
-        return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
+    def __init__(self, per_clip: bool, layer: int | None, shard_size: int) -> None:
+        self.per_clip, self.layer, self.shard_size = per_clip, layer, shard_size
+        self.settings = {"per_clip": per_clip, "layer": layer}
 
-    def tokens_mean(x: torch.Tensor) -> torch.Tensor:
-        (tokens,) = model.forward_intermediates(x, indices=[layer], norm=True, output_fmt="NLC",
-                                                intermediates_only=True)
-        return tokens.mean(1)
+    def forward(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        if self.layer is None:
+            return None  # the runtime's pre-logits
 
-    return tokens_mean
+        def tokens_mean(x: torch.Tensor) -> torch.Tensor:
+            (tokens,) = model.forward_intermediates(x, indices=[self.layer], norm=True, output_fmt="NLC",
+                                                    intermediates_only=True)
+            return tokens.mean(1)
+
+        return tokens_mean
+
+    def prepare(self, run: Run) -> dict[str, Any]:
+        if self.layer is not None and run.model.token_merging:
+            raise ValueError("layer features are one block's tokens, which token merging changes from block to block: "
+                             "set token merging off (0), or layer=None for the pooled pre-logits")
+        return self.settings
+
+    def resume(self, run: Run) -> dict[int, dict[str, Any]]:
+        self.shards = run.out / SHARDS
+        self.shards.mkdir(parents=True, exist_ok=True)
+        self.writer = _ShardWriter(self.shards, run.env.rank, run.name)
+        return _scan_shards(self.shards, run.num)
+
+    def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
+        for index, _, feats, reason in batch:
+            self.writer.add(index, feats, reason, self.per_clip)
+        if self.writer.videos >= self.shard_size:
+            self.writer.flush()
+
+    def end(self, run: Run, completed: bool) -> dict[int, dict[str, Any]]:
+        if completed:
+            self.writer.flush()
+        return _scan_shards(self.shards, run.num) if completed else {}
+
+    def finish(self, run: Run, identity: dict[str, Any], merged: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """``index.json`` of every rank's shards (``merged``: each video's entry of :func:`_scan_shards`)."""
+        missing = [i for i in range(run.num) if i not in merged]
+        if missing:
+            raise RuntimeError(f"{run.out}: no features or failure record for {len(missing)} videos (first: "
+                               f"{run.rows.paths[missing[0]]}); the ranks do not share {run.out / SHARDS}: copy the "
+                               "shards into one folder and run again")
+        videos = [{"path": run.rows.paths[i], "label": run.rows.labels[i], **merged[i]} for i in range(run.num)]
+        failed = [{"path": v["path"], "reason": v["reason"]} for v in videos if "reason" in v]
+        dims = {int(v["dim"]) for v in videos if "dim" in v}
+        index = {**identity, "dim": dims.pop() if dims else None, "num_extracted": run.num - len(failed),
+                 "num_failed": len(failed), "failed": failed,
+                 "shards": sorted({v["shard"] for v in videos if "shard" in v}),
+                 "videos": [{k: v for k, v in video.items() if k != "dim"} for video in videos]}
+        write_text_atomic(run.out / INDEX, json.dumps(index, indent=2) + "\n")
+        return index
 
 
 class _ShardWriter:
@@ -137,18 +134,16 @@ class _ShardWriter:
         self.failed: list[dict[str, Any]] = []
         self.videos = 0
 
-    def add(self, index: int, feats: torch.Tensor | None, error: str | None, per_clip: bool) -> bool:
-        """Record one video; ``True`` when it failed (unreadable, or features that are not finite)."""
+    def add(self, index: int, feats: torch.Tensor | None, reason: str | None, per_clip: bool) -> None:
+        """Record one video (``feats`` ``None``: failed for ``reason``)."""
         self.videos += 1
-        feats, reason = finite_or_reason(feats, error)
         if feats is None:
             self.failed.append({"index": index, "reason": reason})
-            return True
+            return
         feats = feats if per_clip else feats.mean(0, keepdim=True)
         self.features.append(feats)
         self.video.extend([index] * feats.shape[0])
         self.view.extend(range(feats.shape[0]) if per_clip else [-1])
-        return False
 
     def flush(self) -> None:
         """Write the pending videos as the next shard (a killed write leaves no shard)."""
@@ -175,31 +170,6 @@ class _ShardWriter:
             pending.clear()
 
 
-def _write_index(run: Run, identity: dict[str, Any], shards: Path) -> dict[str, Any] | None:
-    """Merge every rank's shards into ``index.json`` (rank 0); the index, or ``None`` on other ranks."""
-    merged: dict[int, dict[str, Any]] = {}
-    for part in run.env.all_gather_object(_scan_shards(shards, run.num)):
-        for i, entry in part.items():
-            merged.setdefault(i, entry)
-    index = None
-    if run.env.main:
-        missing = [i for i in range(run.num) if i not in merged]
-        if missing:
-            raise RuntimeError(f"{run.out}: no features or failure record for {len(missing)} videos (first: "
-                               f"{run.rows.paths[missing[0]]}); the ranks do not share {shards}: copy the shards "
-                               "into one folder and run again")
-        videos = [{"path": run.rows.paths[i], "label": run.rows.labels[i], **merged[i]} for i in range(run.num)]
-        failed = [{"path": v["path"], "reason": v["reason"]} for v in videos if "reason" in v]
-        dims = {int(v["dim"]) for v in videos if "dim" in v}
-        index = {**identity, "dim": dims.pop() if dims else None, "num_extracted": run.num - len(failed),
-                 "num_failed": len(failed), "failed": failed,
-                 "shards": sorted({v["shard"] for v in videos if "shard" in v}),
-                 "videos": [{k: v for k, v in video.items() if k != "dim"} for video in videos]}
-        write_text_atomic(run.out / INDEX, json.dumps(index, indent=2) + "\n")
-    run.env.barrier()
-    return index
-
-
 def _scan_shards(shards: Path, num: int) -> dict[int, dict[str, Any]]:
     """Where each video's rows are in the shards present: ``{index: {"shard", "row", "rows", "dim"} or {"reason"}}``."""
     from safetensors import SafetensorError, safe_open
@@ -214,14 +184,12 @@ def _scan_shards(shards: Path, num: int) -> dict[int, dict[str, Any]]:
         except (SafetensorError, KeyError, ValueError, OSError) as err:
             raise ValueError(f"{path}: is not a feature shard written by vivit extract ({type(err).__name__}); "
                              "delete it (its videos are then extracted again) or pass another --out") from None
-        start = 0
-        while start < len(videos):
-            stop = start
-            while stop < len(videos) and videos[stop] == videos[start]:
-                stop += 1
-            if 0 <= videos[start] < num:
-                found.setdefault(videos[start], {"shard": path.name, "row": start, "rows": stop - start, "dim": dim})
-            start = stop
+        row = 0
+        for video, group in itertools.groupby(videos):  # a video's rows are consecutive
+            rows = len(list(group))
+            if 0 <= video < num:
+                found.setdefault(video, {"shard": path.name, "row": row, "rows": rows, "dim": dim})
+            row += rows
         for record in failed:
             found.setdefault(int(record["index"]), {"reason": record["reason"]})
     return found

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vivit._version import __version__ as _vivit_version
-from vivit.files import write_folder_atomic
+from vivit.files import weights_digest, write_folder_atomic
 from vivit.weights.fetch import default_cache_dir
 from vivit.weights.read import file_sha256
 
@@ -237,16 +237,6 @@ def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> 
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 over the model's state dict: every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def cache_key(model: torch.nn.Module, input_size: tuple[int, ...], openvino_version: str) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def default_views(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, batch_size: int = 4, *,
-                  device: torch.device | str | None = None, backend: str = "auto",
+                  device: torch.device | str | None = None, decoder: str = "auto",
                   short_video: str = "loop", run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Decode ``path`` into the model's test views and return the view-averaged logits ``(K,)``.
 
@@ -73,13 +73,13 @@ def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, b
             else 4x3.
         batch_size: Views per forward pass.
         device: Where to run; default the model's device.
-        backend: Decoder (``"auto"``, ``"pyav"``, ``"torchcodec"``).
+        decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         short_video: ``"loop"`` (reference) or ``"error"`` for videos shorter than one clip.
         run: Called instead of ``model`` on each batch, e.g. ``vivit.optimize(model)``.
     """
     from vivit.data.video import multi_view_clips
 
-    clips = multi_view_clips(path, model, default_views(model) if views is None else views, backend=backend,
+    clips = multi_view_clips(path, model, default_views(model) if views is None else views, backend=decoder,
                              short_video=short_video)
     return predict_views(model, clips, batch_size, device=device, run=run)
 

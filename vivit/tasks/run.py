@@ -1,23 +1,30 @@
-"""What every dataset job shares: its options, the output folder (identity, lock, resume), the model on this rank,
-and the batch loop that decodes in workers while the model runs.
+"""The dataset-job driver: one sequence from options to result, which evaluate and extract plug into.
+
+:func:`run_job` owns it: start (torchrun's group, the listing, the model on this rank's runtime) -> identity ->
+claim the output folder -> resume (what any rank finds done) -> shard the rest (each rank a disjoint share) ->
+loader loop (decode in DataLoader workers while the model runs, the views of several videos in one forward pass) ->
+the task consumes each batch's outputs -> stop (``stop_after``) -> gather every rank's results (``torch.distributed``:
+gloo on CPU, NCCL on GPU) -> the task finishes (rank 0 writes). A :class:`Task` holds only what is its own: evaluate
+its targets and report, extract its shards and index.
 
 A run's **identity** is its inputs: the weights (a digest of the state dict), the model's config, the views, the
-dtype, the listing's rows, and each job's own settings. ``run.json`` records it on the first start; a resume with any
-other input is refused with one line naming what differs. One process writes an output folder at a time: rank 0
-holds an ``fcntl`` lock on ``out/.lock`` for the whole run, which the system releases when the process dies, so a
-killed run never leaves the folder locked.
+dtype, the decoder, the runtime that ran, token merging, the listing's rows, and each task's own settings.
+``run.json`` records it on the first start; a resume with any other input is refused with one line naming what
+differs, and a folder holding a task's outputs without ``run.json`` is refused. One process writes an output folder
+at a time: rank 0 holds an ``fcntl`` lock on ``out/.lock`` for the whole run, which the system releases when the
+process dies, so a killed run never leaves the folder locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +35,21 @@ from vivit.data.datasets import (
     KINETICS_PATTERN,
     Dist,
     EvalVideos,
+    Item,
     Listing,
     collate_views,
     init_distributed,
     is_out_of_memory,
     make_loader,
     read_listing,
+    shard,
+    to_items,
 )
 from vivit.data.video import parse_views
-from vivit.files import write_text_atomic
-from vivit.progress import progress_bar
-from vivit.tasks.optimize import DTYPES, Optimized, optimize
+from vivit.files import read_json, weights_digest, write_text_atomic
+from vivit.progress import Progress
 from vivit.tasks.predict import default_views
+from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, param_dtype, setup_runtime
 from vivit.weights.build import create_model
 from vivit.zoo import tagged_name
 
@@ -55,22 +65,54 @@ class RunError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a dataset job runs; the arguments of :func:`vivit.tasks.evaluate.evaluate_dataset` and
-    :func:`vivit.tasks.extract.extract_features` that both take (see there)."""
+    """How a dataset job runs: what :func:`vivit.tasks.evaluate.evaluate_dataset` and
+    :func:`vivit.tasks.extract.extract_features` both take (as one object, or as keywords).
+
+    Attributes:
+        views: ``"4x3"``; default the weights' ``eval_views``, else 4x3.
+        batch_size: Views per forward pass; the views of ``batch_size // views`` videos share one pass.
+        workers: Decoding processes per rank.
+        device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
+        dtype: ``"bfloat16"`` etc.: the precision the model runs in (inputs follow; outputs are stored as float32).
+        backend: What runs the model: ``"torch"`` (the model as it is), ``"auto"`` or ``"openvino"``
+            (:func:`vivit.optimize`).
+        decoder: The video decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
+        token_merging: ToMe's ``r`` to set on the model (``None`` keeps the model's).
+        compile: ``torch.compile`` the model (torch backend).
+        video_root: Folder of a Kinetics CSV's videos (default the CSV's folder).
+        pattern: File names of a Kinetics CSV's rows.
+        log_every: Videos between progress lines (without a terminal).
+        progress_bar: Force the tqdm bar on or off (default: on a terminal).
+        stop_after: Leave after this many videos on this rank without finishing, as a killed job would (the job then
+            returns ``None``); for testing resumption.
+        env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
+    """
 
     views: str | Sequence[int] | None = None
     batch_size: int = 16
     workers: int = 2
+    device: str | torch.device | None = None
     dtype: str | torch.dtype | None = None
+    backend: str = "torch"
+    decoder: str = "auto"
+    token_merging: Any = None
     compile: bool = False
     video_root: str | Path | None = None
     pattern: str = KINETICS_PATTERN
-    backend: str = "auto"
     log_every: int = 100
     progress_bar: bool | None = None
     stop_after: int | None = None
-    runtime: str = "torch"  # "torch": the model as it is; "auto" / "openvino": through vivit.optimize
-    pre_logits: bool = False  # the optimized callable returns pre-logits features instead of logits
+    env: Dist | None = None
+
+    def __post_init__(self) -> None:
+        check_backend(self.backend)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+
+    @classmethod
+    def of(cls, options: RunOptions | None, changes: dict[str, Any]) -> RunOptions:
+        """``options`` (default the defaults) with ``changes``, the keywords a job function was called with."""
+        return dataclasses.replace(options or cls(), **changes)
 
 
 @dataclass
@@ -80,70 +122,136 @@ class Run:
     listing: Path
     out: Path
     rows: Listing
-    model: Any
+    runtime: Runtime
     name: str
     views: tuple[int, int]
     opts: RunOptions
     env: Dist
     weights: str
-    fast: Optimized | None = None  # vivit.optimize's callable when opts.runtime is not "torch"
+
+    @property
+    def model(self) -> Any:
+        return self.runtime.model
 
     def identity(self, **extra: Any) -> dict[str, Any]:
-        """The inputs a resume must share with the first start (``extra``: the job's own settings).
-
-        A new option that changes the outputs (e.g. token merging) joins here, next to ``backend``: runs recorded
-        without it then differ from runs with it, and are refused rather than mixed.
-        """
+        """The inputs a resume must share with the first start (``extra``: the task's own settings); a new option
+        that changes the outputs joins here, so runs recorded without it are refused rather than mixed."""
         return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
-                "views": f"{self.views[0]}x{self.views[1]}",
-                "dtype": str(self.fast.dtype).removeprefix("torch.") if self.fast else dtype_name(self.model),
-                "backend": self.opts.backend, "token_merging": token_merging(self.model), **extra,
-                "num_videos": len(self.rows.paths),
-                "listing": _listing_digest(self.rows)}
+                "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.runtime.dtype),
+                "decoder": self.opts.decoder, "backend": self.runtime.backend,
+                "token_merging": _merging_json(getattr(self.model, "token_merging", 0)), **extra,
+                "num_videos": self.num, "listing": _listing_digest(self.rows)}
 
     @property
     def num(self) -> int:
         return len(self.rows.paths)
 
 
-@contextlib.contextmanager
-def joined(env: Dist | None, device: str | torch.device | None) -> Iterator[Dist]:
-    """``env``, or torchrun's process group joined here and left at the end."""
-    if env is not None:
-        yield env
-        return
-    env = init_distributed(device)
+class Task:
+    """One dataset job's own parts, plugged into :func:`run_job`, which calls them in this order (rank 0 alone
+    calls ``finish``)."""
+
+    what = "job"  # the first word of progress lines
+    outputs: tuple[str, ...] = ()  # glob patterns of its files: found without run.json, the folder is refused
+    stop_note = ""  # what a stop leaves out
+    pre_logits = False  # an optimized runtime returns pre-logits features
+    settings: dict[str, Any] = {}  # its own settings, part of the run's identity
+
+    def forward(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:  # torch's call (None: the model)
+        return None
+
+    def prepare(self, run: Run) -> dict[str, Any]:  # check the listing against the model; the identity's fields
+        return self.settings
+
+    def resume(self, run: Run) -> dict[int, Any]:  # {video index: result} this rank finds done; get ready for more
+        return {}
+
+    def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
+        """Per video: listing index, path, per-view outputs or ``None`` (unreadable or not finite) and the reason."""
+        raise NotImplementedError
+
+    def end(self, run: Run, completed: bool) -> dict[int, Any]:  # this rank's results (a resumed index keeps its own)
+        return {}
+
+    def finish(self, run: Run, identity: dict[str, Any], results: dict[int, Any]) -> dict[str, Any]:  # rank 0 writes
+        raise NotImplementedError
+
+    def cleanup(self, run: Run) -> None:  # every rank, after rank 0 finished
+        return None
+
+
+def run_job(listing: str | Path, model: torch.nn.Module | str, out: str | Path, task: Task,
+            opts: RunOptions) -> dict[str, Any] | None:
+    """Run ``task`` over every video of ``listing`` into ``out`` (module docstring); its result on rank 0, ``None``
+    on other ranks and when ``stop_after`` left early."""
+    check_settings(out, opts, **task.settings)
+    # torchrun's process group is joined here (and left at the end) unless the caller passes its own
+    with contextlib.nullcontext(opts.env) if opts.env else contextlib.closing(init_distributed(opts.device)) as env:
+        run = start(listing, model, out, opts, env, task)
+        extra = task.prepare(run)
+        # A listing none of whose files exists (a wrong --video-root) is refused here, before anything is written.
+        items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
+        identity = run.identity(**extra)
+        with claimed(run.out, identity, env, task.outputs):
+            done = _gathered(env, task.resume(run), {})
+            if env.main and done:
+                _logger.info("%s: %d of %d videos already done; continuing", run.out, len(done), run.num)
+            mine = shard([i for i in range(run.num) if i not in done], env.rank, env.world_size)
+            if (collected := _loop(run, task, items, mine)) is None:
+                return None
+            results = _gathered(env, collected, done)
+            result = task.finish(run, identity, results) if env.main else None
+            env.barrier()
+            task.cleanup(run)
+            return result
+
+
+def _gathered(env: Dist, mine: dict[int, Any], into: dict[int, Any]) -> dict[int, Any]:
+    """``into`` with every rank's ``mine`` added (an index already there keeps its value)."""
+    merged = dict(into)
+    for part in env.all_gather_object(mine):
+        for i, value in part.items():
+            merged.setdefault(i, value)
+    return merged
+
+
+def _loop(run: Run, task: Task, items: list[Item], mine: list[int]) -> dict[int, Any] | None:
+    """This rank's videos through the model into ``task``; its results, ``None`` when ``stop_after`` left early."""
+    env = run.env
+    bar = Progress(len(mine), task.what, every=run.opts.log_every, show=run.opts.progress_bar if env.main else False,
+                   where=f" [rank {env.rank}]" if env.world_size > 1 else "", log=_logger)
+    completed = False
     try:
-        yield env
+        for records, outs in outputs(run, [items[i] for i in mine]):
+            batch = [(mine[r["index"]], r["path"], *_finite(o, r["error"])) for r, o in zip(records, outs, strict=True)]
+            task.consume(run, batch)
+            bar.update(len(batch), failed=sum(reason is not None for *_, reason in batch))
+            if run.opts.stop_after is not None and bar.new >= run.opts.stop_after:
+                _logger.warning("stopping after %d videos as asked%s; run again with the same --out to continue",
+                                bar.new, task.stop_note)
+                return None
+        completed = True
     finally:
-        env.close()
+        collected = task.end(run, completed)
+        rate = bar.close()
+    _logger.info("rank %d: %d videos at %.2f videos/s", env.rank, bar.new, rate)
+    return collected
 
 
-@contextlib.contextmanager
-def started(listing: str | Path, model: torch.nn.Module | str, out: str | Path, opts: RunOptions, env: Dist | None,
-            device: str | torch.device | None) -> Iterator[Run]:
-    """:func:`start` inside torchrun's process group (joined here when ``env`` is ``None``, and left at the end)."""
-    with joined(env, device) as env:
-        yield start(listing, model, out, opts, env)
-
-
-def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, opts: RunOptions, env: Dist) -> Run:
-    """Read the listing and make the model ready on this rank (nothing is written yet)."""
-    if opts.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, found {opts.batch_size}")
+def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, opts: RunOptions, env: Dist,
+          task: Task) -> Run:
+    """Read the listing and make the model ready on this rank's runtime (nothing is written yet)."""
     rows = read_listing(listing, video_root=opts.video_root, pattern=opts.pattern)
-    optimized = opts.runtime != "torch"
-    model, name, weights = prepare_model(model, env, None if optimized else opts.dtype)
-    fast = optimize(model, opts.dtype, backend=opts.runtime, pre_logits=opts.pre_logits) if optimized else None
-    _logger.info("backend %s", fast.note if fast else "torch")
+    model, name, weights = prepare_model(model, env)
+    runtime = setup_runtime(model, env.device, opts.dtype, opts.backend, opts.token_merging,
+                            pre_logits=task.pre_logits, compile=opts.compile, forward=task.forward)
     views = default_views(model) if opts.views is None else parse_views(opts.views)
-    return Run(Path(listing), Path(out), rows, model, name, views, opts, env, weights, fast)
+    return Run(Path(listing), Path(out), rows, runtime, name, views, opts, env, weights)
 
 
-def prepare_model(model: torch.nn.Module | str, env: Dist,
-                   dtype: str | torch.dtype | None) -> tuple[Any, str, str]:
-    """The model on this rank's device, in eval mode and ``dtype``, its name and the digest of its weights (taken
-    before the cast); a name is created with its released weights."""
+def prepare_model(model: torch.nn.Module | str, env: Dist) -> tuple[Any, str, str]:
+    """The model (a name is created with its released weights, downloaded by rank 0 first), its name and the digest
+    of its weights."""
     name = model if isinstance(model, str) else model_name(model)
     if isinstance(model, str):
         if not env.main:
@@ -151,14 +259,7 @@ def prepare_model(model: torch.nn.Module | str, env: Dist,
         model = create_model(name, pretrained=True)
         if env.main:
             env.barrier()
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-        dtype = DTYPES[dtype]
-    weights = weights_digest(model)
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.to(env.device).eval(), name, weights
+    return model, name, weights_digest(model)[:16]
 
 
 def model_name(model: torch.nn.Module) -> str:
@@ -167,55 +268,34 @@ def model_name(model: torch.nn.Module) -> str:
     return tagged_name(cfg.get("architecture") or type(model).__name__, cfg.get("tag"))
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 (16 hex digits) over every state-dict entry's name, dtype, shape and bytes: other weights, other run."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        tensor = value.detach().to("cpu").contiguous()
-        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _config_digest(model: torch.nn.Module) -> str | None:
     args = getattr(model, "model_args", None)
-    if args is None:
-        return None
-    text = json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
+    return None if args is None else _digest(json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(
+        v, tuple) else str(v)))
+
+
+def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def token_merging(model: torch.nn.Module) -> Any:
-    """The model's ToMe ``r`` as JSON (an ``(r, inflection)`` pair as a dict, so it never reads as a per-block list)."""
-    r = getattr(model, "token_merging", 0)
-    return {"r": r[0], "inflection": r[1]} if isinstance(r, tuple) else r
-
-
-def dtype_name(model: torch.nn.Module) -> str:
-    """The model's parameter dtype without ``torch.`` (``float32`` for a model without parameters)."""
-    param = next(model.parameters(), None)
-    return str(param.dtype).removeprefix("torch.") if param is not None else "float32"
-
-
-def param_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype inputs are cast to: the model's floating-point parameters', else float32."""
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None and param.is_floating_point() else torch.float32
+def _merging_json(r: Any) -> Any:
+    """ToMe's ``r`` as JSON: an ``(r, inflection)`` pair as a dict, so it never reads as a per-block list."""
+    return {"r": r[0], "inflection": r[1]} if isinstance(r, tuple) else list(r) if isinstance(r, list) else r
 
 
 def _listing_digest(rows: Listing) -> str:
     """Paths and labels of the listing: a run resumes only on the same rows."""
-    return hashlib.sha256("\n".join(f"{p}\t{lab}" for p, lab in zip(rows.paths, rows.labels, strict=True))
-                          .encode()).hexdigest()[:16]
+    return _digest("\n".join(f"{p}\t{lab}" for p, lab in zip(rows.paths, rows.labels, strict=True)))
 
 
 # ================================================================================================ output folder
 @contextlib.contextmanager
-def claimed(out: Path, identity: dict[str, Any], env: Dist) -> Iterator[None]:
-    """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` or recorded."""
+def claimed(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str] = ()) -> Iterator[None]:
+    """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` or recorded (a
+    folder holding any of ``outputs``, glob patterns of the job's files, but no ``run.json`` is refused)."""
     lock = _lock(out) if env.main else None
     try:
-        _check_identity(out, identity, env)
+        _check_identity(out, identity, env, outputs)
         yield
     finally:
         if lock is not None:
@@ -244,20 +324,39 @@ def _lock(out: Path) -> Any:
     return handle
 
 
-def _check_identity(out: Path, identity: dict[str, Any], env: Dist) -> None:
+def _check_identity(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str]) -> None:
     """Refuse to continue a run in ``out`` that was started with other inputs; record them on a first start."""
     path = out / RUN
     if path.exists():
-        saved = read_json(path, "the settings of a run")
-        changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
-        if changed:
-            raise ValueError(f"{out}: holds a run with other settings (" + ", ".join(
-                _difference(k, old, new) for k, (old, new) in changed.items())
-                + "); continue it with the same settings, or pass another --out")
+        _compare(out, identity)
+    elif found := next((p for pattern in outputs for p in sorted(out.glob(pattern))), None):
+        raise ValueError(f"{found}: an output of a run without {RUN}, so its settings are unknown (an older vivit's, "
+                         "or another tool's); delete the folder's outputs to start over, or pass another --out")
     elif env.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(identity, indent=2) + "\n")
     env.barrier()
+
+
+def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:
+    """Refuse a resume whose settings known without the model (``extra``: the task's own) differ from those
+    ``out/run.json`` recorded, before the model is built or downloaded."""
+    if not (Path(out) / RUN).exists():
+        return
+    known = {"decoder": opts.decoder, **extra, "views": opts.views and "{}x{}".format(*parse_views(opts.views)),
+             "backend": opts.backend if opts.backend != "auto" else None,  # "auto" is recorded as what it picked
+             "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)),
+             "token_merging": None if opts.token_merging is None else _merging_json(opts.token_merging)}
+    _compare(Path(out), {k: v for k, v in known.items() if v is not None})
+
+
+def _compare(out: Path, identity: dict[str, Any]) -> None:
+    saved = read_json(out / RUN, "the settings of a run")
+    changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
+    if changed:
+        raise ValueError(f"{out}: holds a run with other settings (" + ", ".join(
+            _difference(k, old, new) for k, (old, new) in changed.items())
+            + "); continue it with the same settings, or pass another --out")
 
 
 def _difference(key: str, old: Any, new: Any) -> str:
@@ -268,68 +367,22 @@ def _difference(key: str, old: Any, new: Any) -> str:
     return f"{key} was {old!r}, now {new!r}"
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object this package wrote, or one line naming the file when it is not one."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{path}: is not valid JSON ({type(err).__name__}); it should hold {what}: delete it (and "
-                         "the folder's other outputs) to start over, or pass another --out") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: holds a JSON {type(value).__name__}, expected an object with {what}; delete it "
-                         "to start over, or pass another --out")
-    return value
-
-
 # ================================================================================================ batch loop
-class Progress:
-    """A tqdm bar (videos/s, ETA) when stderr is a terminal; otherwise a log line every ``every`` videos."""
-
-    def __init__(self, total: int, what: str, every: int, env: Dist, bar: bool | None = None) -> None:
-        self.total, self.what, self.every, self.env = total, what, max(1, every), env
-        self.done = self.failed = 0
-        self.start = time.perf_counter()
-        self.bar = (progress_bar(total=total, desc=what, unit="video", dynamic_ncols=True, show=bar) if env.main
-                    else None)
-
-    def update(self, n: int, failed: int) -> None:
-        self.done, self.failed = self.done + n, self.failed + failed
-        if self.bar is not None:
-            self.bar.update(n)
-            if failed:
-                self.bar.set_postfix(failed=self.failed)
-        elif self.done // self.every != (self.done - n) // self.every or self.done == self.total:
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate else math.inf
-            _logger.info("%s%s: %d/%d videos (%d failed), %.2f videos/s, ETA %s", self.what,
-                         f" [rank {self.env.rank}]" if self.env.world_size > 1 else "", self.done, self.total,
-                         self.failed, rate, _duration(eta))
-
-    def close(self) -> float:
-        if self.bar is not None:
-            self.bar.close()
-        return self.done / max(time.perf_counter() - self.start, 1e-9)
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
-
-
-def outputs(run: Run, fn: Callable[[torch.Tensor], torch.Tensor],
-            items: Sequence[Any]) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
+def outputs(run: Run, items: Sequence[Item]) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
     """Per loaded batch of ``items``: its video records and each video's per-view outputs (``None`` where decoding
     failed). Running out of memory stops the run with what to lower (it is no fault of one video)."""
-    fn = run.fast or (torch.compile(fn) if run.opts.compile else fn)
-    ds = EvalVideos(items, run.model, run.views, backend=run.opts.backend)
+    fn = run.runtime.fn
+    ds = EvalVideos(items, run.model, run.views, decoder=run.opts.decoder)
     dtype = param_dtype(run.model)
+    per_batch = max(1, run.opts.batch_size // math.prod(run.views))  # whole videos, as many as fit (at least one)
+    loader = make_loader(ds, batch_size=per_batch, workers=run.opts.workers, collate_fn=collate_views,
+                         pin_memory=run.env.device.type == "cuda")
     try:
-        for batch in _batches(ds, run):
+        for batch in loader:
             views = batch["views"]
-            out = _forward(fn, views, run.opts.batch_size, run.env.device, dtype) if views is not None else None
-            yield batch["records"], _split(out, batch["counts"])
+            out = _forward(fn, views, run.opts.batch_size, run.runtime.device, dtype) if views is not None else None
+            parts = iter(out.split([c for c in batch["counts"] if c]) if out is not None else [])
+            yield batch["records"], [next(parts) if c else None for c in batch["counts"]]  # None: no views
     except (MemoryError, RuntimeError) as err:
         if not isinstance(err, MemoryError) and not is_out_of_memory(err):
             raise
@@ -337,13 +390,6 @@ def outputs(run: Run, fn: Callable[[torch.Tensor], torch.Tensor],
                        f"--batch-size (now {run.opts.batch_size}), --workers (now {run.opts.workers}) or --views "
                        f"(now {run.views[0]}x{run.views[1]}), or use --dtype bfloat16; run again with the same --out "
                        "to continue") from None
-
-
-def _batches(ds: EvalVideos, run: Run) -> Iterable[dict]:
-    """Loader of :func:`collate_views` batches: as many whole videos as fit in ``batch_size`` views (at least one)."""
-    per_batch = max(1, run.opts.batch_size // math.prod(run.views))
-    return make_loader(ds, batch_size=per_batch, workers=run.opts.workers, collate_fn=collate_views,
-                       pin_memory=run.env.device.type == "cuda")
 
 
 @torch.inference_mode()
@@ -355,17 +401,11 @@ def _forward(fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor, ba
     return torch.cat(outs)
 
 
-def _split(values: torch.Tensor | None, counts: Sequence[int]) -> list[torch.Tensor | None]:
-    """Per-record slices of the concatenated views' outputs (``None`` for records without views)."""
-    parts = iter(values.split([c for c in counts if c]) if values is not None else [])
-    return [next(parts) if c else None for c in counts]
-
-
 NOT_FINITE = ("the model's outputs for this video are not finite (NaN or Inf), so they mean nothing; check the "
               "weights (or --dtype float16 overflowing)")
 
 
-def finite_or_reason(values: torch.Tensor | None, error: str | None) -> tuple[torch.Tensor | None, str | None]:
+def _finite(values: torch.Tensor | None, error: str | None) -> tuple[torch.Tensor | None, str | None]:
     """``(values, None)`` when every value is finite; ``(None, reason)`` for a failed video or non-finite outputs."""
     if values is None:
         return None, error
@@ -374,26 +414,5 @@ def finite_or_reason(values: torch.Tensor | None, error: str | None) -> tuple[to
     return values, None
 
 
-def stopping(run: Run, processed: int, what: str) -> bool:
-    """Whether ``stop_after`` asks to leave now (logged as a killed job's stop)."""
-    if run.opts.stop_after is None or processed < run.opts.stop_after:
-        return False
-    _logger.warning("stopping after %d videos as asked%s; run again with the same --out to continue", processed, what)
-    return True
-
-
-
-
-def trim_torn_line(path: Path) -> None:
-    """Cut a last line that a kill left without its newline, so appended lines start on a line of their own."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-__all__ = ["Progress", "Run", "RunError", "RunOptions", "claimed", "dtype_name", "finite_or_reason",
-           "joined", "model_name", "outputs", "param_dtype", "prepare_model", "read_json", "start", "started",
-           "stopping", "token_merging", "trim_torn_line", "weights_digest"]
+__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_name", "outputs",
+           "prepare_model", "run_job"]

@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,21 +42,12 @@ from vivit.data.datasets import Dist, init_distributed, one_line, read_listing, 
 from vivit.data.stream import VideoStream, Window, is_url, sliding_windows
 from vivit.data.transforms import eval_transform, resolve_data_config
 from vivit.data.video import VideoReadError
-from vivit.files import write_text_atomic
-from vivit.progress import progress_bar
-from vivit.tasks.optimize import Optimized, optimize
+from vivit.files import read_json, trim_torn_line, write_text_atomic
+from vivit.progress import Progress
+from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import top_k as _top_k
-from vivit.tasks.run import (
-    NOT_FINITE,
-    RUN,
-    _config_digest,
-    claimed,
-    dtype_name,
-    prepare_model,
-    read_json,
-    token_merging,
-    trim_torn_line,
-)
+from vivit.tasks.run import NOT_FINITE, RUN, _config_digest, _merging_json, claimed, prepare_model
+from vivit.tasks.runtime import dtype_name, setup_runtime
 from vivit.weights.fetch import download_timeout
 
 _logger = logging.getLogger(__name__)
@@ -389,7 +379,7 @@ def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str
     return kept
 
 
-def _append_windows(lines: Path, records: Any, bar: _Bar, on_window: Any, stop_after: int | None, done: int,
+def _append_windows(lines: Path, records: Any, bar: Progress, on_window: Any, stop_after: int | None, done: int,
                     batch_size: int) -> tuple[str | None, bool]:
     """Append each window's line as it finishes: ``(the one-line error of a video broken midway, stopped early)``.
     ``stop_after`` leaves at the end of the batch that reaches it (``done``: windows before, in whole batches)."""
@@ -400,7 +390,7 @@ def _append_windows(lines: Path, records: Any, bar: _Bar, on_window: Any, stop_a
                 f.write(json.dumps(record, allow_nan=False) + "\n")
                 f.flush()
                 new += 1
-                bar.update(record["end"])
+                bar.update(note=f"video at {_clock(record['end'])}")
                 if on_window is not None:
                     on_window(record)
                 if stop_after is not None and new >= stop_after and (done + new) % batch_size == 0:
@@ -465,9 +455,10 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         device = param.device if param is not None else None
     env = Dist(device=torch.device(device) if device is not None else
                torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    model, name, weights = prepare_model(model, env, dtype if runtime == "torch" else None)
+    model, name, weights = prepare_model(model, env)
     _check_classifier(model)
-    fast = _optimized(model, dtype, runtime)
+    ran = setup_runtime(model, env.device, dtype, runtime)
+    model, fast = ran.model, ran.fast
     live = is_url(path) or follow is not None
     transform = eval_transform(model, num_crops=crops)
     # One stream for the header, the windows and the thumbnails; no video stream, not a file: refused before writing
@@ -475,9 +466,8 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
         clip_len, stride, step_s = plan
         settings = {"video": _video_identity(path, live), "model": name, "weights": weights,
-                    "config": _config_digest(model), "token_merging": token_merging(model),
-                    "dtype": str(fast.dtype).removeprefix("torch.") if fast else dtype_name(model),
-                    "backend": fast.backend if fast else "torch", "window": clip_len, "window_stride": stride,
+                    "config": _config_digest(model), "token_merging": _merging_json(getattr(model, "token_merging", 0)),
+                    "dtype": dtype_name(ran.dtype), "backend": ran.backend, "window": clip_len, "window_stride": stride,
                     "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
         _refuse_unowned(out)
         lines = out / WINDOWS
@@ -518,7 +508,8 @@ def _run_windows(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, i
     """Classify the windows after ``kept`` into ``lines``: ``(error line, stopped early, windows/s)``. On Ctrl-C the
     finished windows' segments are written before it propagates."""
     first = kept[-1]["index"] + 1 if kept else 0
-    bar = _Bar(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None, len(kept), progress_bar)
+    bar = Progress(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None, "timeline",
+                   unit="window", initial=len(kept), show=progress_bar, log=_logger)
     records = _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=None, first=first,
                         run=fast)
     try:
@@ -540,40 +531,6 @@ def _record_finished(out: Path, settings: dict[str, Any], windows: int, error: s
     """``run.json`` says the run went to the end (a rerun re-segments without computing its last batch again)."""
     write_text_atomic(out / RUN, json.dumps({**settings, "finished": {"windows": windows, "error": error}},
                                             indent=2) + "\n")
-
-
-def _optimized(model: torch.nn.Module, dtype: str | torch.dtype | None,
-               runtime: str | Optimized) -> Optimized | None:
-    """The callable that runs ``model``: ``None`` for ``"torch"`` (the model itself), ``runtime`` when it is one."""
-    if isinstance(runtime, Optimized):
-        return runtime
-    if runtime == "torch":
-        return None
-    fast = optimize(model, dtype, backend=runtime)
-    _logger.info("backend %s", fast.note)
-    return fast
-
-
-class _Bar:
-    """Windows done, the video time reached and windows/s: a tqdm bar on a terminal, else a log line now and then."""
-
-    def __init__(self, total: int | None, done: int, bar: bool | None) -> None:
-        self.done, self.new, self.start = done, 0, time.perf_counter()
-        self.bar = progress_bar(total=total, initial=done, desc="timeline", unit="window", dynamic_ncols=True, show=bar)
-
-    def update(self, reached: float) -> None:
-        self.done, self.new = self.done + 1, self.new + 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"video at {_clock(reached)}")
-        elif self.new % 100 == 0:
-            _logger.info("timeline: %d windows, video at %s, %.2f windows/s", self.done, _clock(reached),
-                         self.new / max(time.perf_counter() - self.start, 1e-9))
-
-    def close(self) -> float:
-        if self.bar is not None:
-            self.bar.close()
-        return self.new / max(time.perf_counter() - self.start, 1e-9)
 
 
 def _clock(seconds: float) -> str:
@@ -720,15 +677,14 @@ def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str
     env = init_distributed(device) if env is None else env
     try:
         rows = read_listing(listing)
-        model, _, _ = prepare_model(model, env, dtype if runtime == "torch" else None)
-        fast = _optimized(model, dtype, runtime)
+        ran = setup_runtime(prepare_model(model, env)[0], env.device, dtype, runtime)
         out = Path(out)
         results: dict[int, dict[str, Any]] = {}
         for i in shard(list(range(len(rows.paths))), env.rank, env.world_size):
             sub = out / f"{i:04d}-{Path(rows.paths[i]).stem}"
             try:
-                result = timeline_video(rows.paths[i], model, sub, device=env.device, stop_after=stop_after,
-                                        runtime=fast or "torch", **kwargs)
+                result = timeline_video(rows.paths[i], ran.model, sub, device=env.device, stop_after=stop_after,
+                                        runtime=ran.fast or "torch", **kwargs)
             except READ_ERRORS as err:
                 result = {"error": one_line(err, rows.paths[i]), "out": str(sub), "windows": 0}
                 _logger.warning("%s: %s", rows.paths[i], result["error"])
