@@ -442,7 +442,8 @@ def _plot_confusion(path: Path, confusions: list[np.ndarray], names: Sequence[st
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        _logger.warning("no confusion.png: drawing it needs matplotlib (pip install matplotlib)")
+        _logger.warning('no confusion.png: drawing it needs matplotlib, in the video extra '
+                        '(pip install "vivit[video]" or pip install matplotlib)')
         return None
     size = max(5.0, min(16.0, 0.3 * max(c.shape[0] for c in confusions)))
     fig = Figure(figsize=(size * len(confusions), size), layout="constrained")
