@@ -32,3 +32,24 @@ def test_first_help_line_names_every_command(capsys):
     commands = set(parser._subparsers._group_actions[0].choices)
     assert {"classify", "demo", "timeline", "evaluate"} <= commands
     assert all(name in parser.description for name in commands), (sorted(commands), parser.description)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "pickle", "objects"])
+def test_a_garbage_logits_file_is_refused_without_numpys_pickle_advice(tmp_path, kind):
+    import pickle
+
+    import numpy as np
+
+    from vivit.data.datasets import Dist
+    from vivit.tasks.evaluate import _open_logits
+
+    path = tmp_path / "logits.npy"
+    if kind == "objects":
+        np.save(path, np.array([{}, {}], dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(b"garbage" if kind == "garbage" else pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError) as refused:
+        _open_logits(path, 2, 3, Dist())
+    message = str(refused.value)
+    assert message.startswith(f"{path}: is not a logits file written by vivit evaluate (")
+    assert "allow_pickle" not in message and "pickle.load" not in message
