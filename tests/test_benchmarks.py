@@ -132,3 +132,11 @@ def test_cpu_backends_reports_every_path_with_its_error(tmp_path):
                                                                                                     "bfloat16")}
     assert row["gflop"] > 0 and row["max_abs_err"]["eager float32"] == 0
     assert row["max_abs_err"]["optimize float32"] < 1e-4
+
+
+def test_startup_compares_import_vivit_with_import_torch(tmp_path):
+    out = run_script("startup.py", "--repeats", "1", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert "x import torch" in out.stdout and "CPU:" in out.stdout
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert set(row["seconds"]) == {"import torch", "import vivit", "import vivit, timm", "vivit --help"}

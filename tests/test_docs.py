@@ -119,3 +119,48 @@ def test_python_started_beside_the_checkout_imports_the_package(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import vivit; print(vivit.create_model.__module__)"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and "vivit.weights" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _install_lines() -> list[tuple[str, str]]:
+    """Every ``pip install`` command in the README and the docs (code blocks and inline code), with its file."""
+    import re
+
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for command in re.findall(r"pip install[^`\n]*", path.read_text()):
+            found.append((path.relative_to(ROOT).as_posix(), command.split("#")[0].strip()))
+    return found
+
+
+def test_every_editable_install_line_uses_the_same_flags_and_an_extra_with_the_pictures():
+    import re
+
+    video_extra = re.search(r"^video = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert '"matplotlib' in video_extra, "the quick start's extra draws the pictures"
+    editable = [(where, line) for where, line in _install_lines() if " -e " in f" {line} "]
+    assert len(editable) >= 5, editable  # the quick start (twice), Videos, index, video guide, performance guide
+    for where, line in editable:
+        assert "--config-settings editable_mode=compat" in line, (where, line)
+        chosen = set(re.search(r'-e "\.\[([a-z,]+)\]"', line).group(1).split(","))
+        assert "video" in chosen or "test" in chosen, (where, line)  # test holds video's packages
+
+
+def test_missing_matplotlib_messages_name_an_extra():
+    import re
+
+    calls = [(path.name, call) for path in sorted((ROOT / "vivit").rglob("*.py"))
+             for call in re.findall(r"(?:warning|ImportError)\(.*\n.*", path.read_text())]
+    messages = [(name, call) for name, call in calls if "needs matplotlib" in call]
+    assert len(messages) >= 3, messages  # confusion.png, timeline.png, attention maps
+    for name, message in messages:
+        assert 'vivit[video]' in message or 'vivit[explain]' in message, (name, message)
+
+
+def test_the_openvino_speed_up_is_quoted_one_way_with_where_it_was_measured():
+    import re
+
+    for path in (ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "vivit" / "tasks" / "optimize.py"):
+        text = path.read_text()
+        quoted = re.findall(r"([\d.]+-[\d.]+)(?:x|×) faster than torch|makes it ([\d.]+-[\d.]+)x faster", text)
+        assert quoted and {q for pair in quoted for q in pair if q} == {"1.2-5"}, (path.name, quoted)
+        assert "AMD EPYC" in text, path.name

@@ -704,3 +704,24 @@ def test_a_git_stored_hub_file_is_checked_against_its_git_blob_sha1(tmp_path: Pa
     blob.write_bytes(b'{"model_args": 1}')
     with pytest.raises(fetch.CacheIntegrityError, match="git blob sha1.*delete this cache entry"):
         fetch._check_hub_blob(link, "'config.json'", fresh=False, sha256=None)
+
+
+def test_the_rate_guard_leaves_huggingface_hubs_shared_session_as_it_was(tmp_path: Path) -> None:
+    # Other libraries (transformers, timm) share huggingface_hub's session: vivit's hook is on it only while vivit
+    # downloads, and a plain request through the session afterwards is not wrapped.
+    with HubServer(repos={"vivit-test/tiny": {"model.safetensors": PAYLOAD}}) as server:
+        code = f"""
+from huggingface_hub.utils import get_session
+session = get_session()
+before = list(session.event_hooks["response"])
+fetch.hf_hub_file("vivit-test/tiny", "model.safetensors")
+after = list(session.event_hooks["response"])
+with session.stream("GET", {server.endpoint + "/vivit-test/tiny/resolve/main/model.safetensors"!r}) as response:
+    size = sum(len(chunk) for chunk in response.iter_bytes())
+    stream = type(response.stream).__name__
+print(json.dumps({{"same": before == after, "vivit": [h.__module__ for h in after if "vivit" in h.__module__],
+                  "stream": stream, "size": size}}))
+"""
+        result = run_hub(code, server, tmp_path / "hf", VIVIT_DOWNLOAD_TIMEOUT="5")
+    assert result["same"] and result["vivit"] == [] and result["size"] == len(PAYLOAD), result
+    assert result["stream"] != "GuardedStream", result

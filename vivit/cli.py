@@ -1,5 +1,5 @@
-"""The ``vivit`` command: ``classify``, ``demo``, ``explain``, ``list``, ``convert``, ``evaluate``, ``extract``; it only
-calls the package's functions.
+"""The ``vivit`` command: ``classify``, ``demo``, ``explain``, ``list``, ``convert``, ``evaluate``, ``extract``,
+``timeline``; it only calls the package's functions.
 
 Every failure is one line on stderr, never a traceback. Exit status (``EXIT_STATUS``): 0 everything worked; 1 a video,
 model or file failed (``classify`` reports each video and goes on with the next); 2 bad command-line usage (argparse);
@@ -199,8 +199,10 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    "weights'); bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5-2x with AVX512-BF16")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--token-merging", type=_token_merging, default=0, metavar="R",
-                   help="merge R similar tokens per block (ToMe; Models 1 and 2): faster, slightly less accurate; "
-                        "also '(R, INFLECTION)' or '[R1, R2, ...]' (default 0: off)")
+                   help="merge R similar tokens per block (ToMe; Models 1 and 2), slightly less accurate; fewer "
+                        "tokens are faster where the cores are free (Model 1, r=24: 1.4-1.7x on one thread) but can "
+                        "be slower on a busy multi-threaded CPU (docs/guides/token_merging.md); also "
+                        "'(R, INFLECTION)' or '[R1, R2, ...]' (default 0: off)")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
 
 
@@ -313,12 +315,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = load_model_for_cli("vivit_motion")
     labels = model.pretrained_cfg["label_names"]
     frames, size = model.num_frames, model.img_size[0]
-    out = args.out or Path(tempfile.mkdtemp(prefix="vivit-demo-"))
+    scratch = None if args.out else tempfile.TemporaryDirectory(prefix="vivit-demo-")  # removed when the demo ends
+    out = args.out or Path(scratch.name)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; expected a folder for the clips (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
-    print(f"vivit demo: {args.num} generated clips -> {out}, classified by vivit_motion (ships with vivit, offline)")
+    kept = f"-> {out}" if scratch is None else "(in a temporary folder; --out DIR keeps them)"
+    print(f"vivit demo: {args.num} generated clips {kept}, classified by vivit_motion (ships with vivit, offline)")
     correct = 0
     for i in range(args.num):
         label = int(rng.integers(len(MOTION_CLASSES)))
@@ -333,6 +337,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{float(score):6.1%} {'ok' if ok else 'WRONG'}")
     print(f"{correct}/{args.num} correct. Next: vivit classify YOUR_VIDEO.mp4 (the paper's ViViT-B, Kinetics-400; "
           "downloads once) or vivit classify YOUR_VIDEO.mp4 --model vivit_motion --views 1x1 (offline)")
+    if scratch is not None:
+        scratch.cleanup()
     return 0
 
 
@@ -639,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vivit`` command."""
     parser = argparse.ArgumentParser(prog="vivit",
                                      description="ViViT video models: classify, demo, explain, list, convert, "
-                                                 "evaluate, extract",
+                                                 "evaluate, extract, timeline",
                                      epilog="exit status: 0 ok; 1 a video, model or file failed (one line each on "
                                             "stderr); 2 bad usage; 3 stopped by --stop-after; 130 interrupted")
     parser.add_argument("--version", action=_VersionAction)

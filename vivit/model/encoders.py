@@ -179,8 +179,10 @@ class Transformer(nn.Module):
         if indices is not None:
             raise ValueError("forward_intermediates returns every block's tokens on the t x h x w grid, which token "
                              "merging shrinks from block to block; call model.set_token_merging(0) first")
-        out = run_merging(self.blocks, x, self.token_merging, self.num_prefix_tokens,
-                          head_token_only=head_token_only and self.can_trim_last_block,
+        # Trimming keeps the last block's token 0, which is the output's token 0 only when it is protected (CLS):
+        # without one, merging reorders the tokens and "first" pooling takes another token.
+        trim = head_token_only and self.can_trim_last_block and self.num_prefix_tokens > 0
+        out = run_merging(self.blocks, x, self.token_merging, self.num_prefix_tokens, head_token_only=trim,
                           grad_checkpointing=self.grad_checkpointing and torch.is_grad_enabled(),
                           trace_source=self.trace_source)
         self.token_sizes, self.token_sources = out.sizes, out.sources
@@ -226,13 +228,16 @@ class Transformer(nn.Module):
     def _from_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def pool(self, x: torch.Tensor, global_pool: str) -> torch.Tensor:
-        """``(b, prefix + n, d) -> (b, d)``; merged tokens are weighted by their sizes in ``avg`` and ``sum``."""
-        sizes = self.token_sizes if self.token_merging is not None else None
-        if sizes is not None and sizes.shape[:-1] != x.shape[:-1]:
-            raise ValueError(f"with token merging, pooling weighs tokens by the sizes from the last forward_features "
-                             f"({tuple(sizes.shape[:-1])} tokens), but got {tuple(x.shape[:-1])}; pool the features "
-                             "of the last forward_features call")
+    def pool(self, x: torch.Tensor, global_pool: str, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """``(b, prefix + n, d) -> (b, d)``; merged tokens are weighted by their sizes in ``avg`` and ``sum``:
+        ``sizes`` ``(b, prefix + n, 1)``, else those of this encoder's last forward."""
+        if self.token_merging is None or global_pool not in ("avg", "sum"):
+            return pool_tokens(x, global_pool, self.num_prefix_tokens)
+        sizes = self.token_sizes if sizes is None else sizes
+        if sizes is None or sizes.shape[:-1] != x.shape[:-1]:
+            known = "none" if sizes is None else f"{tuple(sizes.shape[:-1])} tokens"
+            raise ValueError(f"with token merging, {global_pool} pooling weighs tokens by their sizes ({known}), but "
+                             f"got {tuple(x.shape[:-1])} tokens; pool the features forward_features returned")
         return pool_tokens(x, global_pool, self.num_prefix_tokens, sizes)
 
 

@@ -22,11 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torch.utils.weak import WeakIdKeyDictionary
 
-from vivit.model.layers import Block
+from vivit.model.layers import Block, fx_tracing
 
 # ToMe's three forms of r: tokens per block, (r, inflection) with inflection in [-1, 1], or one r per block.
 TokenMerging = int | tuple[int, float] | list[int]
+# The sizes of the merged tokens that each eager forward_features call returned, keyed by the returned tensor itself
+# (weakly: an entry goes with its features), so that forward_head pools features with their own sizes, not those of
+# a later call. Outside the modules: a module holding weak references could no longer be pickled or deep-copied.
+_SIZES_OF_FEATURES = WeakIdKeyDictionary()
 
 
 def _is_int(v: Any) -> bool:
@@ -134,18 +139,20 @@ def merging_block(
 ) -> tuple[torch.Tensor, torch.Tensor | None, Matching | None]:
     """One ``Block`` with ToMe between attention and MLP, on ``(b, n, d)`` tokens of sizes ``(b, n, 1)`` (or None).
 
-    ``num_outputs``: only the first tokens are computed (see ``Block.forward``); nothing merges then, since merging
-    never changes a protected first token. Returns the tokens, their sizes and the matching (``None``: no merge).
+    ``num_outputs``: only the first tokens are computed (see ``Block.forward``; the caller passes it only with a
+    protected first token, which merging never moves), but the matching still runs on every token's key, so the
+    sizes returned are those of the full output (``model.token_sizes`` after ``model(x)`` is that of
+    ``forward_features``). Returns the tokens, their sizes and the matching (``None``: no merge).
     """
     bias = None if size is None else size.log()[..., None, None, :, 0]  # proportional attention, (b, 1, 1, n)
     out, metric = block.attn.forward_with_keys(block.norm1(x), num_outputs, bias)
-    m = None
+    m = bipartite_matching(metric, r, protected)
     if num_outputs is not None:
         x = x[..., :num_outputs, :] + block.drop_path1(out)
-        size = None if size is None else size[..., :num_outputs, :]
+        if m is not None:
+            size = merge_tokens(torch.ones_like(metric[..., :1]) if size is None else size, m)
     else:
         x = x + block.drop_path1(out)
-        m = bipartite_matching(metric, r, protected)
         if m is not None:
             x, size = merge_weighted(x, size, m)
     return x + block.drop_path2(block.mlp(block.norm2(x))), size, m
@@ -167,8 +174,9 @@ def run_merging(
 ) -> MergeResult:
     """Run ``blocks`` on ``(*lead, n, d)`` tokens with ToMe, ``schedule[i]`` tokens merged by block ``i``.
 
-    Every leading index (a clip, or one frame of a clip) merges on its own. ``head_token_only``: the last block
-    computes token 0 alone.
+    Every leading index (a clip, or one frame of a clip) merges on its own. ``head_token_only`` (only with a
+    ``protected`` first token): the last block computes token 0 alone; the sizes and sources are still the full
+    output's.
     """
     lead, n = x.shape[:-2], x.shape[-2]
     x = x.reshape(-1, n, x.shape[-1])
@@ -180,10 +188,9 @@ def run_merging(
             x, size, m = checkpoint(merging_block, block, x, size, r, protected, num_outputs, use_reentrant=False)
         else:
             x, size, m = merging_block(block, x, size, r, protected, num_outputs)
-        if sources is not None:
-            sources = sources[:, :num_outputs] if num_outputs else sources
-            sources = merge_tokens(sources, m, reduce="amax") if m is not None else sources
-    size = torch.ones_like(x[..., :1]) if size is None else size
+        if sources is not None and m is not None:
+            sources = merge_tokens(sources, m, reduce="amax")
+    size = x.new_ones(x.shape[0], n, 1) if size is None else size  # nothing merged at all
     x, size = x.reshape(*lead, *x.shape[1:]), size.reshape(*lead, *size.shape[1:])
     return MergeResult(x, size, None if sources is None else sources.reshape(*lead, *sources.shape[1:]))
 
@@ -196,6 +203,7 @@ class TokenMergingMixin:
 
     encoder: nn.Module
     token_merging: TokenMerging
+    global_pool: str
 
     def set_token_merging(self, r: TokenMerging, trace_source: bool = False) -> None:
         """Token merging (ToMe, Bolya et al. ICLR 2023): merge ``r`` similar tokens in each block, no training needed.
@@ -227,3 +235,34 @@ class TokenMergingMixin:
 
     def _merging_encoder(self) -> nn.Module:
         return getattr(self.encoder, "spatial", self.encoder)
+
+    def _merges_before_the_head(self) -> bool:
+        """Whether the head pools merged tokens (Model 1 merging; Model 2 pools each frame inside the encoder)."""
+        return self._merging_encoder() is self.encoder and self.encoder.token_merging is not None
+
+    def _remember_sizes(self, features: torch.Tensor) -> torch.Tensor:
+        """``forward_features``' output, its token sizes recorded for ``forward_head``."""
+        if self._merges_before_the_head() and not _tracing():
+            _SIZES_OF_FEATURES[features] = self.encoder.token_sizes
+        return features
+
+    def _sizes_of(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The token sizes ``forward_head`` pools ``features`` with: those ``forward_features`` returned them with.
+
+        ``None`` where pooling needs none (no merging, ``token`` / ``first`` / ``max`` pooling, Model 2) and while
+        tracing (a compiled or exported graph pools with the sizes of its own forward).
+        """
+        if not self._merges_before_the_head() or self.global_pool not in ("avg", "sum") or _tracing():
+            return None
+        sizes = _SIZES_OF_FEATURES.get(features)
+        if sizes is None:
+            raise ValueError(
+                f"forward_head got features that no forward_features call returned: with token merging, "
+                f"{self.global_pool!r} pooling weighs each token by the number of input tokens it merged, sizes that "
+                "come with forward_features' output. Pass that output itself (.detach(), .clone() and .to() make new "
+                "tensors), or call model(x)")
+        return sizes
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or fx_tracing()

@@ -207,11 +207,20 @@ class ViViT(TokenMergingMixin, nn.Module):
         spatial-only baseline: the ``t`` per-frame pooled tokens.
         """
         self.check_input(x)
-        return self.encoder(self.patch_embed(x), grid=self._input_grid(x))
+        return self._remember_sizes(self.encoder(self.patch_embed(x), grid=self._input_grid(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, prefix + N, D) -> (B, num_classes)``, or the pooled ``(B, num_features)`` with ``pre_logits``."""
-        x = self.pre_logits(self.encoder.pool(x, self.global_pool))
+        """``(B, prefix + N, D) -> (B, num_classes)``, or the pooled ``(B, num_features)`` with ``pre_logits``.
+
+        With token merging (Model 1) ``avg`` / ``sum`` pooling weighs the tokens by the sizes ``forward_features``
+        returned ``x`` with, so ``x`` must be that output itself (another tensor is refused with a ``ValueError``).
+        """
+        return self._head(x, pre_logits, self._sizes_of(x))
+
+    def _head(self, x: torch.Tensor, pre_logits: bool = False, sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward_head`` with the merged tokens' ``sizes`` given (``None``: the encoder's last forward's)."""
+        x = self.pre_logits(self.encoder.pool(x, self.global_pool, sizes) if sizes is not None
+                            else self.encoder.pool(x, self.global_pool))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,8 +232,7 @@ class ViViT(TokenMergingMixin, nn.Module):
         """
         self.check_input(x)
         head_token_only = self.global_pool in ("token", "first")
-        return self.forward_head(self.encoder(self.patch_embed(x), head_token_only=head_token_only,
-                                              grid=self._input_grid(x)))
+        return self._head(self.encoder(self.patch_embed(x), head_token_only=head_token_only, grid=self._input_grid(x)))
 
     @torch.no_grad()
     def forward_attention_maps(self, x: torch.Tensor) -> dict[str, Any]:

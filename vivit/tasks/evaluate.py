@@ -211,7 +211,10 @@ def _open_logits(path: Path, num: int, num_classes: int, env: Dist) -> np.ndarra
     try:
         table = np.load(path, mmap_mode="r+", allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise ValueError(f"{path}: is not a logits file written by vivit evaluate ({first_line(err)}); delete it "
+        # numpy reads a file without the .npy header as a pickle, and its error then advises allow_pickle=True:
+        # advice never to follow for a file found in an output folder, so it is not quoted
+        reason = "not a .npy file, or one holding Python objects" if "pickle" in str(err) else first_line(err)
+        raise ValueError(f"{path}: is not a logits file written by vivit evaluate ({reason}); delete it "
                          "to rebuild it from the videos, or pass another --out") from None
     if table.shape != (num, num_classes) or table.dtype != np.float32:
         raise ValueError(f"{path}: holds {table.shape} {table.dtype} logits, expected ({num}, {num_classes}) "
@@ -378,7 +381,8 @@ def _plot_confusion(path: Path, confusions: list[np.ndarray], names: Sequence[st
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        _logger.warning("no confusion.png: drawing it needs matplotlib (pip install matplotlib)")
+        _logger.warning('no confusion.png: drawing it needs matplotlib, in the video extra '
+                        '(pip install "vivit[video]" or pip install matplotlib)')
         return None
     size = max(5.0, min(16.0, 0.3 * max(c.shape[0] for c in confusions)))
     fig = Figure(figsize=(size * len(confusions), size), layout="constrained")

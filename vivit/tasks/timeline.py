@@ -566,7 +566,8 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        _logger.warning("no %s: drawing it needs matplotlib (pip install \"vivit[video]\")", Path(path).name)
+        _logger.warning('no %s: drawing it needs matplotlib, in the video extra '
+                        '(pip install "vivit[video]" or pip install matplotlib)', Path(path).name)
         return None
     cover: dict[str, float] = {}
     for seg in segs:

@@ -33,6 +33,7 @@ import os
 import re
 import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -408,6 +409,10 @@ def transport_errors() -> tuple[type[Exception], ...]:
 
 # The rate window of the Hub download in progress in this context (None: a request that is not vivit's download).
 _hub_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar("vivit_hub_timeout", default=None)
+# vivit's Hub downloads in progress per hook list (by id) of huggingface_hub's shared session: the hook is on the
+# session only while one runs (threads may download at once), so other libraries' requests never meet it.
+_hub_guard_lock = threading.Lock()
+_hub_guard_users: dict[int, int] = {}
 
 
 @contextlib.contextmanager
@@ -415,21 +420,32 @@ def _hub_rate_guard(timeout: float) -> Iterator[None]:
     """Hub downloads inside the block must keep ``MIN_DOWNLOAD_RATE`` like URL downloads (:class:`_RateGuard`).
 
     huggingface_hub reads a body in 10 MB chunks, so neither its progress callback nor its per-read socket timeout
-    (``HF_HUB_DOWNLOAD_TIMEOUT``) sees a trickle. A response hook on its HTTP session wraps each GET body, so every
-    network read is counted; the ``TimeoutError`` leaves its read loop, which deletes the partial file.
+    (``HF_HUB_DOWNLOAD_TIMEOUT``) sees a trickle. A response hook on its HTTP session, there only during the block
+    and acting only on this context's requests, wraps each GET body, so every network read is counted; the
+    ``TimeoutError`` leaves its read loop, which deletes the partial file.
     """
     from huggingface_hub.utils import get_session
 
     hooks = getattr(get_session(), "event_hooks", {}).get("response")
     if hooks is None:  # huggingface_hub < 1.0 reads with requests: only its per-read timeout applies there
         _logger.debug("this huggingface_hub has no response hooks: its Hub downloads keep no minimum rate")
-    elif _guard_hub_body not in hooks:
-        hooks.append(_guard_hub_body)
+    else:
+        with _hub_guard_lock:
+            _hub_guard_users[id(hooks)] = _hub_guard_users.get(id(hooks), 0) + 1
+            if _guard_hub_body not in hooks:
+                hooks.append(_guard_hub_body)
     token = _hub_timeout.set(timeout)
     try:
         yield
     finally:
         _hub_timeout.reset(token)
+        if hooks is not None:
+            with _hub_guard_lock:
+                left = _hub_guard_users.pop(id(hooks)) - 1
+                if left:
+                    _hub_guard_users[id(hooks)] = left
+                elif _guard_hub_body in hooks:
+                    hooks.remove(_guard_hub_body)
 
 
 def _guard_hub_body(response: Any) -> None:
