@@ -1,4 +1,5 @@
-"""A saved model's ``config.json``, checked before anything is built from it.
+"""A model's configuration: a saved ``config.json`` checked before anything is built from it, and :func:`construct`,
+the one place the weights path calls ``ViViT(...)`` and assembles the model's ``pretrained_cfg``.
 
 A folder or Hub repo is data from anywhere: its ``model_args`` become a ``ViViT(**args)`` call and its
 ``label_names`` reach printed output and model cards. Every field is checked for its type and a sane bound first, so
@@ -28,6 +29,36 @@ MAX_SIDE = 8192  # img_size and tubelet_size entries
 MAX_PARAMETERS = 2**31  # ~8 GiB of float32: ViViT-H has ~0.65e9
 MAX_LABEL_CHARS = 200
 _DEFAULTS = {name: p.default for name, p in inspect.signature(ViViT.__init__).parameters.items() if name != "self"}
+VIVIT_ARGS = frozenset(_DEFAULTS)  # the keywords ViViT takes
+
+
+def with_defaults(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` completed with ``ViViT``'s defaults: every argument the model built from them would have."""
+    return {**_DEFAULTS, **args}
+
+
+def pretrained_cfg(model: ViViT, base: Mapping[str, Any], label_names: list[str] | None = None,
+                   overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one assembly of ``model.pretrained_cfg``.
+
+    ``base`` (a release's fields, a saved folder's cfg, where the weights came from), then the model's input fields
+    (``ViViT.input_cfg``), ``num_classes`` (a release's own count when ``base`` states one, else the model's head),
+    ``label_names`` when they name every class of the head, and last timm's ``pretrained_cfg_overlay``.
+    """
+    cfg = {**base, **model.input_cfg()}
+    cfg.setdefault("num_classes", model.num_classes)
+    if label_names and len(label_names) == model.num_classes:
+        cfg["label_names"] = list(label_names)
+    return {**cfg, **(overlay or {})}
+
+
+def construct(args: Mapping[str, Any], base: Mapping[str, Any] | None = None, label_names: list[str] | None = None,
+              overlay: Mapping[str, Any] | None = None) -> ViViT:
+    """``ViViT(**args)`` with its ``pretrained_cfg`` (see :func:`pretrained_cfg`): the one constructor of the weights
+    path (builder and converters alike)."""
+    model = ViViT(**args)
+    model.pretrained_cfg = pretrained_cfg(model, base or {}, label_names, overlay)
+    return model
 
 
 def _is_int(value: Any) -> bool:

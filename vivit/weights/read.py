@@ -249,9 +249,10 @@ def _npy_entry_bytes(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
     return nbytes
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A flat state dict file: safetensors or a torch pickle (read safely)."""
-    return read_safetensors(path) if detect_format(path) == "safetensors" else read_torch_state_dict(path)
+def read_state_dict(path: Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
+    """A flat state dict file: safetensors or a torch pickle (read safely); ``fmt`` when already detected."""
+    fmt = fmt or detect_format(path)
+    return read_safetensors(path) if fmt == "safetensors" else read_torch_state_dict(path)
 
 
 def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
