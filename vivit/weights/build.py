@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vivit.model.vivit import ViViT
 from vivit.weights.config import VIVIT_ARGS, construct, with_defaults
 from vivit.weights.load import (
-    SavedModel,
-    Weights,
+    ModelSpec,
     fetch_release,
     fetch_weights,
     head_classes,
@@ -38,22 +37,11 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
             raise TypeError(f"create_model() got an unexpected keyword argument {key!r}{hint}")
 
 
-@dataclass
-class _Plan:
-    """Everything decided before the model exists: its arguments (the head size included), the base of its
-    ``pretrained_cfg``, its class names, and the weights to load."""
-
-    args: dict[str, Any]
-    cfg: dict[str, Any]
-    label_names: list[str] | None = None
-    weights: Weights | None = None  # None: the model stays at its init
+def _saved(spec: ModelSpec, overrides: dict[str, Any]) -> ModelSpec:
+    return replace(spec, args={**spec.args, **overrides})
 
 
-def _saved(saved: SavedModel, overrides: dict[str, Any]) -> _Plan:
-    return _Plan({**saved.args, **overrides}, saved.cfg, saved.label_names, saved.weights)
-
-
-def _path_plan(source: Source, pretrained: bool, overrides: dict[str, Any]) -> _Plan:
+def _path_spec(source: Source, pretrained: bool, overrides: dict[str, Any]) -> ModelSpec:
     """``create_model("my_saved_dir")``: a folder is loaded as ``local-dir:``; anything else says what to write."""
     name = source.text
     path = Path(name).expanduser()
@@ -67,7 +55,7 @@ def _path_plan(source: Source, pretrained: bool, overrides: dict[str, Any]) -> _
                             "vivit.list_models() for registered names.")
 
 
-def _weights_from_plan(name: str, source: Source, overrides: dict[str, Any], force_download: bool) -> _Plan:
+def _arch_spec(name: str, source: Source, overrides: dict[str, Any], force_download: bool) -> ModelSpec:
     """``create_model(arch, pretrained=SOURCE)``: the architecture, filled from any source ``load_pretrained`` takes.
 
     The head takes the size of the weights' head unless ``num_classes`` is given (then only the head is new).
@@ -82,20 +70,20 @@ def _weights_from_plan(name: str, source: Source, overrides: dict[str, Any], for
     base = {**cfg.to_dict(), "num_classes": args["num_classes"]}
     if source.kind != "tag":  # say where the weights came from, not where the arch's released ones live
         base.update(source_fields(source), tag="", label_set=None, top1=None, eval_views=None)
-    return _Plan(args, base, weights=weights)
+    return ModelSpec(args, base, weights=weights)
 
 
-def _zoo_plan(name: str, overrides: dict[str, Any], pretrained: bool, force_download: bool) -> _Plan:
+def _zoo_spec(name: str, overrides: dict[str, Any], pretrained: bool, force_download: bool) -> ModelSpec:
     """A zoo name (``arch`` or ``arch.tag``), with the release's weights when ``pretrained``."""
     if name == GENERIC_ARCH:  # timm's name for a saved custom configuration: the keywords are the architecture
         if pretrained:
             raise ValueError(f"the generic {GENERIC_ARCH!r} architecture has no weights of its own; name a source "
                              "(pretrained='hf-hub:org/repo', a file or a folder) or a released architecture")
-        return _Plan(dict(overrides), arch_defaults(name).to_dict())
+        return ModelSpec(dict(overrides), arch_defaults(name).to_dict())
     arch, cfg = resolve_name(name)
     args = {**ARCHS[arch], "num_classes": cfg.num_classes, **overrides}
     if not pretrained:
-        return _Plan(args, cfg.to_dict())
+        return ModelSpec(args, cfg.to_dict())
     if not cfg.has_weights:
         released = [n for n in list_models(pretrained=True) if n.startswith(arch + ".")]
         raise ValueError(
@@ -104,23 +92,23 @@ def _zoo_plan(name: str, overrides: dict[str, Any], pretrained: bool, force_down
             + ". Load your own with vivit.load_pretrained(model, path) or inflate an image ViT with vivit.inflate."
         )
     weights = fetch_release(cfg, with_defaults(args), force_download=force_download)  # the cfg: no name round trip
-    return _Plan(args, cfg.to_dict(), weights=weights)
+    return ModelSpec(args, cfg.to_dict(), weights=weights)
 
 
-def _plan(source: Source, weights: bool | Source, overrides: dict[str, Any], force_download: bool) -> _Plan:
+def _spec(source: Source, weights: bool | Source, overrides: dict[str, Any], force_download: bool) -> ModelSpec:
     """What ``source`` says to build, its weights read (by the loader) when asked."""
     if isinstance(weights, Source):
         if source.kind not in ("tag", "name"):
             raise ValueError(f"{source.text!r} brings its own weights: use pretrained=True, or name an architecture to "
                              f"load {weights.text!r} into")
-        return _weights_from_plan(source.text, weights, overrides, force_download)
+        return _arch_spec(source.text, weights, overrides, force_download)
     if source.kind == "hub":
         return _saved(read_hub_model(source, weights, force_download=force_download), overrides)
     if source.kind == "local-dir":
         return _saved(read_folder_model(source, weights), overrides)
     if source.kind in ("folder", "file", "missing", "url"):
-        return _path_plan(source, weights, overrides)
-    return _zoo_plan(source.text, overrides, weights, force_download)
+        return _path_spec(source, weights, overrides)
+    return _zoo_spec(source.text, overrides, weights, force_download)
 
 
 def build(
@@ -140,16 +128,16 @@ def build(
     entry points and the CLI all build here; the keywords are ``create_model``'s, and ``cfg_overlay`` is timm's
     ``pretrained_cfg_overlay`` (its fields win in ``pretrained_cfg``).
 
-    The walk: plan (the loader fetches and reads the weights; the head size is decided here, before the model
+    The walk: a ``ModelSpec`` (the loader fetches and reads the weights; the head size is decided here, before the model
     exists) -> ``construct`` (the one ``ViViT(...)`` and ``pretrained_cfg``) -> ``load_weights_into``.
     """
     _check_kwargs(kwargs)
     overrides = {k: v for k, v in dict(num_classes=num_classes, num_frames=num_frames, img_size=img_size).items()
                  if v is not None}
-    plan = _plan(source, weights, {**overrides, **kwargs}, force_download)
-    model = construct(plan.args, plan.cfg, plan.label_names, cfg_overlay)
-    if plan.weights is not None:
-        load_weights_into(model, plan.weights, allow_non_finite=allow_non_finite)
+    spec = _spec(source, weights, {**overrides, **kwargs}, force_download)
+    model = construct(spec.args, spec.cfg, spec.label_names, cfg_overlay)
+    if spec.weights is not None:
+        load_weights_into(model, spec.weights, allow_non_finite=allow_non_finite)
     return model
 
 

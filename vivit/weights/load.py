@@ -1,6 +1,6 @@
 """The loader: resolve a source -> fetch -> read (the format detected once) -> convert -> weights in our layout
 (:class:`Weights`), read with the model's arguments only; then fit positional embeddings -> strict load into a model.
-A saved or Hub folder is read into a :class:`SavedModel` (what to build and its weights); the builder constructs it.
+A saved or Hub folder is read into a :class:`ModelSpec` (what to build and its weights); the builder constructs it.
 
 Sources: a zoo tag (``"vivit_b_16x2_fe.k400"``), ``"hf-hub:org/repo[@rev]"`` (a vivit folder or a transformers ViViT
 repo), an ``http(s)`` URL, a local file (safetensors, torch state dict, reference flax checkpoint, ``.npz`` of flax
@@ -59,14 +59,14 @@ class Weights:
 
 
 @dataclass
-class SavedModel:
-    """What a saved folder or Hub repo says to build: ``ViViT`` arguments, the base of its ``pretrained_cfg``, its
-    class names, and its weights when they were read."""
+class ModelSpec:
+    """What to build, decided before the model exists: ``ViViT`` arguments (the head size included), the base of its
+    ``pretrained_cfg``, its class names, and the weights to load (``None``: the model stays at its init)."""
 
     args: dict[str, Any]
     cfg: dict[str, Any]
-    label_names: list[str] | None
-    weights: Weights | None
+    label_names: list[str] | None = None
+    weights: Weights | None = None
 
 
 def head_classes(state: Mapping[str, torch.Tensor]) -> int | None:
@@ -301,7 +301,7 @@ def load_pretrained(model: ViViT, source: str | Path | Source | None = None, *, 
     return load_weights_into(model, weights, strict=strict, allow_non_finite=allow_non_finite)
 
 
-def read_saved(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str, pretrained: bool) -> SavedModel:
+def read_saved(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str, pretrained: bool) -> ModelSpec:
     """What a vivit or transformers ``config.json`` (named by ``where``) says to build, with its weights when
     ``pretrained``.
 
@@ -317,12 +317,12 @@ def read_saved(config: Mapping[str, Any], weights_file: Callable[[], Path], wher
         weights = folder_weights(config, weights_file(), where) if pretrained else None
         # the saved count is the saved head's: the model's own head (overrides included) is stated on construction
         cfg = {k: v for k, v in dict(config.get("pretrained_cfg") or {}).items() if k != "num_classes"}
-        return SavedModel(args, cfg, config.get("label_names"), weights)
+        return ModelSpec(args, cfg, config.get("label_names"), weights)
     weights = folder_weights(config, weights_file(), where)
-    return SavedModel(dict(weights.args or {}), {}, None, weights if pretrained else None)
+    return ModelSpec(dict(weights.args or {}), {}, None, weights if pretrained else None)
 
 
-def read_hub_model(source: Source, pretrained: bool = False, *, force_download: bool = False) -> SavedModel:
+def read_hub_model(source: Source, pretrained: bool = False, *, force_download: bool = False) -> ModelSpec:
     """``create_model("hf-hub:org/repo[@rev]")``: what the repo's config.json says to build (a vivit repo's
     ``model_args``, a transformers ViViT repo's config), with its weights when ``pretrained``; ``force_download``
     fetches the files again even when cached."""
@@ -334,7 +334,7 @@ def read_hub_model(source: Source, pretrained: bool = False, *, force_download: 
     return saved
 
 
-def read_folder_model(source: Source, pretrained: bool = True) -> SavedModel:
+def read_folder_model(source: Source, pretrained: bool = True) -> ModelSpec:
     """``create_model("local-dir:PATH")``: what a folder written by ``save_pretrained`` or a transformers ViViT folder
     says to build, with its weights when ``pretrained``."""
     folder = Path(source.path or source.text).expanduser()

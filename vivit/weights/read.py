@@ -289,32 +289,6 @@ def read_weights_file(config: Mapping[str, Any], path: Path) -> dict[str, torch.
     return read_state_dict(path)
 
 
-def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a folder written by ``ViViT.save_pretrained``: ``(config dict, state dict)``.
-
-    Falls back to ``pytorch_model.bin`` (loaded with ``weights_only=True``) when there is no ``model.safetensors``.
-
-    Raises:
-        FileNotFoundError: The folder, its ``config.json`` or its weights file is missing.
-        ValueError: A file is corrupt or truncated, or the config was not written by vivit; the message names it.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"saved-model folder {directory} does not exist (expected {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME} inside)")
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: {directory} is not a folder written by "
-                                "vivit.save_pretrained")
-    config = read_json(config_path)
-    if config_kind(config) != "vivit":
-        hint = (" It looks like a transformers ViViT config: use vivit.convert.from_transformers."
-                if config_kind(config) == "transformers" else "")
-        raise ValueError(f"{config_path} has no 'model_args' object (found {sorted(config)[:10]}): not written by "
-                         f"vivit.save_pretrained.{hint}")
-    return config, read_weights_file(config, folder_weights_file(directory))
-
-
 def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:
     """The weights file beside a ``config.json`` must be the one the config was saved with (size and sha256).
 
