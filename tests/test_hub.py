@@ -21,7 +21,6 @@ import torch
 
 import vivit
 from vivit.weights import fetch, publish
-from vivit.weights import read as formats
 
 from .folders import read_only_folder
 from .hub_server import COMMIT, HubServer
@@ -219,7 +218,11 @@ def test_parse_hub_name_rejects_malformed_names(name: str) -> None:
         fetch.parse_hub_name(name)
 
 
-# -------------------------------------------------------------------------------- save_pretrained / load_saved
+def _saved_config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+# ------------------------------------------------------------------------- save_pretrained / from_pretrained
 def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> None:
     model = tiny_model()
     with torch.no_grad():  # non-zero head so the logits comparison means something
@@ -227,12 +230,12 @@ def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> Non
     out = publish.save_pretrained(model, tmp_path / "saved")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
-    config, state = formats.load_saved(out)
-    expected = model.state_dict()
+    config = _saved_config(out)
+    rebuilt = vivit.ViViT.from_pretrained(out).eval()
+    state, expected = rebuilt.state_dict(), model.state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
-    rebuilt = vivit.ViViT(**config["model_args"]).eval()
-    rebuilt.load_state_dict(state)  # strict
+    assert rebuilt.model_args == vivit.ViViT(**config["model_args"]).model_args
     video = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(video), model(video), rtol=0, atol=0)
@@ -247,17 +250,17 @@ def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> Non
 def test_save_pretrained_records_the_current_head(tmp_path: Path) -> None:
     model = tiny_model(variant="factorized_dot_product", global_pool="avg")
     model.reset_classifier(3, global_pool="max")
-    config, state = formats.load_saved(publish.save_pretrained(model, tmp_path))
+    config = _saved_config(publish.save_pretrained(model, tmp_path))
     assert config["model_args"]["num_classes"] == config["num_classes"] == 3
     assert config["model_args"]["global_pool"] == "max"
-    vivit.ViViT(**config["model_args"]).load_state_dict(state)
+    assert vivit.ViViT.from_pretrained(tmp_path).global_pool == "max"
 
 
 def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -> None:
     model = vivit.create_model("vivit_b_16x2.k400", depth=1, img_size=32, num_frames=4, embed_dim=32, num_heads=2,
                                mlp_dim=64)
     labels = [f"class {i}" for i in range(400)]
-    config, _ = formats.load_saved(publish.save_pretrained(model, tmp_path, label_names=labels, repo_id="me/tiny.k400"))
+    config = _saved_config(publish.save_pretrained(model, tmp_path, label_names=labels, repo_id="me/tiny.k400"))
     cfg = config["pretrained_cfg"]
     assert config["architecture"] == cfg["architecture"] == "vivit_b_16x2"
     assert config["label_names"] == labels
@@ -281,7 +284,7 @@ def test_saved_registered_model_keeps_arch_provenance_and_card(tmp_path: Path) -
 def test_new_head_drops_the_source_accuracy_from_the_card(tmp_path: Path) -> None:
     model = vivit.create_model("vivit_b_16x2.k400", num_classes=7, depth=1, img_size=32, num_frames=4, embed_dim=32,
                                num_heads=2, mlp_dim=64)
-    config, _ = formats.load_saved(publish.save_pretrained(model, tmp_path))
+    config = _saved_config(publish.save_pretrained(model, tmp_path))
     assert "top1" not in config["pretrained_cfg"] and "label_set" not in config["pretrained_cfg"]
     assert "## Evaluation" not in (tmp_path / "README.md").read_text()
 
@@ -335,7 +338,7 @@ def test_corrupt_safetensors_error_names_the_file(tmp_path: Path, damage: str) -
     data = weights.read_bytes()
     weights.write_bytes(b"\x07not a safetensors file" if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(ValueError, match="safetensors") as info:
-        formats.load_saved(tmp_path)
+        vivit.ViViT.from_pretrained(tmp_path)
     assert str(weights) in str(info.value)
 
 
@@ -344,23 +347,24 @@ def test_missing_or_broken_config_error_names_the_file(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text("{ not json")
     with pytest.raises(ValueError, match="not valid JSON") as info:
-        formats.load_saved(tmp_path)
+        vivit.ViViT.from_pretrained(tmp_path)
     assert str(config) in str(info.value)
-    config.write_text(json.dumps({"model_type": "vivit", "hidden_size": 768}))
-    with pytest.raises(ValueError, match="from_transformers"):
-        formats.load_saved(tmp_path)
+    config.write_text(json.dumps({"model_type": "vivit", "hidden_size": 768}))  # a transformers config, cut short
+    with pytest.raises(ValueError, match="transformers ViViT config lacks") as info:
+        vivit.ViViT.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(info.value)
     config.unlink()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        formats.load_saved(tmp_path)
+    with pytest.raises(ValueError, match=r"not a saved ViViT \(config.json with model_args\)"):
+        vivit.create_model(f"local-dir:{tmp_path}", pretrained=True)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        formats.load_saved(tmp_path / "nowhere")
+        vivit.create_model(f"local-dir:{tmp_path / 'nowhere'}", pretrained=True)
 
 
 def test_missing_weights_error_names_the_file(tmp_path: Path) -> None:
     publish.save_pretrained(tiny_model(), tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        formats.load_saved(tmp_path)
+        vivit.ViViT.from_pretrained(tmp_path)
 
 
 # ------------------------------------------------------------------------------------- interrupted saves
@@ -370,7 +374,7 @@ def test_a_save_killed_between_renames_is_refused_when_loaded(tmp_path: Path) ->
     publish.save_pretrained(old, tmp_path / "folder", label_names=list("abcde"))
     publish.save_pretrained(new, tmp_path / "new", label_names=list("vwxyz"))
     (tmp_path / "new" / "model.safetensors").replace(tmp_path / "folder" / "model.safetensors")
-    for load in (lambda: formats.load_saved(tmp_path / "folder"),
+    for load in (lambda: vivit.ViViT.from_pretrained(tmp_path / "folder"),
                  lambda: vivit.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True),
                  lambda: vivit.load_pretrained(tiny_model(num_classes=5), tmp_path / "folder")):
         with pytest.raises(ValueError, match="is inconsistent: model.safetensors is not the weights file") as info:
@@ -423,7 +427,6 @@ def test_a_read_only_folder_error_names_the_folder(tmp_path: Path) -> None:
 _PRELUDE = """
 import json, sys
 from vivit.weights import fetch, publish
-from vivit.weights import read as formats
 
 def attempt(fn, *args, **kwargs):
     try:
@@ -487,9 +490,7 @@ def test_hf_hub_file_round_trip_through_the_loopback_hub(tmp_path: Path, saved_r
 import torch, vivit
 config = fetch.hf_hub_file("vivit-test/tiny", "config.json")
 weights = fetch.hf_hub_file("vivit-test/tiny", "model.safetensors", revision="{COMMIT}")
-cfg, state = formats.load_saved(weights.parent)
-rebuilt = vivit.ViViT(**cfg["model_args"])
-rebuilt.load_state_dict(state)
+rebuilt = vivit.ViViT.from_pretrained(weights.parent)
 torch.save(rebuilt.state_dict(), {str(tmp_path / "rebuilt.pt")!r})
 print(json.dumps({{"same_folder": config.parent == weights.parent, "commit": weights.parent.name}}))
 """

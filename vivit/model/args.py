@@ -7,10 +7,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from vivit.model.encoders import ENCODERS
+from vivit.model.grid import checked_sides, is_int
 from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, fx_tracing
 
 VARIANTS = tuple(ENCODERS)
@@ -39,10 +39,6 @@ def check_args(args: dict[str, Any]) -> None:
     _warn_leftovers(args, img, tubelet)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
 def _check_choices(args: dict[str, Any]) -> None:
     choices = {"variant": VARIANTS, "embedding": EMBEDDINGS, "attention_order": ATTENTION_ORDERS,
                "act_layer": tuple(ACT_LAYERS), "attn_impl": ATTN_IMPLS, "global_pool": (None, *HEAD_POOL_TYPES)}
@@ -52,12 +48,10 @@ def _check_choices(args: dict[str, Any]) -> None:
 
 
 def _sizes(args: dict[str, Any], name: str, length: int) -> tuple[int, ...]:
-    value = args[name]
-    values = (value,) * length if _is_int(value) and length == 2 else value
-    if not isinstance(values, Sequence) or len(values) != length or not all(_is_int(v) and v > 0 for v in values):
-        shape = "an int or (H, W)" if length == 2 else "(t, h, w)"
-        raise ValueError(f"{name} must be {shape} of positive ints, got {value!r}")
-    return tuple(int(v) for v in values)
+    try:
+        return checked_sides(name, args[name], length)
+    except TypeError as err:  # every bad constructor argument is a ValueError
+        raise ValueError(str(err)) from None
 
 
 def _check_numbers(args: dict[str, Any]) -> None:
@@ -67,7 +61,7 @@ def _check_numbers(args: dict[str, Any]) -> None:
     optional = {"temporal_num_heads": 1, "temporal_mlp_dim": 1, "representation_size": 0, "n_sampled_frames": 1}
     for name, low in (required | optional).items():
         value = args[name]
-        if not (name in optional and value is None) and not (_is_int(value) and value >= low):
+        if not (name in optional and value is None) and not (is_int(value) and value >= low):
             raise ValueError(f"{name} must be an int >= {low}{' or None' if name in optional else ''}, got {value!r}")
     for name in ("num_heads", "temporal_num_heads"):
         heads = args[name]

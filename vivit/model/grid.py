@@ -99,8 +99,37 @@ def infer_plane(tokens: int, known: Iterable[Sequence[int]] = ()) -> tuple[int, 
     return (side, side) if side > 0 and side * side == tokens else None
 
 
-MAX_INPUT_SIDE = 8192  # frames, pixel rows or columns a model may be set to take
+MAX_SIDE = 8192  # frames, pixel rows or columns, tubelet sides: far above any real clip
 MAX_TOKENS = 1 << 18  # tokens of a clip (ViViT-L at 32 x 320²: 6400): the positional embedding is tokens x width
+_SHAPES = {1: "an int", 2: "an int or (H, W)", 3: "(t, h, w)"}
+
+
+def is_int(value: Any) -> bool:
+    """An int (numpy's too), and not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def checked_sides(name: str, value: Any, length: int, high: int = MAX_SIDE) -> tuple[int, ...]:
+    """The one check of a ViViT size: ``value`` as ``length`` ints in ``[1, high]``.
+
+    ``length`` 1: a frame count (an int); 2: a frame size, an int ``H`` (meaning ``(H, H)``) or ``(H, W)``; 3: a
+    tubelet ``(t, h, w)``. The model's constructor, ``set_input_size`` and a saved ``config.json`` all check here.
+
+    Raises:
+        TypeError: Not an int (a string, float or bool), or not ``length`` of them; the message names ``name``.
+        ValueError: A side outside ``[1, high]``.
+    """
+    shape = _SHAPES[length]
+    if is_int(value) and length < 3:
+        values: tuple[Any, ...] | None = (value,) * length
+    else:  # a frame count is an int, never a "(4,)"
+        values = tuple(value) if isinstance(value, list | tuple) and length > 1 else None
+    if values is None or len(values) != length or not all(is_int(v) for v in values):
+        kind = f" ({type(value).__name__})" if length == 1 else ""
+        raise TypeError(f"{name} must be {shape}{' of positive ints' if length > 1 else ''}, got {value!r}{kind}")
+    if not all(1 <= v <= high for v in values):
+        raise ValueError(f"{name} must be {shape}{' of ints' if length > 1 else ''} in [1, {high}], got {value!r}")
+    return tuple(int(v) for v in values)
 
 
 def checked_input_size(
@@ -110,22 +139,15 @@ def checked_input_size(
 
     Raises:
         TypeError: A size that is not an int (``"64"``, ``3.5``, ``True``) or an ``(H, W)`` pair of ints.
-        ValueError: A size out of ``[1, MAX_INPUT_SIDE]``, a clip smaller than one tubelet, or more than ``MAX_TOKENS``
+        ValueError: A size out of ``[1, MAX_SIDE]``, a clip smaller than one tubelet, or more than ``MAX_TOKENS``
             tokens (refused before the positional embeddings are resampled).
     """
-    def as_int(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise TypeError(f"set_input_size: {name} must be an int, got {value!r} ({type(value).__name__})")
-        if not 1 <= value <= MAX_INPUT_SIDE:
-            raise ValueError(f"set_input_size: {name} must be in [1, {MAX_INPUT_SIDE}], got {value}")
-        return int(value)
-
-    if isinstance(img_size, str) or not isinstance(img_size, int | np.integer | Sequence) or (
-            isinstance(img_size, Sequence) and len(img_size) != 2):
-        raise TypeError(f"set_input_size: img_size must be an int H or a pair (H, W) of ints, got {img_size!r}")
-    sides = (img_size, img_size) if isinstance(img_size, int | np.integer) else img_size
-    size = (as_int("img_size", sides[0]), as_int("img_size", sides[1]))
-    frames = as_int("num_frames", num_frames)
+    try:
+        h, w = checked_sides("img_size", img_size, 2)
+        (frames,) = checked_sides("num_frames", num_frames, 1)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"set_input_size: {err}") from None
+    size = (h, w)
     grid = grid_of_args({**model_args, "img_size": size, "num_frames": frames})
     if min(grid) < 1:
         raise ValueError(f"set_input_size: input {frames}x{size[0]}x{size[1]} is smaller than one tubelet "

@@ -1,3 +1,5 @@
-"""The weights path: name -> ``build`` -> ``fetch`` (cache, Hub) -> ``read`` (detect + read formats) ->
-``convert`` (scenic, transformers) or ``inflate`` (image ViTs) -> ``fit`` (positional embeddings) -> ``load``;
-``publish`` writes a saved folder and ``timm_bridge`` registers everything into timm."""
+"""The weights path: ``source`` (parse once) -> ``build`` (what to build: arguments, head size, ``pretrained_cfg``
+base) -> ``load`` (``fetch``: cache, Hub -> ``read``: the format detected once -> ``convert``: scenic, transformers;
+a saved folder's ``config`` checked) -> ``config.construct`` (the one ``ViViT(...)``) -> ``load`` (``fit``: positional
+embeddings, channels, head -> strict load); ``inflate`` brings image ViTs in, ``publish`` writes a saved folder and
+``timm_bridge`` registers everything into timm."""

@@ -1,4 +1,5 @@
-"""A saved model's ``config.json``, checked before anything is built from it.
+"""A model's configuration: a saved ``config.json`` checked before anything is built from it, and :func:`construct`,
+the one place the weights path calls ``ViViT(...)`` and assembles the model's ``pretrained_cfg``.
 
 A folder or Hub repo is data from anywhere: its ``model_args`` become a ``ViViT(**args)`` call and its
 ``label_names`` reach printed output and model cards. Every field is checked for its type and a sane bound first, so
@@ -13,41 +14,63 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from vivit.model.grid import grid_of_args
+from vivit.model.grid import checked_sides, grid_of_args, is_int
 from vivit.model.vivit import ViViT
 
 # Upper bounds far above every real ViViT (ViViT-H: width 1280, 32 blocks, 5120 MLP; Kinetics-700: 700 classes).
 SIZE_LIMITS = {
     "embed_dim": 16384, "depth": 256, "num_heads": 1024, "mlp_dim": 65536, "temporal_depth": 256,
     "temporal_num_heads": 1024, "temporal_mlp_dim": 65536, "num_classes": 100_000, "representation_size": 65536,
-    "in_chans": 64, "num_frames": 4096, "n_sampled_frames": 4096,
+    "in_chans": 64, "n_sampled_frames": 4096,
 }
-MAX_SIDE = 8192  # img_size and tubelet_size entries
+SIDES = {"num_frames": 1, "img_size": 2, "tubelet_size": 3}  # checked by the model's one size check (grid.MAX_SIDE)
 MAX_PARAMETERS = 2**31  # ~8 GiB of float32: ViViT-H has ~0.65e9
 MAX_LABEL_CHARS = 200
 _DEFAULTS = {name: p.default for name, p in inspect.signature(ViViT.__init__).parameters.items() if name != "self"}
+VIVIT_ARGS = frozenset(_DEFAULTS)  # the keywords ViViT takes
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+def with_defaults(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` completed with ``ViViT``'s defaults: every argument the model built from them would have."""
+    return {**_DEFAULTS, **args}
+
+
+def pretrained_cfg(model: ViViT, base: Mapping[str, Any], label_names: list[str] | None = None,
+                   overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one assembly of ``model.pretrained_cfg``.
+
+    ``base`` (a release's fields, a saved folder's cfg, where the weights came from), then the model's input fields
+    (``ViViT.input_cfg``), ``num_classes`` (a release's own count when ``base`` states one, else the model's head),
+    ``label_names`` when they name every class of the head, and last timm's ``pretrained_cfg_overlay``.
+    """
+    cfg = {**base, **model.input_cfg()}
+    cfg.setdefault("num_classes", model.num_classes)
+    if label_names and len(label_names) == model.num_classes:
+        cfg["label_names"] = list(label_names)
+    return {**cfg, **(overlay or {})}
+
+
+def construct(args: Mapping[str, Any], base: Mapping[str, Any] | None = None, label_names: list[str] | None = None,
+              overlay: Mapping[str, Any] | None = None) -> ViViT:
+    """``ViViT(**args)`` with its ``pretrained_cfg`` (see :func:`pretrained_cfg`): the one constructor of the weights
+    path (builder and converters alike)."""
+    model = ViViT(**args)
+    model.pretrained_cfg = pretrained_cfg(model, base or {}, label_names, overlay)
+    return model
 
 
 def _check_sizes(args: Mapping[str, Any], where: str) -> None:
     for name, limit in SIZE_LIMITS.items():
         value = args.get(name)
-        if value is None and name not in ("embed_dim", "depth", "num_heads", "mlp_dim", "num_frames", "in_chans"):
+        if value is None and name not in ("embed_dim", "depth", "num_heads", "mlp_dim", "in_chans"):
             continue
-        if not _is_int(value) or not 0 <= value <= limit:
+        if not is_int(value) or not 0 <= value <= limit:
             raise ValueError(f"{where}: model_args.{name} is {value!r}; expected an int in [0, {limit}]")
-    for name, length in (("img_size", 2), ("tubelet_size", 3)):
-        value = args.get(name)
-        values = [value] * length if _is_int(value) and length == 2 else value
-        if not isinstance(values, list | tuple) or len(values) != length or not all(
-                _is_int(v) and 0 < v <= MAX_SIDE for v in values):
-            shape = "an int or [H, W]" if length == 2 else "[t, h, w]"
-            raise ValueError(f"{where}: model_args.{name} is {value!r}; expected {shape} of ints in [1, {MAX_SIDE}]")
+    for name, length in SIDES.items():
+        try:
+            checked_sides(name, args.get(name), length)
+        except (TypeError, ValueError) as err:  # a file's content: always a ValueError naming the file
+            raise ValueError(f"{where}: model_args.{err}") from None
 
 
 def estimate_parameters(args: Mapping[str, Any]) -> int:

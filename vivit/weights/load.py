@@ -1,5 +1,6 @@
-"""Loading weights into a model: resolve a source -> fetch -> read -> convert -> fit positional embeddings -> strict
-load; and building a model from a saved or Hub folder's ``config.json``.
+"""The loader: resolve a source -> fetch -> read (the format detected once) -> convert -> weights in our layout
+(:class:`Weights`), read with the model's arguments only; then fit positional embeddings -> strict load into a model.
+A saved or Hub folder is read into a :class:`ModelSpec` (what to build and its weights); the builder constructs it.
 
 Sources: a zoo tag (``"vivit_b_16x2_fe.k400"``), ``"hf-hub:org/repo[@rev]"`` (a vivit folder or a transformers ViViT
 repo), an ``http(s)`` URL, a local file (safetensors, torch state dict, reference flax checkpoint, ``.npz`` of flax
@@ -20,7 +21,7 @@ import torch
 from vivit.labels import label_names
 from vivit.model.vivit import ViViT
 from vivit.weights import fetch
-from vivit.weights.config import checked_model_args
+from vivit.weights.config import checked_model_args, estimate_parameters, pretrained_cfg, with_defaults
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params
 from vivit.weights.convert.transformers import convert_transformers
@@ -57,22 +58,38 @@ class Weights:
     checkpoint: str | None = None  # the released "arch.tag" these weights are
 
 
+@dataclass
+class ModelSpec:
+    """What to build, decided before the model exists: ``ViViT`` arguments (the head size included), the base of its
+    ``pretrained_cfg``, its class names, and the weights to load (``None``: the model stays at its init)."""
+
+    args: dict[str, Any]
+    cfg: dict[str, Any]
+    label_names: list[str] | None = None
+    weights: Weights | None = None
+
+
+def head_classes(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The class count of the classifier head in ``state``; ``None`` for headless weights (a backbone)."""
+    head = state.get("head.weight")
+    return None if head is None else int(head.shape[0])
+
+
 # -------------------------------------------------------------------------------------------------- reading
-def read_weights(path: str | Path, model: ViViT) -> Weights:
-    """Read a local file or folder and bring its weights into our key layout for ``model``'s variant."""
+def read_weights(path: str | Path, args: Mapping[str, Any]) -> Weights:
+    """Read a local file or folder and bring its weights into our key layout for a ``ViViT(**args)``."""
     path = Path(path)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        config = read_json(path / CONFIG_NAME)
-        if config_kind(config) is not None:
-            return folder_weights(config, folder_weights_file(path), str(path / CONFIG_NAME))
-    fmt = detect_format(path)
+    fmt = detect_format(path)  # the one detection of this load
     _logger.info("reading %s weights from %s", fmt, path)
+    if fmt.endswith("-folder"):
+        return folder_weights(read_json(path / CONFIG_NAME), folder_weights_file(path), str(path / CONFIG_NAME))
     if fmt in ("scenic", "npz"):
-        # An .npz may declare at most twice the model's own float32 bytes: a zip bomb is refused from its headers.
-        budget = 2 * sum(4 * t.numel() for t in model.state_dict().values()) + (16 << 20)
+        full = with_defaults(args)
+        # An .npz may declare at most twice the model's float32 bytes: a zip bomb is refused from its headers.
+        budget = 2 * 4 * estimate_parameters(full) + (16 << 20)
         params = read_scenic_checkpoint(path) if fmt == "scenic" else flatten_params(read_npz(path, budget))
-        return Weights(convert_scenic_params(params, model.variant, source=str(path)), source=str(path))
-    return _from_state_dict(read_state_dict(path), path)
+        return Weights(convert_scenic_params(params, full["variant"], source=str(path)), source=str(path))
+    return _from_state_dict(read_state_dict(path, fmt), path)
 
 
 def folder_weights(config: Mapping[str, Any], path: Path, where: str) -> Weights:
@@ -141,9 +158,8 @@ def load_weights_into(model: ViViT, weights: Weights, *, strict: bool = True,
         _logger.warning("strict=False: %d missing keys %s, %d unexpected keys %s", len(missing), missing[:12],
                         len(unexpected), unexpected[:12])
     model.load_state_dict({k: v for k, v in state.items() if k in target}, strict=False)
-    head_kept = report.new_head is None and any(k in state for k in HEAD_KEYS)
-    if head_kept and weights.label_names and len(weights.label_names) == model.num_classes:
-        model.pretrained_cfg["label_names"] = list(weights.label_names)
+    if weights.label_names and report.new_head is None and any(k in state for k in HEAD_KEYS):  # their head: names
+        model.pretrained_cfg = pretrained_cfg(model, model.pretrained_cfg, weights.label_names)
     remember_load(model, report)
     return model
 
@@ -152,7 +168,7 @@ def _reconcile_head(state: dict[str, torch.Tensor], model: ViViT, report: LoadRe
     """Drop a head of another size from ``state`` (noted in ``report``); returns the head keys that may be missing."""
     target = model.state_dict()
     if any(k in state for k in HEAD_KEYS):
-        source_classes = state["head.weight"].shape[0] if "head.weight" in state else None
+        source_classes = head_classes(state)
         if model.num_classes == 0 or source_classes != model.num_classes:
             for k in HEAD_KEYS:
                 state.pop(k, None)
@@ -168,21 +184,21 @@ def _reconcile_head(state: dict[str, torch.Tensor], model: ViViT, report: LoadRe
 
 
 # ---------------------------------------------------------------------------------------------- resolving
-def fetch_weights(source: Source, model: ViViT, *, force_download: bool = False) -> Weights:
-    """Resolve a parsed ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout.
+def fetch_weights(source: Source, args: Mapping[str, Any], *, force_download: bool = False) -> Weights:
+    """Resolve a parsed ``source`` (tag, ``hf-hub:``, URL, path) to weights in our layout for a ``ViViT(**args)``.
 
     ``force_download`` downloads again even when cached. Anything that is no tag, Hub repo or URL is read as a path.
     """
     if source.kind == "tag":
-        return fetch_release(PRETRAINED[source.name], model, force_download=force_download)
+        return fetch_release(PRETRAINED[source.name], args, force_download=force_download)
     if source.kind == "hub":
-        return _fetch_hub(source.repo_id, source.revision, model, force_download, None)
+        return _fetch_hub(source.repo_id, source.revision, force_download, None)
     if source.kind == "url":
-        return _read_download(source.url, model, force_download, None)
-    return read_weights(source.path or Path(source.text), model)
+        return _read_download(source.url, args, force_download, None)
+    return read_weights(source.path or Path(source.text), args)
 
 
-def fetch_release(cfg: PretrainedCfg, model: ViViT, *, force_download: bool = False) -> Weights:
+def fetch_release(cfg: PretrainedCfg, args: Mapping[str, Any], *, force_download: bool = False) -> Weights:
     """The weights of a released checkpoint (a ``PRETRAINED`` cfg): shipped, on the Hub or at a URL.
 
     The release's ``sha256`` (when its digest is known) is checked for downloads and shipped files alike.
@@ -192,22 +208,21 @@ def fetch_release(cfg: PretrainedCfg, model: ViViT, *, force_download: bool = Fa
         if cfg.sha256 and file_sha256(path) != cfg.sha256:
             raise RuntimeError(f"{path} (shipped with vivit for {cfg.name}) does not have its release sha256 "
                                f"{cfg.sha256}: the installation is damaged; reinstall vivit")
-        weights = read_weights(path, model)
+        weights = read_weights(path, args)
     elif cfg.hf_hub_id:
-        weights = _fetch_hub(cfg.hf_hub_id, None, model, force_download, cfg.sha256)
+        weights = _fetch_hub(cfg.hf_hub_id, None, force_download, cfg.sha256)
     else:
-        weights = _read_download(cfg.url, model, force_download, cfg.sha256)
+        weights = _read_download(cfg.url, args, force_download, cfg.sha256)
     if weights.grid is None and cfg.source_format in ("scenic", "vivit"):
         c, t, h, w = cfg.input_size
-        weights.grid = grid_of_args({**model.model_args, "num_frames": t, "img_size": (h, w)})
+        weights.grid = grid_of_args({**args, "num_frames": t, "img_size": (h, w)})
     if weights.label_names is None and cfg.label_set:  # a checkpoint's own id2label wins (SPEC 3.2)
         weights.label_names = label_names(cfg.label_set)
     weights.checkpoint = cfg.name
     return weights
 
 
-def _fetch_hub(repo_id: str, revision: str | None, model: ViViT, force_download: bool,
-               sha256: str | None) -> Weights:
+def _fetch_hub(repo_id: str, revision: str | None, force_download: bool, sha256: str | None) -> Weights:
     config, where = _hub_config(repo_id, revision, force_download)
     return folder_weights(config, fetch.hub_weights_file(repo_id, revision, force_download=force_download,
                                                          sha256=sha256), where)
@@ -223,14 +238,29 @@ def _hub_config(repo_id: str, revision: str | None, force_download: bool) -> tup
     return config, where
 
 
-def _read_download(url: str, model: ViViT, force_download: bool, sha256: str | None) -> Weights:
+def _read_download(url: str, args: Mapping[str, Any], force_download: bool, sha256: str | None) -> Weights:
     """A downloaded file's weights; a file that cannot be read is named as a cache entry the user may delete."""
     path = fetch.download_url(url, sha256=sha256, force_download=force_download)
     try:
-        return read_weights(path, model)
+        return read_weights(path, args)
     except ValueError as err:
         raise ValueError(f"{err}. It is the cached download of {url}: if the download is damaged, delete this cache "
                          f"entry ({path}) or pass force_download=True (CLI: --force-download)") from None
+
+
+def source_fields(source: Source) -> dict[str, Any]:
+    """The ``pretrained_cfg`` fields saying where weights from a parsed ``source`` (no zoo tag) came from; read back by
+    :func:`saved_source`."""
+    where: dict[str, Any] = dict(hf_hub_id=None, url=None, file=None)
+    if source.kind == "hub":
+        # The pinned revision stays part of the id, so load_pretrained(model) reloads that revision, not main.
+        where.update(source="hf-hub", hf_hub_id=f"{source.repo_id}@{source.revision}" if source.revision
+                     else source.repo_id)
+    elif source.kind == "url":
+        where.update(source="url", url=source.url)
+    else:
+        where.update(source="local-dir", file=str(Path(source.path or source.text).expanduser()))
+    return where
 
 
 def saved_source(cfg: Mapping[str, Any]) -> str | None:
@@ -267,13 +297,12 @@ def load_pretrained(model: ViViT, source: str | Path | Source | None = None, *, 
                              "URL or local path)")
         source = saved_source(cfg) or name
     parsed = source if isinstance(source, Source) else parse_source(str(source))
-    weights = fetch_weights(parsed, model, force_download=force_download)
+    weights = fetch_weights(parsed, model.model_args, force_download=force_download)
     return load_weights_into(model, weights, strict=strict, allow_non_finite=allow_non_finite)
 
 
-def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str,
-                       overrides: Mapping[str, Any], pretrained: bool, allow_non_finite: bool = False) -> ViViT:
-    """A model built from a vivit or transformers ``config.json`` (named by ``where``), with its weights when
+def read_saved(config: Mapping[str, Any], weights_file: Callable[[], Path], where: str, pretrained: bool) -> ModelSpec:
+    """What a vivit or transformers ``config.json`` (named by ``where``) says to build, with its weights when
     ``pretrained``.
 
     ``weights_file()`` is read at most once: a transformers config needs the weights' shapes to name the
@@ -283,49 +312,38 @@ def _model_from_config(config: Mapping[str, Any], weights_file: Callable[[], Pat
     kind = config_kind(config)
     if kind is None:
         raise ValueError(f"{where} is not a vivit or transformers ViViT config (keys: {sorted(config)[:10]})")
-    args = checked_model_args(config, where) if kind == "vivit" else None  # before any weights are fetched
-    weights = folder_weights(config, weights_file(), where) if pretrained or kind == "transformers" else None
     if kind == "vivit":
-        labels, pretrained_cfg = config.get("label_names"), dict(config.get("pretrained_cfg") or {})
-    else:
-        args, labels, pretrained_cfg = dict(weights.args), None, {}
-    model = ViViT(**{**args, **overrides})
-    model.pretrained_cfg = {**pretrained_cfg, **model.input_cfg(), "num_classes": model.num_classes}
-    if labels and model.num_classes == len(labels):
-        model.pretrained_cfg["label_names"] = list(labels)
-    if pretrained:
-        load_weights_into(model, weights, allow_non_finite=allow_non_finite)
-    return model
+        args = checked_model_args(config, where)  # before any weights are fetched
+        weights = folder_weights(config, weights_file(), where) if pretrained else None
+        # the saved count is the saved head's: the model's own head (overrides included) is stated on construction
+        cfg = {k: v for k, v in dict(config.get("pretrained_cfg") or {}).items() if k != "num_classes"}
+        return ModelSpec(args, cfg, config.get("label_names"), weights)
+    weights = folder_weights(config, weights_file(), where)
+    return ModelSpec(dict(weights.args or {}), {}, None, weights if pretrained else None)
 
 
-def create_from_hub(source: Source, pretrained: bool = False, *, force_download: bool = False,
-                    allow_non_finite: bool = False, **overrides: Any) -> ViViT:
-    """``create_model("hf-hub:org/repo[@rev]")``: rebuild the architecture from the repo's config.json.
-
-    A vivit repo (``save_pretrained``) gives its ``model_args``; a transformers ViViT repo its config. ``overrides``
-    (``num_classes``, ``num_frames``, ``img_size``, any ViViT kwarg) replace the stored values; with ``pretrained``
-    the weights are loaded and resampled to them; ``force_download`` fetches the files again even when cached.
-    """
+def read_hub_model(source: Source, pretrained: bool = False, *, force_download: bool = False) -> ModelSpec:
+    """``create_model("hf-hub:org/repo[@rev]")``: what the repo's config.json says to build (a vivit repo's
+    ``model_args``, a transformers ViViT repo's config), with its weights when ``pretrained``; ``force_download``
+    fetches the files again even when cached."""
     repo_id, revision = source.repo_id, source.revision
     config, where = _hub_config(repo_id, revision, force_download)
-    model = _model_from_config(config, lambda: fetch.hub_weights_file(repo_id, revision, force_download=force_download),
-                               where, overrides, pretrained, allow_non_finite)
-    # The pinned revision stays part of the id, so load_pretrained(model) reloads that revision, not main.
-    model.pretrained_cfg.update(hf_hub_id=f"{repo_id}@{revision}" if revision else repo_id, source="hf-hub")
-    return model
+    saved = read_saved(config, lambda: fetch.hub_weights_file(repo_id, revision, force_download=force_download),
+                       where, pretrained)
+    saved.cfg.update(source_fields(source))
+    return saved
 
 
-def create_from_folder(path: str | Path, pretrained: bool = True, *, allow_non_finite: bool = False,
-                       **overrides: Any) -> ViViT:
-    """``create_model("local-dir:PATH")``: a folder written by ``save_pretrained`` or a transformers ViViT folder."""
-    folder = Path(path)
+def read_folder_model(source: Source, pretrained: bool = True) -> ModelSpec:
+    """``create_model("local-dir:PATH")``: what a folder written by ``save_pretrained`` or a transformers ViViT folder
+    says to build, with its weights when ``pretrained``."""
+    folder = Path(source.path or source.text).expanduser()
     config_path = folder / CONFIG_NAME
     config = read_json(config_path) if folder.is_dir() and config_path.is_file() else None
     if config is None or config_kind(config) is None:
         fmt = detect_format(folder)  # says what else it is, or that it is nothing vivit reads
         raise ValueError(f"{folder} is a {fmt} source, not a model folder: create the architecture and call "
                          "vivit.load_pretrained(model, path)")
-    model = _model_from_config(config, lambda: folder_weights_file(folder), str(config_path), overrides, pretrained,
-                               allow_non_finite)
-    model.pretrained_cfg.update(file=str(folder), source="local-dir")
-    return model
+    saved = read_saved(config, lambda: folder_weights_file(folder), str(config_path), pretrained)
+    saved.cfg.update(source_fields(source))
+    return saved

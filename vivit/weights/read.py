@@ -249,9 +249,10 @@ def _npy_entry_bytes(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
     return nbytes
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A flat state dict file: safetensors or a torch pickle (read safely)."""
-    return read_safetensors(path) if detect_format(path) == "safetensors" else read_torch_state_dict(path)
+def read_state_dict(path: Path, fmt: str | None = None) -> dict[str, torch.Tensor]:
+    """A flat state dict file: safetensors or a torch pickle (read safely); ``fmt`` when already detected."""
+    fmt = fmt or detect_format(path)
+    return read_safetensors(path) if fmt == "safetensors" else read_torch_state_dict(path)
 
 
 def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -286,32 +287,6 @@ def read_weights_file(config: Mapping[str, Any], path: Path) -> dict[str, torch.
     """The state dict beside a ``config.json``, refused when it is not the file the config was saved with."""
     check_weights_record(config, path)
     return read_state_dict(path)
-
-
-def load_saved(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a folder written by ``ViViT.save_pretrained``: ``(config dict, state dict)``.
-
-    Falls back to ``pytorch_model.bin`` (loaded with ``weights_only=True``) when there is no ``model.safetensors``.
-
-    Raises:
-        FileNotFoundError: The folder, its ``config.json`` or its weights file is missing.
-        ValueError: A file is corrupt or truncated, or the config was not written by vivit; the message names it.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"saved-model folder {directory} does not exist (expected {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME} inside)")
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing: {directory} is not a folder written by "
-                                "vivit.save_pretrained")
-    config = read_json(config_path)
-    if config_kind(config) != "vivit":
-        hint = (" It looks like a transformers ViViT config: use vivit.convert.from_transformers."
-                if config_kind(config) == "transformers" else "")
-        raise ValueError(f"{config_path} has no 'model_args' object (found {sorted(config)[:10]}): not written by "
-                         f"vivit.save_pretrained.{hint}")
-    return config, read_weights_file(config, folder_weights_file(directory))
 
 
 def check_weights_record(config: Mapping[str, Any], weights: Path) -> None:

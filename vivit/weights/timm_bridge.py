@@ -130,9 +130,8 @@ def _timm_entrypoint(arch: str):
         with torch.device(device) if device is not None else nullcontext():
             # registry weights load here unless the overlay or a saved config names another source; the generic
             # arch (a saved custom configuration) is built from config.json's model_args, which are the kwargs
-            model = build(parse_source(name), pretrained and source is None and named is None, **kwargs)
-        if overlay:
-            model.pretrained_cfg = {**model.pretrained_cfg, **{k: v for k, v in overlay.items() if k != "state_dict"}}
+            model = build(parse_source(name), pretrained and source is None and named is None,
+                          cfg_overlay={k: v for k, v in overlay.items() if k != "state_dict"}, **kwargs)
         if pretrained and named is not None:
             _load_overlay_source(model, *named)
         elif pretrained and source is not None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from vivit.model.vivit import ViViT
+from vivit.weights.config import construct
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params, model_args_from_scenic, weights_grid
 from vivit.weights.convert.transformers import from_transformers
@@ -50,7 +51,7 @@ def from_scenic(
     params = {k: np.asarray(v) for k, v in params.items()}
     args = model_args_from_scenic(params, config, img_size=img_size, num_frames=num_frames, source=source)
     args.update(model_kwargs)
-    model = ViViT(**args)
+    model = construct(args)
     state = convert_scenic_params(params, args["variant"], source=source)
     if not allow_non_finite:
         check_finite(state, source)

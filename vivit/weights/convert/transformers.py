@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vivit.model.vivit import ViViT
+from vivit.weights.config import construct
 from vivit.weights.keys import Entry, apply_key_table, same
 
 HF_CLASSES = ("VivitForVideoClassification", "VivitModel")
@@ -244,7 +245,7 @@ def convert_transformers(state_dict: Mapping[str, Any], config: Any) -> Converte
     labels = _label_names(cfg, args["num_classes"]) if args["num_classes"] else None
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the model built from these args says it once; this one is never seen
-        shapes = {k: tuple(v.shape) for k, v in ViViT(**args).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in construct(args).state_dict().items()}
     table = transformers_key_table(layout, args, qkv_bias=bool(cfg["qkv_bias"]))
     return Converted(args, convert_transformers_state_dict(tensors, table, shapes, as_given), labels)
 
@@ -275,8 +276,6 @@ def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwar
     else:
         raise ValueError(f"expected a transformers ViViT module or a state dict, got {type(model_or_state_dict)}")
     converted = convert_transformers(state_dict, config)
-    model = ViViT(**{**converted.args, **model_kwargs})
+    model = construct({**converted.args, **model_kwargs}, label_names=converted.label_names)
     model.load_state_dict(converted.state, strict=True)
-    if converted.label_names is not None:
-        model.pretrained_cfg["label_names"] = converted.label_names
     return model.eval()

@@ -1,0 +1,1 @@
+"""Unit tests of vivit.model, one file per module."""

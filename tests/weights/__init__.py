@@ -1,0 +1,1 @@
+"""Unit tests of vivit.weights, one file per module."""
