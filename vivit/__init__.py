@@ -19,6 +19,7 @@ if _TYPE_CHECKING:  # what _load() binds, spelled out for type checkers and the 
     from vivit.tasks.timeline import timeline
     from vivit.weights import convert
     from vivit.weights.build import create_model
+    from vivit.weights.export import export_transformers
     from vivit.weights.inflate import inflate
     from vivit.weights.load import load_pretrained
     from vivit.zoo import list_models
@@ -33,6 +34,7 @@ def _load() -> None:
     from vivit.tasks.timeline import timeline
     from vivit.weights import convert
     from vivit.weights.build import create_model
+    from vivit.weights.export import export_transformers
     from vivit.weights.inflate import inflate
     from vivit.weights.load import load_pretrained
     from vivit.weights.timm_bridge import register_timm_models
@@ -45,7 +47,7 @@ def _load() -> None:
         _sys.modules[f"{__name__}.{name}"] = module
     globals().update(namespaces, ViViT=ViViT, create_model=create_model, inflate=inflate,
                      load_pretrained=load_pretrained, list_models=list_models, timeline=timeline,
-                     optimize=optimize)
+                     optimize=optimize, export_transformers=export_transformers)
     register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
 
 
@@ -72,4 +74,4 @@ else:
     _load()
 
 __all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "video", "transforms",
-           "evaluate", "optimize", "timeline", "__version__"]
+           "evaluate", "optimize", "timeline", "export_transformers", "__version__"]
