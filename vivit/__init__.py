@@ -38,6 +38,7 @@ def _load() -> None:
     from vivit.weights.inflate import inflate
     from vivit.weights.load import load_pretrained
     from vivit.weights.timm_bridge import register_timm_models
+    from vivit.weights.transformers_bridge import register_transformers_auto
     from vivit.zoo import list_models
 
     # The public namespaces one dot deep (SPEC: vivit.convert.from_scenic; README: vivit.video.read_video, ...) live
@@ -49,6 +50,7 @@ def _load() -> None:
                      load_pretrained=load_pretrained, list_models=list_models, timeline=timeline,
                      optimize=optimize, export_transformers=export_transformers)
     register_timm_models()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
+    register_transformers_auto()  # ... and transformers' Auto classes load vivit folders (once transformers loads)
 
 
 def _light_command() -> bool:
