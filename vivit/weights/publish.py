@@ -323,7 +323,11 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
              f"    logits = model(video)  # (1, {config['num_classes']})", "```", "",
              f"`vivit.tasks.predict.predict_video(model, path)` classifies a video file: it decodes {t}-frame clips, "
              "preprocesses them as above and averages the logits over the model's evaluation views; on the command "
-             f"line, `vivit classify VIDEO --model {where}`."]
+             f"line, `vivit classify VIDEO --model {where}`.", "",
+             "In Hugging Face transformers (vivit installed): `AutoModelForVideoClassification.from_pretrained("
+             f"\"{repo_id or CARD_FOLDER}\", trust_remote_code=True)`, or without `trust_remote_code` after "
+             f"`import vivit`; `pipeline(\"video-classification\", model=\"{repo_id or CARD_FOLDER}\")` classifies a "
+             "video file."]
     body = [f"# {name}", "", "A ViViT video classification model (Arnab et al., ICCV 2021) for the `vivit` PyTorch "
             "library.", "", "## Model details", "", *details, "", "## Usage", "", *usage]
     if cfg.get("top1") is not None:
