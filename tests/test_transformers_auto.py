@@ -209,6 +209,8 @@ def _vivit_classify(model: vivit.ViViT, path: Path, backend: str = "auto") -> to
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
 def test_pipeline_steps_give_vivit_classify_logits_and_top5(saved: dict, video: Path, variant: str) -> None:
+    if not hasattr(transformers, "AutoVideoProcessor"):
+        pytest.skip("this transformers has no video processors (the pipeline's image-processor path only)")
     model, folder = saved[variant]
     pipe = transformers.pipeline("video-classification", model=str(folder))
     assert type(pipe.video_processor).__name__ == "VivitVideoProcessor"
@@ -224,8 +226,10 @@ def test_pipeline_steps_give_vivit_classify_logits_and_top5(saved: dict, video: 
 
 
 def _torchcodec_decodes() -> bool:
-    from transformers.utils.import_utils import is_torchcodec_usable
-
+    try:  # transformers 5's check (the video processors decode with torchcodec only)
+        from transformers.utils.import_utils import is_torchcodec_usable
+    except ImportError:
+        return False
     return is_torchcodec_usable(decode="video")
 
 
