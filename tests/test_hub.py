@@ -28,6 +28,9 @@ from .hub_server import COMMIT, HubServer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = dict(variant="spacetime", img_size=32, num_frames=4, tubelet_size=(2, 16, 16), embed_dim=32, depth=1,
                  num_heads=2, mlp_dim=64, num_classes=5)
+# what save_pretrained adds for transformers' Auto classes and pipeline (tests/test_transformers_auto.py)
+TRANSFORMERS_FILES = ["configuration_vivit_zoo.py", "modeling_vivit_zoo.py", "preprocessor_config.json",
+                      "video_preprocessor_config.json"]
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several read chunks
 
 
@@ -228,7 +231,8 @@ def test_save_load_round_trip_rebuilds_an_identical_model(tmp_path: Path) -> Non
     with torch.no_grad():  # non-zero head so the logits comparison means something
         model.head.weight.normal_()
     out = publish.save_pretrained(model, tmp_path / "saved")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "config.json", "model.safetensors",
+                                                            *TRANSFORMERS_FILES])
 
     config = _saved_config(out)
     rebuilt = vivit.ViViT.from_pretrained(out).eval()
@@ -390,8 +394,10 @@ def test_the_next_save_removes_orphans_of_killed_saves(tmp_path: Path) -> None:
     tmp_path.joinpath(".model.safetensors.0123abcd.tmp").write_bytes(b"ours")
     tmp_path.joinpath(".tmp-notes").write_text("not ours: kept")
     publish.save_pretrained(tiny_model(), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-notes", "README.md", "config.json",
-                                                          "model.safetensors"]
+    tmp_path.joinpath(".modeling_vivit_zoo.py.0123abcd.tmp").write_text("ours too")
+    publish.save_pretrained(tiny_model(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".tmp-notes", "README.md", "config.json",
+                                                                 "model.safetensors", *TRANSFORMERS_FILES])
 
 
 def test_saved_files_follow_the_umask(tmp_path: Path) -> None:
@@ -401,7 +407,8 @@ def test_saved_files_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
-    assert modes == {"model.safetensors": 0o640, "config.json": 0o640, "README.md": 0o640}  # safetensors alone: 0o600
+    expected = dict.fromkeys(["model.safetensors", "config.json", "README.md", *TRANSFORMERS_FILES], 0o640)
+    assert modes == expected  # safetensors alone: 0o600
 
 
 def test_non_finite_weights_are_not_saved(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ architectures join timm's registry when timm itself is imported (at once if it a
 ``import vivit``. The ``vivit`` command imports no torch at all until a command runs (``--help`` answers at once).
 """
 
-import importlib.abc as _abc
 import os as _os
 import sys as _sys
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from vivit._version import __version__
+from vivit.after_import import when_imported as _when_imported
+from vivit.weights.transformers_bridge import register_transformers_auto as _register_transformers_auto
 
 if _TYPE_CHECKING:  # what _load() binds, spelled out for type checkers and the API docs (griffe reads imports)
     from vivit.data import transforms, video
@@ -25,6 +26,7 @@ if _TYPE_CHECKING:  # what _load() binds, spelled out for type checkers and the 
     from vivit.tasks.timeline import timeline
     from vivit.weights import convert
     from vivit.weights.build import create_model
+    from vivit.weights.export import export_transformers
     from vivit.weights.inflate import inflate
     from vivit.weights.load import load_pretrained
     from vivit.zoo import list_models
@@ -39,6 +41,7 @@ def _load() -> None:
     from vivit.tasks.timeline import timeline
     from vivit.weights import convert
     from vivit.weights.build import create_model
+    from vivit.weights.export import export_transformers
     from vivit.weights.inflate import inflate
     from vivit.weights.load import load_pretrained
     from vivit.zoo import list_models
@@ -50,64 +53,13 @@ def _load() -> None:
         _sys.modules[f"{__name__}.{name}"] = module
     globals().update(namespaces, ViViT=ViViT, create_model=create_model, inflate=inflate,
                      load_pretrained=load_pretrained, list_models=list_models, timeline=timeline,
-                     optimize=optimize)
+                     optimize=optimize, export_transformers=export_transformers)
 
 
 def _register_in_timm() -> None:
     from vivit.weights.timm_bridge import register_timm_models
 
     register_timm_models()
-
-
-class _WhenTimmIsImported(_abc.MetaPathFinder):
-    """Registers vivit's architectures into timm's registry right after the ``timm`` package has been executed.
-
-    It finds nothing itself: for ``timm`` it asks the finders after it and wraps the loader they return, so timm loads
-    exactly as it would without vivit. It leaves ``sys.meta_path`` once timm has loaded.
-    """
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "timm":
-            return None
-        others = [finder for finder in _sys.meta_path if finder is not self]
-        for finder in others:
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                spec.loader = _ThenRegister(spec.loader)
-                return spec
-            if spec is not None:
-                return spec
-        return None
-
-
-class _ThenRegister(_abc.Loader):
-    """timm's own loader, then the registration (and timm's loader put back, so the module looks untouched)."""
-
-    def __init__(self, loader: _abc.Loader) -> None:
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        module.__spec__.loader = module.__loader__ = self.loader
-        self.loader.exec_module(module)  # a failing timm import raises here, and nothing is registered
-        _stop_waiting_for_timm()
-        _register_in_timm()
-
-    def __getattr__(self, name: str):  # get_resource_reader, is_package, ...: timm's loader answers
-        return getattr(self.loader, name)
-
-
-def _stop_waiting_for_timm() -> None:
-    _sys.meta_path[:] = [finder for finder in _sys.meta_path if not isinstance(finder, _WhenTimmIsImported)]
-
-
-def _register_when_timm_is_imported() -> None:
-    if "timm" in _sys.modules:
-        _register_in_timm()
-    elif not any(isinstance(finder, _WhenTimmIsImported) for finder in _sys.meta_path):
-        _sys.meta_path.insert(0, _WhenTimmIsImported())
 
 
 def _vivit_command() -> bool:
@@ -128,7 +80,9 @@ if _vivit_command():
         return globals()[name]
 else:
     _load()
-_register_when_timm_is_imported()  # after `import vivit`, timm.create_model("vivit_b_16x2_fe") works
+# after `import vivit`, timm.create_model("vivit_b_16x2_fe") works, and transformers' Auto classes load vivit folders
+_when_imported("timm", _register_in_timm, "register its architectures in timm")
+_register_transformers_auto()
 
 __all__ = ["ViViT", "create_model", "list_models", "load_pretrained", "inflate", "convert", "video", "transforms",
-           "evaluate", "optimize", "timeline", "__version__"]
+           "evaluate", "optimize", "timeline", "export_transformers", "__version__"]

@@ -95,13 +95,14 @@ def _load_into_arch(args: argparse.Namespace, source, overrides: dict):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from vivit.weights.export import export_transformers
     from vivit.weights.fit import last_load
 
     model = _load_source(args)
     report = last_load(model)
     for line in report.lines() if report else ():
         print(line)
-    out = model.save_pretrained(args.out_dir)
+    out = export_transformers(model, args.out_dir) if args.to == "transformers" else model.save_pretrained(args.out_dir)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({model.variant}, {params / 1e6:.1f}M params, {model.num_classes} classes): "
           "model.safetensors, config.json, README.md")
@@ -669,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, help="clip length the model takes (resamples positional embeddings)")
     p.add_argument("--num-classes", type=int, help="head size when the weights' head is not wanted")
     p.add_argument("--repo-id", help="Hub repo the folder is meant for (printed upload command)")
+    p.add_argument("--to", choices=("vivit", "transformers"), default="vivit", help="folder format: vivit's (loads in "
+                   "vivit, timm and transformers' Auto classes) or transformers' own VivitForVideoClassification")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
     p.set_defaults(func=_cmd_convert)
 

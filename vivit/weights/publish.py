@@ -24,6 +24,7 @@ from vivit.weights.fetch import is_offline, transport_errors
 from vivit.weights.fit import measured_checkpoint
 from vivit.weights.read import CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_RECORD, check_finite, file_sha256
 from vivit.weights.source import HUB_PREFIXES, parse_hub_name
+from vivit.weights.transformers_files import auto_config_fields, folder_files
 from vivit.zoo import ARCHS, GENERIC_ARCH, REFERENCE_MEAN, REFERENCE_STD, tagged_name
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ _logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
 # Temporary files of a killed save: ours (``.<name>.<8 hex>.tmp``) and safetensors' own (``.tmp`` + 6 characters).
-_ORPHAN = re.compile(r"^\.(?:(?:model\.safetensors|config\.json|README\.md)\.[0-9a-f]{8}\.tmp|tmp[A-Za-z0-9]{6})$")
+_ORPHAN = re.compile(r"^\.(?:(?:model\.safetensors|config\.json|README\.md|\w+\.py|\w+\.json)\.[0-9a-f]{8}\.tmp|"
+                     r"tmp[A-Za-z0-9]{6})$")
 _OS_ERROR = re.compile(r"I/O error: (.*?) \(os error")
 # Keys that say where the *source* weights were; a saved folder is its own source (as timm's ``remove_source``).
 _SOURCE_KEYS = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict", "sha256")
@@ -128,6 +130,7 @@ def model_config(model: nn.Module, *, label_names: Sequence[str] | None = None) 
     if label_names is not None:
         config["label_names"] = label_names
     config["library_name"] = "vivit"
+    config.update(auto_config_fields())  # transformers' Auto classes read the same file (transformers_files)
     return _json_safe(config)
 
 
@@ -223,6 +226,9 @@ def save_pretrained(model: nn.Module, save_directory: str | Path, *, label_names
         write_atomic(directory / WEIGHTS_NAME, write_weights, mode=umask_mode())
         write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"),
                      mode=umask_mode())
+        # transformers: the Auto classes' code (trust_remote_code) and the processors (pipeline)
+        for name, text in folder_files(config["pretrained_cfg"]).items():
+            write_atomic(directory / name, lambda p, t=text: p.write_text(t, encoding="utf-8"), mode=umask_mode())
         card = model_card(config, num_params=sum(t.numel() for t in state.values()), gmacs=_gmacs(twin, config),
                           repo_id=repo_id)
         write_atomic(directory / CARD_NAME, lambda p: p.write_text(card, encoding="utf-8"), mode=umask_mode())
@@ -317,7 +323,11 @@ def model_card(config: Mapping[str, Any], *, num_params: int | None = None, gmac
              f"    logits = model(video)  # (1, {config['num_classes']})", "```", "",
              f"`vivit.tasks.predict.predict_video(model, path)` classifies a video file: it decodes {t}-frame clips, "
              "preprocesses them as above and averages the logits over the model's evaluation views; on the command "
-             f"line, `vivit classify VIDEO --model {where}`."]
+             f"line, `vivit classify VIDEO --model {where}`.", "",
+             "In Hugging Face transformers (vivit installed): `AutoModelForVideoClassification.from_pretrained("
+             f"\"{repo_id or CARD_FOLDER}\", trust_remote_code=True)`, or without `trust_remote_code` after "
+             f"`import vivit`; `pipeline(\"video-classification\", model=\"{repo_id or CARD_FOLDER}\")` classifies a "
+             "video file."]
     body = [f"# {name}", "", "A ViViT video classification model (Arnab et al., ICCV 2021) for the `vivit` PyTorch "
             "library.", "", "## Model details", "", *details, "", "## Usage", "", *usage]
     if cfg.get("top1") is not None:

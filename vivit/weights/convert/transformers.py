@@ -5,6 +5,9 @@ state-dict key to one of our keys; a single loop applies it and refuses leftover
 exist: transformers 4.x (``encoder.layer.{i}.attention.attention.query``, ``intermediate.dense``, ...) and 5.x
 (``layers.{i}.attention.q_proj``, ``mlp.fc1``, ...). transformers itself is imported only by the caller: this
 module reads modules, state dicts and configs through their plain attributes.
+
+The same table, inverted (``to_transformers``), writes a Model 1 back in transformers' 4.x key names, which every
+transformers release since 4.40 loads (5.x renames them on load).
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ REQUIRED_CONFIG_KEYS = (
 def _cat(*xs: torch.Tensor) -> torch.Tensor:
     # q, k, v rows stacked in that order: our Attention splits qkv as "(qkv heads hd)".
     return torch.cat(xs, dim=0)
+
+
+def _split3(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.clone() for t in x.chunk(3, dim=0))  # clone: safetensors refuses views of one storage
+
+
+# Each forward transform's inverse: our tensor -> the source tensors, in the row's source order.
+_INVERSES: dict[Callable[..., Any], Callable[[torch.Tensor], tuple[torch.Tensor, ...]]] = {
+    same: lambda x: (x,),
+    _cat: _split3,
+}
 
 
 def _zeros(n: int) -> Callable[[], torch.Tensor]:
@@ -279,3 +293,78 @@ def from_transformers(model_or_state_dict: Any, config: Any = None, **model_kwar
     model = construct({**converted.args, **model_kwargs}, label_names=converted.label_names)
     model.load_state_dict(converted.state, strict=True)
     return model.eval()
+
+
+# What transformers' VivitConfig cannot express, as (test on our kwargs, reason); checked before anything is written.
+_UNEXPRESSIBLE: tuple[tuple[Callable[[Mapping[str, Any]], bool], str], ...] = (
+    (lambda a: a["variant"] != "spacetime",
+     "transformers' VivitForVideoClassification is Model 1 (spacetime) only; load this variant through the "
+     "Auto classes instead (a save_pretrained folder, trust_remote_code or `import vivit`)"),
+    (lambda a: a.get("embedding", "tubelet") != "tubelet",
+     "transformers' ViViT has only the tubelet embedding, not uniform frame sampling"),
+    (lambda a: a.get("global_pool") not in (None, "token"),
+     "transformers' classifier reads the CLS token; this model pools with global_pool={global_pool!r}"),
+)
+ACT_TO_TRANSFORMERS = {"gelu_tanh": "gelu_fast", "gelu": "gelu"}
+
+
+def transformers_config(model: ViViT, label_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``VivitConfig`` dict (``config.json``) of a Model 1 ``ViViT``; ``ValueError`` naming what it cannot hold.
+
+    The model must have the frame count its weights were trained for: transformers' ViViT has no positional-embedding
+    resampling, so a clip of another length needs a model created with that ``num_frames`` first.
+    """
+    args = {**model.model_args, "global_pool": model.global_pool, "img_size": model.img_size,
+            "tubelet_size": model.tubelet_size, "num_frames": model.num_frames}
+    for refused, why in _UNEXPRESSIBLE:
+        if refused(args):
+            raise ValueError(f"cannot export to transformers: {why.format(**args)}")
+    if args.get("act_layer", "gelu_tanh") not in ACT_TO_TRANSFORMERS:
+        raise ValueError(f"cannot export to transformers: act_layer={args['act_layer']!r} has no transformers name")
+    if model.num_classes == 0:
+        raise ValueError("cannot export to transformers: the model has no classifier head (num_classes=0); "
+                         "VivitForVideoClassification needs one (reset_classifier(n))")
+    if args.get("representation_size"):
+        raise ValueError("cannot export to transformers: VivitForVideoClassification's classifier reads the CLS "
+                         "token directly, it has no pre_logits layer (representation_size)")
+    names = list(label_names) if label_names is not None else model.pretrained_cfg.get("label_names")
+    if not names or len(names) != model.num_classes:
+        names = [f"LABEL_{i}" for i in range(model.num_classes)]
+    id2label = {str(i): str(name) for i, name in enumerate(names)}
+    h, w = args["img_size"]
+    return {
+        "model_type": "vivit", "architectures": ["VivitForVideoClassification"],
+        # transformers < 5 reads one side only: square frames keep that form
+        "image_size": h if h == w else [h, w], "num_frames": args["num_frames"],
+        "tubelet_size": list(args["tubelet_size"]),
+        "num_channels": args["in_chans"], "hidden_size": args["embed_dim"], "num_hidden_layers": args["depth"],
+        "num_attention_heads": args["num_heads"], "intermediate_size": args["mlp_dim"],
+        "hidden_act": ACT_TO_TRANSFORMERS[args.get("act_layer", "gelu_tanh")],
+        "layer_norm_eps": float(args.get("norm_eps", 1e-6)), "qkv_bias": True,
+        "hidden_dropout_prob": float(args.get("drop_rate", 0.0)),
+        "attention_probs_dropout_prob": float(args.get("attn_drop_rate", 0.0)), "initializer_range": 0.02,
+        "id2label": id2label, "label2id": {name: int(i) for i, name in id2label.items()},
+        "torch_dtype": "float32",
+    }
+
+
+def to_transformers(model: ViViT, label_names: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Model 1 ``ViViT`` -> ``(VivitConfig dict, VivitForVideoClassification state dict)`` in 4.x key names.
+
+    The inverse of :func:`convert_transformers`: the same key table read backwards, every key checked both ways.
+    """
+    config = transformers_config(model, label_names)
+    args = {"depth": config["num_hidden_layers"], "embed_dim": config["hidden_size"], "representation_size": None,
+            "num_classes": model.num_classes}
+    ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    table = transformers_key_table("transformers-4", args, qkv_bias=True)
+    out: dict[str, Any] = {}
+    for sources, key, fn in table:
+        if key not in ours:
+            raise ValueError(f"cannot export to transformers: the model has no {key}")
+        values = _INVERSES[fn](ours.pop(key))
+        out.update((("" if src.startswith("classifier.") else "vivit.") + src, v.contiguous())
+                   for src, v in zip(sources, values, strict=True))
+    if ours:
+        raise ValueError(f"cannot export to transformers: no transformers key for {sorted(ours)[:10]}")
+    return config, out
