@@ -8,6 +8,7 @@ dtype, versions), and compiled for the CPU (bfloat16 through the CPU plugin's in
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import hashlib
@@ -17,6 +18,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import threading
 import time
 import warnings
@@ -505,8 +507,9 @@ def _quantize(nncf: Any, ov_model: Any, clips: list[Any], alpha: float) -> Any:
     """NNCF's post-training int8 quantization of the OpenVINO model, with its transformer settings."""
     params = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha))
     try:
-        return nncf.quantize(ov_model, nncf.Dataset(clips), model_type=nncf.ModelType.TRANSFORMER,
-                             subset_size=len(clips), advanced_parameters=params)
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is the caller's (JSON, pipes)
+            return nncf.quantize(ov_model, nncf.Dataset(clips), model_type=nncf.ModelType.TRANSFORMER,
+                                 subset_size=len(clips), advanced_parameters=params)
     except (RuntimeError, ValueError) as err:
         raise BackendUnavailable(f"NNCF cannot quantize this model ({_first_line(err)})") from None
 
