@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import os
-
-# OpenVINO loaded in the pytest process was seen to crash later torch CPU code in the same process (a segfault in an
-# eager-attention test, only with OpenVINO imported earlier): the in-process tests run vivit.optimize's "auto" as torch,
-# and OpenVINO is tested in processes of its own (tests/test_optimize.py runs tests/optimize_cases.py).
-if os.environ.get("VIVIT_TEST_OPENVINO") != "1":
-    os.environ.setdefault("VIVIT_BACKEND", "torch")
 from pathlib import Path
 
 import pytest

@@ -347,8 +347,6 @@ def _openvino_importable() -> bool:
     return True
 
 
-@pytest.mark.skipif(os.environ.get("VIVIT_TEST_OPENVINO") != "1" and _openvino_importable(),
-                    reason="loads OpenVINO: run by tests/test_optimize.py in a process of its own")
 @pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.skipif(
     not _openvino_importable(), reason="openvino is not installed"))])
 def test_the_cli_runs_the_chosen_backend_and_records_it(motion_video, motion_model, backend, tmp_path, capsys):

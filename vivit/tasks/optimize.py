@@ -1,28 +1,35 @@
 """Inference at the hardware's speed: :func:`optimize` runs a model through the fastest backend for its device.
 
 On CPU that is OpenVINO (the optional extra ``vivit[openvino]``): the model is converted once, kept in the vivit
-cache as OpenVINO IR keyed by its weights, structure, input size and the versions that made it, and compiled for the
-CPU (bfloat16 through the CPU plugin's inference precision). Without the extra, and on CUDA, it is torch (SDPA).
+cache as OpenVINO IR keyed by everything its graph depends on (weights, every module's settings, input size, source
+dtype, versions), and compiled for the CPU (bfloat16 through the CPU plugin's inference precision) by the one
+``ov.Core`` of the process. Without the extra, and on CUDA, it is torch (SDPA).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import enum
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vivit._version import __version__ as _vivit_version
-from vivit.files import weights_digest, write_folder_atomic
+from vivit.files import umask_mode, weights_digest, write_folder_atomic
 from vivit.weights.fetch import default_cache_dir
 from vivit.weights.read import file_sha256
 
@@ -30,10 +37,17 @@ _logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino")
 INSTALL_HINT = 'pip install "vivit[openvino]"'
+INT8_HINT = 'pip install "vivit[int8]"'
+SMOOTH_QUANT_ALPHA = 0.95  # NNCF's default for transformers' matmuls (docs/guides/performance.md has the sweep)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 matrix instructions
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ENTRY_FILES = ("model.xml", "model.bin")
 _said: set[str] = set()
+_core: Any = None  # the process's one ov.Core: created once, never released (see openvino_core)
+_core_lock = threading.Lock()
+# One OpenVINO inference at a time in the process: two threads' requests running at once were seen to hang (1 in 8
+# runs, more next to a torch thread), and each request already uses every core, so little is lost by taking turns.
+_infer_lock = threading.Lock()
 
 
 class BackendUnavailable(RuntimeError):
@@ -69,10 +83,83 @@ def auto_dtype(device: torch.device | str | None = None) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and native_bfloat16() else torch.float32
 
 
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and never released.
+
+    Every OpenVINO path in vivit (and its benchmarks) compiles through it. Each ``Core`` loads its own CPU plugin,
+    which installs an ``mmap``ed alternate signal stack on the calling thread and unmaps it when released; cores
+    released oldest-first leave the thread on an unmapped stack, and the next signal (Ctrl-C, a DataLoader worker
+    exiting) kills the process with SIGSEGV (docs/guides/performance.md has the report). One core never released
+    cannot do that. Code that makes its own ``ov.Core`` objects must keep them alive until the process ends.
+    """
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
+class ModelChanged(RuntimeError):
+    """The model changed after :func:`optimize` in a way its optimized graph cannot follow: optimize it again."""
+
+
+class _Snapshot:
+    """What a converted (or copied) model was made from, to notice when the model it came from has changed since.
+
+    Weights are compared by storage and version counter (every in-place change through a parameter bumps it:
+    ``load_state_dict``, ``torch.nn.init``, an optimizer step), not by their bytes, so the check costs a walk over
+    the modules (ViViT-B: ~3 ms, see the performance guide) instead of a pass over 350 MB. Changes made through
+    ``param.data`` bypass version counters and are not seen.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.tensors = self._tensors()
+        self.settings = graph_settings(model, training=False)  # run in eval mode whatever the model's mode now
+
+    def _tensors(self) -> list[tuple[str, int, int, tuple[int, ...], torch.dtype]]:
+        return [(name, t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+                for name, t in self.model.state_dict(keep_vars=True).items()]
+
+    def check(self) -> None:
+        """Raise :class:`ModelChanged` naming what changed since the snapshot; nothing when nothing did."""
+        settings = graph_settings(self.model, training=False)
+        if settings != self.settings:
+            raise ModelChanged(f"the model changed after vivit.optimize ({_what_changed(self.settings, settings)}), "
+                               "so its optimized graph would compute the old model: call vivit.optimize(model) again")
+        tensors = self._tensors()
+        if tensors != self.tensors:
+            names = [now[0] for then, now in zip(self.tensors, tensors, strict=False) if then != now] or ["the list"]
+            raise ModelChanged(f"the model's weights changed after vivit.optimize ({names[0]}"
+                               f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}), so its optimized graph "
+                               "would run the old ones: call vivit.optimize(model) again")
+
+
+def _what_changed(then: list[Any], now: list[Any]) -> str:
+    """The first module setting that differs, as ``name.attribute: old -> new``."""
+    old_modules, new_modules = {m[0]: m for m in then}, {m[0]: m for m in now}
+    for name in [m[0] for m in then] + [m[0] for m in now]:
+        a, b = old_modules.get(name), new_modules.get(name)
+        if a is None or b is None or a[1] != b[1]:
+            return f"module {name or 'model'} {'added' if a is None else 'removed' if b is None else 'replaced'}"
+        if a[3] != b[3]:
+            return f"forward hooks of {name or 'model'}"
+        for key in sorted(set(a[2]) | set(b[2])):
+            if a[2].get(key) != b[2].get(key):
+                return f"{name + '.' if name else ''}{key}: {a[2].get(key)!r} -> {b[2].get(key)!r}"
+    return "its structure"
+
+
 class Optimized:
     """``model(x)`` through a faster backend; call it with the model's ``B x C x T x H x W`` float input.
 
-    Outputs are float32 torch tensors on the model's device. Not thread-safe: the OpenVINO path reuses one request.
+    Outputs are float32 torch tensors on the model's device. Where the backend runs a converted graph or a copy of
+    the weights, every call first checks that the model it was made from has not changed since (weights, structure,
+    settings such as token merging, input size) and raises :class:`ModelChanged` if it has: it never runs a stale
+    model. Threads may each call their own ``Optimized`` (OpenVINO inferences take turns in the process); one
+    ``Optimized`` is not shared between threads (the OpenVINO path reuses one infer request).
 
     Attributes:
         model: The module it runs (the torch path's own low-precision copy where it made one).
@@ -82,12 +169,15 @@ class Optimized:
     """
 
     def __init__(self, model: torch.nn.Module, backend: str, dtype: torch.dtype,
-                 run: Callable[[torch.Tensor], Any], note: str) -> None:
+                 run: Callable[[torch.Tensor], Any], note: str, *, source: torch.nn.Module | None = None) -> None:
         self.model, self.backend, self.dtype, self.note = model, backend, dtype, note
         self._run = run
+        self._snapshot = _Snapshot(source) if source is not None else None
 
     def __call__(self, x: torch.Tensor) -> Any:
         """``(B, C, T, H, W)`` -> the model's output (logits ``(B, K)``, or features for a headless model)."""
+        if self._snapshot is not None:
+            self._snapshot.check()
         return self._run(x)
 
     def __repr__(self) -> str:
@@ -128,7 +218,8 @@ class _OpenVINORun:
         x = x.detach()
         if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
             x = x.to("cpu", torch.float32).contiguous()
-        result = self.request.infer({0: x.numpy()}, share_inputs=True)  # outputs are copied: the request reuses them
+        with _infer_lock:
+            result = self.request.infer({0: x.numpy()}, share_inputs=True)  # outputs copied: the request reuses them
         outs = [torch.from_numpy(result[i]) for i in range(self.num_outputs)]
         return outs[0] if self.num_outputs == 1 else tuple(outs)
 
@@ -146,7 +237,8 @@ class _PreLogits(torch.nn.Module):
 
 def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, backend: str = "auto",
              input_size: Sequence[int] | None = None, pre_logits: bool = False,
-             cache_dir: str | Path | None = None) -> Optimized:
+             cache_dir: str | Path | None = None, calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
+             smooth_quant: float = SMOOTH_QUANT_ALPHA) -> Optimized:
     """``model`` compiled for the fastest backend of its device, as a callable with the model's inputs and outputs.
 
     On CPU: OpenVINO when installed (``pip install "vivit[openvino]"``), converted once and cached on disk; else
@@ -156,12 +248,17 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     Args:
         model: A ViViT (or any module taking one ``B x C x T x H x W`` tensor), on CPU or CUDA.
         dtype: ``torch.float32`` or ``torch.bfloat16`` (CUDA also ``float16``); default the weights' dtype.
+            ``"int8"``: weights and activations quantized by NNCF on the OpenVINO model (CPU, the extra
+            ``vivit[int8]``), calibrated on ``calibration``; the quantized model is cached like a conversion.
         backend: ``"auto"`` (the fastest available; the environment variable ``VIVIT_BACKEND`` may pin what it
             picks, e.g. ``torch`` in a process that must not load OpenVINO), ``"torch"`` or ``"openvino"`` (an error
             where it cannot run).
         input_size: ``(C, T, H, W)`` the OpenVINO model is built for; default the ViViT's own. The batch is free.
         pre_logits: Return the pooled pre-logits features instead of ``model(x)`` (feature extraction).
         cache_dir: Where converted models are kept; default ``<vivit cache>/optimized``.
+        calibration: For ``"int8"``: clips preprocessed exactly as at inference, one ``(N, C, T, H, W)`` tensor or
+            an iterable of ``(B, C, T, H, W)`` batches (a few hundred clips; NNCF uses up to 300).
+        smooth_quant: For ``"int8"``: NNCF's SmoothQuant alpha for matrix multiplies (``-1`` turns it off).
 
     Returns:
         An :class:`Optimized`; ``.backend`` and ``.note`` say what runs.
@@ -173,6 +270,8 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     model = (_PreLogits(model) if pre_logits else model).eval()
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    if isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
+        return _int8(model, backend, device, _input_size(model, input_size), cache_dir, calibration, smooth_quant)
     dtype = _as_dtype(dtype, param)
     if backend == "torch" or device.type != "cpu":
         if backend == "openvino":
@@ -195,6 +294,41 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
             raise
         _say_once(f"vivit.optimize: {err}; running the model in torch (eager, SDPA) instead")
         return _torch(model, dtype, device)
+
+
+def _int8(model: torch.nn.Module, backend: str, device: torch.device, input_size: tuple[int, ...],
+          cache_dir: str | Path | None, calibration: torch.Tensor | Iterable[torch.Tensor] | None,
+          smooth_quant: float) -> Optimized:
+    """The int8 path: no fallback, since int8 was asked for by name."""
+    if backend == "torch" or device.type != "cpu":
+        raise ValueError(f"dtype='int8' runs through OpenVINO on the CPU (backend {backend!r}, model on {device}): "
+                         "use backend='auto' with the model on the CPU, or a float dtype")
+    if calibration is None:
+        raise ValueError("dtype='int8' needs calibration=clips: a few hundred clips preprocessed as at inference, "
+                         "(N, C, T, H, W) or an iterable of batches")
+    clips = _calibration_clips(calibration, input_size)
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        raise ImportError(f"dtype='int8' needs NNCF and OpenVINO: {INT8_HINT}") from None
+    return _openvino(ov, model, torch.int8, input_size, cache_dir, int8=(nncf, clips, float(smooth_quant)))
+
+
+def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input_size: tuple[int, ...]) -> list[Any]:
+    """The calibration set as float32 numpy batches of ``input_size``; one clear error for anything else."""
+    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
+    out = []
+    for batch in batches:
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 5 or tuple(batch.shape[1:]) != input_size:
+            found = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(f"calibration clips must be (N, {', '.join(map(str, input_size))}) tensors, found {found}")
+        if not torch.isfinite(batch).all():
+            raise ValueError("calibration clips must be finite (found NaN or inf)")
+        out.extend(batch[i : i + 1].detach().to("cpu", torch.float32).contiguous().numpy() for i in range(len(batch)))
+    if not out:
+        raise ValueError("calibration holds no clips")
+    return out
 
 
 def _as_dtype(dtype: torch.dtype | str | None, param: torch.Tensor | None) -> torch.dtype:
@@ -227,57 +361,129 @@ def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> 
     param = next(model.parameters(), None)
     weights = param.dtype if param is not None and param.is_floating_point() else dtype
     autocast, how = None, "eager, SDPA"
+    source = None
     if dtype != weights and device.type == "cpu":
-        model = copy.deepcopy(model).to(dtype)
+        source, model = model, copy.deepcopy(model).to(dtype)
         how += f", its own {_name(dtype)} copy of the weights"
     elif dtype != weights:
         autocast, how = dtype, how + f", {_name(dtype)} autocast"
     return Optimized(model, "torch", dtype, _TorchRun(model, autocast),
-                     f"torch {torch.__version__} ({how}), {_name(dtype)} on {device}")
+                     f"torch {torch.__version__} ({how}), {_name(dtype)} on {device}", source=source)
 
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
+def _stable(value: Any) -> Any:
+    """``value`` as JSON data that is the same in every process (no memory addresses)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(json.dumps(_stable(v), sort_keys=True) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    if isinstance(value, (torch.dtype, torch.device, enum.Enum)):
+        return str(value)
+    code = getattr(value, "__code__", None)
+    if callable(value) and code is not None:  # a function: its name and its code (two lambdas differ by their code)
+        body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:{body}"
+    if isinstance(value, type) or callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+    return f"{type(value).__qualname__}:{_ADDRESS.sub('', repr(value))}"
+
+
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
+_PLAIN = (bool, int, float, str)
+
+
+def graph_settings(model: torch.nn.Module, *, training: bool = True) -> list[Any]:
+    """Every module's class and public non-tensor state (and its forward hooks), in module order, as JSON data.
+
+    This is what the forward reads besides the weights, derived from the modules instead of listed by hand: token
+    merging schedules, grid and input sizes, attention implementation, pooling, head sizes, dropout rates, train mode
+    (``training=False`` leaves it out) and whatever a later feature stores on a module. Private attributes
+    (``_name``: torch's bookkeeping, caches) and tensors or ``None`` (per-call outputs such as token sizes or attention
+    maps, which the forward writes but never reads as a setting) are left out.
+    """
+    settings = []
+    for name, module in model.named_modules():
+        cls = type(module)
+        state = {}
+        for k, v in vars(module).items():
+            if k[0] == "_" or v is None or (k == "training" and not training):
+                continue
+            if type(v) in _PLAIN:  # the common case, first: every check runs before each optimized call
+                state[k] = v
+            elif not _holds_tensor(v):
+                state[k] = _stable(v)
+        hooks = [_stable(hook) for attr in _HOOKS for hook in getattr(module, attr).values()] if (
+            module._forward_hooks or module._forward_pre_hooks) else []
+        settings.append([name, f"{cls.__module__}.{cls.__qualname__}", state, hooks])
+    return settings
+
+
 def cache_key(model: torch.nn.Module, input_size: tuple[int, ...], openvino_version: str) -> dict[str, Any]:
-    """What a converted model depends on: weights, structure (Models 1 and 4 share weights), input size, versions.
+    """What a converted model depends on: weights, every module's settings, input size, source dtype, versions.
 
     The precision is not part of it: OpenVINO IR keeps float32 weights and the precision is chosen when it is
     compiled, so float32 and bfloat16 share one entry.
     """
-    structure = f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|"
-    structure += json.dumps(getattr(model, "model_args", None), sort_keys=True, default=str)
-    return {"weights": weights_digest(model), "structure": hashlib.sha256(structure.encode()).hexdigest(),
-            "input_size": list(input_size), "openvino": openvino_version, "torch": torch.__version__,
-            "vivit": _vivit_version}
+    settings = json.dumps(graph_settings(model), sort_keys=True)
+    param = next(model.parameters(), None)
+    return {"weights": weights_digest(model), "settings": hashlib.sha256(settings.encode()).hexdigest(),
+            "input_size": list(input_size), "source_dtype": _name(param.dtype) if param is not None else None,
+            "openvino": openvino_version, "torch": torch.__version__, "vivit": _vivit_version}
 
 
 def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: tuple[int, ...],
-              cache_dir: str | Path | None) -> Optimized:
-    """Read the converted model from the cache (or convert and cache it), then compile it for the CPU."""
+              cache_dir: str | Path | None, int8: tuple[Any, list[Any], float] | None = None) -> Optimized:
+    """Read the converted (and for int8 quantized) model from the cache or make and cache it, then compile it."""
     if dtype == torch.float16:
         raise BackendUnavailable("OpenVINO on CPU runs float32 or bfloat16, not float16")
-    core = ov.Core()
+    core = openvino_core()
     if "CPU" not in core.available_devices:
         raise BackendUnavailable(f"OpenVINO {ov.__version__.split('-')[0]} finds no CPU device it supports here")
-    if dtype == torch.bfloat16 and not native_bfloat16():
-        _say_once("vivit.optimize: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where bfloat16 is slower "
-                  "than float32: OpenVINO runs float32")
-        dtype = torch.float32
+    if dtype in (torch.bfloat16, torch.int8) and not native_bfloat16():
+        if dtype == torch.bfloat16:
+            _say_once("vivit.optimize: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where bfloat16 is "
+                      "slower than float32: OpenVINO runs float32")
+            dtype = torch.float32
     key = cache_key(model, input_size, ov.__version__)
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    folder = Path(cache_dir or default_cache_dir() / "optimized").expanduser() / f"openvino-{name}"
     start = time.perf_counter()
-    ov_model = _read_entry(core, folder)
-    if ov_model is None:
-        _logger.info("vivit.optimize: converting the model to OpenVINO once (ViViT-B: ~30 s), cached in %s", folder)
-        ov_model = _convert(ov, model, input_size)
-        how = f"converted in {time.perf_counter() - start:.0f} s"
-        how += f", cached in {folder}" if _write_entry(ov, ov_model, folder, key) else ", not cached"
-    else:
-        how = f"read from {folder}"
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
+    def converted() -> tuple[Any, str]:
+        return _cached(ov, cache_dir, key, input_size, lambda: _convert(ov, model, input_size), "converted")
+
+    if int8 is None:
+        ov_model, how = converted()
+    else:  # the quantized entry first: the float one is read (or made) only to quantize it
+        nncf, clips, alpha = int8
+        digest = hashlib.sha256()
+        for clip in clips:
+            digest.update(clip.tobytes())
+        int8_key = {**key, "int8": {"calibration": digest.hexdigest(), "clips": len(clips), "nncf": nncf.__version__,
+                                    "smooth_quant": alpha}}
+        ov_model, how = _cached(ov, cache_dir, int8_key, input_size,
+                                lambda: _quantize(nncf, converted()[0], clips, alpha), "quantized")
+    # int8: what stays in floating point (LayerNorm, softmax, where NNCF keeps them) runs bfloat16 where it is native
+    rest = "bf16" if dtype == torch.bfloat16 or (dtype == torch.int8 and native_bfloat16()) else "f32"
+    config = {"INFERENCE_PRECISION_HINT": rest,
               "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     try:
         compiled = core.compile_model(ov_model, "CPU", config)
@@ -285,7 +491,18 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
         raise BackendUnavailable(f"OpenVINO cannot compile this model for this CPU ({_first_line(err)})") from None
     ready = time.perf_counter() - start
     note = f"openvino {ov.__version__.split('-')[0]} on CPU, {_name(dtype)} ({how}, ready in {ready:.1f} s)"
-    return Optimized(model, "openvino", dtype, _OpenVINORun(compiled, input_size), note)
+    return Optimized(model, "openvino", dtype, _OpenVINORun(compiled, input_size), note, source=model)
+
+
+def _quantize(nncf: Any, ov_model: Any, clips: list[Any], alpha: float) -> Any:
+    """NNCF's post-training int8 quantization of the OpenVINO model, with its transformer settings."""
+    params = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is the caller's (JSON, pipes)
+            return nncf.quantize(ov_model, nncf.Dataset(clips), model_type=nncf.ModelType.TRANSFORMER,
+                                 subset_size=len(clips), advanced_parameters=params)
+    except (RuntimeError, ValueError) as err:
+        raise BackendUnavailable(f"NNCF cannot quantize this model ({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -310,34 +527,155 @@ def _convert(ov: Any, model: torch.nn.Module, input_size: tuple[int, ...]) -> An
         raise BackendUnavailable(f"OpenVINO cannot convert this model ({_first_line(err)})") from None
 
 
-def _read_entry(core: Any, folder: Path) -> Any | None:
-    """The cached OpenVINO model, or ``None`` when there is none; a damaged entry is removed, never used."""
-    if not folder.is_dir():
-        return None
+CACHE_LIMIT_ENV = "VIVIT_OPTIMIZE_CACHE_GB"
+DEFAULT_CACHE_GB = 4.0  # about ten ViViT-B conversions (~350 MB each)
+_MANIFEST_BYTES = 1 << 20
+_UNTRUSTED = object()
+
+
+def cache_limit_bytes() -> int:
+    """The optimize cache's size bound: ``$VIVIT_OPTIMIZE_CACHE_GB`` gigabytes (default 4); least recently used
+    entries beyond it are removed when a new one is written."""
+    text = os.environ.get(CACHE_LIMIT_ENV, "").strip()
     try:
+        gigabytes = float(text) if text else DEFAULT_CACHE_GB
+    except ValueError:
+        gigabytes = -1.0
+    if not 0 <= gigabytes < float("inf"):
+        raise ValueError(f"{CACHE_LIMIT_ENV} must be a size in gigabytes (e.g. 4 or 0.5), found {text!r}")
+    return int(gigabytes * 1e9)
+
+
+def _cached(ov: Any, cache_dir: str | Path | None, key: dict[str, Any], input_size: tuple[int, ...],
+            make: Callable[[], Any], made: str) -> tuple[Any, str]:
+    """The cache entry of ``key`` (read, or made with ``make()`` and written), and how it was obtained."""
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    root = Path(cache_dir or default_cache_dir() / "optimized").expanduser()
+    folder = root / f"openvino-{name}"
+    start = time.perf_counter()
+    ov_model = _read_entry(ov, folder, key, input_size)
+    if ov_model is not None and ov_model is not _UNTRUSTED:
+        return ov_model, f"read from {folder}"
+    _logger.info("vivit.optimize: %s once (ViViT-B: ~30 s), cached in %s",
+                 "converting the model to OpenVINO" if made == "converted" else "quantizing the model to int8", folder)
+    fresh = make()
+    how = f"{made} in {time.perf_counter() - start:.0f} s"
+    if ov_model is _UNTRUSTED:
+        return fresh, how + ", not cached"
+    return fresh, how + (f", cached in {folder}" if _write_entry(ov, fresh, folder, key) else ", not cached")
+
+
+def _untrusted(folder: Path) -> str | None:
+    """Why a cache entry must not be read (a link, a foreign owner, writable by others, not a regular file), or None.
+
+    As huggingface_hub's cache does: only files of this user that no one else can change are trusted, and nothing
+    but a regular file is ever opened (a FIFO or ``/dev/zero`` behind a name would hang the read).
+    """
+    uid = os.geteuid()
+    for path in (folder, *(folder / f for f in (*_ENTRY_FILES, "manifest.json"))):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # a missing file is damage, found when the entry is read
+        except OSError as err:
+            return f"{path.name} cannot be inspected ({err.strerror or err})"
+        label = "the folder" if path == folder else path.name
+        if stat.S_ISLNK(st.st_mode):
+            return f"{label} is a symbolic link"
+        if not (stat.S_ISDIR(st.st_mode) if path == folder else stat.S_ISREG(st.st_mode)):
+            return f"{label} is not a {'folder' if path == folder else 'regular file'}"
+        if st.st_uid != uid:
+            return f"{label} belongs to user id {st.st_uid}, not to you ({uid})"
+        if st.st_mode & 0o022:
+            return f"other users can write to {label} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _read_entry(ov: Any, folder: Path, key: dict[str, Any], input_size: tuple[int, ...]) -> Any:
+    """The cached OpenVINO model; ``None`` when there is none (a damaged one is removed), ``_UNTRUSTED`` when an
+    entry is there that must not be read nor replaced."""
+    if not os.path.lexists(folder):
+        return None
+    reason = _untrusted(folder)
+    if reason is not None:
+        _say_once(f"vivit.optimize: not using the cached OpenVINO model in {folder}: {reason}; converting the model "
+                  f"in memory (remove that entry to cache it again)")
+        return _UNTRUSTED
+    try:
+        if (folder / "manifest.json").stat().st_size > _MANIFEST_BYTES:
+            raise ValueError("manifest too large")
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        whole = all(file_sha256(folder / f) == manifest["files"][f] for f in _ENTRY_FILES)
-        if whole:
-            return core.read_model(folder / "model.xml")
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        if {k: manifest.get(k) for k in key} != key:
+            raise ValueError("another model's entry")  # copied here, or a name collision: never run it
+        if all(file_sha256(folder / f) == manifest["files"][f] for f in _ENTRY_FILES):
+            ov_model = openvino_core().read_model(folder / "model.xml")
+            if _input_shape(ov_model) == [-1, *input_size]:  # a planted IR of another size fails here, not at call
+                try:
+                    os.utime(folder / "manifest.json")  # its time is when the entry was last used (the LRU order)
+                except OSError:
+                    pass
+                return ov_model
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
         pass
-    _say_once(f"vivit.optimize: the cached OpenVINO model in {folder} is damaged: converting it again")
+    _say_once(f"vivit.optimize: the cached OpenVINO model in {folder} is damaged or another model's: "
+              "converting it again")
     shutil.rmtree(folder, ignore_errors=True)
     return None
 
 
+def _input_shape(ov_model: Any) -> list[int] | None:
+    """The IR's one input shape with -1 for a free dimension; ``None`` for another signature."""
+    if len(ov_model.inputs) != 1:
+        return None
+    shape = ov_model.inputs[0].get_partial_shape()
+    return [d.get_length() if d.is_static else -1 for d in shape] if shape.rank.is_static else None
+
+
 def _write_entry(ov: Any, ov_model: Any, folder: Path, key: dict[str, Any]) -> bool:
-    """Save the converted model as a whole folder (IR + manifest of digests); ``False`` where it cannot be written."""
+    """Save the model as a whole folder (IR + manifest of key and digests), then keep the cache within its bound;
+    ``False`` where it cannot be written (read-only, full disk: nothing of it is left)."""
+    file_mode = umask_mode() & ~0o022  # never writable by others: such an entry would not be trusted when read
+    folder_mode = (file_mode | (file_mode & 0o444) >> 2) & ~0o022
+
     def write(tmp: Path) -> None:
         ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)  # fp16 weights would cost accuracy
         files = {f: file_sha256(tmp / f) for f in _ENTRY_FILES}
         (tmp / "manifest.json").write_text(json.dumps({**key, "files": files}, indent=1), encoding="utf-8")
+        for f in (*_ENTRY_FILES, "manifest.json"):
+            os.chmod(tmp / f, file_mode)
+        os.chmod(tmp, folder_mode)
 
+    limit = cache_limit_bytes()
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         write_folder_atomic(folder, write)  # another process converting at once: the first folder stays
-    except OSError as err:
-        _say_once(f"vivit.optimize: cannot write to {folder.parent} ({err.strerror or err}), so every process "
-                  "converts the model again; set VIVIT_CACHE to a writable folder")
+    except (OSError, RuntimeError) as err:  # OpenVINO's writer says a full disk as RuntimeError "basic_ios::clear"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        _say_once(f"vivit.optimize: cannot write the converted model to {folder.parent} ({reason}), so it is not "
+                  "cached and every process converts it again; free space there or set VIVIT_CACHE to a writable "
+                  "folder")
         return False
+    _evict(folder.parent, limit, keep=folder)
     return True
+
+
+def _evict(root: Path, limit: int, keep: Path) -> None:
+    """Remove least recently used trusted entries until the cache is within ``limit`` bytes (``keep`` stays)."""
+    entries = []
+    for entry in root.glob("openvino-*"):
+        if _untrusted(entry) is None:
+            try:
+                files = [entry / f for f in (*_ENTRY_FILES, "manifest.json")]
+                size = sum(f.stat().st_size for f in files if f.exists())
+                entries.append(((entry / "manifest.json").stat().st_mtime, size, entry))
+            except OSError:
+                continue
+    total = sum(size for _, size, _ in entries)
+    for _, size, entry in sorted(entries):
+        if total <= limit:
+            break
+        if entry != keep:
+            _logger.info("vivit.optimize: removing the least recently used entry %s (the cache is above %s = %.1f GB)",
+                         entry, CACHE_LIMIT_ENV, limit / 1e9)
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
