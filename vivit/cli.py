@@ -455,7 +455,7 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
-                   dtype=dtype, runtime=args.backend)
+                   dtype=dtype, runtime=args.backend, reuse=args.reuse)
     source = args.input
     live = is_url(source)
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
@@ -611,6 +611,8 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after", type=_positive_int, help="leave after N windows (exit status 3), as a killed run "
                                                             "would; for testing resumption")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false", help="compute every window whole (Model 2 on "
+                   "torch otherwise encodes each tubelet-time slice once for all windows that hold it)")
     _add_token_merging_arg(p)
     p.set_defaults(func=_cmd_timeline)
 

@@ -44,6 +44,7 @@ from vivit.files import write_text_atomic
 from vivit.progress import progress_bar
 from vivit.tasks.optimize import Optimized, optimize
 from vivit.tasks.predict import top_k as _top_k
+from vivit.tasks.reuse import SliceReuse, slice_reuse
 from vivit.tasks.run import claimed, dtype_name, prepare_model, trim_torn_line
 
 _logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def window_plan(model: torch.nn.Module, fps: float, *, step: float | None = None
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
              crops: int = 1, batch_size: int = 8, top_k: int = 5, device: str | torch.device | None = None,
              first: int = 0, follow: float | None = None,
-             run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[str, Any]]:
+             run: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True) -> Iterator[dict[str, Any]]:
     """Classify every window of a video, yielding one record per window as soon as its batch is done.
 
     Args:
@@ -94,6 +95,9 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
             for more before ending (:class:`vivit.data.stream.VideoStream`).
         run: Called instead of ``model`` on each batch of float32 windows, e.g. ``vivit.optimize(model)``; the model
             still gives the clip, stride, preprocessing and labels.
+        reuse: Model 2 on torch: encode each tubelet-time slice once and reuse its token in every window that holds
+            it (:mod:`vivit.tasks.reuse`; the same scores up to float32 rounding); ``False`` computes every window
+            whole. Other models, and ``run`` other than torch's, ignore it.
 
     Yields:
         ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
@@ -111,6 +115,9 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cfg = getattr(model, "pretrained_cfg", None) or {}
     labels, splits = cfg.get("label_names"), cfg.get("class_splits")
+    # --- slice reuse hook (vivit.tasks.reuse): replaces the per-batch forward, nothing else changes
+    slices = slice_reuse(model, run, transform, device, dtype) if reuse else None
+    run = slices if slices is not None else run
     with VideoStream(path, transform.resize_size, transform.interpolation, follow=follow) as stream:
         clip_len, stride, step_s = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
         batch: list[Window] = []
@@ -132,19 +139,16 @@ def _classify(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor
               splits: Sequence[int] | None) -> Iterator[dict[str, Any]]:
     if not batch:
         return
-    # One transform call for the batch: it works frame by frame, so frames of all windows along T give each window
-    # the pixels classify would (and far fewer small tensor operations).
-    x = transform(torch.cat([w.frames for w in batch]))  # (C, B*T, h, w), or (3, C, B*T, h, w) with three crops
-    crops = x.shape[0] if x.ndim == 5 else 1
-    x = rearrange(x if x.ndim == 5 else x[None], "v c (b t) h w -> (b v) c t h w", b=len(batch)).contiguous()
     was_training = model.training
     model.eval()
     try:
-        # An optimized callable takes float32 input and moves and casts it itself (OpenVINO wants it on the CPU).
-        logits = (model(x.to(device, dtype)) if run is None else run(x)).float().cpu()
+        if isinstance(run, SliceReuse):  # slice-reuse hook: takes the frames, transforms only slices it lacks
+            logits = run([w.frames for w in batch]).float().cpu()
+        else:
+            logits = _forward(model, run, batch, transform, device, dtype).cpu()
     finally:
         model.train(was_training)
-    logits = logits.view(len(batch), crops, -1).mean(1)  # classify's view average: mean of logits
+    logits = logits.view(len(batch), -1, logits.shape[-1]).mean(1)  # classify's view average: mean of logits
     for window, row in zip(batch, logits, strict=True):
         tops = [[{"label": t["label"], "score": t["score"]} for t in top] for top in _top_k(row, k, labels, splits)]
         record: dict[str, Any] = {"index": window.index, "start": round(window.start, 6), "end": round(window.end, 6)}
@@ -152,6 +156,17 @@ def _classify(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor
         if window.padded:
             record["padded"] = True
         yield record
+
+
+def _forward(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor] | None, batch: list[Window],
+             transform: Any, device: torch.device | None, dtype: torch.dtype) -> torch.Tensor:
+    """Logits ``(windows * crops, classes)`` of whole windows."""
+    # One transform call for the batch: it works frame by frame, so frames of all windows along T give each window
+    # the pixels classify would (and far fewer small tensor operations).
+    x = transform(torch.cat([w.frames for w in batch]))  # (C, B*T, h, w), or (3, C, B*T, h, w) with three crops
+    x = rearrange(x if x.ndim == 5 else x[None], "v c (b t) h w -> (b v) c t h w", b=len(batch)).contiguous()
+    # An optimized callable takes float32 input and moves and casts it itself (OpenVINO wants it on the CPU).
+    return (model(x.to(device, dtype)) if run is None else run(x)).float()
 
 
 # ================================================================================================ segments
@@ -304,7 +319,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    smooth: int = 1, min_segment: float = 0.0, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, plot: bool = True, progress_bar: bool | None = None,
                    stop_after: int | None = None, on_window: Any = None, follow: float | None = None,
-                   runtime: str | Optimized = "torch") -> dict[str, Any] | None:
+                   runtime: str | Optimized = "torch", reuse: bool = True) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
     Args:
@@ -328,6 +343,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         runtime: What runs the model: ``"torch"`` (the model as it is, cast to ``dtype``), ``"auto"`` or
             ``"openvino"`` (through :func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized`
             of this model. The backend and dtype that ran are part of the run's identity.
+        reuse: As in :func:`timeline` (Model 2 on torch: each slice encoded once).
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
@@ -358,7 +374,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         first = kept[-1]["index"] + 1 if kept else 0
         bar = _Bar(math.ceil(probe.info.duration / step_s) if probe.info.duration else None, len(kept), progress_bar)
         records = timeline(model, path, step=step_s, window_stride=stride, crops=crops, batch_size=batch_size,
-                           top_k=top_k, first=first, follow=follow, run=fast)
+                           top_k=top_k, first=first, follow=follow, run=fast, reuse=reuse)
         error, stopped = _append_windows(lines, records, bar, on_window, stop_after)
     if stopped:
         return None
