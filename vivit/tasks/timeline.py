@@ -54,6 +54,7 @@ SEGMENTS = "segments.json"
 PLOT = "timeline.png"
 SUMMARY = "timelines.json"
 READ_ERRORS = (ValueError, OSError, RuntimeError)
+TRANSITION_CONFIDENT = 0.99  # mean top-1 score from which a transition-length run is a segment (see segments)
 
 
 # ================================================================================================ windows
@@ -178,12 +179,19 @@ def top1(record: dict[str, Any]) -> tuple[str, float]:
     return "|".join(p["label"] for p in parts), float(np.mean([p["score"] for p in parts]))
 
 
-def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0) -> list[dict[str, Any]]:
+def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0,
+             confident: float = TRANSITION_CONFIDENT) -> list[dict[str, Any]]:
     """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}``.
 
     Two segments meet halfway between the centres of the last window of one and the first window of the next; the
     first starts at its first window's start and the last ends at its last window's end, so segments tile the
     timeline without overlaps.
+
+    A change of activity inside a window makes a *transition*: the windows that straddle it see half of each side
+    and are often given a third label. So a run of at most ``ceil(window / step) - 1`` windows (the most windows that
+    can straddle one change: 1 at the default step of half a window) between two segments of other labels makes no
+    segment of its own unless its mean top-1 score reaches ``confident``: its neighbours meet at its centre instead
+    (and join when they have the same label). Segments at either end of the video are kept as they are.
 
     Args:
         windows: Records of :func:`timeline`, in time order.
@@ -191,6 +199,8 @@ def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment:
             labels outside a window's top-k count 0) before taking the top-1; 1 = off.
         min_segment: Segments shorter than this many seconds are absorbed by a neighbour (the longer one), shortest
             first.
+        confident: Mean top-1 score from which a transition-length run is kept as a segment; above 1 absorbs every
+            transition, 0 keeps all.
     """
     if smooth < 1 or min_segment < 0:
         raise ValueError(f"smooth must be >= 1 and min_segment >= 0, found {smooth}, {min_segment}")
@@ -208,9 +218,33 @@ def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment:
             if segs:
                 segs[-1]["end"] = start
             segs.append({"start": start, "end": w["end"], "label": label, "scores": [score]})
-    segs = _absorb(segs, min_segment)
+    segs = _absorb(_absorb_transitions(segs, _straddling(windows), confident), min_segment)
     return [{"start": s["start"], "end": s["end"], "label": s["label"], "score": round(float(np.mean(s["scores"])), 6)}
             for s in segs]
+
+
+def _straddling(windows: Sequence[dict[str, Any]]) -> int:
+    """The most consecutive windows that can straddle one change: ``ceil(window / step) - 1``."""
+    if len(windows) < 2:
+        return 0
+    span = float(np.median([w["end"] - w["start"] for w in windows]))
+    step = float(np.median(np.diff([w["start"] for w in windows])))
+    return max(math.ceil(span / step - 1e-6) - 1, 0) if step > 0 else 0
+
+
+def _absorb_transitions(segs: list[dict[str, Any]], most: int, confident: float) -> list[dict[str, Any]]:
+    """Give each unconfident run of at most ``most`` windows between two other labels to its neighbours, who meet at
+    its centre (``segments``)."""
+    out: list[dict[str, Any]] = []
+    for i, seg in enumerate(segs):
+        inner = 0 < i < len(segs) - 1
+        if inner and len(seg["scores"]) <= most and float(np.mean(seg["scores"])) < confident:
+            middle = round((seg["start"] + seg["end"]) / 2, 6)
+            out[-1]["end"] = middle
+            segs[i + 1] = {**segs[i + 1], "start": middle}
+            continue
+        out.append(dict(seg))
+    return _join(out)
 
 
 def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, float]]:
