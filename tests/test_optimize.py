@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["tests/optimize_cases.py", "tests/test_timeline.py::test_the_cli_runs_the_chosen_backend_and_records_it"]
+CASES = ["tests/optimize_cases.py", "tests/test_timeline.py::test_the_cli_runs_the_chosen_backend_and_records_it",
+         "tests/test_reuse.py::test_openvino_reuses_slices_with_the_spatial_half_converted_on_its_own"]
 
 
 def test_openvino_cases_pass_in_their_own_process():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -105,3 +106,25 @@ def test_cli_no_reuse_computes_whole_windows_with_the_same_labels(motion_video, 
     (a, sa), (b, sb) = _scores(outs[()]), _scores(outs[("--no-reuse",)])
     assert a == b and len(a) == 6
     np.testing.assert_allclose(sa, sb, atol=TOL, rtol=0)
+
+
+def _openvino_importable() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(os.environ.get("VIVIT_TEST_OPENVINO") != "1" or not _openvino_importable(),
+                    reason="loads OpenVINO: run by tests/test_optimize.py in a process of its own")
+def test_openvino_reuses_slices_with_the_spatial_half_converted_on_its_own(motion_video, motion_model):
+    path, _ = motion_video
+    fast = vivit.optimize(motion_model, "float32", backend="openvino")
+    reuse = slice_reuse(motion_model, fast, eval_transform(motion_model), None, torch.float32)
+    assert reuse is not None and reuse.spatial is not None and reuse.spatial.backend == "openvino"
+    reused = list(timeline(motion_model, path, run=fast, batch_size=3))
+    dense = list(timeline(motion_model, path, run=fast, batch_size=3, reuse=False))
+    (a, sa), (b, sb) = _scores(reused), _scores(dense)
+    assert a == b and len(a) > 10
+    np.testing.assert_allclose(sa, sb, atol=TOL, rtol=0)  # measured: 1e-6, the scores' rounding unit

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 import torch
 from einops import rearrange
 
+from vivit.tasks.optimize import optimize
+
 _Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -40,15 +42,37 @@ def slice_reuse(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tens
     """The timeline's reuse for ``model`` as ``run`` would run it, or ``None`` where reuse does not apply.
 
     ``run`` ``None`` is the model itself; an :class:`~vivit.tasks.optimize.Optimized` on the torch backend reuses with
-    the module it runs. Other callables (OpenVINO) compute whole windows.
+    the module it runs; on OpenVINO the spatial half is converted (and cached) as a model of its own, in the same
+    precision, and the small temporal half runs in torch. Other callables compute whole windows.
     """
-    if run is not None:
-        if getattr(run, "backend", None) != "torch" or getattr(getattr(run, "_run", None), "autocast", 1) is not None:
-            return None
-        model = run.model
-        param = next(model.parameters(), None)
+    if not supports_reuse(model):
+        return None
+    if run is None:
+        return SliceReuse(model, transform, device, dtype)
+    backend = getattr(run, "backend", None)
+    if backend == "openvino":
+        size = (model.in_chans, model.tubelet_size[0], *model.img_size)
+        spatial = optimize(SpatialHalf(model), run.dtype, backend="openvino", input_size=size)
+        param = next(model.parameters())
+        return SliceReuse(model, transform, param.device, param.dtype, spatial=spatial)
+    if backend == "torch" and getattr(getattr(run, "_run", None), "autocast", 1) is None:
+        param = next(run.model.parameters(), None)
         device, dtype = (param.device, param.dtype) if param is not None else (device, dtype)
-    return SliceReuse(model, transform, device, dtype) if supports_reuse(model) else None
+        return SliceReuse(run.model, transform, device, dtype)
+    return None
+
+
+class SpatialHalf(torch.nn.Module):
+    """Model 2's spatial half as a module of one video input (for ``vivit.optimize``): ``(B, C, t, H, W) -> (B, D)``,
+    one tubelet-time slice per clip."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, t, H, W) -> (B, D)``."""
+        return self.model.forward_slices(x)[:, 0]
 
 
 class SliceReuse:
@@ -60,13 +84,16 @@ class SliceReuse:
             crops, ``(3, C, T, h, w)``.
         device: Where the model runs.
         dtype: The model's dtype.
+        spatial: Computes the slice tokens ``(B, C, t, H, W) -> (B, D)`` from float32 CPU slices instead of the
+            model (an optimized :class:`SpatialHalf`).
     """
 
     def __init__(self, model: torch.nn.Module, transform: _Transform, device: torch.device | None,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, spatial: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not supports_reuse(model):
             model._check_slices_supported()  # raises the model's own explanation
         self.model, self.transform, self.device, self.dtype = model, transform, device, dtype
+        self.spatial = spatial
         self.tubelet = model.tubelet_size[0]
         self.slices = model.grid_size[0]
         self.cache: dict[bytes, torch.Tensor] = {}  # digest -> (crops, d) slice tokens
@@ -92,8 +119,11 @@ class SliceReuse:
         if new:
             x = self.transform(torch.cat(list(new.values())))  # per frame: the pixels the dense path sees
             x = rearrange(x if x.ndim == 5 else x[None], "v c (n t) h w -> (n v) c t h w", t=self.tubelet)
-            tokens = self.model.forward_slices(x.contiguous().to(self.device, self.dtype))  # (n * v, 1, d)
-            tokens = rearrange(tokens, "(n v) 1 d -> n v d", n=len(new))
+            if self.spatial is None:
+                tokens = self.model.forward_slices(x.contiguous().to(self.device, self.dtype))[:, 0]
+            else:
+                tokens = self.spatial(x.contiguous().float()).to(self.device, self.dtype)
+            tokens = rearrange(tokens, "(n v) d -> n v d", n=len(new))
             self.cache.update(zip(new, tokens, strict=True))
         self.computed += len(new)
         self.reused += sum(len(k) for k in keys) - len(new)
@@ -104,4 +134,4 @@ class SliceReuse:
         return logits
 
 
-__all__ = ["SliceReuse", "slice_reuse", "supports_reuse"]
+__all__ = ["SliceReuse", "SpatialHalf", "slice_reuse", "supports_reuse"]

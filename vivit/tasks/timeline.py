@@ -96,9 +96,9 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
             for more before ending (:class:`vivit.data.stream.VideoStream`).
         run: Called instead of ``model`` on each batch of float32 windows, e.g. ``vivit.optimize(model)``; the model
             still gives the clip, stride, preprocessing and labels.
-        reuse: Model 2 on torch: encode each tubelet-time slice once and reuse its token in every window that holds
-            it (:mod:`vivit.tasks.reuse`; the same scores up to float32 rounding); ``False`` computes every window
-            whole. Other models, and ``run`` other than torch's, ignore it.
+        reuse: Model 2: encode each tubelet-time slice once and reuse its token in every window that holds it
+            (:mod:`vivit.tasks.reuse`; the same scores up to float32 rounding; with an OpenVINO ``run`` its spatial
+            half is converted on its own); ``False`` computes every window whole. Other models ignore it.
 
     Yields:
         ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
@@ -377,7 +377,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         runtime: What runs the model: ``"torch"`` (the model as it is, cast to ``dtype``), ``"auto"`` or
             ``"openvino"`` (through :func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized`
             of this model. The backend and dtype that ran are part of the run's identity.
-        reuse: As in :func:`timeline` (Model 2 on torch: each slice encoded once).
+        reuse: As in :func:`timeline` (Model 2: each slice encoded once).
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
