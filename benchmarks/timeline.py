@@ -102,10 +102,14 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--m2-size", type=int, default=224, help="Model 2's frame size (the release: 224)")
     parser.add_argument("--m1-size", type=int, default=160, help="Model 1's frame size")
+    parser.add_argument("--threads", type=int, help="torch threads (default torch's; 1 measures CPU work without "
+                        "threads waiting on each other on a loaded machine)")
     parser.add_argument("--depth", type=int, help="blocks per encoder (default the model's; tests use 1)")
     parser.add_argument("--json", type=Path, help="append the results as one JSON line")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     models = {}
     for label in args.settings:
