@@ -140,3 +140,14 @@ def test_startup_compares_import_vivit_with_import_torch(tmp_path):
     assert "x import torch" in out.stdout and "CPU:" in out.stdout
     (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert set(row["seconds"]) == {"import torch", "import vivit", "import vivit, timm", "vivit --help"}
+
+
+def test_timeline_benchmark_reports_real_time_factors(tmp_path):
+    pytest.importorskip("av")
+    out = run_script("timeline.py", "--seconds", "3", "--size", "160x96", "--repeats", "1", "--depth", "1",
+                     "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert set(row["rows"]) == {"M2 dense", "M2 reuse", "M1 dense", "M1 static"}
+    assert all(r["rtf"] > 0 and r["windows"] > 0 for r in row["rows"].values()) and 0 < row["kept"] <= 1
+    assert "speed-up M2 reuse vs M2 dense" in out.stdout and "real-time factor" in out.stdout

@@ -155,11 +155,11 @@ def test_segments_merge_smooth_and_absorb():
         return {"index": i, "start": float(i), "end": i + 2.0, "top": [{"label": label, "score": score}]}
 
     labels = ["a", "a", "b", "a", "a", "c", "c", "c"]
-    windows = [win(i, lab) for i, lab in enumerate(labels)]
-    assert [s["label"] for s in segments(windows)] == ["a", "b", "a", "c"]
-    absorbed = segments(windows, min_segment=1.5)
+    windows = [win(i, lab) for i, lab in enumerate(labels)]  # confident=0: "b" counts as a segment, no transition
+    assert [s["label"] for s in segments(windows, confident=0)] == ["a", "b", "a", "c"]
+    absorbed = segments(windows, min_segment=1.5, confident=0)
     assert [(s["start"], s["end"], s["label"]) for s in absorbed] == [(0.0, 5.5, "a"), (5.5, 9.0, "c")]
-    assert [s["label"] for s in segments(windows, smooth=3)] == ["a", "c"]
+    assert [s["label"] for s in segments(windows, smooth=3, confident=0)] == ["a", "c"]
     assert segments([]) == []
     with pytest.raises(ValueError, match="smooth"):
         segments(windows, smooth=0)

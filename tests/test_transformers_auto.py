@@ -201,10 +201,10 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", clip)
 
 
-def _vivit_classify(model: vivit.ViViT, path: Path, backend: str = "auto") -> torch.Tensor:
+def _vivit_classify(model: vivit.ViViT, path: Path, decoder: str = "auto") -> torch.Tensor:
     """What ``vivit classify PATH --model FOLDER --views 1x1`` computes: the logits of one centre clip."""
     with torch.no_grad():
-        return predict_video(model, path, views="1x1", backend=backend)
+        return predict_video(model, path, views="1x1", decoder=decoder)
 
 
 @pytest.mark.parametrize("variant", TINY_VARIANTS)
@@ -239,7 +239,7 @@ def test_pipeline_on_a_video_file_gives_vivit_classify_top5(saved: dict, video: 
         pytest.skip("transformers' video processors decode with torchcodec, which cannot load FFmpeg here")
     model, folder = saved[variant]
     results = transformers.pipeline("video-classification", model=str(folder))(str(video), top_k=len(LABELS))
-    expected = _vivit_classify(model, video, backend="torchcodec")  # the same decoder, so the same pixels
+    expected = _vivit_classify(model, video, decoder="torchcodec")  # the same decoder, so the same pixels
     assert [r["label"] for r in results[:5]] == [LABELS[i] for i in expected.topk(5).indices]
     probs = expected.softmax(-1)
     for r in results:

@@ -491,7 +491,7 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     model = runtime.model
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
-                   runtime=runtime.fast or "torch")
+                   runtime=runtime.fast or "torch", reuse=args.reuse)
     source = args.input
     live = is_url(source)
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
@@ -639,6 +639,8 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
                    "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
     p.add_argument("--stop-after", type=_positive_int, help="leave at the end of the batch that reaches N windows "
                    "(whole batches of --batch-size; exit status 3), as a killed run would; for testing resumption")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false", help="compute every window whole (Model 2 "
+                   "otherwise encodes each tubelet-time slice once for all windows that hold it)")
     p.set_defaults(func=_cmd_timeline)
 
 

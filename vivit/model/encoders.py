@@ -100,6 +100,20 @@ class Transformer(nn.Module):
             x = torch.cat([self.cls_token.expand_as(x[..., :1, :]), x], dim=-2)
         return self.pos_drop(x + pos_embed)
 
+    def forward_kept(self, x: torch.Tensor, keep: torch.Tensor, head_token_only: bool = False,
+                     grid: Grid | None = None) -> torch.Tensor:
+        """One clip's tokens ``(1, n, d)`` -> normed ``(1, prefix + k, d)`` of the ``k`` tokens at indices ``keep``.
+
+        Each kept token gets its own positional embedding and the CLS token its own, so this is the encoder run on
+        the kept tokens alone (static-token skipping, ``ViViT.set_drop_static``).
+        """
+        pos_embed = self.pos_embed_for(self.grid if grid is None else grid)
+        p = self.num_prefix_tokens
+        x = (x + pos_embed[:, p:]).index_select(1, keep)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token + pos_embed[:, :p], x], dim=1)
+        return self.norm(self.forward_blocks(self.pos_drop(x), head_token_only=head_token_only))
+
     def pos_embed_for(self, grid: Grid) -> torch.Tensor:
         """The positional embedding for tokens on ``grid``: the parameter itself on the built grid, else resampled.
 
@@ -329,15 +343,32 @@ class FactorizedEncoder(nn.Module):
         the built one.
         """
         grid = self.grid if grid is None else grid
-        frames = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=grid[0]), head_token_only, (1, *grid[1:]))
-        return self._across_frames(frames, head_token_only, grid)
+        return self.forward_time(self.forward_frames(x, head_token_only, grid), head_token_only, grid)
 
-    def _across_frames(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
-        """Normed spatial features ``(b, t, prefix + s, d) -> (b, prefix + t, d)`` (pool each frame, then time)."""
-        x = self.spatial.pool(x, self.spatial_pool)
+    def forward_frames(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
+        """The spatial half: ``(b, t*s, d) -> (b, t, d)``, one pooled token per tubelet-time slice.
+
+        Each slice is encoded alone (scenic ``model.py``, ``ViViTFactorizedEncoder``: ``jax.vmap(vit_body, in_axes=1)``
+        over time, with the spatial CLS and positional embedding only), so a slice's token does not depend on the
+        clip around it: a timeline computes it once and reuses it in every window that holds the slice.
+        """
+        grid = self.grid if grid is None else grid
+        frames = self.spatial(rearrange(x, "b (t s) d -> b t s d", t=grid[0]), head_token_only, (1, *grid[1:]))
+        return self.spatial.pool(frames, self.spatial_pool)
+
+    def forward_time(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
+        """The temporal half: slice tokens ``(b, t, d) -> (b, prefix + t, d)`` (the baseline returns them as they are).
+
+        The temporal CLS token and positional embedding depend on each slice's place in the clip, so this half runs
+        once per clip.
+        """
         if self.temporal is None:
             return x
         return self.temporal(x, head_token_only, None if grid is None else (grid[0], 1, 1))
+
+    def _across_frames(self, x: torch.Tensor, head_token_only: bool = False, grid: Grid | None = None) -> torch.Tensor:
+        """Normed spatial features ``(b, t, prefix + s, d) -> (b, prefix + t, d)`` (pool each frame, then time)."""
+        return self.forward_time(self.spatial.pool(x, self.spatial_pool), head_token_only, grid)
 
     def set_token_merging(self, r: TokenMerging, trace_source: bool = False) -> None:
         """Merge tokens within each frame in the spatial encoder; the temporal encoder keeps its frame tokens."""

@@ -27,6 +27,7 @@ from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
 from vivit.model.grid import checked_input_size, pair
 from vivit.model.layers import Attention, Mlp, fx_tracing
 from vivit.model.merge import TokenMerging, TokenMergingMixin
+from vivit.model.static import parse_drop_static, static_keep
 
 torch.fx.wrap("rearrange")  # see layers.py
 
@@ -110,6 +111,7 @@ class ViViT(TokenMergingMixin, nn.Module):
         dynamic_input_size: ``forward`` takes any ``T x H x W`` that is a multiple of the tubelet, with the positional
             embeddings resampled to its token grid (cached per grid); the built size uses them as they are.
         token_merging: ToMe's ``r`` for Models 1 and 2 (see ``set_token_merging``); 0 (default) merges nothing.
+        drop_static: Model 1: skip tubelets that barely change (see ``set_drop_static``); 0 (default) keeps all.
     """
 
     def __init__(
@@ -143,11 +145,12 @@ class ViViT(TokenMergingMixin, nn.Module):
         attn_impl: str = "sdpa",
         dynamic_input_size: bool = False,
         token_merging: TokenMerging = 0,
+        drop_static: float | bool = 0.0,
     ) -> None:
         super().__init__()
-        # token_merging is a run-time setting (set_token_merging), not architecture: saved configs leave it out.
+        # token_merging and drop_static are run-time settings, not architecture: saved configs leave them out.
         self.model_args: dict[str, Any] = {k: v for k, v in locals().items()
-                                           if k not in ("self", "__class__", "token_merging")}
+                                           if k not in ("self", "__class__", "token_merging", "drop_static")}
         check_args(self.model_args)
         self.variant = variant
         self.img_size = pair(img_size)
@@ -171,6 +174,8 @@ class ViViT(TokenMergingMixin, nn.Module):
         self.init_weights()
         self.token_merging: TokenMerging = 0
         self.set_token_merging(token_merging)
+        self.drop_static = 0.0
+        self.set_drop_static(drop_static)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -207,6 +212,13 @@ class ViViT(TokenMergingMixin, nn.Module):
         spatial-only baseline: the ``t`` per-frame pooled tokens.
         """
         self.check_input(x)
+        if self.drop_static:
+            features = self._forward_static(x, head_token_only=False, pool=False)
+            if len({f.shape[1] for f in features}) > 1:
+                raise ValueError(f"with drop_static the clips of this batch keep {[f.shape[1] for f in features]} "
+                                 "tokens, which do not stack; call forward_features one clip at a time, or forward "
+                                 "(which pools each clip)")
+            return torch.cat(features)  # sizes differ per clip: not remembered, so forward_head refuses to guess
         return self._remember_sizes(self.encoder(self.patch_embed(x), grid=self._input_grid(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -232,7 +244,68 @@ class ViViT(TokenMergingMixin, nn.Module):
         """
         self.check_input(x)
         head_token_only = self.global_pool in ("token", "first")
+        if self.drop_static:
+            return torch.cat(self._forward_static(x, head_token_only, pool=True))
         return self._head(self.encoder(self.patch_embed(x), head_token_only=head_token_only, grid=self._input_grid(x)))
+
+    def forward_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """Model 2's spatial half: ``(B, C, T, H, W) -> (B, T / t, D)``, one token per tubelet-time slice.
+
+        ``T`` is any positive multiple of the tubelet length ``t`` (one slice: ``T = t``); ``H x W`` is the model's.
+        A slice's token depends on its own frames only, so slices shared by overlapping clips can be encoded once:
+        ``forward_from_slices`` of the clip's slice tokens equals ``forward`` of the clip.
+        """
+        self._check_slices_supported()
+        check_slices(self, x)
+        t, h, w = self.grid_size
+        grid = (x.shape[2] // self.tubelet_size[0], h, w)
+        return self.encoder.forward_frames(self.patch_embed(x), self.global_pool in ("token", "first"), grid)
+
+    def forward_from_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """Model 2's temporal half and head: slice tokens ``(B, T', D)`` of whole clips -> ``(B, num_classes)``."""
+        self._check_slices_supported()
+        if x.ndim != 3 or x.shape[1:] != (self.grid_size[0], self.embed_dim):
+            raise ValueError(f"expected slice tokens B x {self.grid_size[0]} x {self.embed_dim} (forward_slices of "
+                             f"whole clips), got shape {tuple(x.shape)}")
+        return self.forward_head(self.encoder.forward_time(x, self.global_pool in ("token", "first")))
+
+    def _check_slices_supported(self) -> None:
+        if self.variant != "factorized_encoder" or not isinstance(self.patch_embed, TubeletEmbed):
+            raise ValueError(f"slice tokens need Model 2 (variant 'factorized_encoder') with tubelet embedding, whose "
+                             f"spatial encoder sees each tubelet-time slice alone; this model is {self.variant!r} "
+                             f"with {type(self.patch_embed).__name__}: call the model on whole clips instead")
+
+    def set_drop_static(self, tau: float | bool) -> None:
+        """Skip static tubelets before the encoder (Run-Length Tokenization's rule; Model 1 only), no training needed.
+
+        A tubelet is kept when the mean absolute difference between its last frame and the first frame of the
+        tubelet before it (same patch), averaged over the patch and the channels, exceeds ``tau``; each patch's first
+        tubelet is always kept. Kept tokens keep their own positional embeddings: the output is the dense model's on
+        the kept tokens alone, each clip of a batch with its own count (clips run one at a time). Composes with token
+        merging. Models 2-4 refuse: Model 2's spatial encoder, and Models 3 and 4's factorised attention, need every
+        tubelet of the ``t x h x w`` grid.
+
+        Args:
+            tau: Threshold in the model's ``[-1, 1]`` input units; ``True`` is ``vivit.model.static.
+                DROP_STATIC_DEFAULT`` (0.045: RLT's 0.1 in ImageNet units, converted); 0 turns skipping off.
+        """
+        tau = parse_drop_static(tau)
+        if tau and (self.variant != "spacetime" or not isinstance(self.patch_embed, TubeletEmbed)):
+            raise ValueError(f"drop_static needs Model 1 (variant 'spacetime') with tubelet embedding, got "
+                             f"{self.variant!r} with {type(self.patch_embed).__name__}: Models 2-4 encode the full "
+                             "t x h x w grid per frame or per axis, so no tubelet can be left out")
+        self.drop_static = tau
+
+    def _forward_static(self, x: torch.Tensor, head_token_only: bool, pool: bool) -> list[torch.Tensor]:
+        """Each clip on its kept tokens: pooled head outputs ``(1, K)``, or normed features ``(1, prefix + k, d)``."""
+        grid = self._input_grid(x)
+        keep = static_keep(x, self.tubelet_size, self.drop_static)
+        tokens = self.patch_embed(x)
+        out = []
+        for clip, kept in zip(tokens, keep, strict=True):
+            features = self.encoder.forward_kept(clip[None], kept.nonzero()[:, 0], head_token_only, grid)
+            out.append(self._head(features) if pool else features)  # pool now: the encoder's sizes are this clip's
+        return out
 
     @torch.no_grad()
     def forward_attention_maps(self, x: torch.Tensor) -> dict[str, Any]:
@@ -277,6 +350,9 @@ class ViViT(TokenMergingMixin, nn.Module):
         """
         if output_fmt not in ("NCTHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCTHW' (B x D x T' x H' x W' maps) or 'NLC', got {output_fmt!r}")
+        if self.drop_static:
+            raise ValueError("forward_intermediates returns every block's tokens on the t x h x w grid, from which "
+                             "drop_static leaves static tubelets out; call model.set_drop_static(0) first")
         take = take_indices(len(self.encoder.get_submodule(self.encoder.intermediate_blocks)), indices)
         self.check_input(x)
         grid = self._input_grid(x)
@@ -414,6 +490,22 @@ class ViViT(TokenMergingMixin, nn.Module):
         """Token grid ``(t, h, w)``."""
         return tuple(self.patch_embed.grid_size)
 
+
+
+def check_slices(model: ViViT, x: torch.Tensor) -> None:
+    """Raise unless ``x`` is a float ``B x C x T x H x W`` video of the model's frame size, ``T`` a multiple of the
+    tubelet length (``ViViT.forward_slices``)."""
+    if fx_tracing() or torch.compiler.is_exporting():  # shapes are proxies then
+        return
+    t = model.tubelet_size[0]
+    expected = f"B x {model.in_chans} x T x {model.img_size[0]} x {model.img_size[1]} with T a positive multiple of {t}"
+    if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[1] != model.in_chans or (
+            tuple(x.shape[3:]) != model.img_size) or x.shape[2] < t or x.shape[2] % t:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected slices {expected}, got {shape}")
+    dtype = model.patch_embed.proj.weight.dtype
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"expected {dtype} slices scaled to [-1, 1] (the model's dtype), got {x.dtype}")
 
 
 def _set_input_size(model: ViViT, img_size: int | tuple[int, int] | None, num_frames: int | None) -> None:

@@ -46,6 +46,7 @@ from vivit.files import read_json, trim_torn_line, write_text_atomic
 from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import top_k as _top_k
+from vivit.tasks.reuse import SliceReuse, slice_reuse
 from vivit.tasks.run import NOT_FINITE, RUN, _config_digest, _merging_json, claimed, prepare_model
 from vivit.tasks.runtime import dtype_name, setup_runtime
 from vivit.weights.fetch import download_timeout
@@ -61,6 +62,7 @@ MAX_STEP = 1e6  # seconds between windows (11.6 days): beyond it no video has a 
 MAX_WINDOW_STRIDE = 1000  # frames between a window's frames
 MAX_HELD_FRAMES = 4096  # decoded frames the windows in progress may hold (about 1 GB at a 224 short side)
 MAX_BATCH_SIZE = 256  # windows per forward pass; a 32 x 224 x 224 window is 19 MB of float32 input
+TRANSITION_CONFIDENT = 0.99  # mean top-1 score from which a transition-length run is a segment (see segments)
 
 
 # ================================================================================================ windows
@@ -120,7 +122,7 @@ def _open_stream(path: str | Path, transform: Any, follow: float | None) -> Vide
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
              crops: int = 1, batch_size: int = 8, top_k: int = 5, device: str | torch.device | None = None,
              first: int = 0, follow: float | None = None,
-             run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[str, Any]]:
+             run: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True) -> Iterator[dict[str, Any]]:
     """Classify every window of a video, yielding one record per window as soon as its batch is done.
 
     Args:
@@ -138,6 +140,9 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
             for more before ending (:class:`vivit.data.stream.VideoStream`).
         run: Called instead of ``model`` on each batch of float32 windows, e.g. ``vivit.optimize(model)``; the model
             still gives the clip, stride, preprocessing and labels.
+        reuse: Model 2: encode each tubelet-time slice once and reuse its token in every window that holds it
+            (:mod:`vivit.tasks.reuse`; the same scores up to float32 rounding; with an OpenVINO ``run`` its spatial
+            half is converted on its own); ``False`` computes every window whole. Other models ignore it.
 
     Yields:
         ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
@@ -153,18 +158,21 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
     with _open_stream(path, transform, follow) as stream:
         plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
         yield from _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=device,
-                             first=first, run=run)
+                             first=first, run=run, reuse=reuse)
 
 
 def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any, *,
               batch_size: int, top_k: int, device: str | torch.device | None, first: int,
-              run: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[dict[str, Any]]:
+              run: Callable[[torch.Tensor], torch.Tensor] | None, reuse: bool = True) -> Iterator[dict[str, Any]]:
     """:func:`timeline` over an open stream with its window plan (made once by the caller)."""
     param = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (param.device if param is not None else None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cfg = getattr(model, "pretrained_cfg", None) or {}
     labels, splits = cfg.get("label_names"), cfg.get("class_splits")
+    # --- slice reuse hook (vivit.tasks.reuse): replaces the per-batch forward, nothing else changes
+    slices = slice_reuse(model, run, transform, device, dtype) if reuse else None
+    run = slices if slices is not None else run
     clip_len, stride, step_s = plan
     batch: list[Window] = []
     try:
@@ -185,19 +193,16 @@ def _classify(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor
               splits: Sequence[int] | None) -> Iterator[dict[str, Any]]:
     if not batch:
         return
-    # One transform call for the batch: it works frame by frame, so frames of all windows along T give each window
-    # the pixels classify would (and far fewer small tensor operations).
-    x = transform(torch.cat([w.frames for w in batch]))  # (C, B*T, h, w), or (3, C, B*T, h, w) with three crops
-    crops = x.shape[0] if x.ndim == 5 else 1
-    x = rearrange(x if x.ndim == 5 else x[None], "v c (b t) h w -> (b v) c t h w", b=len(batch)).contiguous()
     was_training = model.training
     model.eval()
     try:
-        # An optimized callable takes float32 input and moves and casts it itself (OpenVINO wants it on the CPU).
-        logits = (model(x.to(device, dtype)) if run is None else run(x)).float().cpu()
+        if isinstance(run, SliceReuse):  # slice-reuse hook: takes the frames, transforms only slices it lacks
+            logits = run([w.frames for w in batch]).float().cpu()
+        else:
+            logits = _forward(model, run, batch, transform, device, dtype).cpu()
     finally:
         model.train(was_training)
-    logits = logits.view(len(batch), crops, -1).mean(1)  # classify's view average: mean of logits
+    logits = logits.view(len(batch), -1, logits.shape[-1]).mean(1)  # classify's view average: mean of logits
     records = []
     for window, row in zip(batch, logits, strict=True):
         tops = [[{"label": t["label"], "score": t["score"]} for t in top] for top in _top_k(row, k, labels, splits)]
@@ -215,6 +220,17 @@ class NotFinite(ValueError):
     """The model's outputs for a window are NaN or infinite: the video fails, as in ``vivit evaluate``."""
 
 
+def _forward(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor] | None, batch: list[Window],
+             transform: Any, device: torch.device | None, dtype: torch.dtype) -> torch.Tensor:
+    """Logits ``(windows * crops, classes)`` of whole windows."""
+    # One transform call for the batch: it works frame by frame, so frames of all windows along T give each window
+    # the pixels classify would (and far fewer small tensor operations).
+    x = transform(torch.cat([w.frames for w in batch]))  # (C, B*T, h, w), or (3, C, B*T, h, w) with three crops
+    x = rearrange(x if x.ndim == 5 else x[None], "v c (b t) h w -> (b v) c t h w", b=len(batch)).contiguous()
+    # An optimized callable takes float32 input and moves and casts it itself (OpenVINO wants it on the CPU).
+    return (model(x.to(device, dtype)) if run is None else run(x)).float()
+
+
 # ================================================================================================ segments
 def top1(record: dict[str, Any]) -> tuple[str, float]:
     """A window's best label and its score (a split head: the parts' labels joined by ``|``, the mean score)."""
@@ -224,12 +240,19 @@ def top1(record: dict[str, Any]) -> tuple[str, float]:
     return "|".join(p["label"] for p in parts), float(np.mean([p["score"] for p in parts]))
 
 
-def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0) -> list[dict[str, Any]]:
+def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0,
+             confident: float = TRANSITION_CONFIDENT) -> list[dict[str, Any]]:
     """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}``.
 
     Two segments meet halfway between the centres of the last window of one and the first window of the next; the
     first starts at its first window's start and the last ends at its last window's end, so segments tile the
     timeline without overlaps.
+
+    A change of activity inside a window makes a *transition*: the windows that straddle it see half of each side
+    and are often given a third label. So a run of at most ``ceil(window / step) - 1`` windows (the most windows that
+    can straddle one change: 1 at the default step of half a window) between two segments of other labels makes no
+    segment of its own unless its mean top-1 score reaches ``confident``: its neighbours meet at its centre instead
+    (and join when they have the same label). Segments at either end of the video are kept as they are.
 
     Args:
         windows: Records of :func:`timeline`, in time order.
@@ -237,6 +260,8 @@ def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment:
             labels outside a window's top-k count 0) before taking the top-1; 1 = off.
         min_segment: Segments shorter than this many seconds are absorbed by a neighbour (the longer one), shortest
             first.
+        confident: Mean top-1 score from which a transition-length run is kept as a segment; above 1 absorbs every
+            transition, 0 keeps all.
     """
     if smooth < 1 or min_segment < 0:
         raise ValueError(f"smooth must be >= 1 and min_segment >= 0, found {smooth}, {min_segment}")
@@ -254,9 +279,33 @@ def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment:
             if segs:
                 segs[-1]["end"] = start
             segs.append({"start": start, "end": w["end"], "label": label, "scores": [score]})
-    segs = _absorb(segs, min_segment)
+    segs = _absorb(_absorb_transitions(segs, _straddling(windows), confident), min_segment)
     return [{"start": s["start"], "end": s["end"], "label": s["label"], "score": round(float(np.mean(s["scores"])), 6)}
             for s in segs]
+
+
+def _straddling(windows: Sequence[dict[str, Any]]) -> int:
+    """The most consecutive windows that can straddle one change: ``ceil(window / step) - 1``."""
+    if len(windows) < 2:
+        return 0
+    span = float(np.median([w["end"] - w["start"] for w in windows]))
+    step = float(np.median(np.diff([w["start"] for w in windows])))
+    return max(math.ceil(span / step - 1e-6) - 1, 0) if step > 0 else 0
+
+
+def _absorb_transitions(segs: list[dict[str, Any]], most: int, confident: float) -> list[dict[str, Any]]:
+    """Give each unconfident run of at most ``most`` windows between two other labels to its neighbours, who meet at
+    its centre (``segments``)."""
+    out: list[dict[str, Any]] = []
+    for i, seg in enumerate(segs):
+        inner = 0 < i < len(segs) - 1
+        if inner and len(seg["scores"]) <= most and float(np.mean(seg["scores"])) < confident:
+            middle = round((seg["start"] + seg["end"]) / 2, 6)
+            out[-1]["end"] = middle
+            segs[i + 1] = {**segs[i + 1], "start": middle}
+            continue
+        out.append(dict(seg))
+    return _join(out)
 
 
 def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, float]]:
@@ -409,7 +458,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    smooth: int = 1, min_segment: float = 0.0, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, plot: bool = True, progress_bar: bool | None = None,
                    stop_after: int | None = None, on_window: Any = None, follow: float | None = None,
-                   runtime: str | Optimized = "torch") -> dict[str, Any] | None:
+                   runtime: str | Optimized = "torch", reuse: bool = True) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
     The video is opened once (header, windows and thumbnails come from one :class:`~vivit.data.stream.VideoStream`)
@@ -442,6 +491,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
             ``"openvino"`` (through :func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized`
             of this model. The backend and dtype that ran are part of the run's identity, with the model's config and
             token merging.
+        reuse: As in :func:`timeline` (Model 2: each slice encoded once).
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
@@ -487,7 +537,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                 error, stopped, rate = _run_windows(model, stream, plan, transform, lines, kept, fast,
                                                     batch_size=batch_size, top_k=top_k, on_window=on_window,
                                                     stop_after=stop_after, progress_bar=progress_bar, smooth=smooth,
-                                                    min_segment=min_segment)
+                                                    min_segment=min_segment, reuse=reuse)
                 if stopped:
                     return None
             windows = _read_windows(lines)
@@ -504,14 +554,14 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
 def _run_windows(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any,
                  lines: Path, kept: list[dict[str, Any]], fast: Optimized | None, *, batch_size: int, top_k: int,
                  on_window: Any, stop_after: int | None, progress_bar: bool | None, smooth: int,
-                 min_segment: float) -> tuple[str | None, bool, float]:
+                 min_segment: float, reuse: bool = True) -> tuple[str | None, bool, float]:
     """Classify the windows after ``kept`` into ``lines``: ``(error line, stopped early, windows/s)``. On Ctrl-C the
     finished windows' segments are written before it propagates."""
     first = kept[-1]["index"] + 1 if kept else 0
     bar = Progress(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None, "timeline",
                    unit="window", initial=len(kept), show=progress_bar, log=_logger)
     records = _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=None, first=first,
-                        run=fast)
+                        run=fast, reuse=reuse)
     try:
         error, stopped = _append_windows(lines, records, bar, on_window, stop_after, len(kept), batch_size)
     except KeyboardInterrupt:
