@@ -259,8 +259,8 @@ def test_convert_into_an_arch_takes_head_and_clip_size_from_the_weights_or_refus
 def test_convert_hostile_inputs_are_one_line(tmp_path, capsys, damage):
     import zipfile
 
-    from tests.test_hub import read_only_folder
-    from tests.test_pretrained import _npy
+    from tests.weights.test_hub import read_only_folder
+    from tests.weights.test_pretrained import _npy
 
     out_dir = tmp_path / "out"
     args = ["--arch", "vivit_ti_16x2", "--num-frames", "4", "--img-size", "32", "--num-classes", "5"]

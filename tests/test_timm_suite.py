@@ -63,12 +63,12 @@ NOT_ROUTED = {
 # Tests of named timm models whose property vivit states in its own tests.
 COUNTERPARTS = {
     "test_model_init_weights_after_to_empty":
-        "tests/test_model_contracts.py::test_init_weights_after_meta_creation_and_to_empty_sets_every_tensor",
-    "test_swin_family_set_input_size": "tests/test_input_size.py (set_input_size, dynamic_input_size)",
-    "test_reset_classifier_keeps_pool": "tests/test_model_contracts.py::test_global_pool_empty_at_creation_equals_"
-                                        "reset_classifier",
+        "tests/model/test_model_contracts.py::test_init_weights_after_meta_creation_and_to_empty_sets_every_tensor",
+    "test_swin_family_set_input_size": "tests/model/test_input_size.py (set_input_size, dynamic_input_size)",
+    "test_reset_classifier_keeps_pool":
+        "tests/model/test_model_contracts.py::test_global_pool_empty_at_creation_equals_reset_classifier",
     "test_eva_reset_classifier_removes_attention_pool":
-        "tests/test_model_contracts.py::test_global_pool_empty_returns_unpooled_tokens_like_timm_vit",
+        "tests/model/test_model_contracts.py::test_global_pool_empty_returns_unpooled_tokens_like_timm_vit",
 }
 
 

@@ -22,9 +22,9 @@ pytest.importorskip("av")
 pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 
-from .videos import write_truncated  # noqa: E402
+from tests.videos import write_truncated  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "examples" / "train.py"
 TINY = '{"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64, "tubelet_size": [2, 8, 8]}'
 # 26 training rows (24 clips, a truncated file, a missing one) / 2 ranks / batch 4 = 3 steps per epoch; 6 epochs.

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("av")
 
 import vivit  # noqa: E402
-from tests.test_timeline import FPS, TORCH_FLOAT32, run_cli  # noqa: E402
+from tests.tasks.test_timeline import FPS, TORCH_FLOAT32, run_cli  # noqa: E402
 from vivit.data.stream import VideoStream  # noqa: E402
 from vivit.data.synthetic import make_sequence  # noqa: E402
 from vivit.data.video import VideoReadError, write_video  # noqa: E402

@@ -354,7 +354,7 @@ def test_a_timm_name_with_the_hub_unreachable_is_one_clear_error_within_seconds(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIVIT_"))}
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"), NO_PROXY="127.0.0.1",
                PYTHONPATH=os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")])))
     code = ("import time, vivit\nm = vivit.ViViT(img_size=16, num_frames=4, tubelet_size=(2, 4, 4), embed_dim=32, "

@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("av")
 
 import vivit  # noqa: E402
-from tests import test_timeline  # noqa: E402
+from tests.tasks import test_timeline  # noqa: E402
 from vivit.data.transforms import eval_transform  # noqa: E402
 from vivit.tasks.reuse import SliceReuse, slice_reuse  # noqa: E402
 from vivit.tasks.timeline import timeline  # noqa: E402

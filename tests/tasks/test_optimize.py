@@ -25,7 +25,7 @@ from vivit.tasks import optimize as opt
 pytest.importorskip("openvino", reason='OpenVINO is the optional extra vivit[openvino]: pip install "vivit[openvino]"')
 
 VARIANTS = ["spacetime", "factorized_encoder", "factorized_self_attention", "factorized_dot_product"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(variant: str = "spacetime", num_classes: int = 10, seed: int = 0) -> vivit.ViViT:

@@ -12,12 +12,12 @@ from safetensors.torch import save_file
 
 import vivit
 from tests.conftest import TINY
-from tests.test_model import TINY_VARIANTS
+from tests.model.test_model import TINY_VARIANTS
 from vivit.model.embed import resample_pos_embed
 from vivit.weights.load import load_pretrained
 from vivit.weights.read import detect_format
 
-SNAPSHOT = __import__("pathlib").Path(__file__).parent / "snapshots" / "state_dict_keys.json"
+SNAPSHOT = __import__("pathlib").Path(__file__).parents[1] / "snapshots" / "state_dict_keys.json"
 
 
 def tiny(variant="spacetime", **kwargs):
@@ -233,7 +233,7 @@ def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
 
 
 def test_from_scenic_refuses_non_finite_parameters(golden_dir):
-    from tests.test_checkpoint import golden_params
+    from tests.weights.test_checkpoint import golden_params
 
     sidecar = json.loads((golden_dir / "scenic" / "vivit_spacetime_A.json").read_text())
     params = golden_params(golden_dir, "vivit_spacetime_A_optax")
@@ -293,7 +293,7 @@ def _peaks(*paths):
     import subprocess
     import sys
 
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", _PEAK, *map(str, paths)], cwd=root, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -21,7 +21,7 @@ from vivit.data.synthetic import MOTION_CLASSES, make_sequence  # noqa: E402
 from vivit.data.video import VideoReadError, write_video  # noqa: E402
 from vivit.tasks.timeline import segments, timeline_video  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The CLI's backend and dtype default to auto (OpenVINO, bfloat16 where the CPU has it); tests that compare its files
 # with vivit.timeline(model) in float32 torch pin these (and so print no "--dtype auto" note).
 TORCH_FLOAT32 = ("--backend", "torch", "--dtype", "float32")

@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 import vivit
+from tests.hub_server import HubServer
+from tests.weights.test_hub import run_hub
 from vivit.weights.fit import adapt_input_channels
-
-from .hub_server import HubServer
-from .test_hub import run_hub
 
 timm = pytest.importorskip("timm")
 

@@ -24,15 +24,14 @@ import torch
 pytest.importorskip("av")
 
 import vivit  # noqa: E402
+from tests.videos import write_truncated  # noqa: E402
 from vivit import cli  # noqa: E402
 from vivit.data.datasets import DataError  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES, make_clip  # noqa: E402
 from vivit.data.video import multi_view_clips, write_video  # noqa: E402
 from vivit.tasks.evaluate import evaluate_dataset, extract_features, load_features  # noqa: E402
 
-from .videos import write_truncated  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PER_CLASS = 3
 BROKEN = ("garbage.mp4", "truncated.mp4", "gone.mp4")
 # float32: these runs check files and lines, not speed (--dtype auto would pick bfloat16 and say so on stderr)
@@ -545,7 +544,7 @@ def test_backend_chooses_the_runtime_and_run_json_records_the_one_that_ran(clips
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs vivit[openvino]")
 def test_backend_openvino_runs_the_evaluation_through_openvino(clips, tmp_path):
-    # OpenVINO in a process of its own (tests/test_optimize.py says why); vivit_motion converts in a few seconds.
+    # OpenVINO in a process of its own (tests/tasks/test_optimize.py says why); vivit_motion converts in a few seconds.
     listing = _small(clips, tmp_path, 2)
     code = ("import json, sys; from vivit.tasks.evaluate import evaluate_dataset; "
             "r = evaluate_dataset(sys.argv[1], 'vivit_motion', sys.argv[2], backend='openvino', workers=0); "

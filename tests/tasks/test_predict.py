@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import vivit
+from tests.conftest import TINY
 from vivit.tasks.predict import default_views, predict_video, predict_views
-
-from .conftest import TINY
 
 
 class _Recorder(torch.nn.Module):

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 import vivit
+from tests.model.test_model import tiny
 from vivit.data.transforms import EvalTransform, resolve_data_config
-
-from .test_model import tiny
 
 transformers = pytest.importorskip("transformers")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-4  # the bound; measured differences are ~1e-6 (float32 summation order)
 LABELS = ["jump", "run", "sit", "stand", "walk"]
 # Square and non-square tubelets, exact GELU, frames the tubelet does not divide (the leftover frame is dropped).

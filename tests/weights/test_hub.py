@@ -20,15 +20,14 @@ import pytest
 import torch
 
 import vivit
+from tests.folders import read_only_folder
+from tests.hub_server import COMMIT, HubServer
 from vivit.weights import fetch, publish
 
-from .folders import read_only_folder
-from .hub_server import COMMIT, HubServer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = dict(variant="spacetime", img_size=32, num_frames=4, tubelet_size=(2, 16, 16), embed_dim=32, depth=1,
                  num_heads=2, mlp_dim=64, num_classes=5)
-# what save_pretrained adds for transformers' Auto classes and pipeline (tests/test_transformers_auto.py)
+# what save_pretrained adds for transformers' Auto classes and pipeline (tests/weights/test_transformers_auto.py)
 TRANSFORMERS_FILES = ["configuration_vivit_zoo.py", "modeling_vivit_zoo.py", "preprocessor_config.json",
                       "video_preprocessor_config.json"]
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB: several read chunks

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import vivit
+from tests.hub_server import HubServer
+from tests.weights.test_hub import run_hub
 from vivit import zoo
-
-from .hub_server import HubServer
-from .test_hub import run_hub
 
 A_FE = dict(embed_dim=32, depth=2, num_heads=4, mlp_dim=64, temporal_depth=2, tubelet_size=(2, 4, 4), num_frames=8,
             img_size=16, num_classes=5)

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import vivit
+from tests.conftest import TINY
 from vivit import transforms as T
-
-from .conftest import TINY
 
 
 def _frames(t: int = 4, h: int = 48, w: int = 64, seed: int = 0) -> torch.Tensor:

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.videos import CODECS, frame_ids, write_audio_only, write_truncated, write_video
 from vivit import video
 from vivit.data.transforms import eval_transform
-
-from .videos import CODECS, frame_ids, write_audio_only, write_truncated, write_video
 
 av = pytest.importorskip("av", reason="PyAV is needed to write and read the test videos")
 

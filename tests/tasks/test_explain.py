@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.folders import read_only_folder
-from tests.test_model import TINY_VARIANTS, tiny
+from tests.model.test_model import TINY_VARIANTS, tiny
 from vivit.data.transforms import to_float
 from vivit.tasks.explain import attention_heatmap, frames_for_tokens, save_attention_grid
 

@@ -12,12 +12,11 @@ import pytest
 import torch
 
 import vivit
+from tests.hub_server import HubServer
+from tests.weights.test_hub import run_hub
 from vivit.weights import publish
 
-from .hub_server import HubServer
-from .test_hub import run_hub
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(variant="spacetime", img_size=32, num_frames=4, tubelet_size=(2, 16, 16), embed_dim=32, depth=1,
             num_heads=2, mlp_dim=64, num_classes=3)
 

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("av")
 
-from tests import test_timeline  # noqa: E402
+from tests.tasks import test_timeline  # noqa: E402
 from vivit.data.synthetic import MOTION_CLASSES  # noqa: E402
 from vivit.tasks.timeline import segments, timeline  # noqa: E402
 

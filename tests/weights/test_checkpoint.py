@@ -312,7 +312,7 @@ def test_fuzz_corrupted_golden_files(golden_dir, tmp_path_factory, data):
 def test_import_loads_no_msgpack():
     code = ("import sys, vivit, vivit.weights.convert.checkpoint; "
             "assert 'msgpack' not in sys.modules, 'msgpack imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 @pytest.mark.parametrize("damage, match", [

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from tests.test_merge import _model, _video
+from tests.model.test_merge import _model, _video
 
 
 @pytest.mark.parametrize(("variant", "pool"), [("spacetime", "token"), ("spacetime", "avg"),

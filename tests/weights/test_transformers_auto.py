@@ -19,17 +19,16 @@ import pytest
 import torch
 
 import vivit
+from tests.hub_server import HubServer
+from tests.model.test_model import TINY_VARIANTS, tiny
 from vivit.data.synthetic import make_clip
 from vivit.data.video import read_video, write_video
 from vivit.tasks.predict import predict_video
 from vivit.weights import transformers_files
 
-from .hub_server import HubServer
-from .test_model import TINY_VARIANTS, tiny
-
 transformers = pytest.importorskip("transformers")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ATOL = 1e-4
 LABELS = ["left", "right", "up", "down", "blink", "still", "spin"]
 
