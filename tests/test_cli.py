@@ -506,7 +506,8 @@ def _flags(command: str) -> dict[str, argparse.Action]:
 
 
 def test_every_model_command_lists_the_same_model_flags_in_help(capsys):
-    model_flags = {"--model", "--device", "--dtype", "--backend", "--token-merging", "--force-download"}
+    model_flags = {"--model", "--device", "--dtype", "--backend", "--token-merging", "--drop-static",
+                   "--force-download"}
     helps = {}
     for command in MODEL_COMMANDS:
         with pytest.raises(SystemExit):
@@ -529,3 +530,16 @@ def test_a_bad_token_merging_is_bad_usage_before_loading(command, value, capsys)
     with pytest.raises(SystemExit) as exit_:
         cli.build_parser().parse_args([*command, "--token-merging", value])
     assert exit_.value.code == 2 and "--token-merging" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "-0.1", "3", "much"])
+def test_a_bad_drop_static_is_bad_usage(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["classify", "clip.mp4", "--drop-static", value])
+    assert exit_.value.code == 2 and "--drop-static" in capsys.readouterr().err
+
+
+def test_drop_static_with_openvino_is_bad_usage_before_loading(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["classify", "no-such.mp4", "--drop-static", "0.1", "--backend", "openvino"])
+    assert exit_.value.code == 2 and "converted OpenVINO graph" in capsys.readouterr().err

@@ -204,7 +204,24 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "tokens are faster where the cores are free (Model 1, r=24: 1.4-1.7x on one thread) but can "
                         "be slower on a busy multi-threaded CPU (docs/guides/token_merging.md); also "
                         "'(R, INFLECTION)' or '[R1, R2, ...]' (default 0: off)")
+    p.add_argument("--drop-static", type=_drop_static, default=0.0, metavar="TAU",
+                   help="Model 1: skip tubelets whose pixels barely change from the previous tubelet (Run-Length "
+                        "Tokenization's rule; TAU in the model's [-1, 1] input units, 'default' for 0.045, RLT's 0.1 "
+                        "in ImageNet units); runs in torch (default 0: off)")
     p.add_argument("--force-download", action="store_true", help="download the weights again even when cached")
+
+
+def _drop_static(text: str) -> float:
+    from vivit.model.static import DROP_STATIC_DEFAULT
+
+    try:
+        tau = DROP_STATIC_DEFAULT if text == "default" else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 2] or 'default', got {text!r}") from None
+    if not 0 <= tau <= 2:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 2] (a mean absolute change of [-1, 1] pixels) or "
+                                         f"'default', got {text!r}")
+    return tau
 
 
 def _model_runtime(args: argparse.Namespace, command: str, model):
@@ -213,6 +230,8 @@ def _model_runtime(args: argparse.Namespace, command: str, model):
     its one line)."""
     from vivit.tasks.runtime import setup_runtime
 
+    if args.drop_static:
+        model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
     dtype = resolve_dtype(args.dtype, args.device, command)
     logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
     return setup_runtime(model, args.device, dtype, args.backend, args.token_merging,
@@ -463,7 +482,10 @@ def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object])
         fields["pattern"] = args.pattern
     options = RunOptions(**fields)
     check_settings(args.out, options, **own)
-    return load_model_for_cli(args.model, force_download=args.force_download), options
+    model = load_model_for_cli(args.model, force_download=args.force_download)
+    if args.drop_static:
+        model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
+    return model, options
 
 
 def _report_failures(failed: Sequence[dict], total: int) -> int:
@@ -483,6 +505,8 @@ DATASET_EPILOG = ("exit status: 0 every video done; 1 some videos failed (each n
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
+    import time
+
     from vivit.data.stream import is_url
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
@@ -494,6 +518,7 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
                    runtime=runtime.fast or "torch", reuse=args.reuse)
     source = args.input
     live = is_url(source)
+    started = time.perf_counter()
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
     if live or not (Path(source).is_dir() or Path(source).suffix.lower() in (".csv", ".txt", ".tsv", ".list")):
         def show(record: dict) -> None:  # a live stream: each window's labels as it is classified
@@ -519,6 +544,10 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         if r.get("error"):
             print(f"vivit timeline: {r['path']}: {r['error']} (the {r['windows']} windows before it are kept)",
                   file=sys.stderr)
+    seconds, video = time.perf_counter() - started, sum(r.get("duration", 0) for r in results)
+    if video > 0:  # what real time means here: below 1, the timeline keeps up with the video
+        print(f"real-time factor {seconds / video:.2f} ({seconds:.1f} s for {video:.1f} s of video, this run's "
+              "processing time / video duration)")
     return EXIT_STATUS["failed"] if any(r.get("error") for r in results) else 0
 
 
@@ -689,7 +718,11 @@ def _for_the_shell(message: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vivit`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "drop_static", 0) and args.backend == "openvino":
+        parser.error("--drop-static keeps a different number of tokens per clip, which a converted OpenVINO graph "
+                     "cannot: use --backend torch (or auto)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         rc = args.func(args)

@@ -765,3 +765,17 @@ def test_int8_without_the_extra_or_calibration_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(ImportError, match=r"vivit\[int8\]"):
         vivit.optimize(model, "int8", calibration=clips)
+
+
+def test_a_model_skipping_static_tubelets_runs_in_torch_never_a_fixed_token_graph(cache):
+    """Each clip keeps its own number of tokens: a converted graph would bake one clip's kept tokens into every call."""
+    model = tiny()
+    model.set_drop_static(0.1)
+    x = clip()
+    x[:, :, 2:] = x[:, :, :2]  # the second tubelet repeats the first: static, skipped
+    with pytest.raises(ValueError, match="drop_static.*backend='torch'"):
+        vivit.optimize(model, torch.float32, backend="openvino", cache_dir=cache)
+    fast = vivit.optimize(model, torch.float32, cache_dir=cache)  # auto: torch, said once
+    assert fast.backend == "torch"
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=0, atol=0)

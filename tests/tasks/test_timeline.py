@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -381,3 +382,27 @@ def test_timeline_runs_the_callable_it_is_given(motion_video, motion_model):
     records = list(vivit.timeline(motion_model, path, step=2.0, batch_size=4, run=run))
     assert sum(calls) == len(records) and max(calls) == 4
     assert {r["top"][0]["label"] for r in records} == {motion_model.pretrained_cfg["label_names"][3]}
+
+
+def test_drop_static_runs_model_1_joins_the_identity_and_the_cli_prints_the_real_time_factor(motion_video, tmp_path,
+                                                                                            capsys):
+    path, _ = motion_video
+    torch.manual_seed(0)
+    vivit.ViViT(variant="spacetime", img_size=32, num_frames=16, embed_dim=32, depth=1, num_heads=2, mlp_dim=64,
+                num_classes=10).save_pretrained(tmp_path / "m1")
+    common = ["timeline", path, "--model", tmp_path / "m1", "--out", tmp_path / "out", "--batch-size", "4",
+              *TORCH_FLOAT32]
+    rc, out, err = run_cli(capsys, *common, "--drop-static", "default", "--stop-after", "4")
+    assert rc == 3, err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["drop_static"] == pytest.approx(0.045)
+    rc, _, err = run_cli(capsys, *common)  # dense windows are not mixed into a skipping run
+    assert rc == 1 and "other settings" in err and "drop_static" in err
+    rc, out, err = run_cli(capsys, *common, "--drop-static", "default")
+    assert rc == 0, err
+    assert re.search(r"^real-time factor \d+\.\d\d \(", out, re.M), out
+
+
+def test_drop_static_on_model_2_is_one_line(motion_video, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "timeline", motion_video[0], "--model", "vivit_motion", "--out", tmp_path,
+                         "--drop-static", "0.1", *TORCH_FLOAT32)
+    assert rc == 1 and "drop_static needs Model 1" in err and "Traceback" not in err

@@ -267,6 +267,14 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
         backend = os.environ.get("VIVIT_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
+    if getattr(model, "drop_static", 0):  # each clip keeps its own number of tokens: no fixed-shape graph holds that
+        if backend == "openvino" or isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
+            raise ValueError("this model skips static tubelets (drop_static), so each clip keeps its own number of "
+                             "tokens, which a converted OpenVINO graph cannot: run it with backend='torch' (or "
+                             "backend='auto'), or call model.set_drop_static(0) before vivit.optimize")
+        _say_once("vivit.optimize: drop_static keeps a different number of tokens per clip, which a converted graph "
+                  "cannot: the model runs in torch (eager, SDPA)")
+        backend = "torch"
     model = (_PreLogits(model) if pre_logits else model).eval()
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

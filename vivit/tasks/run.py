@@ -139,7 +139,8 @@ class Run:
         return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.runtime.dtype),
                 "decoder": self.opts.decoder, "backend": self.runtime.backend,
-                "token_merging": _merging_json(getattr(self.model, "token_merging", 0)), **extra,
+                "token_merging": _merging_json(getattr(self.model, "token_merging", 0)),
+                **static_setting(self.model), **extra,
                 "num_videos": self.num, "listing": _listing_digest(self.rows)}
 
     @property
@@ -276,6 +277,11 @@ def _config_digest(model: torch.nn.Module) -> str | None:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def static_setting(model: torch.nn.Module) -> dict[str, float]:
+    """``{"drop_static": tau}``: the threshold of skipped static tubelets (0: off), part of every run's identity."""
+    return {"drop_static": float(getattr(model, "drop_static", 0) or 0)}
 
 
 def _merging_json(r: Any) -> Any:

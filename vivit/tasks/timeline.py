@@ -47,7 +47,7 @@ from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import top_k as _top_k
 from vivit.tasks.reuse import SliceReuse, slice_reuse
-from vivit.tasks.run import NOT_FINITE, RUN, _config_digest, _merging_json, claimed, prepare_model
+from vivit.tasks.run import NOT_FINITE, RUN, _config_digest, _merging_json, claimed, prepare_model, static_setting
 from vivit.tasks.runtime import dtype_name, setup_runtime
 from vivit.weights.fetch import download_timeout
 
@@ -517,6 +517,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         clip_len, stride, step_s = plan
         settings = {"video": _video_identity(path, live), "model": name, "weights": weights,
                     "config": _config_digest(model), "token_merging": _merging_json(getattr(model, "token_merging", 0)),
+                    **static_setting(model),
                     "dtype": dtype_name(ran.dtype), "backend": ran.backend, "window": clip_len, "window_stride": stride,
                     "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
         _refuse_unowned(out)
