@@ -543,3 +543,15 @@ def test_drop_static_with_openvino_is_bad_usage_before_loading(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["classify", "no-such.mp4", "--drop-static", "0.1", "--backend", "openvino"])
     assert exit_.value.code == 2 and "converted OpenVINO graph" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "17", "1e9", "two"])
+def test_workers_beyond_the_bound_are_bad_usage(value, capsys):
+    from vivit.tasks.run import MAX_WORKERS, RunOptions
+
+    assert cli.MAX_WORKERS == MAX_WORKERS  # the parser's copy (it imports no torch) is the library's bound
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["evaluate", "list.csv", "--model", "m", "--out", "o", "--workers", value])
+    assert exit_.value.code == 2 and "--workers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"workers must be an integer from 0 to {MAX_WORKERS}"):
+        RunOptions(workers=MAX_WORKERS + 1)

@@ -164,6 +164,19 @@ def _up_to(most: int):
     return parse
 
 
+def _from_zero_to(most: int):
+    """An argparse type: an integer from 0 to ``most``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from 0 to {most}, got {text[:30]!r}") from None
+        if not 0 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be from 0 to {most}, got {text[:30]}")
+        return value
+    return parse
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a finite number of seconds above 0 (``inf``, ``nan`` and 1e308 are refused)."""
     try:
@@ -571,7 +584,7 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
     p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="views per forward pass (views of several videos share one)")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes per rank")
+    p.add_argument("--workers", type=_from_zero_to(MAX_WORKERS), default=2, help="decoding processes per rank")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
                    help="video decoder (auto: PyAV when installed, else torchcodec)")
@@ -586,6 +599,7 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
 
 # vivit.data.KINETICS_PATTERN, written out so that building the parser imports no torch (a test holds them equal)
 KINETICS_PATTERN_HELP = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+MAX_WORKERS = 16  # vivit.tasks.run.MAX_WORKERS, written out for the same reason (a test holds them equal)
 MAX_FAILURE_LINES = 20  # failed videos named on stderr; the report lists every one
 
 

@@ -59,6 +59,9 @@ RUN = "run.json"
 LOCK = ".lock"
 
 
+MAX_WORKERS = 16  # decoding processes per rank; each holds a decoder and its clips (24 once took 6.8 GB)
+
+
 class RunError(RuntimeError):
     """The run as a whole cannot go on (out of memory, a folder another process writes); no video is to blame."""
 
@@ -108,6 +111,9 @@ class RunOptions:
         check_backend(self.backend)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be an integer from 0 to {MAX_WORKERS} (each decoding process holds its "
+                             f"own decoder and clips: 24 took 6.8 GB), found {self.workers!r}")
 
     @classmethod
     def of(cls, options: RunOptions | None, changes: dict[str, Any]) -> RunOptions:
