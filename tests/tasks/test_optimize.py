@@ -45,6 +45,7 @@ def clip(batch: int = 2) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _fresh_messages(monkeypatch):
     monkeypatch.setattr(opt, "_said", set())
+    monkeypatch.delenv("VIVIT_BACKEND", raising=False)  # conftest pins "auto" to torch for the other tests
 
 
 @pytest.fixture(scope="module")
