@@ -42,10 +42,18 @@ def clip(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _auto_is_the_fastest():
+    """conftest pins "auto" to torch for the other tests; here it picks OpenVINO (module scope: before the module's
+    other fixtures convert anything)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("VIVIT_BACKEND", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_messages(monkeypatch):
     monkeypatch.setattr(opt, "_said", set())
-    monkeypatch.delenv("VIVIT_BACKEND", raising=False)  # conftest pins "auto" to torch for the other tests
 
 
 @pytest.fixture(scope="module")

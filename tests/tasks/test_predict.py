@@ -59,7 +59,7 @@ def test_views_must_be_five_dimensional():
 
 def test_predict_video_runs_a_vivit_on_a_real_file(tmp_path):
     pytest.importorskip("av")
-    from .videos import write_video
+    from tests.videos import write_video
 
     path = write_video(tmp_path / "clip.mp4", 30, 48, 64)
     model = vivit.create_model("vivit_ti_16x2", num_classes=5, **TINY)

@@ -99,7 +99,7 @@ def test_cli_no_reuse_computes_whole_windows_with_the_same_labels(motion_video, 
     for flag in ((), ("--no-reuse",)):
         out = tmp_path / ("dense" if flag else "reuse")
         rc, _, err = run_cli(capsys, "timeline", path, "--model", "vivit_motion", "--out", out, *TORCH_FLOAT32,
-                             "--stop-after", "6", *flag)
+                             "--stop-after", "6", "--batch-size", "3", *flag)  # stops after whole batches
         assert rc == 3, err
         outs[flag] = [json.loads(line) for line in (out / "windows.jsonl").read_text().splitlines()]
     (a, sa), (b, sb) = _scores(outs[()]), _scores(outs[("--no-reuse",)])

@@ -350,7 +350,9 @@ def _openvino_importable() -> bool:
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.skipif(
     not _openvino_importable(), reason="openvino is not installed"))])
-def test_the_cli_runs_the_chosen_backend_and_records_it(motion_video, motion_model, backend, tmp_path, capsys):
+def test_the_cli_runs_the_chosen_backend_and_records_it(motion_video, motion_model, backend, tmp_path, capsys,
+                                                        monkeypatch):
+    monkeypatch.delenv("VIVIT_BACKEND", raising=False)  # "auto" below picks OpenVINO where it is installed
     path, _ = motion_video
     common = ["timeline", path, "--model", "vivit_motion", "--out", tmp_path, "--step", "2", "--dtype", "float32"]
     rc, _, err = run_cli(capsys, *common, "--backend", backend)
