@@ -23,6 +23,7 @@ def _pages_with_code() -> list[Path]:
 def test_code_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples may write files
     monkeypatch.setenv("VIVIT_OFFLINE", "1")  # and must never need the network
+    monkeypatch.delenv("VIVIT_BACKEND", raising=False)  # as a user runs them: "auto" is the fastest installed
     namespace: dict = {"__name__": "__docs__"}
     for i, code in enumerate(BLOCK.findall(page.read_text())):
         exec(compile(code, f"{page.name}[block {i}]", "exec"), namespace)  # noqa: S102 - our own docs
