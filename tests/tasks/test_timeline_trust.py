@@ -221,20 +221,25 @@ def test_a_url_that_stalls_midway_keeps_the_windows_before_it(videos, model, tmp
     assert json.loads((tmp_path / "segments.json").read_text())
 
 
+def _interrupt_once_stalled(lines: Path) -> None:
+    """Send this process SIGINT once ``lines`` has had windows and then no new one for a second (or after 60 s)."""
+    def interrupt() -> None:
+        for _ in range(600):
+            time.sleep(0.1)
+            if lines.exists() and lines.stat().st_size and time.time() - lines.stat().st_mtime > 1.0:
+                break
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+
+
 def test_ctrl_c_on_a_stalled_url_exits_130_and_keeps_the_windows(videos, tmp_path, serve, monkeypatch, capsys):
     monkeypatch.setenv("VIVIT_DOWNLOAD_TIMEOUT", "600")  # the deadline is far away: only Ctrl-C ends the wait
     data = videos["mkv"].read_bytes()
     server = serve(data[: len(data) * 2 // 3])
     lines = tmp_path / "windows.jsonl"
 
-    def interrupt_once_stalled() -> None:
-        for _ in range(600):  # windows come, then the stream stalls: Ctrl-C while it waits
-            time.sleep(0.1)
-            if lines.exists() and lines.stat().st_size and time.time() - lines.stat().st_mtime > 1.0:
-                break
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt_once_stalled, daemon=True).start()
+    _interrupt_once_stalled(lines)  # windows come, then the input stalls: Ctrl-C while it waits
     started = time.monotonic()
     rc, _, _ = run_cli(capsys, "timeline", server.url, "--model", "vivit_motion", "--out", tmp_path, "--step", "0.5",
                        "--batch-size", "1", *TORCH_FLOAT32)
@@ -250,14 +255,7 @@ def test_ctrl_c_while_following_a_file_that_stopped_growing(videos, model, tmp_p
     growing.write_bytes(data[: len(data) * 2 // 3])  # the recorder stopped; --follow waits up to 600 s for more
     lines = tmp_path / "out" / "windows.jsonl"
 
-    def interrupt_once_waiting() -> None:
-        for _ in range(600):
-            time.sleep(0.1)
-            if lines.exists() and lines.stat().st_size and time.time() - lines.stat().st_mtime > 1.0:
-                break
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt_once_waiting, daemon=True).start()
+    _interrupt_once_stalled(lines)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):  # PyAV used to drop it inside the file's read: the wait went on
         timeline_video(growing, model, tmp_path / "out", follow=600, step=0.5, batch_size=1, plot=False)
