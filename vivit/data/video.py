@@ -505,6 +505,16 @@ def open_container(av: Any, source: Path | str | Any, timeout: float | None = No
     return container
 
 
+def _rgb(frame: Any, **kwargs: Any) -> np.ndarray:
+    """``frame.to_ndarray`` on one thread. PyAV 18.1.1 converts with FFmpeg's swscale on a pool of every CPU by default
+    (``threads=0``): a DataLoader worker forked from a process that had converted a frame then waits forever in its
+    first conversion (the test suite hung there). Decoding already runs one worker per core."""
+    try:
+        return frame.to_ndarray(format="rgb24", threads=1, **kwargs)
+    except TypeError:  # a PyAV whose reformat has no threads= converts on one thread anyway
+        return frame.to_ndarray(format="rgb24", **kwargs)
+
+
 def frame_to_array(frame: Any, rotation: int, size: tuple[int, str] | None) -> np.ndarray:
     """A decoded PyAV frame as an upright uint8 ``(H, W, 3)`` RGB array, resized on its short side when ``size =
     (short_side, interpolation)`` (see the module docstring for frames beyond ``EXACT_RESIZE_MAX_PIXELS``)."""
@@ -513,9 +523,9 @@ def frame_to_array(frame: Any, rotation: int, size: tuple[int, str] | None) -> n
 
         # FFmpeg scales while converting to RGB: no full-resolution RGB or float copy of a huge frame is made.
         height, width = short_side_size(frame.height, frame.width, size[0])  # symmetric: rotation-safe
-        small = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+        small = _rgb(frame, width=width, height=height, interpolation="AREA")
         return _rotate(small, rotation)
-    return _resize_frame(_rotate(frame.to_ndarray(format="rgb24"), rotation), size)
+    return _resize_frame(_rotate(_rgb(frame), rotation), size)
 
 
 class _Fallback(Exception):
