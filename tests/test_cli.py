@@ -555,3 +555,98 @@ def test_workers_beyond_the_bound_are_bad_usage(value, capsys):
     assert exit_.value.code == 2 and "--workers" in capsys.readouterr().err
     with pytest.raises(ValueError, match=f"workers must be an integer from 0 to {MAX_WORKERS}"):
         RunOptions(workers=MAX_WORKERS + 1)
+
+
+# --- flags the model's config refuses, found before any weights are read (issue 31) -----------------------------------
+
+def _unloadable(folder: Path, **args) -> Path:
+    """A saved model whose weights file is garbage: loading it fails, so a refusal that names the flag (and not
+    "damaged") was made from its config.json alone, before any weights were read."""
+    torch.manual_seed(0)
+    vivit.ViViT(img_size=32, num_frames=4, tubelet_size=(2, 8, 8), embed_dim=32, depth=2, num_heads=2, mlp_dim=64,
+                num_classes=10, **args).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("command", [["classify", "clip.mp4"], ["evaluate", "list.csv", "--out", "o"],
+                                     ["extract", "list.csv", "--out", "o"], ["timeline", "clip.mp4", "--out", "o"]])
+def test_token_merging_beyond_the_models_tokens_is_bad_usage_before_any_weights_are_read(command, tmp_path, capsys,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = _unloadable(tmp_path / "m1")  # Model 1: 2 x 4 x 4 = 32 tokens, so r <= 16
+    code, _, err = _main([*command, "--model", str(model), "--token-merging", "20"], capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "--token-merging 20" in err and "32 tokens" in err
+    assert "largest valid r is 16" in err and "damaged" not in err
+    code, _, err = _main([*command, "--model", str(model), "--token-merging", "(9, -1)"], capsys)
+    assert code == 2 and "largest valid r is 8" in err  # (r, inflection) merges 2r in its first block
+    code, _, err = _main([*command, "--model", str(model), "--token-merging", "16"], capsys)
+    assert code == 1 and "damaged" in err  # a valid r goes on to load (and these weights fail)
+
+
+def test_model_3_merging_and_model_2_static_skipping_are_bad_usage_before_any_weights_are_read(tmp_path, capsys):
+    fsa = _unloadable(tmp_path / "m3", variant="factorized_self_attention", global_pool="avg")
+    code, _, err = _main(["classify", "clip.mp4", "--model", str(fsa), "--token-merging", "2"], capsys)
+    assert code == 2 and "--token-merging 2" in err and "cannot merge tokens" in err and "damaged" not in err
+    fe = _unloadable(tmp_path / "m2", variant="factorized_encoder", temporal_depth=1)
+    code, _, err = _main(["timeline", "clip.mp4", "--out", "o", "--model", str(fe), "--drop-static", "0.1"], capsys)
+    assert code == 2 and "--drop-static" in err and "Model 1" in err and "damaged" not in err
+    code, _, err = _main(["classify", "clip.mp4", "--model", str(fe), "--token-merging", "9"], capsys)
+    assert code == 2 and "16 tokens (CLS excepted) in a frame" in err and "largest valid r is 8" in err
+    code, _, err = _main(["classify", "clip.mp4", "--model", "vivit_motion", "--token-merging", "[1, 1, 1]"], capsys)
+    assert code == 2 and "3 values for 2 blocks" in err  # a zoo name: the zoo's data
+
+
+@pytest.mark.parametrize("args", [dict(), dict(variant="factorized_encoder", temporal_depth=1),
+                                  dict(embedding="frame_sampling", n_sampled_frames=3, tubelet_size=(1, 8, 8)),
+                                  dict(img_size=(24, 40), tubelet_size=(1, 8, 8), global_pool="avg")])
+def test_the_pre_load_bound_is_the_models_own(args):
+    """The CLI's check from the arguments alone accepts exactly the r the built model accepts."""
+    from vivit.model.args import check_token_merging, merged_tokens
+    from vivit.weights.config import with_defaults
+
+    full = with_defaults({"img_size": 32, "num_frames": 4, "tubelet_size": (2, 8, 8), "embed_dim": 32, "depth": 2,
+                          "num_heads": 2, "mlp_dim": 64, "num_classes": 3, **args})
+    most = merged_tokens(full) // 2
+    check_token_merging(full, most)
+    vivit.ViViT(**{**full, "token_merging": most})
+    with pytest.raises(ValueError, match=f"largest valid r is {most}"):
+        check_token_merging(full, most + 1)
+    with pytest.raises(ValueError, match="at most"):
+        vivit.ViViT(**{**full, "token_merging": most + 1})
+
+
+def test_a_timeline_resume_with_other_flags_is_bad_usage_before_any_weights_are_read(tmp_path, capsys):
+    model, out = _unloadable(tmp_path / "m1"), tmp_path / "out"
+    out.mkdir()
+    recorded = {"video": "clip.mp4", "token_merging": 4, "drop_static": 0.0, "crops": 1, "top_k": 5, "batch_size": 8}
+    (out / "run.json").write_text(json.dumps(recorded))
+    code, _, err = _main(["timeline", "clip.mp4", "--out", str(out), "--model", str(model), "--token-merging", "8"],
+                         capsys)
+    assert code == 2 and "other settings" in err and "token_merging was 4, now 8" in err and "damaged" not in err
+    code, _, err = _main(["timeline", "clip.mp4", "--out", str(out), "--model", str(model), "--token-merging", "4",
+                          "--crops", "3"], capsys)
+    assert code == 2 and "crops was 1, now 3" in err
+    code, _, err = _main(["timeline", "clip.mp4", "--out", str(out), "--model", str(model), "--token-merging", "4"],
+                         capsys)
+    assert code == 1 and "damaged" in err  # the same flags: on to the model
+    (out / "run.json").write_text("{not json")
+    code, _, err = _main(["timeline", "clip.mp4", "--out", str(out), "--model", str(model), "--token-merging", "8"],
+                         capsys)
+    assert code == 1 and "run.json: is not valid JSON" in err  # a damaged file is no usage error
+
+
+def test_a_hub_models_flags_are_checked_from_its_config_alone(tmp_path):
+    from tests.hub_server import HubServer
+
+    folder = _unloadable(tmp_path / "repo")
+    with HubServer(repos={"vivit-test/m1": folder}) as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "VIVIT_"))}
+        env.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_XET="1",
+                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PYTHONPATH=str(ROOT))
+        out = run_cli("classify", "clip.mp4", "--model", "hf-hub:vivit-test/m1", "--token-merging", "17", env=env)
+        requested = [path for _, path in server.requests]
+    assert out.returncode == 2 and "largest valid r is 16" in out.stderr, out.stderr
+    assert any(p.endswith("config.json") for p in requested)
+    assert not any("safetensors" in p for p in requested)  # the weights were never asked for

@@ -147,6 +147,41 @@ def load_model_for_cli(name: str, **kwargs: object):
     return model.eval()
 
 
+def check_model_flags(args: argparse.Namespace) -> str | None:
+    """What the ``--model`` would refuse of ``--token-merging`` / ``--drop-static``, found from its config alone (the
+    zoo's data, a folder's or Hub repo's ``config.json``) before any weights are read: the line to print, or ``None``.
+
+    A config that cannot be read is the load's own error (raised as :func:`load_model_for_cli` raises it); a source
+    whose config only its weights tell (a bare file) is checked by the model once loaded.
+    """
+    if not args.token_merging and not args.drop_static:
+        return None  # nothing to check: no config is fetched
+    from vivit.model.args import check_token_merging, static_refusal
+    from vivit.weights.load import peek_model_args
+    from vivit.weights.source import parse_source
+
+    source = parse_source(args.model, folder_first=True)
+    try:
+        model_args = peek_model_args(source, force_download=args.force_download)
+    except (RuntimeError, FileNotFoundError, OSError) as err:
+        from vivit.files import first_line
+
+        raise RuntimeError(f"cannot load {args.model}: {first_line(err)} — {OFFLINE_HINT}") from None
+    if model_args is None:
+        return None
+    if args.drop_static and (refusal := static_refusal(model_args["variant"], model_args["embedding"])):
+        return f"--drop-static: {args.model}: {refusal}"
+    try:
+        check_token_merging(model_args, args.token_merging)
+    except ValueError as err:
+        return f"--token-merging {_merging_text(args.token_merging)}: {args.model}: {err}"
+    return None
+
+
+def _merging_text(r: object) -> str:
+    return str(r).replace(" ", "")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -257,6 +292,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from vivit.data.video import parse_views
     from vivit.tasks.predict import default_views, predict_video, top_k
 
+    if refused := check_model_flags(args):
+        raise UsageError(refused)
     model = load_model_for_cli(args.model, force_download=args.force_download)
     views = parse_views(args.views) if args.views else default_views(model)
     print(_classify_plan(args.model, model, views), file=sys.stderr, flush=True)
@@ -483,7 +520,7 @@ def _usage(command: str, message: str) -> int:
 def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object]):
     """The model of ``evaluate`` / ``extract`` and their :class:`~vivit.tasks.run.RunOptions`, built once from the
     flags; a resume with other settings that the folder's ``run.json`` shows is refused before the model is loaded."""
-    from vivit.tasks.run import RunOptions, check_settings
+    from vivit.tasks.run import OtherSettings, RunOptions, check_settings
 
     _dataset_logging()
     fields: dict[str, object] = dict(
@@ -494,7 +531,12 @@ def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object])
     if args.pattern is not None:  # only when given: the library has the default
         fields["pattern"] = args.pattern
     options = RunOptions(**fields)
-    check_settings(args.out, options, **own)
+    try:  # the flags against the folder's run.json: bad usage, found before the model is built
+        check_settings(args.out, options, **own)
+    except OtherSettings as err:
+        raise UsageError(_collapse(err)) from None
+    if refused := check_model_flags(args):
+        raise UsageError(refused)
     model = load_model_for_cli(args.model, force_download=args.force_download)
     if args.drop_static:
         model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
@@ -514,7 +556,8 @@ def _report_failures(failed: Sequence[dict], total: int) -> int:
 
 
 DATASET_EPILOG = ("exit status: 0 every video done; 1 some videos failed (each named on stderr and in the output "
-                  "folder, whose files are complete) or the run failed; 2 bad usage; 3 stopped by --stop-after")
+                  "folder, whose files are complete) or the run failed; 2 bad usage (also flags that the model's "
+                  "config or --out's run.json refuse, found before the model loads); 3 stopped by --stop-after")
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
@@ -524,16 +567,20 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
     logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
+    if refused := check_model_flags(args):
+        raise UsageError(refused)
+    source = args.input
+    live = is_url(source)
+    listing = not live and (Path(source).is_dir() or Path(source).suffix.lower() in (".csv", ".txt", ".tsv", ".list"))
+    _check_timeline_resume(args, listing)
     runtime = _model_runtime(args, "timeline", load_model_for_cli(args.model, force_download=args.force_download))
     model = runtime.model
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
                    runtime=runtime.fast or "torch", reuse=args.reuse)
-    source = args.input
-    live = is_url(source)
     started = time.perf_counter()
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
-    if live or not (Path(source).is_dir() or Path(source).suffix.lower() in (".csv", ".txt", ".tsv", ".list")):
+    if not listing:
         def show(record: dict) -> None:  # a live stream: each window's labels as it is classified
             tops = record.get("top") or [t[0] for t in record["top_by_split"]]
             print(f"{record['start']:9.2f}-{record['end']:9.2f} s  " + ", ".join(
@@ -562,6 +609,28 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         print(f"real-time factor {seconds / video:.2f} ({seconds:.1f} s for {video:.1f} s of video, this run's "
               "processing time / video duration)")
     return EXIT_STATUS["failed"] if any(r.get("error") for r in results) else 0
+
+
+def _check_timeline_resume(args: argparse.Namespace, listing: bool) -> None:
+    """Refuse, before the model loads, a timeline resume whose flags differ from what ``--out`` recorded (each
+    video's folder for a listing); what needs the model (its weights, config, the resolved step) is checked after."""
+    from vivit.tasks.run import OtherSettings, check_recorded
+
+    known = {"token_merging": args.token_merging, "drop_static": float(args.drop_static), "crops": args.crops,
+             "top_k": args.top_k, "batch_size": args.batch_size}
+    if args.backend != "auto":  # "auto" is recorded as what it picked
+        known["backend"] = args.backend
+    folders = sorted(p for p in args.out.glob("*") if p.is_dir()) if listing and args.out.is_dir() else [args.out]
+    try:
+        for folder in folders:
+            check_recorded(folder, known)
+    except OtherSettings as err:
+        raise UsageError(_collapse(err)) from None
+
+
+class UsageError(Exception):
+    """Bad usage found past argparse (the flags against the model's config or the ``--out`` folder): one line, exit
+    status 2."""
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -663,7 +732,8 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
                        "windows.jsonl (each window's top labels), segments.json (runs of one label) and timeline.png "
                        "into --out. A stopped run continues when started again with the same inputs and --out.",
                        epilog="exit status: 0 ok; 1 a video failed midway (its earlier windows are kept), stalled "
-                       "(VIVIT_DOWNLOAD_TIMEOUT), or the model or --out was refused; 2 bad usage; 3 stopped by "
+                       "(VIVIT_DOWNLOAD_TIMEOUT), or the model or --out was refused; 2 bad usage (also flags that the "
+                       "model's config or --out's run.json refuse, found before the model loads); 3 stopped by "
                        "--stop-after; 130 interrupted (the finished windows and their segments are kept)")
     p.add_argument("input", help="a video file, a stream URL (rtsp://, http://), or a listing of videos")
     _add_model_args(p)
@@ -747,6 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at devnull so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except UsageError as err:
+        return _usage(args.command, str(err))
     except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT, without a traceback
         return EXIT_STATUS["interrupted"]
     except MemoryError:  # e.g. a file declaring more data than this machine holds, past every header check

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from vivit.model.encoders import ENCODERS
-from vivit.model.grid import checked_sides, is_int
+from vivit.model.grid import checked_sides, grid_of_args, is_int
 from vivit.model.layers import ACT_LAYERS, ATTN_IMPLS, HEAD_POOL_TYPES, fx_tracing
+from vivit.model.merge import TokenMerging, parse_r
 
 VARIANTS = tuple(ENCODERS)
 ATTENTION_ORDERS = ("space_time", "time_space")
@@ -108,6 +109,57 @@ def _warn_leftovers(args: dict[str, Any], img: tuple[int, ...], tubelet: tuple[i
         warnings.warn(f"ViViT with img_size={img}, num_frames={args['num_frames']}, tubelet_size={tubelet}: "
                       f"{'; '.join(dropped)} are dropped by the tubelet embedding, as the reference drops them; pick "
                       "multiples of the tubelet to use every pixel", UserWarning, stacklevel=4)
+
+
+def merged_tokens(args: Mapping[str, Any]) -> int | None:
+    """Tokens (CLS excepted) of the one sequence each block of a ``ViViT(**args)`` merges in: Model 1 the clip's
+    ``t * h * w``, Model 2 one frame's ``h * w`` (its spatial encoder merges); ``None`` for Models 3 and 4, which
+    cannot merge. The encoders' own bound (``set_token_merging``) is half of this; a test holds the two equal."""
+    t, h, w = grid_of_args(args)
+    variant = args.get("variant", "spacetime")
+    return t * h * w if variant == "spacetime" else h * w if variant == "factorized_encoder" else None
+
+
+def check_token_merging(args: Mapping[str, Any], r: TokenMerging) -> None:
+    """Refuse, from ``ViViT(**args)``'s arguments alone, a token-merging ``r`` the model would refuse (nothing is
+    built: the CLI asks before any weights are read). The message states the token count and the largest valid r.
+
+    Raises:
+        ValueError: A malformed ``r``, merging on Models 3 and 4, or more tokens than a block holds.
+    """
+    depth = args.get("depth", 12)
+    schedule = parse_r(r, depth)  # a malformed r: merge's own message
+    if not any(schedule):
+        return
+    tokens = merged_tokens(args)
+    if tokens is None:
+        raise ValueError(f"Models 3 and 4 ({args.get('variant')!r}) attend along the axes of the full t x h x w grid, "
+                         "so they cannot merge tokens; token merging needs Model 1 (spacetime) or Model 2 "
+                         "(factorized_encoder)")
+    most = tokens // 2
+    if max(schedule) <= most:
+        return
+    where = "a clip" if args.get("variant", "spacetime") == "spacetime" else "a frame (Model 2 merges per frame)"
+    if isinstance(r, list):
+        largest = f"each block's r can be at most {most}"
+    else:  # the largest r of the same form whose busiest block fits
+        base = max((n for n in range(0, 2 * most + 1) if max(parse_r(_with_base(r, n), depth)) <= most), default=0)
+        largest = f"the largest valid r is {base}"
+    raise ValueError(f"r={r!r} merges up to {max(schedule)} tokens in a block, but the model has {tokens} tokens "
+                     f"(CLS excepted) in {where} and a block merges at most half of them: {largest}")
+
+
+def _with_base(r: TokenMerging, base: int) -> TokenMerging:
+    return (base, r[1]) if isinstance(r, tuple) else base
+
+
+def static_refusal(variant: str, embedding: str) -> str | None:
+    """Why a model of ``variant`` with ``embedding`` cannot skip static tubelets (``set_drop_static``), or ``None``."""
+    if variant == "spacetime" and embedding == "tubelet":
+        return None
+    return (f"drop_static needs Model 1 (variant 'spacetime') with tubelet embedding, got {variant!r} with "
+            f"{embedding!r} embedding: Models 2-4 encode the full t x h x w grid per frame or per axis, so no tubelet "
+            "can be left out")
 
 
 def check_grid(grid: Sequence[int], num_frames: int, img_size: tuple[int, int], tubelet: Sequence[int]) -> None:

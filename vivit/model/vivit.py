@@ -21,6 +21,7 @@ from vivit.model.args import (
     check_pool_switch,
     check_video,
     default_pool,
+    static_refusal,
 )
 from vivit.model.embed import FrameSamplingEmbed, TubeletEmbed
 from vivit.model.encoders import ENCODERS, BlockArgs, Transformer
@@ -290,10 +291,9 @@ class ViViT(TokenMergingMixin, nn.Module):
                 DROP_STATIC_DEFAULT`` (0.045: RLT's 0.1 in ImageNet units, converted); 0 turns skipping off.
         """
         tau = parse_drop_static(tau)
-        if tau and (self.variant != "spacetime" or not isinstance(self.patch_embed, TubeletEmbed)):
-            raise ValueError(f"drop_static needs Model 1 (variant 'spacetime') with tubelet embedding, got "
-                             f"{self.variant!r} with {type(self.patch_embed).__name__}: Models 2-4 encode the full "
-                             "t x h x w grid per frame or per axis, so no tubelet can be left out")
+        refusal = static_refusal(self.variant, self.model_args.get("embedding", "tubelet"))
+        if tau and refusal:
+            raise ValueError(refusal)
         self.drop_static = tau
 
     def _forward_static(self, x: torch.Tensor, head_token_only: bool, pool: bool) -> list[torch.Tensor]:

@@ -357,16 +357,28 @@ def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:
         return
     known = {"decoder": opts.decoder, **extra, "views": opts.views and "{}x{}".format(*parse_views(opts.views)),
              "backend": opts.backend if opts.backend != "auto" else None,  # "auto" is recorded as what it picked
-             "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)),
-             "token_merging": None if opts.token_merging is None else _merging_json(opts.token_merging)}
-    _compare(Path(out), {k: v for k, v in known.items() if v is not None})
+             "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)), "token_merging": opts.token_merging}
+    check_recorded(out, {k: v for k, v in known.items() if v is not None})
+
+
+def check_recorded(out: str | Path, known: dict[str, Any]) -> None:
+    """Refuse a resume whose ``known`` settings (those the command line states; ``token_merging`` as given) differ
+    from those ``out/run.json`` recorded; nothing to compare without one."""
+    if (Path(out) / RUN).exists():
+        merging = {"token_merging": _merging_json(known["token_merging"])} if "token_merging" in known else {}
+        _compare(Path(out), {**known, **merging})
+
+
+class OtherSettings(ValueError):
+    """A resume with other settings than the folder's ``run.json`` recorded (the CLI's bad usage when the flags
+    differ)."""
 
 
 def _compare(out: Path, identity: dict[str, Any]) -> None:
     saved = read_json(out / RUN, "the settings of a run")
     changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
     if changed:
-        raise ValueError(f"{out}: holds a run with other settings (" + ", ".join(
+        raise OtherSettings(f"{out}: holds a run with other settings (" + ", ".join(
             _difference(k, old, new) for k, (old, new) in changed.items())
             + "); continue it with the same settings, or pass another --out")
 

@@ -24,7 +24,7 @@ from vivit.weights import fetch
 from vivit.weights.config import checked_model_args, estimate_parameters, pretrained_cfg, with_defaults
 from vivit.weights.convert.checkpoint import read_scenic_checkpoint
 from vivit.weights.convert.scenic import convert_scenic_params, flatten_params
-from vivit.weights.convert.transformers import convert_transformers
+from vivit.weights.convert.transformers import convert_transformers, model_args_from_transformers
 from vivit.weights.fit import LoadReport, fit_input_channels, fit_pos_embeds, grid_of_args, remember_load, source_grid
 from vivit.weights.read import (
     CONFIG_NAME,
@@ -39,7 +39,7 @@ from vivit.weights.read import (
     read_weights_file,
 )
 from vivit.weights.source import Source, parse_source
-from vivit.zoo import PRETRAINED, PretrainedCfg, tagged_name
+from vivit.zoo import ARCHS, GENERIC_ARCH, PRETRAINED, PretrainedCfg, resolve_name, tagged_name
 
 _logger = logging.getLogger(__name__)
 
@@ -347,3 +347,38 @@ def read_folder_model(source: Source, pretrained: bool = True) -> ModelSpec:
     saved = read_saved(config, lambda: folder_weights_file(folder), str(config_path), pretrained)
     saved.cfg.update(source_fields(source))
     return saved
+
+
+def peek_model_args(source: Source, *, force_download: bool = False) -> dict[str, Any] | None:
+    """The ``ViViT`` arguments (defaults filled in) of the model ``source`` builds, read without its weights: a zoo
+    name's from the zoo, a folder's or Hub repo's from its ``config.json`` alone (fetched alone: a few kB). ``None``
+    where only the weights would tell (a weights file, a URL, a folder without a config the loader reads), or where the
+    config is one the loader will refuse itself (it says why, in its words).
+
+    Raises:
+        ValueError, OSError: What loading the source would raise first (an unknown name, an unreachable Hub, a
+            config.json that is not JSON or states a hostile size).
+    """
+    if source.kind in ("tag", "name"):
+        if source.text == GENERIC_ARCH:
+            return None
+        arch, _ = resolve_name(source.text)
+        return with_defaults(ARCHS[arch])
+    if source.kind == "hub":
+        config, where = _hub_config(source.repo_id, source.revision, force_download)
+    elif source.kind in ("folder", "local-dir"):
+        path = Path(source.path or source.text).expanduser() / CONFIG_NAME
+        if not path.is_file():
+            return None
+        config, where = read_json(path), str(path)
+    else:
+        return None
+    kind = config_kind(config)
+    if kind == "vivit":
+        return with_defaults(checked_model_args(config, where))
+    if kind is None:
+        return None
+    try:  # the head and pooler come from the weights; the sizes, which the checks need, are in the config
+        return with_defaults(model_args_from_transformers(config, {}))
+    except (KeyError, TypeError, ValueError):  # a malformed transformers config: the loader's message says what
+        return None
