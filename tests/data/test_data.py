@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,8 @@ from vivit.data.datasets import (
     shard,
     to_items,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kinetics_csv_rows_map_onto_the_documented_file_names(tmp_path):
@@ -168,3 +175,83 @@ def test_a_tree_with_a_cycle_and_odd_links_lists_each_video_once_and_reports_the
     assert listing.labels == ["cat", "cat", "cat", "dog"]
     text = caplog.text
     assert "a cycle" in text and "reached twice" in text and "2 listed entries are links that point nowhere" in text
+
+
+# ------------------------------------------------------------------------------------------------ hung decoding workers
+class _Hangs(torch.utils.data.Dataset):
+    """A dataset whose decode never returns: it writes its worker's pid to ``pid_file`` first."""
+
+    def __init__(self, pid_file: str) -> None:
+        self.pid_file = pid_file
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        import os
+        import time
+
+        with open(self.pid_file, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(10**6)
+        return i
+
+
+def test_a_hung_worker_is_one_clear_error_after_the_loader_deadline(tmp_path, monkeypatch):
+    from vivit.data.datasets import LoaderTimeout, loader_timeout
+
+    loader = make_loader(_Hangs(str(tmp_path / "pid")), workers=1, timeout=1)
+    with pytest.raises(LoaderTimeout, match=r"sent no batch for 1 s .*VIVIT_LOADER_TIMEOUT"):
+        next(iter(loader))
+    monkeypatch.setenv("VIVIT_LOADER_TIMEOUT", "2.5")
+    assert loader_timeout() == 2.5 and make_loader(_Hangs(str(tmp_path / "pid")), workers=1).timeout == 2.5
+    for bad in ("nan", "-1", "inf", "soon"):
+        monkeypatch.setenv("VIVIT_LOADER_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="VIVIT_LOADER_TIMEOUT must be a number of seconds"):
+            loader_timeout()
+
+
+ORPHAN = """
+import sys
+sys.path.insert(0, {tests!r})
+from data.test_data import _Hangs
+from vivit.data.datasets import make_loader
+next(iter(make_loader(_Hangs({pid_file!r}), workers=1)))
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped has died)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_a_worker_stuck_in_a_decode_dies_with_its_parent(tmp_path):
+    """A killed job (SIGKILL: no clean-up runs) leaves no decoding worker behind (one lived 8 minutes)."""
+    pid_file = tmp_path / "pid"
+    code = ORPHAN.format(tests=str(Path(__file__).parents[1]), pid_file=str(pid_file))
+    parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = None
+    try:
+        for _ in range(600):  # the worker starts once torch is imported: a generous bound, polled
+            if pid_file.exists() and pid_file.read_text():
+                worker = int(pid_file.read_text())
+                break
+            time.sleep(0.2)
+        assert worker is not None and parent.poll() is None, "the loader's worker never started"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=60)
+        for _ in range(300):
+            if not _running(worker):
+                break
+            time.sleep(0.2)
+        assert not _running(worker), f"worker {worker} outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if worker is not None and _running(worker):
+            os.kill(worker, signal.SIGKILL)

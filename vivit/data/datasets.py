@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import logging
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -445,17 +447,79 @@ def collate_first(batch: list[Any]) -> Any:
     return batch[0]
 
 
-def _worker_init(_: int) -> None:
+LOADER_TIMEOUT = 600.0  # seconds a loader may wait for its next batch (a hung decode), unless VIVIT_LOADER_TIMEOUT says
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def loader_timeout() -> float:
+    """``$VIVIT_LOADER_TIMEOUT`` seconds (0: wait forever), else ``LOADER_TIMEOUT``: how long the loader waits for its
+    workers' next batch before the run stops with :class:`LoaderTimeout`."""
+    text = os.environ.get("VIVIT_LOADER_TIMEOUT", "").strip()
+    try:
+        value = float(text) if text else LOADER_TIMEOUT
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1e6:  # also refuses nan and inf
+        raise ValueError(f"VIVIT_LOADER_TIMEOUT must be a number of seconds from 0 (no deadline) to 1e6, got {text!r}")
+    return value
+
+
+class LoaderTimeout(TimeoutError):
+    """The loader's workers sent no batch within :func:`loader_timeout` seconds (a decode that hangs)."""
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be killed (SIGKILL) when ``parent``, the process that started it, dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing), so a worker stuck in a decode never outlives its job. The
+    signal follows the *thread* that started the worker: loaders are iterated by the thread that runs the job."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl in this libc: the worker lives as before
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect: nobody will read this worker's output
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_init(parent: int, _: int) -> None:
+    die_with_parent(parent)
     # Decoding and resizing run in many workers at once: one intra-op thread each leaves the cores to the model.
     torch.set_num_threads(1)
+
+
+class _Loader(DataLoader):
+    """A ``DataLoader`` whose deadline for the next batch is one clear :class:`LoaderTimeout`."""
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if "timed out" not in str(err) or not self.timeout:
+                    raise
+                raise LoaderTimeout(
+                    f"the decoding workers sent no batch for {self.timeout:g} s (a video whose decode hangs?); the "
+                    "run stops here and keeps what it finished: run it again to continue, or set "
+                    "VIVIT_LOADER_TIMEOUT (seconds, 0 for no deadline)") from None
+            yield batch
 
 
 def make_loader(dataset: Dataset, *, batch_size: int | None = 1, workers: int = 0,
                 collate_fn: Callable[[list[Any]], Any] | None = None, sampler: Any = None, shuffle: bool = False,
                 drop_last: bool = False, pin_memory: bool = False, seed: int | None = None,
-                prefetch_factor: int = 2) -> DataLoader:
+                prefetch_factor: int = 2, timeout: float | None = None) -> DataLoader:
     """A ``DataLoader`` for video datasets: ``workers`` decoding processes (one torch thread each) that fill a queue
-    of ``prefetch_factor`` batches per worker while the model runs.
+    of ``prefetch_factor`` batches per worker while the model runs. Each worker dies with the process that started
+    it (:func:`die_with_parent`), and a batch that does not come within ``timeout`` seconds stops the iteration with
+    :class:`LoaderTimeout` (the stuck worker is terminated), never a hang.
 
     Args:
         dataset: A dataset of this module.
@@ -468,11 +532,17 @@ def make_loader(dataset: Dataset, *, batch_size: int | None = 1, workers: int = 
         pin_memory: Page-locked batches for fast copies to a GPU.
         seed: Seed of the loader's generator (shuffling, worker seeds).
         prefetch_factor: Batches each worker prepares ahead.
+        timeout: Seconds to wait for the workers' next batch (default :func:`loader_timeout`; 0: no deadline).
+            Decoding in the main process (``workers=0``) has no deadline.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, found {workers}")
-    extra: dict[str, Any] = dict(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init) if workers else {}
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+    timeout = loader_timeout() if timeout is None else timeout
+    if not 0 <= timeout <= 1e6:
+        raise ValueError(f"timeout must be a number of seconds from 0 to 1e6, got {timeout!r}")
+    extra: dict[str, Any] = dict(prefetch_factor=prefetch_factor, timeout=timeout,
+                                 worker_init_fn=functools.partial(_worker_init, os.getpid())) if workers else {}
+    return _Loader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed) if seed is not None else None, **extra)
 
@@ -576,5 +646,6 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
 
 __all__ = ["DataError", "Dist", "EvalVideos", "Item", "KINETICS_PATTERN", "Listing", "READ_ERRORS",
            "ResumableDistributedSampler", "TrainClips", "UNLABELLED", "VIDEO_SUFFIXES", "class_index",
-           "collate_first", "collate_views", "init_distributed", "is_out_of_memory", "item_seed", "make_loader",
+           "collate_first", "collate_views", "die_with_parent", "init_distributed", "is_out_of_memory", "item_seed",
+           "LoaderTimeout", "loader_timeout", "make_loader",
            "one_line", "read_listing", "resolve_classes", "shard", "to_items"]
