@@ -710,18 +710,21 @@ def test_the_cache_keeps_the_recently_used_entries_within_its_bound(tmp_path, mo
 
 THREADS = TINY + """
 import threading
-runs = [vivit.optimize(tiny(i), "float32", cache_dir={cache!r}) for i in range(2)]
-def infer(run):
+start = threading.Barrier(3)
+def infer(seed):  # one callable per thread, built in it at the same moment as the other's (the guide's advice)
+    start.wait()
+    run = vivit.optimize(tiny(seed), "float32", cache_dir={cache!r})
     for _ in range(100):
         run(clip)
 def train():
     model = tiny(5).train()
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
+    start.wait()
     for _ in range(20):
         sgd.zero_grad()
         model(clip).sum().backward()
         sgd.step()
-threads = [threading.Thread(target=infer, args=(run,)) for run in runs] + [threading.Thread(target=train)]
+threads = [threading.Thread(target=infer, args=(seed,)) for seed in range(2)] + [threading.Thread(target=train)]
 for t in threads:
     t.start()
 for t in threads:
