@@ -650,3 +650,14 @@ def test_a_hub_models_flags_are_checked_from_its_config_alone(tmp_path):
     assert out.returncode == 2 and "largest valid r is 16" in out.stderr, out.stderr
     assert any(p.endswith("config.json") for p in requested)
     assert not any("safetensors" in p for p in requested)  # the weights were never asked for
+
+
+def test_a_video_that_fails_at_once_names_its_path_once(tmp_path, capsys):
+    from vivit.data.video import write_video
+
+    still = write_video(tmp_path / "still.mp4", np.zeros((1, 32, 32, 3), np.uint8), fps=8)
+    code, _, err = _main(["timeline", str(still), "--model", "vivit_motion", "--out", str(tmp_path / "out"),
+                          "--backend", "torch", "--dtype", "float32"], capsys)
+    failure = [line for line in err.splitlines() if "single frame" in line]
+    assert code == 1 and len(failure) == 1 and failure[0].count(str(still)) == 1
+    assert "windows before it" not in failure[0]  # none were made

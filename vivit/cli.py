@@ -223,6 +223,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seconds_or_zero(text: str) -> float:
+    """An argparse type: a finite number of seconds from 0 to 1e6 (``nan``, ``inf`` and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 1e6, got {text[:30]}")
+    return value
+
+
 def _token_merging(text: str) -> int | tuple | list:
     """``--token-merging``: ``16``, ``"(16, -1)"`` (r, inflection) or ``"[16, 16, 8]"`` (one r per block)."""
     import ast
@@ -602,8 +613,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         print(f"{r['path']}: {r['windows']} windows, {r.get('segments', 0)} segments over {r.get('duration', 0):.1f} s "
               f"-> {r['out']}")
         if r.get("error"):
-            print(f"vivit timeline: {r['path']}: {r['error']} (the {r['windows']} windows before it are kept)",
-                  file=sys.stderr)
+            kept = f" (the {_count(r['windows'], 'window')} before it are kept)" if r["windows"] else ""
+            said = r["error"] if str(r["path"]) in r["error"] else f"{r['path']}: {r['error']}"  # the path once
+            print(f"vivit timeline: {said}{kept}", file=sys.stderr)
     seconds, video = time.perf_counter() - started, sum(r.get("duration", 0) for r in results)
     if video > 0:  # what real time means here: below 1, the timeline keeps up with the video
         print(f"real-time factor {seconds / video:.2f} ({seconds:.1f} s for {video:.1f} s of video, this run's "
@@ -744,7 +756,8 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
     p.add_argument("--top-k", type=_positive_int, default=5, help="labels per window")
     p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
-    p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
+    p.add_argument("--min-segment", type=_seconds_or_zero, default=0.0,
+                   help="seconds: shorter segments join a neighbour")
     p.add_argument("--batch-size", type=_up_to(256), default=8, help="windows per forward pass")
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")

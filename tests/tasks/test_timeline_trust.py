@@ -121,7 +121,14 @@ def test_two_runs_into_one_out_never_mix(videos, model, tmp_path):
 @pytest.mark.parametrize("garbage", ['{"index": 3}', "[1, 2]", '"text"', '{"index": 1e400, "start": 0, "end": 1}',
                                      '{"index": 99999999999999999999999, "start": 0, "end": 1, "top": []}',
                                      '{"index": 0, "start": 0.0, "end": 2.0, "top": [{"label": "a", "score": 1}]}',
-                                     "\x00\x01 not json", '{"index": 9, "start": NaN, "end": 1, "top": []}'])
+                                     "\x00\x01 not json", '{"index": 9, "start": NaN, "end": 1, "top": []}',
+                                     # the next index, but a score no softmax gives, a label of two lines, a padded
+                                     # that is no bool: each was resumed and reached segments.json
+                                     '{"index": 2, "start": 1, "end": 3, "top": [{"label": "blinking", "score": 2.5}]}',
+                                     '{"index": 2, "start": 1, "end": 3, "top": [{"label": "blinking", "score": -1}]}',
+                                     '{"index": 2, "start": 1, "end": 3, "top": [{"label": "a\\nb", "score": 0.5}]}',
+                                     '{"index": 2, "start": 1, "end": 3, "top": [{"label": "a", "score": 0.5}], '
+                                     '"padded": "yes"}'])
 def test_garbage_in_windows_jsonl_is_one_line(videos, tmp_path, capsys, garbage):
     common = ["timeline", videos["a"], "--model", "vivit_motion", "--out", tmp_path, "--step", "0.5",
               "--batch-size", "2", *TORCH_FLOAT32]
@@ -333,7 +340,8 @@ def test_the_picture_grows_with_the_video_and_spreads_its_thumbnails(tmp_path):
 
 # ------------------------------------------------------------------------------------------- the command line
 @pytest.mark.parametrize("option", [("--step", "inf"), ("--step", "1e308"), ("--step", "nan"), ("--step", "-1"),
-                                    ("--follow", "nan"), ("--window-stride", "9" * 20), ("--batch-size", "100000")])
+                                    ("--follow", "nan"), ("--window-stride", "9" * 20), ("--batch-size", "100000"),
+                                    ("--min-segment", "nan"), ("--min-segment", "-1"), ("--min-segment", "inf")])
 def test_options_at_their_extremes_are_bad_usage(tmp_path, capsys, option):
     from vivit.cli import main
 

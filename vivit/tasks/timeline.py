@@ -263,7 +263,7 @@ def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment:
         confident: Mean top-1 score from which a transition-length run is kept as a segment; above 1 absorbs every
             transition, 0 keeps all.
     """
-    if smooth < 1 or min_segment < 0:
+    if not (smooth >= 1 and min_segment >= 0):  # also refuses a NaN min_segment, which would compare False
         raise ValueError(f"smooth must be >= 1 and min_segment >= 0, found {smooth}, {min_segment}")
     if not windows:
         return []
@@ -399,13 +399,14 @@ def _is_window(record: Any) -> bool:
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
-    def top(entries: Any) -> bool:
+    def top(entries: Any) -> bool:  # a one-line label and a probability, as this module writes them
         return isinstance(entries, list) and bool(entries) and all(
-            isinstance(t, dict) and isinstance(t.get("label"), str) and number(t.get("score")) for t in entries)
+            isinstance(t, dict) and isinstance(t.get("label"), str) and not any(c in t["label"] for c in "\r\n\x00")
+            and number(t.get("score")) and 0 <= t["score"] <= 1 for t in entries)
 
     if not (isinstance(record, dict) and isinstance(record.get("index"), int) and not isinstance(record["index"], bool)
             and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))
-            and record["start"] <= record["end"]):
+            and record["start"] <= record["end"] and isinstance(record.get("padded", False), bool)):
         return False
     if "top" in record:
         return top(record["top"])
