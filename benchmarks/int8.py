@@ -1,19 +1,25 @@
 """int8 through ``vivit.optimize(model, "int8", calibration=clips)`` (NNCF on the OpenVINO model): accuracy and speed.
 
 Accuracy: ``vivit_motion`` (the bundled weights) on held-out clips of its generator (``vivit.data.synthetic``, seed
-``[0, 1]``, the training script's held-out stream), float32 torch vs OpenVINO float32 vs int8 calibrated on clips of
-another stream (seed ``[0, 3]``). Speed: random-weight ViViT-B models at one clip size, every path interleaved in one
-run (each repetition calls each path once in turn; median), against OpenVINO's own dense model (``convert_model`` +
-``compile_model`` with only the precision hint); also the cosine similarity and top-5 overlap of the int8 logits
-against float32 on generated clips.
+``[0, 1]``, the training script's held-out stream): torch float32, OpenVINO float32, int8 at each SmoothQuant alpha of
+``--alphas`` (``-1``: off) and int8 with token merging at each ``--merging`` r, calibrated on clips of another stream
+(seed ``[0, 3]``). Fidelity and speed: random-weight ViViT-B models (head at unit variance) at one clip size; int8
+logits against torch float32 on varied clips (generated motion clips of two other streams and uniform noise): cosine
+similarity and top-5 overlap; then every path interleaved in one run (each repetition calls each path once in turn;
+median), against OpenVINO's own dense model (``convert_model`` + ``compile_model`` with only the precision hint). The
+precision each OpenVINO path really runs is read back from the compiled model (a bfloat16 hint on a CPU without native
+bfloat16 runs float32).
 
-Usage: ``python benchmarks/int8.py [--clips 2000] [--calibration 300] [--models vivit_b_16x2] [--size 8x160]
-[--repeats 5] [--speed-calibration 16]``.
+Usage: ``python benchmarks/int8.py [--clips 2000] [--calibration 300] [--alphas 0.95 0.5 -1] [--merging 4 8]
+[--models vivit_b_16x2 vivit_b_16x2_fe] [--size 8x160] [--speed-models vivit_b_16x2] [--tome 24 4] [--repeats 5]
+[--speed-calibration 16] [--vit-alphas 0.95 -1]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import statistics
 import tempfile
 import time
@@ -24,7 +30,7 @@ import torch
 
 import vivit
 from vivit.data.synthetic import make_dataset
-from vivit.tasks.optimize import openvino_core
+from vivit.tasks.optimize import SMOOTH_QUANT_ALPHA, cpu_flags, openvino_core
 
 
 def scaled(videos: np.ndarray) -> torch.Tensor:
@@ -37,85 +43,175 @@ def batched(run, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
         return torch.cat([run(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def accuracy(clips: int, calibration: int, cache: str) -> None:
+def merged(model: torch.nn.Module, r: int) -> torch.nn.Module:
+    """A copy of ``model`` merging ``r`` tokens per block (the original stays as it is: ``optimize`` holds it)."""
+    out = copy.deepcopy(model)
+    out.set_token_merging(r)
+    return out.eval()
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
+    """Cosine similarity (min, mean) and top-5 overlap of ``out``'s logits against ``ref``'s."""
+    cos = torch.nn.functional.cosine_similarity(out, ref)
+    top5 = [len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(out.topk(5).indices, ref.topk(5).indices,
+                                                                        strict=True)]
+    return float(cos.min()), float(cos.mean()), statistics.mean(top5)
+
+
+def accuracy(clips: int, calibration: int, alphas: list[float], merging: list[int], cache: str) -> None:
     model = vivit.create_model("vivit_motion", pretrained=True).eval()
     frames, size = model.num_frames, model.img_size[0]
     videos, labels = make_dataset(clips, [0, 1], num_frames=frames, size=size)
     calib, _ = make_dataset(calibration, [0, 3], num_frames=frames, size=size)
-    x, y = scaled(videos), torch.from_numpy(labels)
-    paths = {"torch float32": model, "openvino float32": vivit.optimize(model, "float32", cache_dir=cache),
-             "int8": vivit.optimize(model, "int8", calibration=scaled(calib), cache_dir=cache)}
+    x, y, cal = scaled(videos), torch.from_numpy(labels), scaled(calib)
+    paths = {"torch float32": model, "openvino float32": vivit.optimize(model, "float32", cache_dir=cache)}
+    for alpha in alphas:
+        start = time.perf_counter()
+        paths[f"int8, SmoothQuant alpha {alpha:g}"] = vivit.optimize(model, "int8", calibration=cal, cache_dir=cache,
+                                                                      smooth_quant=alpha)
+        print(f"vivit_motion int8 alpha {alpha:g}: ready in {time.perf_counter() - start:.0f} s", flush=True)
+    for r in merging:
+        paths[f"torch float32, token merging r={r}"] = merged(model, r)
+        paths[f"int8 (alpha {SMOOTH_QUANT_ALPHA:g}), token merging r={r}"] = vivit.optimize(
+            merged(model, r), "int8", calibration=cal, cache_dir=cache)
     logits = {name: batched(run, x) for name, run in paths.items()}
     ref = logits["torch float32"]
-    print(f"vivit_motion, {clips} held-out clips, int8 calibrated on {calibration} other clips")
-    print("| path | top-1 | agrees with float32 | min cosine to float32 |\n| --- | ---: | ---: | ---: |")
+    print(f"\nvivit_motion, {clips} held-out clips (seed [0, 1]), int8 calibrated on {calibration} clips (seed [0, 3])")
+    print("| path | top-1 | vs float32 | argmax agrees with float32 | min / mean cosine to float32 |\n"
+          "| --- | ---: | ---: | ---: | ---: |")
+    base = float((ref.argmax(1) == y).float().mean() * 100)
     for name, out in logits.items():
-        cos = torch.nn.functional.cosine_similarity(out, ref).min()
-        print(f"| {name} | {(out.argmax(1) == y).float().mean() * 100:.2f} % | "
-              f"{(out.argmax(1) == ref.argmax(1)).float().mean() * 100:.2f} % | {cos:.4f} |")
+        top1 = float((out.argmax(1) == y).float().mean() * 100)
+        cos = torch.nn.functional.cosine_similarity(out, ref)
+        print(f"| {name} | {top1:.2f} % | {top1 - base:+.2f} | {(out.argmax(1) == ref.argmax(1)).float().mean():.2%} "
+              f"| {cos.min():.4f} / {cos.mean():.4f} |", flush=True)
 
 
-def speed(name: str, frames: int, size: int, calibration: int, repeats: int, cache: str) -> None:
-    import openvino as ov
+def precision(compiled) -> str:
+    """The floating-point precision a compiled OpenVINO model runs (its resolved inference precision)."""
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
+
+def ran(optimized) -> str:
+    run = getattr(optimized, "_run", None)
+    return precision(run.compiled) if hasattr(run, "compiled") else "?"
+
+
+def fidelity(model: torch.nn.Module, name: str, calib: torch.Tensor, tests: torch.Tensor, alphas: list[float],
+             cache: str) -> dict:
+    """int8 (at each alpha) against torch float32 on ``tests``; returns the int8 runs made."""
+    runs = {}
+    with torch.inference_mode():
+        ref = model(tests)
+    for alpha in alphas:
+        start = time.perf_counter()
+        run = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache, smooth_quant=alpha)
+        took = time.perf_counter() - start
+        with torch.inference_mode():
+            lo, mean, top5 = compare(run(tests), ref)
+        print(f"| {name} | {alpha:g} | {len(calib)} | {len(tests)} | {lo:.4f} | {mean:.4f} | {top5:.0%} | "
+              f"{took:.0f} s |", flush=True)
+        runs[alpha] = run
+    return runs
+
+
+def build(name: str, frames: int, size: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = vivit.create_model(name, num_classes=400, num_frames=frames, img_size=size).eval()
     torch.nn.init.normal_(model.head.weight)
-    videos, _ = make_dataset(calibration + 8, [0, 4], num_frames=frames, size=size)
-    clips = scaled(videos)
-    calib, tests = clips[:calibration], clips[calibration:]
+    return model
+
+
+def clips_for(frames: int, size: int, calibration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration clips (seed [0, 4]) and varied test clips: 8 generated of two other streams and 4 of noise."""
+    calib = scaled(make_dataset(calibration, [0, 4], num_frames=frames, size=size)[0])
+    tests = [scaled(make_dataset(4, [0, s], num_frames=frames, size=size)[0]) for s in (5, 6)]
+    noise = torch.rand(4, 3, frames, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return calib, torch.cat([*tests, noise])
+
+
+def speed(name: str, frames: int, size: int, calib: torch.Tensor, r: int, repeats: int, cache: str) -> None:
+    import openvino as ov
+
+    model = build(name, frames, size)
+    x = calib[:1].contiguous()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        converted = ov.convert_model(model, example_input=tests[:1])
-    runs = {}
-    for precision in ("f32", "bf16"):
-        compiled = openvino_core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": precision})
-        runs[f"openvino {precision}"] = lambda x, c=compiled: torch.from_numpy(c(x.numpy())[0])
-    runs["optimize bfloat16"] = vivit.optimize(model, "bfloat16", cache_dir=cache)
-    start = time.perf_counter()
+        converted = ov.convert_model(model, example_input=x)
+    runs, ran_as = {}, {}
+    for hint in ("f32", "bf16"):
+        compiled = openvino_core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        key = f"OpenVINO {'float32' if hint == 'f32' else 'bfloat16'} (direct)"
+        runs[key] = lambda x, c=compiled: torch.from_numpy(c(x.numpy())[0])
+        ran_as[key] = precision(compiled)
+    for dtype in ("float32", "bfloat16"):
+        runs[f"optimize {dtype}"] = vivit.optimize(model, dtype, cache_dir=cache)
     runs["optimize int8"] = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache)
-    print(f"{name}: quantized on {calibration} clips in {time.perf_counter() - start:.0f} s")
+    if r:
+        runs[f"optimize int8, token merging r={r}"] = vivit.optimize(merged(model, r), "int8", calibration=calib,
+                                                                     cache_dir=cache)
+        runs[f"optimize float32, token merging r={r}"] = vivit.optimize(merged(model, r), "float32", cache_dir=cache)
+    for key, run in runs.items():
+        ran_as.setdefault(key, ran(run))
     with torch.inference_mode():
-        ref = model(tests)
-        for key in ("optimize bfloat16", "optimize int8"):
-            out = runs[key](tests)
-            cos = torch.nn.functional.cosine_similarity(out, ref)
-            top5 = [len(set(a.tolist()) & set(b.tolist())) / 5 for a, b in zip(out.topk(5).indices,
-                                                                            ref.topk(5).indices, strict=True)]
-            print(f"{name} {key} vs torch float32 on {len(tests)} clips: cosine min {cos.min():.4f} mean "
-                  f"{cos.mean():.4f}, top-5 overlap {statistics.mean(top5) * 100:.0f} %")
-        x = tests[:1]
         times = {k: [] for k in runs}
         for run in runs.values():
             run(x)  # warm-up
+        loads = [os.getloadavg()[0]]
         for _ in range(repeats):
             for k, run in runs.items():
                 t = time.perf_counter()
                 run(x)
                 times[k].append(time.perf_counter() - t)
-    base = statistics.median(times["openvino bf16"])
-    print("| model | clip | path | time | vs OpenVINO bfloat16 |\n| --- | --- | --- | ---: | ---: |")
+            loads.append(os.getloadavg()[0])
+    base = statistics.median(times["OpenVINO bfloat16 (direct)"])
+    print(f"\n{name}, {frames} x {size}², batch 1, median of {repeats} interleaved repeats, load average (1 min) "
+          f"{min(loads):.1f}-{max(loads):.1f}")
+    print("| model | clip | path | floating point ran as | time | vs OpenVINO bfloat16 (direct) |\n"
+          "| --- | --- | --- | --- | ---: | ---: |")
     for k, v in times.items():
-        print(f"| {name} | {frames} × {size}² | {k} | {statistics.median(v) * 1000:.0f} ms | "
-              f"{base / statistics.median(v):.2f}× |")
+        print(f"| {name} | {frames} × {size}² | {k} | {ran_as[k]} | {statistics.median(v) * 1000:.0f} ms | "
+              f"{base / statistics.median(v):.2f}× |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=2000)
-    parser.add_argument("--calibration", type=int, default=300)
-    parser.add_argument("--models", nargs="*", default=["vivit_b_16x2"])
+    parser.add_argument("--clips", type=int, default=2000, help="vivit_motion held-out clips (0: skip)")
+    parser.add_argument("--calibration", type=int, default=300, help="vivit_motion calibration clips")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[SMOOTH_QUANT_ALPHA],
+                        help="SmoothQuant alphas on vivit_motion (-1: off)")
+    parser.add_argument("--merging", type=int, nargs="*", default=[], help="token merging r on vivit_motion")
+    parser.add_argument("--models", nargs="*", default=["vivit_b_16x2"], help="ViViT-B variants: int8 fidelity")
+    parser.add_argument("--vit-alphas", type=float, nargs="*", default=[SMOOTH_QUANT_ALPHA],
+                        help="SmoothQuant alphas for the first of --models")
     parser.add_argument("--size", default="8x160", help="FRAMESxSIZE")
+    parser.add_argument("--speed-models", nargs="*", default=["vivit_b_16x2"])
+    parser.add_argument("--tome", type=int, nargs="*", default=[], help="token merging r per --speed-models entry")
     parser.add_argument("--speed-calibration", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cache", help="cache folder (default: a temporary one)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    with tempfile.TemporaryDirectory() as cache:
+    isa = "VNNI" if {"avx512_vnni", "avx_vnni"} & cpu_flags() else "no VNNI"
+    bf16 = "native bfloat16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "no native bfloat16"
+    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                "?") if os.path.exists("/proc/cpuinfo") else "?"
+    print(f"{name}, {os.cpu_count()} CPUs, {isa}, {bf16}; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; load average {os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache or tmp
         if args.clips:
-            accuracy(args.clips, args.calibration, cache)
+            accuracy(args.clips, args.calibration, args.alphas, args.merging, cache)
         frames, size = (int(v) for v in args.size.split("x"))
-        for name in args.models:
-            speed(name, frames, size, args.speed_calibration, args.repeats, cache)
+        calib, tests = clips_for(frames, size, args.speed_calibration)
+        if args.models:
+            print(f"\nint8 against torch float32, {frames} × {size}², random weights (head at unit variance)")
+            print("| model | SmoothQuant alpha | calibration clips | test clips | min cosine | mean cosine | "
+                  "top-5 overlap | quantized in |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for i, name in enumerate(args.models):
+            fidelity(build(name, frames, size), name, calib, tests,
+                     args.vit_alphas if i == 0 else [SMOOTH_QUANT_ALPHA], cache)
+        for name, r in zip(args.speed_models, args.tome + [0] * len(args.speed_models), strict=False):
+            speed(name, frames, size, calib, r, args.repeats, cache)
 
 
 if __name__ == "__main__":

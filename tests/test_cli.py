@@ -507,7 +507,7 @@ def _flags(command: str) -> dict[str, argparse.Action]:
 
 def test_every_model_command_lists_the_same_model_flags_in_help(capsys):
     model_flags = {"--model", "--device", "--dtype", "--backend", "--token-merging", "--drop-static",
-                   "--force-download"}
+                   "--force-download", "--calibration", "--calibration-clips"}
     helps = {}
     for command in MODEL_COMMANDS:
         with pytest.raises(SystemExit):
@@ -661,3 +661,89 @@ def test_a_video_that_fails_at_once_names_its_path_once(tmp_path, capsys):
     failure = [line for line in err.splitlines() if "single frame" in line]
     assert code == 1 and len(failure) == 1 and failure[0].count(str(still)) == 1
     assert "windows before it" not in failure[0]  # none were made
+# ------------------------------------------------------------------------------------------------ --dtype int8
+def _listing(tmp_path: Path, videos: int = 2) -> Path:
+    pytest.importorskip("av")
+    from tests.videos import write_video
+
+    rows = [write_video(tmp_path / f"v{i}.mp4", num_frames=12 + 4 * i, height=40, width=48).name for i in range(videos)]
+    (tmp_path / "calib.csv").write_text("".join(f"{row}\n" for row in rows))
+    return tmp_path / "calib.csv"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--dtype", "int8"], "--dtype int8 needs --calibration LISTING"),
+    (["--calibration", "LISTING"], "--calibration is for --dtype int8"),
+    (["--calibration-clips", "4"], "--calibration-clips is for --dtype int8"),
+    (["--dtype", "int8", "--calibration", "LISTING", "--backend", "torch"], "not torch: use --backend auto or "
+                                                                            "openvino"),
+    (["--dtype", "int8", "--calibration", "LISTING", "--device", "cuda"], "runs on the CPU (OpenVINO), not cuda"),
+    (["--dtype", "int8", "--calibration", "LISTING", "--drop-static", "0.1"], "drop it for --dtype int8"),
+    (["--dtype", "int8", "--calibration", "MISSING"], "--calibration: MISSING: no such file or folder"),
+    (["--dtype", "int8", "--calibration", "EMPTY"], "--calibration: EMPTY: has no rows"),
+])
+@pytest.mark.parametrize("command", [["classify", "clip.mp4"], ["evaluate", "list.csv", "--out", "o"],
+                                     ["extract", "list.csv", "--out", "o"], ["timeline", "clip.mp4", "--out", "o"]])
+def test_int8_flags_used_wrongly_are_one_line_of_bad_usage_before_loading(command, flags, message, tmp_path, capsys):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "list.csv").write_text("clip.mp4\n")
+    names = {"LISTING": str(tmp_path / "list.csv"), "MISSING": str(tmp_path / "missing.csv"),
+             "EMPTY": str(tmp_path / "empty.csv")}
+    argv = [*command, "--model", "no-such-model", *[names.get(f, f) for f in flags]]
+    code, out, err = _main(argv, capsys)  # the model name does not exist: a check after loading would say so
+    assert code == 2 and out == "", err
+    want = message.replace("MISSING", names["MISSING"]).replace("EMPTY", names["EMPTY"])
+    assert want in err and len(err.strip().splitlines()) == 1 and "no-such-model" not in err
+
+
+def test_int8_extract_layer_and_missing_extra_are_one_line_before_loading(tmp_path, capsys, monkeypatch):
+    (tmp_path / "list.csv").write_text("clip.mp4\n")
+    int8 = ["--model", "no-such-model", "--dtype", "int8", "--calibration", str(tmp_path / "list.csv")]
+    code, _, err = _main(["extract", "list.csv", "--out", "o", *int8, "--layer", "0"], capsys)
+    assert code == 2 and "--layer runs in torch: drop it for --dtype int8" in err
+    code, _, err = _main(["evaluate", "list.csv", "--out", "o", *int8, "--compile"], capsys)
+    assert code == 2 and "--compile runs in torch" in err
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    code, _, err = _main(["classify", "clip.mp4", *int8], capsys)
+    assert code == 2 and 'nncf not installed): pip install "vivit[int8]"' in err and len(err.splitlines()) == 1
+
+
+def _int8_model(tmp_path: Path) -> Path:
+    model = vivit.ViViT(variant="factorized_encoder", img_size=32, num_frames=8, tubelet_size=(2, 16, 16),
+                        embed_dim=16, depth=1, temporal_depth=1, num_heads=2, mlp_dim=32, num_classes=3)
+    torch.nn.init.normal_(model.head.weight)
+    model.save_pretrained(tmp_path / "model", label_names=["left", "right", "still"])
+    return tmp_path / "model"
+
+
+def test_classify_int8_calibrates_on_the_listing_and_runs_openvino(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("nncf")
+    listing = _listing(tmp_path)
+    monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "cache"))
+    argv = ["classify", str(tmp_path / "v0.mp4"), "--model", str(_int8_model(tmp_path)), "--views", "2x1",
+            "--dtype", "int8", "--calibration", str(listing), "--calibration-clips", "3", "--json"]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    assert json.loads(out)["top_k"][0]["label"] in {"left", "right", "still"}  # stdout is JSON only (NNCF: stderr)
+    assert "--dtype int8: 3 calibration clips from" in err
+    runtime = [line for line in err.splitlines() if line.startswith("vivit classify: backend ")]
+    assert len(runtime) == 1 and "openvino" in runtime[0] and "int8" in runtime[0] and "quantized" in runtime[0]
+    code, _, err = _main(argv, capsys)  # the same clips: the cached quantized model
+    assert code == 0 and "read from" in err
+
+
+def test_evaluate_int8_records_the_calibration_set_and_refuses_a_resume_with_another(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("nncf")
+    listing = _listing(tmp_path, videos=3)
+    (tmp_path / "other.csv").write_text("v2.mp4\nv1.mp4\n")
+    labelled = tmp_path / "eval.csv"
+    labelled.write_text("v0.mp4,left\nv1.mp4,right\n")
+    monkeypatch.setenv("VIVIT_CACHE", str(tmp_path / "cache"))
+    argv = ["evaluate", str(labelled), "--model", str(_int8_model(tmp_path)), "--views", "1x1", "--workers", "0",
+            "--dtype", "int8", "--out", str(tmp_path / "out"), "--calibration-clips", "2", "--calibration"]
+    code, _, err = _main([*argv, str(listing)], capsys)
+    assert code == 0, err
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["dtype"] == "int8" and run["backend"] == "openvino" and len(run["calibration"]) == 64
+    code, _, err = _main([*argv, str(tmp_path / "other.csv")], capsys)  # other clips: another model, not mixed in
+    assert code == 1 and "calibration" in err and "other settings" in err

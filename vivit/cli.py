@@ -254,9 +254,17 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="tag, hf-hub:org/repo or folder")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cuda:LOCAL_RANK when available "
                    "for evaluate, extract and a listing's timeline; else the CPU)")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+    p.add_argument("--dtype", choices=("auto", *DTYPES, "int8"), default="auto",
                    help="run the model in this precision (auto: bfloat16 on CPUs with native bfloat16, else the "
-                   "weights'); bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5-2x with AVX512-BF16")
+                   "weights'); bfloat16 is ~3.4x faster on CPUs with AMX, ~1.5-2x with AVX512-BF16; int8: weights "
+                   "and activations quantized by NNCF on the OpenVINO model (CPU, pip install \"vivit[int8]\"), "
+                   "calibrated on --calibration")
+    p.add_argument("--calibration", type=Path, metavar="LISTING",
+                   help="--dtype int8: videos like those the model will see (a CSV, folder per class or list of "
+                        "files), whose clips are sampled as at inference (the model's views, frame stride, crops)")
+    p.add_argument("--calibration-clips", type=_positive_int, metavar="N",
+                   help="--dtype int8: how many calibration clips (default 300, fewer where 300 would take over "
+                        "1 GiB; at most the listing's videos times the views per video)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     p.add_argument("--token-merging", type=_token_merging, default=0, metavar="R",
                    help="merge R similar tokens per block (ToMe; Models 1 and 2), slightly less accurate; fewer "
@@ -291,10 +299,62 @@ def _model_runtime(args: argparse.Namespace, command: str, model):
 
     if args.drop_static:
         model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
-    dtype = resolve_dtype(args.dtype, args.device, command)
     logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
-    return setup_runtime(model, args.device, dtype, args.backend, args.token_merging,
+    if args.dtype == "int8":
+        dtype, backend = None, _int8_model(args, model)
+    else:
+        dtype, backend = resolve_dtype(args.dtype, args.device, command), args.backend
+    return setup_runtime(model, args.device, dtype, backend, args.token_merging,
                          say=lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True))
+
+
+def _int8_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--dtype int8`` / ``--calibration`` cannot run as given (checked before the model is loaded), or None."""
+    import importlib.util
+
+    if getattr(args, "dtype", None) != "int8":
+        given = [f for f in ("calibration", "calibration_clips") if getattr(args, f, None) is not None]
+        return (f"--{given[0].replace('_', '-')} is for --dtype int8 (the clips it quantizes with): add --dtype "
+                "int8, or drop it") if given else None
+    if args.calibration is None:
+        return ("--dtype int8 needs --calibration LISTING: videos like those the model will see (a CSV, folder per "
+                "class or list of files; a few hundred clips are sampled from them as at inference)")
+    if args.backend == "torch":
+        return "--dtype int8 runs NNCF's quantized model in OpenVINO, not torch: use --backend auto or openvino"
+    if args.device is not None and not str(args.device).startswith("cpu"):
+        return f"--dtype int8 runs on the CPU (OpenVINO), not {args.device}: drop --device, or use a float --dtype"
+    if args.drop_static:
+        return ("--drop-static keeps a different number of tokens per clip, which a converted OpenVINO graph cannot: "
+                "drop it for --dtype int8")
+    if getattr(args, "layer", None) is not None or getattr(args, "compile", False):
+        flag = "layer" if getattr(args, "layer", None) is not None else "compile"
+        return f"--{flag} runs in torch: drop it for --dtype int8"
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"--dtype int8 needs NNCF and OpenVINO ({', '.join(missing)} not installed): pip install \"vivit[int8]\""
+    from vivit.data.datasets import read_listing
+
+    try:
+        read_listing(args.calibration)
+    except ValueError as err:
+        return f"--calibration: {err}"
+    return None
+
+
+def _int8_model(args: argparse.Namespace, model, pre_logits: bool = False):
+    """``vivit.optimize(model, "int8")`` calibrated on clips of ``--calibration`` sampled as the command samples its
+    inputs (the command's ``--views``, else the model's)."""
+    from vivit.tasks.optimize import calibration_clips, optimize
+    from vivit.tasks.predict import default_views
+
+    if args.token_merging:
+        model.set_token_merging(args.token_merging)  # before quantizing: the quantized graph is the merging one
+    views = getattr(args, "views", None) or default_views(model)
+    clips = calibration_clips(args.calibration, model.cpu().eval(), views, args.calibration_clips,
+                              decoder=getattr(args, "decoder", "auto"))
+    print(f"vivit {args.command}: --dtype int8: {len(clips)} calibration clips from {args.calibration}",
+          file=sys.stderr, flush=True)
+    return optimize(model, "int8", backend="openvino", calibration=clips, pre_logits=pre_logits)  # int8 is OpenVINO's
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -534,9 +594,11 @@ def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object])
     from vivit.tasks.run import OtherSettings, RunOptions, check_settings
 
     _dataset_logging()
+    int8 = args.dtype == "int8"  # the int8 model is made once the model is loaded; the run records "int8"
     fields: dict[str, object] = dict(
         views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        dtype=resolve_dtype(args.dtype, args.device, command), backend=args.backend, decoder=args.decoder,
+        dtype=None if int8 else resolve_dtype(args.dtype, args.device, command),
+        backend="openvino" if int8 else args.backend, decoder=args.decoder,
         token_merging=args.token_merging, compile=args.compile, video_root=args.video_root,
         log_every=args.log_every, stop_after=args.stop_after)
     if args.pattern is not None:  # only when given: the library has the default
@@ -551,6 +613,8 @@ def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object])
     model = load_model_for_cli(args.model, force_download=args.force_download)
     if args.drop_static:
         model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
+    if int8:
+        options = RunOptions.of(options, {"backend": _int8_model(args, model, pre_logits=command == "extract")})
     return model, options
 
 
@@ -822,6 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "cannot: use --backend torch (or auto)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        if problem := _int8_problem(args):
+            return _usage(args.command, problem)
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the try
         return rc

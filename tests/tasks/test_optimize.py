@@ -791,3 +791,41 @@ def test_a_model_skipping_static_tubelets_runs_in_torch_never_a_fixed_token_grap
     assert fast.backend == "torch"
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=0, atol=0)
+
+
+def test_int8_cache_entry_is_keyed_by_nncf_version_and_smooth_quant(tmp_path, monkeypatch):
+    nncf = pytest.importorskip("nncf")
+    model, clips = tiny(), clip(4)
+    assert "quantized" in vivit.optimize(model, "int8", calibration=clips, cache_dir=tmp_path).note
+    again = vivit.optimize(model, "int8", calibration=clips, cache_dir=tmp_path)
+    assert "read from" in again.note
+    assert again.calibration == opt._clips_digest(opt._calibration_clips(clips, (3, 4, 32, 32)))
+    assert "quantized" in vivit.optimize(model, "int8", calibration=clips, cache_dir=tmp_path, smooth_quant=-1).note
+    monkeypatch.setattr(nncf, "__version__", "0.0.1")  # another NNCF quantizes another way: not the cached one
+    assert "quantized" in vivit.optimize(model, "int8", calibration=clips, cache_dir=tmp_path).note
+
+
+def test_calibration_clips_are_the_inference_views_of_videos_spread_over_the_listing(tmp_path, caplog):
+    pytest.importorskip("av")
+    from tests.videos import write_video
+    from vivit.data.video import ViewSampler
+
+    model = tiny()
+    names = [write_video(tmp_path / f"v{i}.mp4", num_frames=10 + i, height=40, width=48).name for i in range(4)]
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "list.csv").write_text("broken.mp4\n" + "".join(f"{n}\n" for n in names))
+    sampler = ViewSampler.for_model(model, "2x1")
+    # 3 clips at 2 views per video: 2 videos spread over the 5 rows (rows 0 and 2); row 0 is unreadable, so row 1
+    # (the first of the rest) stands in for it
+    got = opt.calibration_clips(tmp_path / "list.csv", model, "2x1", 3)
+    want = torch.cat([sampler(tmp_path / names[1]), sampler(tmp_path / names[0])])[:3]
+    assert got.shape == (3, 3, 4, 32, 32) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert any("broken.mp4" in r.message for r in caplog.records)
+    assert len(opt.calibration_clips(tmp_path / "list.csv", model, "2x1")) == 8  # bounded by the listing: 4 x 2
+    most = opt.MAX_CALIBRATION_BYTES // (4 * 3 * 4 * 32 * 32)
+    with pytest.raises(ValueError, match=f"at most {most}"):
+        opt.calibration_clips(tmp_path / "list.csv", model, "2x1", most + 1)
+    (tmp_path / "bad.csv").write_text("broken.mp4\n")
+    with pytest.raises(ValueError, match="none of its 1 videos could be read"):
+        opt.calibration_clips(tmp_path / "bad.csv", model, "2x1")

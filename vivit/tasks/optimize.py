@@ -39,6 +39,8 @@ BACKENDS = ("auto", "torch", "openvino")
 INSTALL_HINT = 'pip install "vivit[openvino]"'
 INT8_HINT = 'pip install "vivit[int8]"'
 SMOOTH_QUANT_ALPHA = 0.95  # NNCF's default for transformers' matmuls (docs/guides/performance.md has the sweep)
+CALIBRATION_CLIPS = 300  # NNCF's default subset_size
+MAX_CALIBRATION_BYTES = 1 << 30  # calibration clips are held in memory (and hashed) as float32: at most 1 GiB
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 matrix instructions
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ENTRY_FILES = ("model.xml", "model.bin")
@@ -166,11 +168,13 @@ class Optimized:
         backend: ``"openvino"`` or ``"torch"``.
         dtype: The precision the model runs in.
         note: One line saying what runs, for logs and the CLI.
+        calibration: For int8, the sha256 of the calibration clips (``None`` otherwise).
     """
 
     def __init__(self, model: torch.nn.Module, backend: str, dtype: torch.dtype,
                  run: Callable[[torch.Tensor], Any], note: str, *, source: torch.nn.Module | None = None) -> None:
         self.model, self.backend, self.dtype, self.note = model, backend, dtype, note
+        self.calibration: str | None = None  # int8: the calibration set's sha256
         self._run = run
         self._snapshot = _Snapshot(source) if source is not None else None
 
@@ -320,7 +324,17 @@ def _int8(model: torch.nn.Module, backend: str, device: torch.device, input_size
         import openvino as ov
     except ImportError:
         raise ImportError(f"dtype='int8' needs NNCF and OpenVINO: {INT8_HINT}") from None
-    return _openvino(ov, model, torch.int8, input_size, cache_dir, int8=(nncf, clips, float(smooth_quant)))
+    run = _openvino(ov, model, torch.int8, input_size, cache_dir, int8=(nncf, clips, float(smooth_quant)))
+    run.calibration = _clips_digest(clips)  # a dataset run's identity records it: another set is another model
+    return run
+
+
+def _clips_digest(clips: list[Any]) -> str:
+    """The sha256 of the calibration set (its clips' float32 bytes, in order)."""
+    digest = hashlib.sha256()
+    for clip in clips:
+        digest.update(clip.tobytes())
+    return digest.hexdigest()
 
 
 def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input_size: tuple[int, ...]) -> list[Any]:
@@ -336,6 +350,66 @@ def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input
         out.extend(batch[i : i + 1].detach().to("cpu", torch.float32).contiguous().numpy() for i in range(len(batch)))
     if not out:
         raise ValueError("calibration holds no clips")
+    return out
+
+
+def calibration_clips(listing: str | Path, model: torch.nn.Module, views: str | Sequence[int],
+                      num_clips: int | None = None, *, decoder: str = "auto", video_root: str | Path | None = None,
+                      pattern: str | None = None) -> torch.Tensor:
+    """Clips of a listing's videos for ``optimize(model, "int8", calibration=...)``, sampled as at inference.
+
+    Each video gives the test ``views`` that evaluation and ``classify`` take of it (the model's clip length and
+    frame stride, resize, crops, ``[-1, 1]`` scaling: :class:`vivit.data.video.ViewSampler`); the videos are spread
+    evenly over the listing (all of its views per video, ``ceil(num_clips / views)`` videos), an unreadable one is
+    skipped for the next.
+
+    Args:
+        listing: What :func:`vivit.data.datasets.read_listing` reads (CSV, Kinetics CSV, folder per class, list).
+        model: The model to calibrate (its pretrained cfg sets the sampling).
+        views: ``"4x3"`` or ``(clips, crops)`` per video.
+        num_clips: How many clips; default ``CALIBRATION_CLIPS`` (NNCF's 300) or fewer where they would take more
+            than ``MAX_CALIBRATION_BYTES`` (1 GiB) as float32; at most the listing's videos times ``views``.
+        decoder, video_root, pattern: As in :func:`vivit.data.datasets.read_listing` and the evaluation.
+
+    Returns:
+        ``(N, C, T, H, W)`` float32 clips.
+
+    Raises:
+        ValueError: A missing or empty listing, ``num_clips`` beyond the memory bound, no readable video.
+    """
+    import math
+
+    from vivit.data.datasets import KINETICS_PATTERN, READ_ERRORS, read_listing
+    from vivit.data.video import ViewSampler
+
+    rows = read_listing(listing, video_root=video_root, pattern=pattern or KINETICS_PATTERN)
+    sampler = ViewSampler.for_model(model, views)
+    size = (model.in_chans, model.num_frames, *model.img_size)
+    most = max(1, MAX_CALIBRATION_BYTES // (4 * math.prod(size)))
+    if num_clips is not None and not 1 <= num_clips <= most:
+        raise ValueError(f"calibration clips of {'x'.join(map(str, size))} are held in memory: at most {most} "
+                         f"(1 GiB of float32), found {num_clips}")
+    wanted = min(num_clips or CALIBRATION_CLIPS, most)
+    per_video = sampler.num_clips * sampler.transform.num_crops
+    count = len(rows.paths)
+    spread = min(count, math.ceil(wanted / per_video))
+    first = [i * count // spread for i in range(spread)]
+    order = first + sorted(set(range(count)) - set(first))  # the evenly spread videos, then the rest for failures
+    clips: list[torch.Tensor] = []
+    failed = 0
+    for index in order:
+        if sum(len(c) for c in clips) >= wanted:
+            break
+        try:
+            clips.append(sampler(rows.paths[index], backend=decoder))
+        except READ_ERRORS as err:
+            failed += 1
+            _logger.warning("calibration: skipping unreadable video %s (%s)", rows.paths[index], _first_line(err))
+    if not clips:
+        raise ValueError(f"{listing}: none of its {count} videos could be read, so there is nothing to calibrate on")
+    out = torch.cat(clips)[:wanted].float()
+    _logger.info("calibration: %d clips from %d videos of %s%s", len(out), len(clips), listing,
+                 f" ({failed} unreadable skipped)" if failed else "")
     return out
 
 
@@ -482,10 +556,7 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
         ov_model, how = converted()
     else:  # the quantized entry first: the float one is read (or made) only to quantize it
         nncf, clips, alpha = int8
-        digest = hashlib.sha256()
-        for clip in clips:
-            digest.update(clip.tobytes())
-        int8_key = {**key, "int8": {"calibration": digest.hexdigest(), "clips": len(clips), "nncf": nncf.__version__,
+        int8_key = {**key, "int8": {"calibration": _clips_digest(clips), "clips": len(clips), "nncf": nncf.__version__,
                                     "smooth_quant": alpha}}
         ov_model, how = _cached(ov, cache_dir, int8_key, input_size,
                                 lambda: _quantize(nncf, converted()[0], clips, alpha), "quantized")

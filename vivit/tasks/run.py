@@ -48,6 +48,7 @@ from vivit.data.datasets import (
 from vivit.data.video import parse_views
 from vivit.files import read_json, weights_digest, write_text_atomic
 from vivit.progress import Progress
+from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import default_views
 from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, param_dtype, setup_runtime
 from vivit.weights.build import create_model
@@ -78,7 +79,7 @@ class RunOptions:
         device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
         dtype: ``"bfloat16"`` etc.: the precision the model runs in (inputs follow; outputs are stored as float32).
         backend: What runs the model: ``"torch"`` (the model as it is), ``"auto"`` or ``"openvino"``
-            (:func:`vivit.optimize`).
+            (:func:`vivit.optimize`), or an :func:`vivit.optimize` callable of the model (e.g. int8).
         decoder: The video decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         token_merging: ToMe's ``r`` to set on the model (``None`` keeps the model's).
         compile: ``torch.compile`` the model (torch backend).
@@ -96,7 +97,7 @@ class RunOptions:
     workers: int = 2
     device: str | torch.device | None = None
     dtype: str | torch.dtype | None = None
-    backend: str = "torch"
+    backend: str | Optimized = "torch"
     decoder: str = "auto"
     token_merging: Any = None
     compile: bool = False
@@ -146,8 +147,13 @@ class Run:
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.runtime.dtype),
                 "decoder": self.opts.decoder, "backend": self.runtime.backend,
                 "token_merging": _merging_json(getattr(self.model, "token_merging", 0)),
-                **static_setting(self.model), **extra,
+                **static_setting(self.model), **extra, **self._calibration(),
                 "num_videos": self.num, "listing": _listing_digest(self.rows)}
+
+    def _calibration(self) -> dict[str, str]:
+        """An int8 model's calibration set (its digest): another set quantizes another model."""
+        fast = self.runtime.fast
+        return {"calibration": fast.calibration} if fast is not None and fast.calibration else {}
 
     @property
     def num(self) -> int:
@@ -356,7 +362,7 @@ def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:
     if not (Path(out) / RUN).exists():
         return
     known = {"decoder": opts.decoder, **extra, "views": opts.views and "{}x{}".format(*parse_views(opts.views)),
-             "backend": opts.backend if opts.backend != "auto" else None,  # "auto" is recorded as what it picked
+             "backend": _backend_name(opts.backend),
              "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)), "token_merging": opts.token_merging}
     check_recorded(out, {k: v for k, v in known.items() if v is not None})
 
@@ -372,6 +378,13 @@ def check_recorded(out: str | Path, known: dict[str, Any]) -> None:
 class OtherSettings(ValueError):
     """A resume with other settings than the folder's ``run.json`` recorded (the CLI's bad usage when the flags
     differ)."""
+
+
+def _backend_name(backend: str | Optimized) -> str | None:
+    """The backend a run records: ``"auto"`` is recorded as what it picked (unknown before the model is loaded)."""
+    if isinstance(backend, Optimized):
+        return backend.backend
+    return backend if backend != "auto" else None
 
 
 def _compare(out: Path, identity: dict[str, Any]) -> None:

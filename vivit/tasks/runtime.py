@@ -43,9 +43,12 @@ class Runtime:
         return self.fn if isinstance(self.fn, Optimized) else None
 
 
-def check_backend(backend: str) -> None:
-    """``backend`` names what runs the model; a decoder's name there (its meaning in ``evaluate_dataset`` before) is
-    refused naming ``decoder=``, so an old call never silently means something else."""
+def check_backend(backend: str | Optimized) -> None:
+    """``backend`` names what runs the model (or is :func:`vivit.optimize`'s callable of it); a decoder's name there
+    (its meaning in ``evaluate_dataset`` before) is refused naming ``decoder=``, so an old call never silently means
+    something else."""
+    if isinstance(backend, Optimized):
+        return
     if backend in DECODERS:
         raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
                          f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
