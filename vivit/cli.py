@@ -545,7 +545,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         results = [] if result is None else [{"path": source, **result}]
     else:
         summary = timeline_listing(source, model, args.out, device=args.device, **options)
-        results = [] if summary is None else summary["videos"]
+        if summary is None:  # stopped, or a rank other than 0 (rank 0 prints every video's outcome)
+            return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
+        results = summary["videos"]
     if not results:
         return STOPPED_EXIT_CODE
     for r in results:

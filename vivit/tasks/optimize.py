@@ -60,6 +60,26 @@ def _say_once(message: str) -> None:
         _logger.warning(message)
 
 
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (a dtype or ``None`` passes through); an unknown name is refused."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def param_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype inputs are cast to: the model's floating-point parameters', else float32."""
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it does not exist)."""
     try:
@@ -189,9 +209,8 @@ class _TorchRun:
 
     def __init__(self, model: torch.nn.Module, autocast: torch.dtype | None) -> None:
         param = next(model.parameters(), None)
-        self.model, self.autocast = model, autocast
+        self.model, self.autocast, self.dtype = model, autocast, param_dtype(model)
         self.device = param.device if param is not None else torch.device("cpu")
-        self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     def __call__(self, x: torch.Tensor) -> Any:
         with torch.inference_mode(), torch.autocast(self.device.type, self.autocast or torch.bfloat16,
@@ -280,7 +299,9 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     device = param.device if param is not None else torch.device("cpu")
     if isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
         return _int8(model, backend, device, _input_size(model, input_size), cache_dir, calibration, smooth_quant)
-    dtype = _as_dtype(dtype, param)
+    dtype = as_dtype(dtype) or param_dtype(model)
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, found {dtype}")
     if backend == "torch" or device.type != "cpu":
         if backend == "openvino":
             raise ValueError(f"backend='openvino' runs on the CPU, the model is on {device}: move it with "
@@ -339,18 +360,6 @@ def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input
     return out
 
 
-def _as_dtype(dtype: torch.dtype | str | None, param: torch.Tensor | None) -> torch.dtype:
-    if dtype is None:
-        return param.dtype if param is not None and param.is_floating_point() else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-        return DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, found {dtype}")
-    return dtype
-
-
 def _input_size(model: torch.nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
@@ -372,15 +381,11 @@ def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> 
     source = None
     if dtype != weights and device.type == "cpu":
         source, model = model, copy.deepcopy(model).to(dtype)
-        how += f", its own {_name(dtype)} copy of the weights"
+        how += f", its own {dtype_name(dtype)} copy of the weights"
     elif dtype != weights:
-        autocast, how = dtype, how + f", {_name(dtype)} autocast"
+        autocast, how = dtype, how + f", {dtype_name(dtype)} autocast"
     return Optimized(model, "torch", dtype, _TorchRun(model, autocast),
-                     f"torch {torch.__version__} ({how}), {_name(dtype)} on {device}", source=source)
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+                     f"torch {torch.__version__} ({how}), {dtype_name(dtype)} on {device}", source=source)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -456,7 +461,7 @@ def cache_key(model: torch.nn.Module, input_size: tuple[int, ...], openvino_vers
     settings = json.dumps(graph_settings(model), sort_keys=True)
     param = next(model.parameters(), None)
     return {"weights": weights_digest(model), "settings": hashlib.sha256(settings.encode()).hexdigest(),
-            "input_size": list(input_size), "source_dtype": _name(param.dtype) if param is not None else None,
+            "input_size": list(input_size), "source_dtype": dtype_name(param.dtype) if param is not None else None,
             "openvino": openvino_version, "torch": torch.__version__, "vivit": _vivit_version}
 
 
@@ -498,7 +503,7 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
     except RuntimeError as err:
         raise BackendUnavailable(f"OpenVINO cannot compile this model for this CPU ({_first_line(err)})") from None
     ready = time.perf_counter() - start
-    note = f"openvino {ov.__version__.split('-')[0]} on CPU, {_name(dtype)} ({how}, ready in {ready:.1f} s)"
+    note = f"openvino {ov.__version__.split('-')[0]} on CPU, {dtype_name(dtype)} ({how}, ready in {ready:.1f} s)"
     return Optimized(model, "openvino", dtype, _OpenVINORun(compiled, input_size), note, source=model)
 
 

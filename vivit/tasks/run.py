@@ -1,11 +1,12 @@
-"""The dataset-job driver: one sequence from options to result, which evaluate and extract plug into.
+"""The dataset-job driver: one sequence from options to result, which evaluate, extract and timelines plug into.
 
 :func:`run_job` owns it: start (torchrun's group, the listing, the model on this rank's runtime) -> identity ->
 claim the output folder -> resume (what any rank finds done) -> shard the rest (each rank a disjoint share) ->
 loader loop (decode in DataLoader workers while the model runs, the views of several videos in one forward pass) ->
 the task consumes each batch's outputs -> stop (``stop_after``) -> gather every rank's results (``torch.distributed``:
 gloo on CPU, NCCL on GPU) -> the task finishes (rank 0 writes). A :class:`Task` holds only what is its own: evaluate
-its targets and report, extract its shards and index.
+its targets and report, extract its shards and index, a listing's timelines their windows (each video streamed
+through ``timeline_video`` in place of the loader loop) and summary.
 
 A run's **identity** is its inputs: the weights (a digest of the state dict), the model's config, the views, the
 dtype, the decoder, the runtime that ran, token merging, the listing's rows, and each task's own settings.
@@ -48,6 +49,7 @@ from vivit.data.datasets import (
 from vivit.data.video import parse_views
 from vivit.files import read_json, weights_digest, write_text_atomic
 from vivit.progress import Progress
+from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import default_views
 from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, param_dtype, setup_runtime
 from vivit.weights.build import create_model
@@ -78,7 +80,7 @@ class RunOptions:
         device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
         dtype: ``"bfloat16"`` etc.: the precision the model runs in (inputs follow; outputs are stored as float32).
         backend: What runs the model: ``"torch"`` (the model as it is), ``"auto"`` or ``"openvino"``
-            (:func:`vivit.optimize`).
+            (:func:`vivit.optimize`), or an :func:`vivit.optimize` callable of the model.
         decoder: The video decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         token_merging: ToMe's ``r`` to set on the model (``None`` keeps the model's).
         compile: ``torch.compile`` the model (torch backend).
@@ -96,7 +98,7 @@ class RunOptions:
     workers: int = 2
     device: str | torch.device | None = None
     dtype: str | torch.dtype | None = None
-    backend: str = "torch"
+    backend: str | Optimized = "torch"
     decoder: str = "auto"
     token_merging: Any = None
     compile: bool = False
@@ -108,7 +110,8 @@ class RunOptions:
     env: Dist | None = None
 
     def __post_init__(self) -> None:
-        check_backend(self.backend)
+        if isinstance(self.backend, str):
+            check_backend(self.backend)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
         if not isinstance(self.workers, int) or not 0 <= self.workers <= MAX_WORKERS:
@@ -134,6 +137,7 @@ class Run:
     opts: RunOptions
     env: Dist
     weights: str
+    items: list[Item] = dataclasses.field(default_factory=list)  # the listing's videos, once checked
 
     @property
     def model(self) -> Any:
@@ -142,11 +146,9 @@ class Run:
     def identity(self, **extra: Any) -> dict[str, Any]:
         """The inputs a resume must share with the first start (``extra``: the task's own settings); a new option
         that changes the outputs joins here, so runs recorded without it are refused rather than mixed."""
-        return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
+        return {"model": self.name, "weights": self.weights, **model_identity(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.runtime.dtype),
-                "decoder": self.opts.decoder, "backend": self.runtime.backend,
-                "token_merging": _merging_json(getattr(self.model, "token_merging", 0)),
-                **static_setting(self.model), **extra,
+                "decoder": self.opts.decoder, "backend": self.runtime.backend, **extra,
                 "num_videos": self.num, "listing": _listing_digest(self.rows)}
 
     @property
@@ -173,8 +175,15 @@ class Task:
     def resume(self, run: Run) -> dict[int, Any]:  # {video index: result} this rank finds done; get ready for more
         return {}
 
-    def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
-        """Per video: listing index, path, per-view outputs or ``None`` (unreadable or not finite) and the reason."""
+    def batches(self, run: Run, mine: list[int]) -> Iterator[list[tuple[int, str, Any, str | None]] | None]:
+        """This rank's videos, batch by batch: decoded in the loader's workers and run through the model (``None``:
+        the task stops early on a count of its own)."""
+        for records, outs in outputs(run, [run.items[i] for i in mine]):
+            yield [(mine[r["index"]], r["path"], *_finite(o, r["error"])) for r, o in zip(records, outs, strict=True)]
+
+    def consume(self, run: Run, batch: list[tuple[int, str, Any, str | None]]) -> None:
+        """Per video: listing index, path, its outputs (of ``batches``: per-view outputs) or ``None`` (unreadable or
+        not finite) and the reason."""
         raise NotImplementedError
 
     def end(self, run: Run, completed: bool) -> dict[int, Any]:  # this rank's results (a resumed index keeps its own)
@@ -197,14 +206,14 @@ def run_job(listing: str | Path, model: torch.nn.Module | str, out: str | Path, 
         run = start(listing, model, out, opts, env, task)
         extra = task.prepare(run)
         # A listing none of whose files exists (a wrong --video-root) is refused here, before anything is written.
-        items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
+        run.items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
         identity = run.identity(**extra)
         with claimed(run.out, identity, env, task.outputs):
             done = _gathered(env, task.resume(run), {})
             if env.main and done:
                 _logger.info("%s: %d of %d videos already done; continuing", run.out, len(done), run.num)
             mine = shard([i for i in range(run.num) if i not in done], env.rank, env.world_size)
-            if (collected := _loop(run, task, items, mine)) is None:
+            if (collected := _loop(run, task, mine)) is None:
                 return None
             results = _gathered(env, collected, done)
             result = task.finish(run, identity, results) if env.main else None
@@ -222,15 +231,16 @@ def _gathered(env: Dist, mine: dict[int, Any], into: dict[int, Any]) -> dict[int
     return merged
 
 
-def _loop(run: Run, task: Task, items: list[Item], mine: list[int]) -> dict[int, Any] | None:
-    """This rank's videos through the model into ``task``; its results, ``None`` when ``stop_after`` left early."""
+def _loop(run: Run, task: Task, mine: list[int]) -> dict[int, Any] | None:
+    """This rank's videos through ``task``; its results, ``None`` when ``stop_after`` (or the task) left early."""
     env = run.env
     bar = Progress(len(mine), task.what, every=run.opts.log_every, show=run.opts.progress_bar if env.main else False,
                    where=f" [rank {env.rank}]" if env.world_size > 1 else "", log=_logger)
     completed = False
     try:
-        for records, outs in outputs(run, [items[i] for i in mine]):
-            batch = [(mine[r["index"]], r["path"], *_finite(o, r["error"])) for r, o in zip(records, outs, strict=True)]
+        for batch in task.batches(run, mine):
+            if batch is None:
+                return None
             task.consume(run, batch)
             bar.update(len(batch), failed=sum(reason is not None for *_, reason in batch))
             if run.opts.stop_after is not None and bar.new >= run.opts.stop_after:
@@ -275,19 +285,18 @@ def model_name(model: torch.nn.Module) -> str:
     return tagged_name(cfg.get("architecture") or type(model).__name__, cfg.get("tag"))
 
 
-def _config_digest(model: torch.nn.Module) -> str | None:
+def model_identity(model: torch.nn.Module) -> dict[str, Any]:
+    """What every run's identity (a dataset job's, a timeline's) records of the model besides its weights: a digest
+    of its config, its token merging and the threshold of skipped static tubelets (0: off)."""
     args = getattr(model, "model_args", None)
-    return None if args is None else _digest(json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(
+    config = None if args is None else _digest(json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(
         v, tuple) else str(v)))
+    return {"config": config, "token_merging": _merging_json(getattr(model, "token_merging", 0)),
+            "drop_static": float(getattr(model, "drop_static", 0) or 0)}
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def static_setting(model: torch.nn.Module) -> dict[str, float]:
-    """``{"drop_static": tau}``: the threshold of skipped static tubelets (0: off), part of every run's identity."""
-    return {"drop_static": float(getattr(model, "drop_static", 0) or 0)}
 
 
 def _merging_json(r: Any) -> Any:
@@ -355,8 +364,9 @@ def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:
     ``out/run.json`` recorded, before the model is built or downloaded."""
     if not (Path(out) / RUN).exists():
         return
+    # "auto" is recorded as what it picked; an optimized callable as its backend
     known = {"decoder": opts.decoder, **extra, "views": opts.views and "{}x{}".format(*parse_views(opts.views)),
-             "backend": opts.backend if opts.backend != "auto" else None,  # "auto" is recorded as what it picked
+             "backend": getattr(opts.backend, "backend", opts.backend) if opts.backend != "auto" else None,
              "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)),
              "token_merging": None if opts.token_merging is None else _merging_json(opts.token_merging)}
     _compare(Path(out), {k: v for k, v in known.items() if v is not None})
@@ -426,5 +436,5 @@ def _finite(values: torch.Tensor | None, error: str | None) -> tuple[torch.Tenso
     return values, None
 
 
-__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_name", "outputs",
-           "prepare_model", "run_job"]
+__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_identity", "model_name",
+           "outputs", "prepare_model", "run_job"]

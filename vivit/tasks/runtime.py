@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vivit.data.video import BACKENDS as DECODERS
-from vivit.tasks.optimize import BACKENDS, DTYPES, Optimized, optimize
+from vivit.tasks.optimize import BACKENDS, Optimized, as_dtype, dtype_name, optimize, param_dtype
 
 _logger = logging.getLogger(__name__)
 
@@ -51,26 +51,6 @@ def check_backend(backend: str) -> None:
                          f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
-
-
-def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bfloat16"`` -> ``torch.bfloat16`` (a dtype or ``None`` passes through); an unknown name is refused."""
-    if not isinstance(dtype, str):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-    return DTYPES[dtype]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
-    return str(dtype).removeprefix("torch.")
-
-
-def param_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype inputs are cast to: the model's floating-point parameters', else float32."""
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None and param.is_floating_point() else torch.float32
 
 
 def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = None,
