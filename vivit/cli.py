@@ -147,34 +147,21 @@ def load_model_for_cli(name: str, **kwargs: object):
     return model.eval()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _up_to(most: int):
-    """An argparse type: an integer from 1 to ``most`` (the library's bound, e.g. timeline's MAX_BATCH_SIZE)."""
-    def parse(text: str) -> int:
-        value = _positive_int(text)
-        if value > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text[:30]}")
-        return value
-    return parse
-
-
-def _from_zero_to(most: int):
-    """An argparse type: an integer from 0 to ``most``."""
+def _integer(low: int = 1, most: int | None = None):
+    """An argparse type: an integer from ``low`` to ``most`` (e.g. timeline's MAX_BATCH_SIZE; no bound without it)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer from 0 to {most}, got {text[:30]!r}") from None
-        if not 0 <= value <= most:
-            raise argparse.ArgumentTypeError(f"must be from 0 to {most}, got {text[:30]}")
+            value = None
+        if value is None or value < low or (most is not None and value > most):
+            span = "a positive integer" if most is None else f"an integer from {low} to {most}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text[:30]}")
         return value
     return parse
+
+
+_positive_int = _integer()
 
 
 def _seconds(text: str) -> float:
@@ -586,7 +573,7 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
     p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="views per forward pass (views of several videos share one)")
-    p.add_argument("--workers", type=_from_zero_to(MAX_WORKERS), default=2, help="decoding processes per rank")
+    p.add_argument("--workers", type=_integer(0, MAX_WORKERS), default=2, help="decoding processes per rank")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
                    help="video decoder (auto: PyAV when installed, else torchcodec)")
@@ -671,13 +658,13 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
     p.add_argument("--step", type=_seconds, help="seconds between window starts (default: half a window)")
-    p.add_argument("--window-stride", type=_up_to(1000), help="frames between a window's frames (default: the "
+    p.add_argument("--window-stride", type=_integer(1, 1000), help="frames between a window's frames (default: the "
                                                               "model's frame stride)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
     p.add_argument("--top-k", type=_positive_int, default=5, help="labels per window")
     p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
     p.add_argument("--min-segment", type=float, default=0.0, help="seconds: shorter segments join a neighbour")
-    p.add_argument("--batch-size", type=_up_to(256), default=8, help="windows per forward pass")
+    p.add_argument("--batch-size", type=_integer(1, 256), default=8, help="windows per forward pass")
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")
     p.add_argument("--follow", type=_seconds, metavar="SECONDS", help="the video is still being written (Matroska, "

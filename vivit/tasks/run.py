@@ -50,8 +50,8 @@ from vivit.data.video import parse_views
 from vivit.files import read_json, weights_digest, write_text_atomic
 from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
-from vivit.tasks.predict import default_views
-from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, param_dtype, setup_runtime
+from vivit.tasks.predict import default_views, predict_views
+from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, setup_runtime
 from vivit.weights.build import create_model
 from vivit.zoo import tagged_name
 
@@ -393,16 +393,15 @@ def _difference(key: str, old: Any, new: Any) -> str:
 def outputs(run: Run, items: Sequence[Item]) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
     """Per loaded batch of ``items``: its video records and each video's per-view outputs (``None`` where decoding
     failed). Running out of memory stops the run with what to lower (it is no fault of one video)."""
-    fn = run.runtime.fn
     ds = EvalVideos(items, run.model, run.views, decoder=run.opts.decoder)
-    dtype = param_dtype(run.model)
     per_batch = max(1, run.opts.batch_size // math.prod(run.views))  # whole videos, as many as fit (at least one)
     loader = make_loader(ds, batch_size=per_batch, workers=run.opts.workers, collate_fn=collate_views,
                          pin_memory=run.env.device.type == "cuda")
     try:
         for batch in loader:
-            views = batch["views"]
-            out = _forward(fn, views, run.opts.batch_size, run.runtime.device, dtype) if views is not None else None
+            views = batch["views"]  # float32 on the CPU: predict_views moves and casts each chunk
+            out = None if views is None else predict_views(run.model, views, run.opts.batch_size, reduce=False,
+                                                           device=run.runtime.device, run=run.runtime.fn)
             parts = iter(out.split([c for c in batch["counts"] if c]) if out is not None else [])
             yield batch["records"], [next(parts) if c else None for c in batch["counts"]]  # None: no views
     except (MemoryError, RuntimeError) as err:
@@ -412,15 +411,6 @@ def outputs(run: Run, items: Sequence[Item]) -> Iterator[tuple[list[dict[str, An
                        f"--batch-size (now {run.opts.batch_size}), --workers (now {run.opts.workers}) or --views "
                        f"(now {run.views[0]}x{run.views[1]}), or use --dtype bfloat16; run again with the same --out "
                        "to continue") from None
-
-
-@torch.inference_mode()
-def _forward(fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor, batch_size: int, device: torch.device,
-             dtype: torch.dtype) -> torch.Tensor:
-    """``fn`` over ``views`` in chunks of ``batch_size``, float32 on the CPU."""
-    outs = [fn(views[i:i + batch_size].to(device, dtype, non_blocking=True)).float().cpu()
-            for i in range(0, views.shape[0], batch_size)]
-    return torch.cat(outs)
 
 
 NOT_FINITE = ("the model's outputs for this video are not finite (NaN or Inf), so they mean nothing; check the "

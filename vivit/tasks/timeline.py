@@ -311,10 +311,7 @@ def _absorb_transitions(segs: list[dict[str, Any]], most: int, confident: float)
 
 def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, float]]:
     """Top-1 of each window's label scores averaged over ``n`` neighbouring windows."""
-    scores = []
-    for w in windows:
-        tops = [w["top"]] if "top" in w else w["top_by_split"]
-        scores.append({t["label"]: float(t["score"]) for t in tops[0]} if len(tops) == 1 else dict([top1(w)]))
+    scores = [{t["label"]: float(t["score"]) for t in w["top"]} if "top" in w else dict([top1(w)]) for w in windows]
     half, out = n // 2, []
     for i in range(len(scores)):
         near = scores[max(0, i - half):i - half + n]
@@ -672,7 +669,7 @@ def _thumbnail_times(segs: Sequence[dict[str, Any]], lo: float, hi: float, most:
 
 
 def _tops(window: dict[str, Any]) -> list[dict[str, Any]]:
-    return window["top"] if "top" in window else [{"label": top1(window)[0], "score": top1(window)[1]}]
+    return window["top"] if "top" in window else [dict(zip(("label", "score"), top1(window), strict=True))]
 
 
 def _draw_thumbnails(axes: Any, rows: Sequence[tuple[float, float]], times: Sequence[Sequence[float]], width: float,
