@@ -312,11 +312,21 @@ def _listing_digest(rows: Listing) -> str:
 # ================================================================================================ output folder
 @contextlib.contextmanager
 def claimed(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str] = ()) -> Iterator[None]:
-    """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` or recorded (a
-    folder holding any of ``outputs``, glob patterns of the job's files, but no ``run.json`` is refused)."""
+    """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` (a run started with
+    other inputs is refused) or recorded on a first start (a folder holding any of ``outputs``, glob patterns of the
+    job's files, but no ``run.json`` is refused)."""
     lock = _lock(out) if env.main else None
     try:
-        _check_identity(out, identity, env, outputs)
+        if (out / RUN).exists():
+            _compare(out, identity)
+        elif found := next((p for pattern in outputs for p in sorted(out.glob(pattern))), None):
+            raise ValueError(f"{found}: an output of a run without {RUN}, so its settings are unknown (an older "
+                             "vivit's, or another tool's); delete the folder's outputs to start over, or pass another "
+                             "--out")
+        elif env.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / RUN, json.dumps(identity, indent=2) + "\n")
+        env.barrier()
         yield
     finally:
         if lock is not None:
@@ -343,20 +353,6 @@ def _lock(out: Path) -> Any:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def _check_identity(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str]) -> None:
-    """Refuse to continue a run in ``out`` that was started with other inputs; record them on a first start."""
-    path = out / RUN
-    if path.exists():
-        _compare(out, identity)
-    elif found := next((p for pattern in outputs for p in sorted(out.glob(pattern))), None):
-        raise ValueError(f"{found}: an output of a run without {RUN}, so its settings are unknown (an older vivit's, "
-                         "or another tool's); delete the folder's outputs to start over, or pass another --out")
-    elif env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(identity, indent=2) + "\n")
-    env.barrier()
 
 
 def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:

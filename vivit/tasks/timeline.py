@@ -360,14 +360,6 @@ def _video_identity(path: str | Path, live: bool) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _refuse_unowned(out: Path) -> None:
-    """Outputs without the ``run.json`` that says what made them cannot be continued: they could be anything."""
-    found = [n for n in (WINDOWS, SEGMENTS, PLOT) if (out / n).exists()]
-    if found and not (out / RUN).exists():
-        raise ValueError(f"{out}: holds {', '.join(found)} but no {RUN} saying which video, model and settings made "
-                         "them, so they cannot be continued; delete them to start over, or pass another --out")
-
-
 def _read_windows(path: Path) -> list[dict[str, Any]]:
     """The window records of ``windows.jsonl``; one line naming the file and line when one is not a record this
     module wrote (in index order)."""
@@ -516,9 +508,8 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         settings = {"video": _video_identity(path, live), "model": name, "weights": weights, **model_identity(model),
                     "dtype": dtype_name(ran.dtype), "backend": ran.backend, "window": clip_len, "window_stride": stride,
                     "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
-        _refuse_unowned(out)
         lines = out / WINDOWS
-        with claimed(out, settings, env):  # one writer per folder; a resume only with the same settings
+        with claimed(out, settings, env, (WINDOWS, SEGMENTS, PLOT)):  # one writer; a resume with the same settings
             finished = None
             if live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
                 for stale in (lines, out / SEGMENTS, out / PLOT):
