@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from vivit._version import __version__ as _vivit_version
+from vivit.data.video import BACKENDS as DECODERS
 from vivit.files import umask_mode, weights_digest, write_folder_atomic
 from vivit.weights.fetch import default_cache_dir
 from vivit.weights.read import file_sha256
@@ -58,6 +59,16 @@ def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
         _logger.warning(message)
+
+
+def check_backend(backend: str) -> None:
+    """``backend`` names what runs the model; a decoder's name there (its meaning in ``evaluate_dataset`` before) is
+    refused naming ``decoder=``, so an old call never silently means something else."""
+    if backend in DECODERS:
+        raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
+                         f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
 
 
 def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -284,8 +295,7 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     """
     if backend == "auto":
         backend = os.environ.get("VIVIT_BACKEND") or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
+    check_backend(backend)
     if getattr(model, "drop_static", 0):  # each clip keeps its own number of tokens: no fixed-shape graph holds that
         if backend == "openvino" or isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
             raise ValueError("this model skips static tubelets (drop_static), so each clip keeps its own number of "

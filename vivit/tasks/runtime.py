@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from vivit.data.video import BACKENDS as DECODERS
-from vivit.tasks.optimize import BACKENDS, Optimized, as_dtype, dtype_name, optimize, param_dtype
+from vivit.tasks.optimize import Optimized, as_dtype, check_backend, dtype_name, optimize, param_dtype
 
 _logger = logging.getLogger(__name__)
 
@@ -43,16 +42,6 @@ class Runtime:
         return self.fn if isinstance(self.fn, Optimized) else None
 
 
-def check_backend(backend: str) -> None:
-    """``backend`` names what runs the model; a decoder's name there (its meaning in ``evaluate_dataset`` before) is
-    refused naming ``decoder=``, so an old call never silently means something else."""
-    if backend in DECODERS:
-        raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
-                         f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
-
-
 def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = None,
                   dtype: str | torch.dtype | None = None, backend: str | Optimized = "torch",
                   token_merging: Any = None, *, pre_logits: bool = False, compile: bool = False,
@@ -80,7 +69,6 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
     device = torch.device(device)
     model = model.to(device).eval()
     if isinstance(backend, str) and backend != "torch":
-        check_backend(backend)
         backend = optimize(model, dtype, backend=backend, pre_logits=pre_logits)
     if isinstance(backend, Optimized):
         runtime = Runtime(model, backend, backend.backend, backend.dtype, device, backend.note)
