@@ -27,6 +27,9 @@ import vivit  # noqa: F401  (registers vivit's architectures into timm)
 
 timm = pytest.importorskip("timm")
 
+# timm's test file runs in one subprocess bounded at 900 s (below): this module's per-test bound sits above it
+pytestmark = pytest.mark.timeout(1200)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "guides" / "backbones.md"
 TABLE_START, TABLE_END = "<!-- timm-suite-table:start -->", "<!-- timm-suite-table:end -->"

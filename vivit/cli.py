@@ -182,56 +182,36 @@ def _merging_text(r: object) -> str:
     return str(r).replace(" ", "")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _up_to(most: int):
-    """An argparse type: an integer from 1 to ``most`` (the library's bound, e.g. timeline's MAX_BATCH_SIZE)."""
-    def parse(text: str) -> int:
-        value = _positive_int(text)
-        if value > most:
-            raise argparse.ArgumentTypeError(f"must be at most {most}, got {text[:30]}")
-        return value
-    return parse
-
-
-def _from_zero_to(most: int):
-    """An argparse type: an integer from 0 to ``most``."""
+def _integer(low: int = 1, most: int | None = None):
+    """An argparse type: an integer from ``low`` to ``most`` (e.g. timeline's MAX_BATCH_SIZE; no bound without it)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer from 0 to {most}, got {text[:30]!r}") from None
-        if not 0 <= value <= most:
-            raise argparse.ArgumentTypeError(f"must be from 0 to {most}, got {text[:30]}")
+            value = None
+        if value is None or value < low or (most is not None and value > most):
+            span = "a positive integer" if most is None else f"an integer from {low} to {most}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text[:30]}")
         return value
     return parse
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds above 0 (``inf``, ``nan`` and 1e308 are refused)."""
+
+def _seconds(text: str, zero: bool = False) -> float:
+    """An argparse type: a finite number of seconds above 0 (from 0 with ``zero``) and at most 1e6 (``inf``,
+    ``nan`` and 1e308 are refused)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 1e6:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 and at most 1e6, got {text[:30]}")
+    if not (0 <= value if zero else 0 < value) or not value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds {'from 0 to' if zero else 'above 0 and at most'}"
+                                         f" 1e6, got {text[:30]}")
     return value
 
 
 def _seconds_or_zero(text: str) -> float:
-    """An argparse type: a finite number of seconds from 0 to 1e6 (``nan``, ``inf`` and negatives are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1e6:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 1e6, got {text[:30]}")
-    return value
+    return _seconds(text, zero=True)
 
 
 def _token_merging(text: str) -> int | tuple | list:
@@ -262,7 +242,7 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--calibration", type=Path, metavar="LISTING",
                    help="--dtype int8: videos like those the model will see (a CSV, folder per class or list of "
                         "files), whose clips are sampled as at inference (the model's views, frame stride, crops)")
-    p.add_argument("--calibration-clips", type=_positive_int, metavar="N",
+    p.add_argument("--calibration-clips", type=_integer(), metavar="N",
                    help="--dtype int8: how many calibration clips (default 300, fewer where 300 would take over "
                         "1 GiB; at most the listing's videos times the views per video)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
@@ -667,7 +647,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         results = [] if result is None else [{"path": source, **result}]
     else:
         summary = timeline_listing(source, model, args.out, device=args.device, **options)
-        results = [] if summary is None else summary["videos"]
+        if summary is None:  # stopped, or a rank other than 0 (rank 0 prints every video's outcome)
+            return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
+        results = summary["videos"]
     if not results:
         return STOPPED_EXIT_CODE
     for r in results:
@@ -727,17 +709,17 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str
     _add_model_args(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
     p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
-    p.add_argument("--batch-size", type=_positive_int, default=16,
+    p.add_argument("--batch-size", type=_integer(), default=16,
                    help="views per forward pass (views of several videos share one)")
-    p.add_argument("--workers", type=_from_zero_to(MAX_WORKERS), default=2, help="decoding processes per rank")
+    p.add_argument("--workers", type=_integer(0, MAX_WORKERS), default=2, help="decoding processes per rank")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
                    help="video decoder (auto: PyAV when installed, else torchcodec)")
     p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
     p.add_argument("--pattern", default=None, help="file name of a Kinetics CSV row, str.format over its columns "
                                                    f"(default: {KINETICS_PATTERN_HELP})")
-    p.add_argument("--log-every", type=_positive_int, default=100, help="videos between progress lines (no TTY)")
-    p.add_argument("--stop-after", type=_positive_int, help="leave after N videos per rank (exit status 3), as a "
+    p.add_argument("--log-every", type=_integer(), default=100, help="videos between progress lines (no TTY)")
+    p.add_argument("--stop-after", type=_integer(), help="leave after N videos per rank (exit status 3), as a "
                                                             "killed job would; for testing resumption")
     return p
 
@@ -756,14 +738,14 @@ def _add_task_parsers(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--views", default=None,
                    help="temporal x spatial views, e.g. 4x3 (Kinetics) or 1x1 (default: the model's eval_views)")
-    p.add_argument("--top-k", type=_positive_int, default=5)
+    p.add_argument("--top-k", type=_integer(), default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per video")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="views per forward pass")
+    p.add_argument("--batch-size", type=_integer(), default=4, help="views per forward pass")
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("demo", help="offline: generate motion clips, write them as videos, classify them")
     p.add_argument("--out", type=Path, help="folder for the clips (default: a new temporary folder)")
-    p.add_argument("--num", type=_positive_int, default=6, help="how many clips")
+    p.add_argument("--num", type=_integer(), default=6, help="how many clips")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
@@ -794,7 +776,7 @@ def _add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
                             "evaluate.")
     p.add_argument("--per-clip", action="store_true", help="one feature per view instead of the mean over views")
     p.add_argument("--layer", type=int, help="token mean of this block's output instead of the pre-logits")
-    p.add_argument("--shard-size", type=_positive_int, default=1024, help="videos per shard file")
+    p.add_argument("--shard-size", type=_integer(), default=1024, help="videos per shard file")
     p.set_defaults(func=_cmd_extract)
 
 
@@ -815,19 +797,19 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
     p.add_argument("--step", type=_seconds, help="seconds between window starts (default: half a window)")
-    p.add_argument("--window-stride", type=_up_to(1000), help="frames between a window's frames (default: the "
+    p.add_argument("--window-stride", type=_integer(1, 1000), help="frames between a window's frames (default: the "
                                                               "model's frame stride)")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per window")
-    p.add_argument("--smooth", type=_positive_int, default=1, help="average scores over N windows before segmenting")
+    p.add_argument("--top-k", type=_integer(), default=5, help="labels per window")
+    p.add_argument("--smooth", type=_integer(), default=1, help="average scores over N windows before segmenting")
     p.add_argument("--min-segment", type=_seconds_or_zero, default=0.0,
                    help="seconds: shorter segments join a neighbour")
-    p.add_argument("--batch-size", type=_up_to(256), default=8, help="windows per forward pass")
+    p.add_argument("--batch-size", type=_integer(1, 256), default=8, help="windows per forward pass")
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "
                                                         "for a stream URL)")
     p.add_argument("--follow", type=_seconds, metavar="SECONDS", help="the video is still being written (Matroska, "
                    "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
-    p.add_argument("--stop-after", type=_positive_int, help="leave at the end of the batch that reaches N windows "
+    p.add_argument("--stop-after", type=_integer(), help="leave at the end of the batch that reaches N windows "
                    "(whole batches of --batch-size; exit status 3), as a killed run would; for testing resumption")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="compute every window whole (Model 2 "
                    "otherwise encodes each tubelet-time slice once for all windows that hold it)")

@@ -12,7 +12,6 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 pytest.importorskip("av")
 
 import vivit  # noqa: E402
+from tests.processes import run_group, torchrun  # noqa: E402
 from tests.videos import write_truncated  # noqa: E402
 from vivit import cli  # noqa: E402
 from vivit.data.datasets import DataError  # noqa: E402
@@ -143,18 +143,9 @@ def test_evaluate_prints_the_summary_and_each_failure_on_the_command_line(clips,
     assert all(f"failed: {clips / name}: " in (reference / "stderr.txt").read_text() for name in BROKEN)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_write_the_single_process_report_and_predictions(clips, reference, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "vivit", "evaluate", str(clips / "list.csv"), "--out",
-           str(tmp_path), *EVAL_ARGS]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = torchrun("-m", "vivit", "evaluate", str(clips / "list.csv"), "--out", str(tmp_path), *EVAL_ARGS,
+                      timeout=300, env={"PYTHONPATH": str(ROOT)})
     assert result.returncode == 1, result.stderr[-4000:]  # 1: the broken files failed
     assert "rank 0: 17 videos" in result.stderr  # 33 rows: rank 0 takes 17, rank 1 the other 16
     _assert_same_run(tmp_path, reference)
@@ -433,9 +424,8 @@ def test_thousands_of_missing_files_print_a_bounded_summary(clips, tmp_path):
     listing = tmp_path / "mostly_missing.csv"
     listing.write_text("path,label\n" + f"{clips / 'static_0.mp4'},static\n"
                        + "".join(f"gone/{i}.mp4,static\n" for i in range(2000)))
-    result = subprocess.run([sys.executable, "-m", "vivit", "evaluate", str(listing), "--out", str(tmp_path / "o"),
-                             *EVAL_ARGS], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    result = run_group([sys.executable, "-m", "vivit", "evaluate", str(listing), "--out", str(tmp_path / "o"),
+                        *EVAL_ARGS], timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) < 60, "\n".join(lines[:80])

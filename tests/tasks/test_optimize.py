@@ -237,6 +237,8 @@ def test_torch_path_leaves_the_model_unchanged():
         assert (out - model(x)).abs().max() < 0.05 * model(x).abs().max()
     with pytest.raises(ValueError, match="backend must be one of"):
         vivit.optimize(model, backend="onnx")
+    with pytest.raises(ValueError, match="decoder='pyav'"):  # one backend check: a decoder's name says decoder=
+        vivit.optimize(model, backend="pyav")
     with pytest.raises(ValueError, match="dtype must be one of"):
         vivit.optimize(model, "float64")
 

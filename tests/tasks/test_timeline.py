@@ -180,6 +180,26 @@ def test_listing_does_every_video_into_its_own_folder(motion_video, tmp_path, ca
     assert (tmp_path / "out" / "0001-other" / "segments.json").exists()
 
 
+def test_a_stopped_listing_resumes_in_the_driver_and_refuses_other_settings(motion_video, tmp_path, capsys):
+    # The listing runs in the dataset-job driver: run.json at the top, each video resuming inside its own folder.
+    path, _ = motion_video
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{path}\n")
+
+    def timeline(out: Path, *extra: str) -> tuple[int, str, str]:
+        return run_cli(capsys, "timeline", listing, "--model", "vivit_motion", "--out", out, "--batch-size", "2",
+                       *TORCH_FLOAT32, *extra)
+
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert timeline(out, "--step", "2", "--stop-after", "2")[0] == 3
+    assert json.loads((out / "run.json").read_text())["step"] == 2.0 and not (out / "timelines.json").exists()
+    assert timeline(out, "--step", "2")[0] == 0 and timeline(fresh, "--step", "2")[0] == 0
+    windows = "0000-changes/windows.jsonl"
+    assert (out / windows).read_text() == (fresh / windows).read_text()
+    rc, _, err = timeline(out, "--step", "1")
+    assert rc == 1 and "step was 2.0, now 1.0" in err and "Traceback" not in err
+
+
 def _write_long(path: Path, minutes: float) -> Path:
     """320 x 240 at 4 fps, motion clips over and over (H.264, fast to write)."""
     import av

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import types
@@ -22,6 +21,7 @@ pytest.importorskip("av")
 pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 
+from tests.processes import torchrun  # noqa: E402
 from tests.videos import write_truncated  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,18 +44,9 @@ def _load_example(name: str):
     return module
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(out: Path, data: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), str(TRAIN), "--train", str(data / "train.csv"),
-           "--val", str(data / "val.csv"), "--out", str(out), *ARGS, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    return torchrun(str(TRAIN), "--train", str(data / "train.csv"), "--val", str(data / "val.csv"), "--out", str(out),
+                    *ARGS, *extra, nproc=nproc, timeout=180, env={"PYTHONPATH": str(ROOT)})
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

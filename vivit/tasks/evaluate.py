@@ -65,7 +65,7 @@ class _Head:
 
 # ================================================================================================ labels
 def _class_parts(model: torch.nn.Module) -> _Head:
-    """``(split sizes, class names, part names)`` of the model's head; one part unless ``class_splits`` says more."""
+    """The model's head as a :class:`_Head`; one part unless ``class_splits`` says more."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     num = int(model.num_classes)
     splits = [int(s) for s in cfg.get("class_splits") or [num]]

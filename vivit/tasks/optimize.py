@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from vivit._version import __version__ as _vivit_version
+from vivit.data.video import BACKENDS as DECODERS
 from vivit.files import umask_mode, weights_digest, write_folder_atomic
 from vivit.weights.fetch import default_cache_dir
 from vivit.weights.read import file_sha256
@@ -60,6 +61,39 @@ def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
         _logger.warning(message)
+
+
+def check_backend(backend: str | Optimized) -> None:
+    """``backend`` names what runs the model (or is :func:`optimize`'s callable of it); a decoder's name there (its
+    meaning in ``evaluate_dataset`` before) is refused naming ``decoder=``, so an old call never silently means
+    something else."""
+    if isinstance(backend, Optimized):
+        return
+    if backend in DECODERS:
+        raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
+                         f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
+
+
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (a dtype or ``None`` passes through); an unknown name is refused."""
+    if not isinstance(dtype, str):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def param_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype inputs are cast to: the model's floating-point parameters', else float32."""
+    param = next(model.parameters(), None)
+    return param.dtype if param is not None and param.is_floating_point() else torch.float32
 
 
 def cpu_flags() -> set[str]:
@@ -193,9 +227,8 @@ class _TorchRun:
 
     def __init__(self, model: torch.nn.Module, autocast: torch.dtype | None) -> None:
         param = next(model.parameters(), None)
-        self.model, self.autocast = model, autocast
+        self.model, self.autocast, self.dtype = model, autocast, param_dtype(model)
         self.device = param.device if param is not None else torch.device("cpu")
-        self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
 
     def __call__(self, x: torch.Tensor) -> Any:
         with torch.inference_mode(), torch.autocast(self.device.type, self.autocast or torch.bfloat16,
@@ -269,8 +302,7 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     """
     if backend == "auto":
         backend = os.environ.get("VIVIT_BACKEND") or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
+    check_backend(backend)
     if getattr(model, "drop_static", 0):  # each clip keeps its own number of tokens: no fixed-shape graph holds that
         if backend == "openvino" or isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
             raise ValueError("this model skips static tubelets (drop_static), so each clip keeps its own number of "
@@ -284,7 +316,9 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     device = param.device if param is not None else torch.device("cpu")
     if isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
         return _int8(model, backend, device, _input_size(model, input_size), cache_dir, calibration, smooth_quant)
-    dtype = _as_dtype(dtype, param)
+    dtype = as_dtype(dtype) or param_dtype(model)
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, found {dtype}")
     if backend == "torch" or device.type != "cpu":
         if backend == "openvino":
             raise ValueError(f"backend='openvino' runs on the CPU, the model is on {device}: move it with "
@@ -413,18 +447,6 @@ def calibration_clips(listing: str | Path, model: torch.nn.Module, views: str | 
     return out
 
 
-def _as_dtype(dtype: torch.dtype | str | None, param: torch.Tensor | None) -> torch.dtype:
-    if dtype is None:
-        return param.dtype if param is not None and param.is_floating_point() else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-        return DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, found {dtype}")
-    return dtype
-
-
 def _input_size(model: torch.nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
@@ -446,15 +468,11 @@ def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> 
     source = None
     if dtype != weights and device.type == "cpu":
         source, model = model, copy.deepcopy(model).to(dtype)
-        how += f", its own {_name(dtype)} copy of the weights"
+        how += f", its own {dtype_name(dtype)} copy of the weights"
     elif dtype != weights:
-        autocast, how = dtype, how + f", {_name(dtype)} autocast"
+        autocast, how = dtype, how + f", {dtype_name(dtype)} autocast"
     return Optimized(model, "torch", dtype, _TorchRun(model, autocast),
-                     f"torch {torch.__version__} ({how}), {_name(dtype)} on {device}", source=source)
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+                     f"torch {torch.__version__} ({how}), {dtype_name(dtype)} on {device}", source=source)
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -530,7 +548,7 @@ def cache_key(model: torch.nn.Module, input_size: tuple[int, ...], openvino_vers
     settings = json.dumps(graph_settings(model), sort_keys=True)
     param = next(model.parameters(), None)
     return {"weights": weights_digest(model), "settings": hashlib.sha256(settings.encode()).hexdigest(),
-            "input_size": list(input_size), "source_dtype": _name(param.dtype) if param is not None else None,
+            "input_size": list(input_size), "source_dtype": dtype_name(param.dtype) if param is not None else None,
             "openvino": openvino_version, "torch": torch.__version__, "vivit": _vivit_version}
 
 
@@ -569,7 +587,7 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
     except RuntimeError as err:
         raise BackendUnavailable(f"OpenVINO cannot compile this model for this CPU ({_first_line(err)})") from None
     ready = time.perf_counter() - start
-    note = f"openvino {ov.__version__.split('-')[0]} on CPU, {_name(dtype)} ({how}, ready in {ready:.1f} s)"
+    note = f"openvino {ov.__version__.split('-')[0]} on CPU, {dtype_name(dtype)} ({how}, ready in {ready:.1f} s)"
     return Optimized(model, "openvino", dtype, _OpenVINORun(compiled, input_size), note, source=model)
 
 

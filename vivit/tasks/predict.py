@@ -47,7 +47,7 @@ def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int =
     was_training = model.training
     model.eval()
     try:
-        logits = torch.cat([(run or model)(clips[i : i + batch_size].to(device, dtype)).float().cpu()
+        logits = torch.cat([(run or model)(clips[i : i + batch_size].to(device, dtype, non_blocking=True)).float().cpu()
                             for i in batches])
     finally:
         model.train(was_training)

@@ -1,11 +1,12 @@
-"""The dataset-job driver: one sequence from options to result, which evaluate and extract plug into.
+"""The dataset-job driver: one sequence from options to result, which evaluate, extract and timelines plug into.
 
 :func:`run_job` owns it: start (torchrun's group, the listing, the model on this rank's runtime) -> identity ->
 claim the output folder -> resume (what any rank finds done) -> shard the rest (each rank a disjoint share) ->
 loader loop (decode in DataLoader workers while the model runs, the views of several videos in one forward pass) ->
 the task consumes each batch's outputs -> stop (``stop_after``) -> gather every rank's results (``torch.distributed``:
 gloo on CPU, NCCL on GPU) -> the task finishes (rank 0 writes). A :class:`Task` holds only what is its own: evaluate
-its targets and report, extract its shards and index.
+its targets and report, extract its shards and index, a listing's timelines their windows (each video streamed
+through ``timeline_video`` in place of the loader loop) and summary.
 
 A run's **identity** is its inputs: the weights (a digest of the state dict), the model's config, the views, the
 dtype, the decoder, the runtime that ran, token merging, the listing's rows, and each task's own settings.
@@ -49,8 +50,8 @@ from vivit.data.video import parse_views
 from vivit.files import read_json, weights_digest, write_text_atomic
 from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
-from vivit.tasks.predict import default_views
-from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, param_dtype, setup_runtime
+from vivit.tasks.predict import default_views, predict_views
+from vivit.tasks.runtime import Runtime, as_dtype, check_backend, dtype_name, setup_runtime
 from vivit.weights.build import create_model
 from vivit.zoo import tagged_name
 
@@ -109,7 +110,8 @@ class RunOptions:
     env: Dist | None = None
 
     def __post_init__(self) -> None:
-        check_backend(self.backend)
+        if isinstance(self.backend, str):
+            check_backend(self.backend)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, found {self.batch_size}")
         if not isinstance(self.workers, int) or not 0 <= self.workers <= MAX_WORKERS:
@@ -135,6 +137,7 @@ class Run:
     opts: RunOptions
     env: Dist
     weights: str
+    items: list[Item] = dataclasses.field(default_factory=list)  # the listing's videos, once checked
 
     @property
     def model(self) -> Any:
@@ -143,11 +146,9 @@ class Run:
     def identity(self, **extra: Any) -> dict[str, Any]:
         """The inputs a resume must share with the first start (``extra``: the task's own settings); a new option
         that changes the outputs joins here, so runs recorded without it are refused rather than mixed."""
-        return {"model": self.name, "weights": self.weights, "config": _config_digest(self.model),
+        return {"model": self.name, "weights": self.weights, **model_identity(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.runtime.dtype),
-                "decoder": self.opts.decoder, "backend": self.runtime.backend,
-                "token_merging": _merging_json(getattr(self.model, "token_merging", 0)),
-                **static_setting(self.model), **extra, **self._calibration(),
+                "decoder": self.opts.decoder, "backend": self.runtime.backend, **extra, **self._calibration(),
                 "num_videos": self.num, "listing": _listing_digest(self.rows)}
 
     def _calibration(self) -> dict[str, str]:
@@ -179,8 +180,15 @@ class Task:
     def resume(self, run: Run) -> dict[int, Any]:  # {video index: result} this rank finds done; get ready for more
         return {}
 
-    def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
-        """Per video: listing index, path, per-view outputs or ``None`` (unreadable or not finite) and the reason."""
+    def batches(self, run: Run, mine: list[int]) -> Iterator[list[tuple[int, str, Any, str | None]] | None]:
+        """This rank's videos, batch by batch: decoded in the loader's workers and run through the model (``None``:
+        the task stops early on a count of its own)."""
+        for records, outs in outputs(run, [run.items[i] for i in mine]):
+            yield [(mine[r["index"]], r["path"], *_finite(o, r["error"])) for r, o in zip(records, outs, strict=True)]
+
+    def consume(self, run: Run, batch: list[tuple[int, str, Any, str | None]]) -> None:
+        """Per video: listing index, path, its outputs (of ``batches``: per-view outputs) or ``None`` (unreadable or
+        not finite) and the reason."""
         raise NotImplementedError
 
     def end(self, run: Run, completed: bool) -> dict[int, Any]:  # this rank's results (a resumed index keeps its own)
@@ -203,14 +211,14 @@ def run_job(listing: str | Path, model: torch.nn.Module | str, out: str | Path, 
         run = start(listing, model, out, opts, env, task)
         extra = task.prepare(run)
         # A listing none of whose files exists (a wrong --video-root) is refused here, before anything is written.
-        items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
+        run.items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
         identity = run.identity(**extra)
         with claimed(run.out, identity, env, task.outputs):
             done = _gathered(env, task.resume(run), {})
             if env.main and done:
                 _logger.info("%s: %d of %d videos already done; continuing", run.out, len(done), run.num)
             mine = shard([i for i in range(run.num) if i not in done], env.rank, env.world_size)
-            if (collected := _loop(run, task, items, mine)) is None:
+            if (collected := _loop(run, task, mine)) is None:
                 return None
             results = _gathered(env, collected, done)
             result = task.finish(run, identity, results) if env.main else None
@@ -228,15 +236,16 @@ def _gathered(env: Dist, mine: dict[int, Any], into: dict[int, Any]) -> dict[int
     return merged
 
 
-def _loop(run: Run, task: Task, items: list[Item], mine: list[int]) -> dict[int, Any] | None:
-    """This rank's videos through the model into ``task``; its results, ``None`` when ``stop_after`` left early."""
+def _loop(run: Run, task: Task, mine: list[int]) -> dict[int, Any] | None:
+    """This rank's videos through ``task``; its results, ``None`` when ``stop_after`` (or the task) left early."""
     env = run.env
     bar = Progress(len(mine), task.what, every=run.opts.log_every, show=run.opts.progress_bar if env.main else False,
                    where=f" [rank {env.rank}]" if env.world_size > 1 else "", log=_logger)
     completed = False
     try:
-        for records, outs in outputs(run, [items[i] for i in mine]):
-            batch = [(mine[r["index"]], r["path"], *_finite(o, r["error"])) for r, o in zip(records, outs, strict=True)]
+        for batch in task.batches(run, mine):
+            if batch is None:
+                return None
             task.consume(run, batch)
             bar.update(len(batch), failed=sum(reason is not None for *_, reason in batch))
             if run.opts.stop_after is not None and bar.new >= run.opts.stop_after:
@@ -281,19 +290,18 @@ def model_name(model: torch.nn.Module) -> str:
     return tagged_name(cfg.get("architecture") or type(model).__name__, cfg.get("tag"))
 
 
-def _config_digest(model: torch.nn.Module) -> str | None:
+def model_identity(model: torch.nn.Module) -> dict[str, Any]:
+    """What every run's identity (a dataset job's, a timeline's) records of the model besides its weights: a digest
+    of its config, its token merging and the threshold of skipped static tubelets (0: off)."""
     args = getattr(model, "model_args", None)
-    return None if args is None else _digest(json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(
+    config = None if args is None else _digest(json.dumps(args, sort_keys=True, default=lambda v: list(v) if isinstance(
         v, tuple) else str(v)))
+    return {"config": config, "token_merging": _merging_json(getattr(model, "token_merging", 0)),
+            "drop_static": float(getattr(model, "drop_static", 0) or 0)}
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def static_setting(model: torch.nn.Module) -> dict[str, float]:
-    """``{"drop_static": tau}``: the threshold of skipped static tubelets (0: off), part of every run's identity."""
-    return {"drop_static": float(getattr(model, "drop_static", 0) or 0)}
 
 
 def _merging_json(r: Any) -> Any:
@@ -309,11 +317,21 @@ def _listing_digest(rows: Listing) -> str:
 # ================================================================================================ output folder
 @contextlib.contextmanager
 def claimed(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str] = ()) -> Iterator[None]:
-    """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` or recorded (a
-    folder holding any of ``outputs``, glob patterns of the job's files, but no ``run.json`` is refused)."""
+    """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` (a run started with
+    other inputs is refused) or recorded on a first start (a folder holding any of ``outputs``, glob patterns of the
+    job's files, but no ``run.json`` is refused)."""
     lock = _lock(out) if env.main else None
     try:
-        _check_identity(out, identity, env, outputs)
+        if (out / RUN).exists():
+            _compare(out, identity)
+        elif found := next((p for pattern in outputs for p in sorted(out.glob(pattern))), None):
+            raise ValueError(f"{found}: an output of a run without {RUN}, so its settings are unknown (an older "
+                             "vivit's, or another tool's); delete the folder's outputs to start over, or pass another "
+                             "--out")
+        elif env.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / RUN, json.dumps(identity, indent=2) + "\n")
+        env.barrier()
         yield
     finally:
         if lock is not None:
@@ -342,25 +360,12 @@ def _lock(out: Path) -> Any:
     return handle
 
 
-def _check_identity(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str]) -> None:
-    """Refuse to continue a run in ``out`` that was started with other inputs; record them on a first start."""
-    path = out / RUN
-    if path.exists():
-        _compare(out, identity)
-    elif found := next((p for pattern in outputs for p in sorted(out.glob(pattern))), None):
-        raise ValueError(f"{found}: an output of a run without {RUN}, so its settings are unknown (an older vivit's, "
-                         "or another tool's); delete the folder's outputs to start over, or pass another --out")
-    elif env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(identity, indent=2) + "\n")
-    env.barrier()
-
-
 def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:
     """Refuse a resume whose settings known without the model (``extra``: the task's own) differ from those
     ``out/run.json`` recorded, before the model is built or downloaded."""
     if not (Path(out) / RUN).exists():
         return
+    # "auto" is recorded as what it picked; an optimized callable as its backend
     known = {"decoder": opts.decoder, **extra, "views": opts.views and "{}x{}".format(*parse_views(opts.views)),
              "backend": _backend_name(opts.backend),
              "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)), "token_merging": opts.token_merging}
@@ -408,16 +413,15 @@ def _difference(key: str, old: Any, new: Any) -> str:
 def outputs(run: Run, items: Sequence[Item]) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
     """Per loaded batch of ``items``: its video records and each video's per-view outputs (``None`` where decoding
     failed). Running out of memory stops the run with what to lower (it is no fault of one video)."""
-    fn = run.runtime.fn
     ds = EvalVideos(items, run.model, run.views, decoder=run.opts.decoder)
-    dtype = param_dtype(run.model)
     per_batch = max(1, run.opts.batch_size // math.prod(run.views))  # whole videos, as many as fit (at least one)
     loader = make_loader(ds, batch_size=per_batch, workers=run.opts.workers, collate_fn=collate_views,
                          pin_memory=run.env.device.type == "cuda")
     try:
         for batch in loader:
-            views = batch["views"]
-            out = _forward(fn, views, run.opts.batch_size, run.runtime.device, dtype) if views is not None else None
+            views = batch["views"]  # float32 on the CPU: predict_views moves and casts each chunk
+            out = None if views is None else predict_views(run.model, views, run.opts.batch_size, reduce=False,
+                                                           device=run.runtime.device, run=run.runtime.fn)
             parts = iter(out.split([c for c in batch["counts"] if c]) if out is not None else [])
             yield batch["records"], [next(parts) if c else None for c in batch["counts"]]  # None: no views
     except (MemoryError, RuntimeError) as err:
@@ -427,15 +431,6 @@ def outputs(run: Run, items: Sequence[Item]) -> Iterator[tuple[list[dict[str, An
                        f"--batch-size (now {run.opts.batch_size}), --workers (now {run.opts.workers}) or --views "
                        f"(now {run.views[0]}x{run.views[1]}), or use --dtype bfloat16; run again with the same --out "
                        "to continue") from None
-
-
-@torch.inference_mode()
-def _forward(fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor, batch_size: int, device: torch.device,
-             dtype: torch.dtype) -> torch.Tensor:
-    """``fn`` over ``views`` in chunks of ``batch_size``, float32 on the CPU."""
-    outs = [fn(views[i:i + batch_size].to(device, dtype, non_blocking=True)).float().cpu()
-            for i in range(0, views.shape[0], batch_size)]
-    return torch.cat(outs)
 
 
 NOT_FINITE = ("the model's outputs for this video are not finite (NaN or Inf), so they mean nothing; check the "
@@ -451,5 +446,5 @@ def _finite(values: torch.Tensor | None, error: str | None) -> tuple[torch.Tenso
     return values, None
 
 
-__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_name", "outputs",
-           "prepare_model", "run_job"]
+__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_identity", "model_name",
+           "outputs", "prepare_model", "run_job"]

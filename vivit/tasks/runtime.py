@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from vivit.data.video import BACKENDS as DECODERS
-from vivit.tasks.optimize import BACKENDS, DTYPES, Optimized, optimize
+from vivit.tasks.optimize import Optimized, as_dtype, check_backend, dtype_name, optimize, param_dtype
 
 _logger = logging.getLogger(__name__)
 
@@ -43,39 +42,6 @@ class Runtime:
         return self.fn if isinstance(self.fn, Optimized) else None
 
 
-def check_backend(backend: str | Optimized) -> None:
-    """``backend`` names what runs the model (or is :func:`vivit.optimize`'s callable of it); a decoder's name there
-    (its meaning in ``evaluate_dataset`` before) is refused naming ``decoder=``, so an old call never silently means
-    something else."""
-    if isinstance(backend, Optimized):
-        return
-    if backend in DECODERS:
-        raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
-                         f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
-
-
-def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bfloat16"`` -> ``torch.bfloat16`` (a dtype or ``None`` passes through); an unknown name is refused."""
-    if not isinstance(dtype, str):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-    return DTYPES[dtype]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
-    return str(dtype).removeprefix("torch.")
-
-
-def param_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype inputs are cast to: the model's floating-point parameters', else float32."""
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-
 def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = None,
                   dtype: str | torch.dtype | None = None, backend: str | Optimized = "torch",
                   token_merging: Any = None, *, pre_logits: bool = False, compile: bool = False,
@@ -103,7 +69,6 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
     device = torch.device(device)
     model = model.to(device).eval()
     if isinstance(backend, str) and backend != "torch":
-        check_backend(backend)
         backend = optimize(model, dtype, backend=backend, pre_logits=pre_logits)
     if isinstance(backend, Optimized):
         runtime = Runtime(model, backend, backend.backend, backend.dtype, device, backend.note)

@@ -27,6 +27,7 @@ planned once.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from vivit.data.datasets import Dist, init_distributed, one_line, read_listing, shard
+from vivit.data.datasets import Dist, one_line
 from vivit.data.stream import VideoStream, Window, is_url, sliding_windows
 from vivit.data.transforms import eval_transform, resolve_data_config
 from vivit.data.video import VideoReadError
@@ -47,7 +48,7 @@ from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import top_k as _top_k
 from vivit.tasks.reuse import SliceReuse, slice_reuse
-from vivit.tasks.run import NOT_FINITE, RUN, _config_digest, _merging_json, claimed, prepare_model, static_setting
+from vivit.tasks.run import NOT_FINITE, RUN, Run, RunOptions, Task, claimed, model_identity, prepare_model, run_job
 from vivit.tasks.runtime import dtype_name, setup_runtime
 from vivit.weights.fetch import download_timeout
 
@@ -310,10 +311,7 @@ def _absorb_transitions(segs: list[dict[str, Any]], most: int, confident: float)
 
 def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, float]]:
     """Top-1 of each window's label scores averaged over ``n`` neighbouring windows."""
-    scores = []
-    for w in windows:
-        tops = [w["top"]] if "top" in w else w["top_by_split"]
-        scores.append({t["label"]: float(t["score"]) for t in tops[0]} if len(tops) == 1 else dict([top1(w)]))
+    scores = [{t["label"]: float(t["score"]) for t in w["top"]} if "top" in w else dict([top1(w)]) for w in windows]
     half, out = n // 2, []
     for i in range(len(scores)):
         near = scores[max(0, i - half):i - half + n]
@@ -360,14 +358,6 @@ def _video_identity(path: str | Path, live: bool) -> dict[str, Any]:
         return {"path": str(Path(path).resolve()), "follow": True}
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _refuse_unowned(out: Path) -> None:
-    """Outputs without the ``run.json`` that says what made them cannot be continued: they could be anything."""
-    found = [n for n in (WINDOWS, SEGMENTS, PLOT) if (out / n).exists()]
-    if found and not (out / RUN).exists():
-        raise ValueError(f"{out}: holds {', '.join(found)} but no {RUN} saying which video, model and settings made "
-                         "them, so they cannot be continued; delete them to start over, or pass another --out")
 
 
 def _read_windows(path: Path) -> list[dict[str, Any]]:
@@ -516,14 +506,11 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
     with _open_stream(path, transform, follow) as stream:
         plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
         clip_len, stride, step_s = plan
-        settings = {"video": _video_identity(path, live), "model": name, "weights": weights,
-                    "config": _config_digest(model), "token_merging": _merging_json(getattr(model, "token_merging", 0)),
-                    **static_setting(model),
+        settings = {"video": _video_identity(path, live), "model": name, "weights": weights, **model_identity(model),
                     "dtype": dtype_name(ran.dtype), "backend": ran.backend, "window": clip_len, "window_stride": stride,
                     "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
-        _refuse_unowned(out)
         lines = out / WINDOWS
-        with claimed(out, settings, env):  # one writer per folder; a resume only with the same settings
+        with claimed(out, settings, env, (WINDOWS, SEGMENTS, PLOT)):  # one writer; a resume with the same settings
             finished = None
             if live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
                 for stale in (lines, out / SEGMENTS, out / PLOT):
@@ -674,7 +661,7 @@ def _thumbnail_times(segs: Sequence[dict[str, Any]], lo: float, hi: float, most:
 
 
 def _tops(window: dict[str, Any]) -> list[dict[str, Any]]:
-    return window["top"] if "top" in window else [{"label": top1(window)[0], "score": top1(window)[1]}]
+    return window["top"] if "top" in window else [dict(zip(("label", "score"), top1(window), strict=True))]
 
 
 def _draw_thumbnails(axes: Any, rows: Sequence[tuple[float, float]], times: Sequence[Sequence[float]], width: float,
@@ -710,52 +697,72 @@ def _frame_at(stream: VideoStream, t: float) -> np.ndarray | None:
 # ================================================================================================ many videos
 def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str | Path, *,
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                     stop_after: int | None = None, env: Dist | None = None, runtime: str = "torch",
+                     stop_after: int | None = None, env: Dist | None = None, runtime: str | Optimized = "torch",
                      **kwargs: Any) -> dict[str, Any] | None:
-    """:func:`timeline_video` for every video of a listing, one sub-folder each (``<row>-<file stem>``); under
-    ``torchrun`` each rank takes its share. Rank 0 writes ``timelines.json`` (every video's folder and outcome).
+    """:func:`timeline_video` for every video of a listing, one sub-folder each (``<row>-<file stem>``), as a task of
+    the dataset-job driver (:func:`vivit.tasks.run.run_job`: ``run.json``, the lock, ``torchrun`` shards); rank 0
+    writes ``timelines.json`` (every video's folder and outcome).
 
     Args:
         listing: Anything :func:`vivit.data.read_listing` reads (labels are ignored).
         model: A model or a name.
-        out: Output folder.
+        out: Output folder; a run with the same settings is continued (each video where it stopped).
         device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
         dtype: Cast the weights (``"bfloat16"`` ...).
-        stop_after: Leave after this many new windows on this rank (testing resumption); returns ``None``.
+        stop_after: Leave after this many new windows of a video (testing resumption); returns ``None``.
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it).
         runtime: As in :func:`timeline_video`; the model is optimized once for every video.
         **kwargs: The other arguments of :func:`timeline_video`.
+
+    Returns:
+        ``{"videos": [...], "num_failed"}`` on rank 0; ``None`` on other ranks and when stopped early.
     """
-    owned = env is None
-    env = init_distributed(device) if env is None else env
-    try:
-        rows = read_listing(listing)
-        ran = setup_runtime(prepare_model(model, env)[0], env.device, dtype, runtime)
-        out = Path(out)
-        results: dict[int, dict[str, Any]] = {}
-        for i in shard(list(range(len(rows.paths))), env.rank, env.world_size):
-            sub = out / f"{i:04d}-{Path(rows.paths[i]).stem}"
+    opts = RunOptions(device=device, dtype=dtype, backend=runtime, env=env, log_every=1, progress_bar=False)
+    return run_job(listing, model, out, _Timelines(stop_after, kwargs), opts)
+
+
+class _Timelines(Task):
+    """Each video's windows streamed through :func:`timeline_video` into its sub-folder; ``timelines.json`` at the
+    end. Its identity holds what each video's ``run.json`` does (a video resumes inside its own folder)."""
+
+    what = "timeline"
+    outputs = (SUMMARY, f"*/{WINDOWS}")
+
+    def __init__(self, stop_after: int | None, kwargs: dict[str, Any]) -> None:
+        self.stop_after, self.kwargs = stop_after, kwargs
+        defaults = inspect.signature(timeline_video).parameters
+        self.settings = {k: kwargs.get(k, defaults[k].default) for k in ("step", "window_stride", "crops",
+                                                                           "batch_size", "top_k")}
+        self.results: dict[int, dict[str, Any]] = {}
+
+    def prepare(self, run: Run) -> dict[str, Any]:
+        _check_options(**{k: v for k, v in self.settings.items() if v is not None})
+        _check_classifier(run.model)
+        return self.settings
+
+    def batches(self, run: Run, mine: list[int]) -> Iterator[list[tuple[int, str, Any, str | None]] | None]:
+        for i in mine:
+            path, sub = run.rows.paths[i], run.out / f"{i:04d}-{Path(run.rows.paths[i]).stem}"
             try:
-                result = timeline_video(rows.paths[i], ran.model, sub, device=env.device, stop_after=stop_after,
-                                        runtime=ran.fast or "torch", **kwargs)
+                result = timeline_video(path, run.model, sub, device=run.env.device, stop_after=self.stop_after,
+                                        runtime=run.runtime.fast or "torch", **self.kwargs)
             except READ_ERRORS as err:
-                result = {"error": one_line(err, rows.paths[i]), "out": str(sub), "windows": 0}
-                _logger.warning("%s: %s", rows.paths[i], result["error"])
-            if result is None:
-                return None
-            results[i] = {"path": rows.paths[i], **result}
-        merged: dict[int, dict[str, Any]] = {}
-        for part in env.all_gather_object(results):
-            merged.update(part)
-        summary = {"videos": [merged[i] for i in sorted(merged)],
-                   "num_failed": sum(1 for r in merged.values() if r.get("error"))}
-        if env.main:
-            write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
-        env.barrier()
+                result = {"error": one_line(err, path), "out": str(sub), "windows": 0}
+                _logger.warning("%s: %s", path, result["error"])
+            yield None if result is None else [(i, path, result, result.get("error"))]
+
+    def consume(self, run: Run, batch: list[tuple[int, str, Any, str | None]]) -> None:
+        for i, path, result, _ in batch:
+            self.results[i] = {"path": path, **result}
+
+    def end(self, run: Run, completed: bool) -> dict[int, Any]:
+        return self.results
+
+    def finish(self, run: Run, identity: dict[str, Any], results: dict[int, Any]) -> dict[str, Any]:
+        summary = {"videos": [results[i] for i in range(run.num)],
+                   "num_failed": sum(1 for r in results.values() if r.get("error"))}
+        write_text_atomic(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
-    finally:
-        if owned:
-            env.close()
 
 
 __all__ = ["plot_timeline", "segments", "timeline", "timeline_listing", "timeline_video", "top1",
