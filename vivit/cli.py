@@ -659,7 +659,8 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
         print(f"{r['path']}: {r['windows']} windows, {r.get('segments', 0)} segments over {r.get('duration', 0):.1f} s "
               f"-> {r['out']}")
         if r.get("error"):
-            kept = f" (the {_count(r['windows'], 'window')} before it are kept)" if r["windows"] else ""
+            n = r["windows"]
+            kept = "" if not n else f" (the {_count(n, 'window')} before it {'is' if n == 1 else 'are'} kept)"
             said = r["error"] if str(r["path"]) in r["error"] else f"{r['path']}: {r['error']}"  # the path once
             print(f"vivit timeline: {said}{kept}", file=sys.stderr)
     seconds, video = time.perf_counter() - started, sum(r.get("duration", 0) for r in results)

@@ -142,9 +142,12 @@ def check_token_merging(args: Mapping[str, Any], r: TokenMerging) -> None:
     where = "a clip" if args.get("variant", "spacetime") == "spacetime" else "a frame (Model 2 merges per frame)"
     if isinstance(r, list):
         largest = f"each block's r can be at most {most}"
-    else:  # the largest r of the same form whose busiest block fits
-        base = max((n for n in range(0, 2 * most + 1) if max(parse_r(_with_base(r, n), depth)) <= most), default=0)
-        largest = f"the largest valid r is {base}"
+    else:  # the largest r of the same form whose busiest block fits (a block's count grows with r: bisect)
+        low, high = 0, 2 * most + 1
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if max(parse_r(_with_base(r, mid), depth)) <= most else (low, mid)
+        largest = f"the largest valid r is {low}"
     raise ValueError(f"r={r!r} merges up to {max(schedule)} tokens in a block, but the model has {tokens} tokens "
                      f"(CLS excepted) in {where} and a block merges at most half of them: {largest}")
 
