@@ -158,3 +158,13 @@ def test_timeline_benchmark_reports_real_time_factors(tmp_path):
     assert reuse["spatial"] + reuse["temporal"] + reuse["other"] == pytest.approx(reuse["seconds"], abs=0.01)
     assert row["matmul_gflops"] > 0 and row["m2_gflop_per_video_second"]["reuse"] > 0
     assert "speed-up M2 reuse vs M2 dense" in out.stdout and "real-time factor" in out.stdout
+
+
+def test_timeline_agreement_reports_each_setting_against_the_dense_model(tmp_path):
+    pytest.importorskip("av")
+    out = run_script("timeline_agreement.py", "--changes", "4", "--merging", "2", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert set(row["rows"]) == {"dense", "reuse", "reuse + ToMe r=2"}
+    assert row["rows"]["dense"]["agreement"] == row["rows"]["reuse"]["agreement"] == 1.0  # reuse is exact
+    assert "agrees with dense" in out.stdout
