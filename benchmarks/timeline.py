@@ -261,11 +261,13 @@ def main() -> None:
         print("  bfloat16: this CPU has no native bfloat16 (AVX512-BF16 / AMX), so vivit.optimize runs OpenVINO in "
               "float32 for dtype='bfloat16': the OV rows stand for both")
     work = {}
-    m2 = next((models[label] for label in args.settings if label.startswith("M2") and not SETTINGS[label][3]), None)
-    if m2 is not None:
-        work = {name: m2_gflop_per_video_second(m2, reuse) for name, reuse in (("dense", False), ("reuse", True))}
-        print(f"  Model 2 needs {work['dense']:.0f} GFLOP per second of video whole, {work['reuse']:.0f} with reuse: "
-              f"real time at {work['reuse'] / gflops:.2f}x this CPU's matmul rate")
+    m2 = vivit.create_model(M2[0], num_frames=M2[1], img_size=args.m2_size, **depth).eval()
+    work = {name: m2_gflop_per_video_second(m2, reuse) for name, reuse in (("dense", False), ("reuse", True))}
+    m2.set_token_merging(TOME["M2"])
+    work["reuse + ToMe"] = m2_gflop_per_video_second(m2, True)
+    print(f"  Model 2 needs {work['dense']:.0f} GFLOP per second of video whole, {work['reuse']:.0f} with reuse, "
+          f"{work['reuse + ToMe']:.0f} with reuse and ToMe r={TOME['M2']}: real time needs "
+          f"{work['reuse'] / gflops:.2f}x / {work['reuse + ToMe'] / gflops:.2f}x this CPU's matmul rate")
     if kept is not None:
         print(f"  static skipping keeps {kept:.1%} of Model 1's tokens (tau = {DROP_STATIC_DEFAULT})")
     if args.json:
