@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -144,10 +145,26 @@ def test_startup_compares_import_vivit_with_import_torch(tmp_path):
 
 def test_timeline_benchmark_reports_real_time_factors(tmp_path):
     pytest.importorskip("av")
+    settings = ["M2 dense", "M2 reuse", "M2 OV reuse ToMe", "M1 static"]  # OpenVINO's rows: one, converting little
     out = run_script("timeline.py", "--seconds", "3", "--size", "160x96", "--repeats", "1", "--depth", "1",
-                     "--json", str(tmp_path / "r.jsonl"))
+                     "--m2-size", "128", "--m1-size", "64", "--json", str(tmp_path / "r.jsonl"), "--settings",
+                     *(settings if importlib.util.find_spec("openvino") else settings[:2] + settings[3:]))
     assert out.returncode == 0, out.stderr
     (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert set(row["rows"]) == {"M2 dense", "M2 reuse", "M1 dense", "M1 static"}
+    assert set(row["rows"]) <= set(settings) and {"M2 dense", "M2 reuse", "M1 static"} <= set(row["rows"])
     assert all(r["rtf"] > 0 and r["windows"] > 0 for r in row["rows"].values()) and 0 < row["kept"] <= 1
+    reuse = row["rows"]["M2 reuse"]  # where the time went: the two encoders and the rest, adding up to the whole
+    assert reuse["spatial"] > 0 and reuse["temporal"] > 0
+    assert reuse["spatial"] + reuse["temporal"] + reuse["other"] == pytest.approx(reuse["seconds"], abs=0.01)
+    assert row["matmul_gflops"] > 0 and row["m2_gflop_per_video_second"]["reuse"] > 0
     assert "speed-up M2 reuse vs M2 dense" in out.stdout and "real-time factor" in out.stdout
+
+
+def test_timeline_agreement_reports_each_setting_against_the_dense_model(tmp_path):
+    pytest.importorskip("av")
+    out = run_script("timeline_agreement.py", "--changes", "4", "--merging", "2", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert set(row["rows"]) == {"dense", "reuse", "reuse + ToMe r=2"}
+    assert row["rows"]["dense"]["agreement"] == row["rows"]["reuse"]["agreement"] == 1.0  # reuse is exact
+    assert "agrees with dense" in out.stdout

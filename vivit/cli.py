@@ -632,14 +632,16 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     model = runtime.model
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
-                   runtime=runtime.fast or "torch", reuse=args.reuse)
+                   runtime=runtime.fast or "torch", reuse=args.reuse, max_delay=args.max_delay)
     started = time.perf_counter()
     # A folder or a text/CSV file is a listing; anything else is one video (an unknown kind gets the video's error).
     if not listing:
         def show(record: dict) -> None:  # a live stream: each window's labels as it is classified
             tops = record.get("top") or [t[0] for t in record["top_by_split"]]
+            late = f"  [{record['delay']:.1f} s behind live]" if "delay" in record else ""
+            skipped = f"  [{record['skipped']} windows skipped to stay live]" if record.get("skipped") else ""
             print(f"{record['start']:9.2f}-{record['end']:9.2f} s  " + ", ".join(
-                f"{t['label']} ({t['score']:.1%})" for t in tops[:3]), flush=True)
+                f"{t['label']} ({t['score']:.1%})" for t in tops[:3]) + late + skipped, flush=True)
 
         live = live or args.follow is not None
         result = timeline_video(source, model, args.out, on_window=show if live or args.print else None,
@@ -658,6 +660,9 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         print(f"{r['path']}: {r['windows']} windows, {r.get('segments', 0)} segments over {r.get('duration', 0):.1f} s "
               f"-> {r['out']}")
+        if r.get("skipped"):
+            print(f"{r['path']}: {r['skipped']} windows skipped to stay live (the model is slower than the video; "
+                  "--max-delay sets how far behind a window may be)")
         if r.get("error"):
             n = r["windows"]
             kept = "" if not n else f" (the {_count(n, 'window')} before it {'is' if n == 1 else 'are'} kept)"
@@ -810,6 +815,9 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
                                                         "for a stream URL)")
     p.add_argument("--follow", type=_seconds, metavar="SECONDS", help="the video is still being written (Matroska, "
                    "MPEG-TS): at its end, wait up to SECONDS for more; windows are printed as they come")
+    p.add_argument("--max-delay", type=_seconds, metavar="SECONDS", help="a stream URL or --follow: skip windows "
+                   "further than this behind the live edge, so a model slower than the video stays live (default: "
+                   "--batch-size steps plus one window)")
     p.add_argument("--stop-after", type=_integer(), help="leave at the end of the batch that reaches N windows "
                    "(whole batches of --batch-size; exit status 3), as a killed run would; for testing resumption")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="compute every window whole (Model 2 "

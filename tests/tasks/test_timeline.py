@@ -296,6 +296,7 @@ def test_stream_url_is_read_live_and_printed_window_by_window(motion_video, moti
         server.shutdown()
     assert rc == 0
     live = [json.loads(line) for line in (tmp_path / "live" / "windows.jsonl").read_text().splitlines()]
+    assert all(r.pop("delay") >= 0 for r in live)  # seconds behind the live edge: the file is served at once, so 0
     assert live == list(vivit.timeline(motion_model, path, top_k=1))
     printed = [line for line in stdout.splitlines() if " s  " in line]
     assert len(printed) == len(live) and live[3]["top"][0]["label"] in printed[3]
@@ -326,6 +327,7 @@ def test_growing_file_is_followed_to_its_end(motion_video, motion_model, tmp_pat
         followed = list(vivit.timeline(motion_model, growing, follow=3.0, top_k=1, step=2.0))
     finally:
         writer.join()
+    assert all(r.pop("delay") >= 0 for r in followed)  # written faster than real time: nothing skipped
     assert followed == list(vivit.timeline(motion_model, tmp_path / "whole.mkv", top_k=1, step=2.0))
 
 

@@ -15,6 +15,7 @@ frames it shares with the past are all in the last window. Memory is one window'
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -51,8 +52,10 @@ def slice_reuse(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tens
         return SliceReuse(model, transform, device, dtype)
     backend = getattr(run, "backend", None)
     if backend == "openvino":
-        size = (model.in_chans, model.tubelet_size[0], *model.img_size)
-        spatial = optimize(SpatialHalf(model), run.dtype, backend="openvino", input_size=size)
+        spatial = _SPATIAL.get(run)
+        if spatial is None:  # once per optimized model: every video of a listing reuses it, no reload or recompile
+            size = (model.in_chans, model.tubelet_size[0], *model.img_size)
+            spatial = _SPATIAL[run] = optimize(SpatialHalf(model), run.dtype, backend="openvino", input_size=size)
         param = next(model.parameters())
         return SliceReuse(model, transform, param.device, param.dtype, spatial=spatial)
     if backend == "torch" and getattr(getattr(run, "_run", None), "autocast", 1) is None:
@@ -60,6 +63,9 @@ def slice_reuse(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tens
         device, dtype = (param.device, param.dtype) if param is not None else (device, dtype)
         return SliceReuse(run.model, transform, device, dtype)
     return None
+
+
+_SPATIAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # an OpenVINO run -> its converted spatial half
 
 
 class SpatialHalf(torch.nn.Module):
@@ -102,8 +108,8 @@ class SliceReuse:
     def _keys(self, frames: torch.Tensor) -> list[bytes]:
         """One digest per slice of a window's uint8 frames (frames past the last whole slice are dropped, as the
         tubelet embedding drops them)."""
-        t = self.tubelet
-        return [hashlib.blake2b(frames[i * t:(i + 1) * t].contiguous().numpy().tobytes(), digest_size=16).digest()
+        t, data = self.tubelet, frames.contiguous().numpy()
+        return [hashlib.blake2b(data[i * t:(i + 1) * t].data, digest_size=16).digest()  # hashed in place, no copy
                 for i in range(self.slices)]
 
     @torch.inference_mode()

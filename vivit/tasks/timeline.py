@@ -31,6 +31,7 @@ import inspect
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,10 @@ def window_plan(model: torch.nn.Module, fps: float, *, step: float | None = None
 
 
 def _check_options(step: float | None = None, window_stride: int | None = None, crops: int = 1, batch_size: int = 1,
-                   top_k: int = 1) -> None:
+                   top_k: int = 1, max_delay: float | None = None) -> None:
     """Refuse settings no video makes valid, before anything is loaded or written (one line naming the argument)."""
+    if max_delay is not None and not (isinstance(max_delay, int | float) and 0 <= max_delay <= MAX_STEP):
+        raise ValueError(f"max_delay must be a number of seconds from 0 to {MAX_STEP:g}, found {max_delay!r}")
     if step is not None and not (isinstance(step, int | float) and 0 < step <= MAX_STEP):
         raise ValueError(f"step must be a number of seconds above 0 and at most {MAX_STEP:g}, found {step!r}")
     if window_stride is not None and not (isinstance(window_stride, int) and 1 <= window_stride <= MAX_WINDOW_STRIDE):
@@ -123,7 +126,8 @@ def _open_stream(path: str | Path, transform: Any, follow: float | None) -> Vide
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
              crops: int = 1, batch_size: int = 8, top_k: int = 5, device: str | torch.device | None = None,
              first: int = 0, follow: float | None = None,
-             run: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True) -> Iterator[dict[str, Any]]:
+             run: Callable[[torch.Tensor], torch.Tensor] | None = None, reuse: bool = True,
+             max_delay: float | None = None) -> Iterator[dict[str, Any]]:
     """Classify every window of a video, yielding one record per window as soon as its batch is done.
 
     Args:
@@ -144,28 +148,66 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
         reuse: Model 2: encode each tubelet-time slice once and reuse its token in every window that holds it
             (:mod:`vivit.tasks.reuse`; the same scores up to float32 rounding; with an OpenVINO ``run`` its spatial
             half is converted on its own); ``False`` computes every window whole. Other models ignore it.
+        max_delay: A live source (a URL, ``follow``): seconds a window may be behind the live edge when its last
+            frame is decoded; a later one is skipped, so a model slower than the video stays live (see
+            :class:`LiveClock`). Default ``batch_size`` steps plus one window, which a model faster than the video
+            never reaches. Files ignore it.
 
     Yields:
         ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
-        window of a video shorter than one window; ``"top_by_split"`` instead of ``"top"`` for a split head).
+        window of a video shorter than one window; ``"top_by_split"`` instead of ``"top"`` for a split head). A live
+        source's records also have ``"delay"`` (seconds behind the live edge when the record was made) and, after
+        windows skipped to stay live, ``"skipped"`` (how many since the record before).
 
     Raises:
         VideoReadError: (a ``ValueError``) no video stream, a still image, or decoding failing midway (raised after
             the windows finished before the failure were yielded).
     """
-    _check_options(step, window_stride, crops, batch_size, top_k)
+    _check_options(step, window_stride, crops, batch_size, top_k, max_delay)
     _check_classifier(model)
     transform = eval_transform(model, num_crops=crops)
     with _open_stream(path, transform, follow) as stream:
         plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
         yield from _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=device,
-                             first=first, run=run, reuse=reuse)
+                             first=first, run=run, reuse=reuse, max_delay=max_delay)
+
+
+class LiveClock:
+    """How far a live source's windows are behind its live edge, and which to skip to stay live.
+
+    The live edge is where the source is now: at least the newest frame decoded, and, for a source sending in real
+    time, the first frame's time plus the wall-clock seconds since the stream was opened. A source read faster than
+    real time (a finished recording, a video served whole) is never behind. A window whose last frame arrives more
+    than ``max_delay`` seconds behind the edge is skipped (its model work only: decoding goes on, which is what lets
+    the timeline catch up).
+    """
+
+    def __init__(self, max_delay: float) -> None:
+        self.max_delay, self.opened, self.skipped = max_delay, time.monotonic(), 0
+
+    def delay(self, end: float) -> float:
+        """Seconds a window ending at ``end`` (video time) is behind the live edge now."""
+        return max(0.0, time.monotonic() - self.opened - end)
+
+    def skip(self, window: Window) -> bool:
+        """Whether ``window`` is too far behind to compute (counted in ``skipped``)."""
+        late = self.delay(window.end) > self.max_delay
+        self.skipped += late
+        return late
+
+
+def _default_delay(batch_size: int, plan: tuple[int, int, float], fps: float) -> float:
+    """A live window may be a batch of steps plus one window behind: what waiting for a batch costs."""
+    clip_len, stride, step_s = plan
+    return batch_size * step_s + clip_len * stride / fps
 
 
 def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any, *,
               batch_size: int, top_k: int, device: str | torch.device | None, first: int,
-              run: Callable[[torch.Tensor], torch.Tensor] | None, reuse: bool = True) -> Iterator[dict[str, Any]]:
-    """:func:`timeline` over an open stream with its window plan (made once by the caller)."""
+              run: Callable[[torch.Tensor], torch.Tensor] | None, reuse: bool = True, max_delay: float | None = None,
+              clock: LiveClock | None = None) -> Iterator[dict[str, Any]]:
+    """:func:`timeline` over an open stream with its window plan (made once by the caller); a live stream's
+    ``clock`` (made here when not given) counts the windows skipped to stay live."""
     param = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (param.device if param is not None else None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -175,17 +217,37 @@ def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int,
     slices = slice_reuse(model, run, transform, device, dtype) if reuse else None
     run = slices if slices is not None else run
     clip_len, stride, step_s = plan
+    if stream.live and clock is None:
+        clock = LiveClock(_default_delay(batch_size, plan, stream.info.fps) if max_delay is None else max_delay)
+    clock = clock if stream.live else None
+    skipped_before: dict[int, int] = {}  # window index -> windows skipped since the window computed before it
+    since = 0
     batch: list[Window] = []
+
+    def classify() -> Iterator[dict[str, Any]]:
+        records = _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
+        if clock is None:
+            return records
+        return ({**r, "delay": round(clock.delay(r["end"]), 3),
+                 **({"skipped": skipped_before.pop(r["index"])} if r["index"] in skipped_before else {})}
+                for r in records)
+
     try:
         for window in sliding_windows(stream, clip_len, stride, step_s, first=first):
+            if clock is not None:
+                if clock.skip(window):
+                    since += 1
+                    continue
+                if since:
+                    skipped_before[window.index], since = since, 0
             batch.append(window)
             if len(batch) == batch_size:
-                yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
+                yield from classify()
                 batch = []
     except (VideoReadError, TimeoutError, KeyboardInterrupt):  # broken, stalled or stopped midway: the windows
-        yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)  # finished are kept
+        yield from classify()  # finished are kept
         raise
-    yield from _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
+    yield from classify()
 
 
 @torch.inference_mode()
@@ -449,7 +511,8 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    smooth: int = 1, min_segment: float = 0.0, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, plot: bool = True, progress_bar: bool | None = None,
                    stop_after: int | None = None, on_window: Any = None, follow: float | None = None,
-                   runtime: str | Optimized = "torch", reuse: bool = True) -> dict[str, Any] | None:
+                   runtime: str | Optimized = "torch", reuse: bool = True,
+                   max_delay: float | None = None) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
     The video is opened once (header, windows and thumbnails come from one :class:`~vivit.data.stream.VideoStream`)
@@ -483,14 +546,15 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
             of this model. The backend and dtype that ran are part of the run's identity, with the model's config and
             token merging.
         reuse: As in :func:`timeline` (Model 2: each slice encoded once).
+        max_delay: As in :func:`timeline`: a live source's windows further behind are skipped.
 
     Returns:
-        ``{"windows", "segments", "duration", "padded", "error", "out"}``; ``error`` holds the one line of a video
-        that broke midway, stalled, or whose model outputs were not finite (its earlier windows are kept), else
-        ``None``.
+        ``{"windows", "segments", "duration", "padded", "error", "out", "windows_per_second"}``; ``error`` holds the
+        one line of a video that broke midway, stalled, or whose model outputs were not finite (its earlier windows
+        are kept), else ``None``. A live source adds ``"skipped"``: windows skipped to stay live.
     """
     out = Path(out)
-    _check_options(step, window_stride, crops, batch_size, top_k)
+    _check_options(step, window_stride, crops, batch_size, top_k, max_delay)
     if not isinstance(model, str) and device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else None
@@ -521,12 +585,14 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
             done = finished if isinstance(finished, dict) and isinstance(finished.get("windows"), int) else None
             kept = _resume(lines, batch_size, done and done["windows"])
             complete = done is not None and len(kept) == done["windows"]  # a finished run: nothing to compute
-            error, rate = (done.get("error") if done else None), 0.0
+            error, rate, clock = (done.get("error") if done else None), 0.0, None
             if not complete:
+                clock = LiveClock(_default_delay(batch_size, plan, stream.info.fps) if max_delay is None
+                                  else max_delay) if live else None
                 error, stopped, rate = _run_windows(model, stream, plan, transform, lines, kept, fast,
                                                     batch_size=batch_size, top_k=top_k, on_window=on_window,
                                                     stop_after=stop_after, progress_bar=progress_bar, smooth=smooth,
-                                                    min_segment=min_segment, reuse=reuse)
+                                                    min_segment=min_segment, reuse=reuse, clock=clock)
                 if stopped:
                     return None
             windows = _read_windows(lines)
@@ -537,20 +603,22 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                               thumbnails=None if live else stream)
     return {"windows": len(windows), "segments": len(segs), "duration": windows[-1]["end"] if windows else 0.0,
             "padded": bool(windows and windows[0].get("padded")), "error": error, "out": str(out),
-            "windows_per_second": round(rate, 3)}
+            "windows_per_second": round(rate, 3), **({"skipped": clock.skipped} if clock is not None else {})}
 
 
 def _run_windows(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any,
                  lines: Path, kept: list[dict[str, Any]], fast: Optimized | None, *, batch_size: int, top_k: int,
                  on_window: Any, stop_after: int | None, progress_bar: bool | None, smooth: int,
-                 min_segment: float, reuse: bool = True) -> tuple[str | None, bool, float]:
-    """Classify the windows after ``kept`` into ``lines``: ``(error line, stopped early, windows/s)``. On Ctrl-C the
-    finished windows' segments are written before it propagates."""
+                 min_segment: float, reuse: bool = True,
+                 clock: LiveClock | None = None) -> tuple[str | None, bool, float]:
+    """Classify the windows after ``kept`` into ``lines``: ``(error line, stopped early, windows/s)``; a live
+    stream's ``clock`` counts the windows skipped. On Ctrl-C the finished windows' segments are written before it
+    propagates."""
     first = kept[-1]["index"] + 1 if kept else 0
     bar = Progress(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None, "timeline",
                    unit="window", initial=len(kept), show=progress_bar, log=_logger)
     records = _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=None, first=first,
-                        run=fast, reuse=reuse)
+                        run=fast, reuse=reuse, clock=clock)
     try:
         error, stopped = _append_windows(lines, records, bar, on_window, stop_after, len(kept), batch_size)
     except KeyboardInterrupt:
@@ -765,5 +833,5 @@ class _Timelines(Task):
         return summary
 
 
-__all__ = ["plot_timeline", "segments", "timeline", "timeline_listing", "timeline_video", "top1",
+__all__ = ["LiveClock", "plot_timeline", "segments", "timeline", "timeline_listing", "timeline_video", "top1",
            "window_plan"]
