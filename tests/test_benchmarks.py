@@ -151,3 +151,14 @@ def test_timeline_benchmark_reports_real_time_factors(tmp_path):
     assert set(row["rows"]) == {"M2 dense", "M2 reuse", "M1 dense", "M1 static"}
     assert all(r["rtf"] > 0 and r["windows"] > 0 for r in row["rows"].values()) and 0 < row["kept"] <= 1
     assert "speed-up M2 reuse vs M2 dense" in out.stdout and "real-time factor" in out.stdout
+
+
+def test_int8_reports_accuracy_fidelity_speed_and_profile(tmp_path):
+    pytest.importorskip("nncf")
+    out = run_script("int8.py", "--clips", "20", "--calibration", "4", "--alphas", "-1", "--models", "vivit_b_16x2",
+                     "--size", "2x32", "--depth", "1", "--speed-models", "vivit_b_16x2", "--tome", "1",
+                     "--speed-calibration", "2", "--repeats", "1", "--profile", "--cache", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    for line in ("| int8, SmoothQuant alpha -1 |", "| vivit_b_16x2 | 0.95 |", "| optimize int8, token merging r=1 |",
+                 "vivit_b_16x2 int8:", "vivit_b_16x2 float32:"):
+        assert line in out.stdout, line
