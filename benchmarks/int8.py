@@ -90,7 +90,7 @@ def accuracy(clips: int, calibration: int, alphas: list[float], merging: list[in
 
 def precision(compiled) -> str:
     """The floating-point precision a compiled OpenVINO model runs (its resolved inference precision)."""
-    return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())  # "f32", "bf16"
 
 
 def ran(optimized) -> str:
@@ -186,13 +186,15 @@ def profile(name: str, frames: int, size: int, cache: str, x: torch.Tensor) -> N
     from collections import defaultdict
     from pathlib import Path
 
-    from vivit.files import weights_digest
+    import openvino as ov
 
-    model = build(name, frames, size)
-    digest, core, found = weights_digest(model), openvino_core(), {}
+    from vivit.tasks.optimize import cache_key
+
+    core, found = openvino_core(), {}
+    ours = cache_key(build(name, frames, size), (3, frames, size, size), ov.__version__)
     for manifest in Path(cache).glob("*/manifest.json"):
         key = json.loads(manifest.read_text())  # the cache key the entry was written under
-        if key.get("weights") == digest and key.get("input_size") == [3, frames, size, size]:
+        if all(key.get(k) == v for k, v in ours.items()):  # this dense model's entries (not the merging one's)
             int8 = key.get("int8")
             if int8 is None or int8.get("smooth_quant") == SMOOTH_QUANT_ALPHA:
                 found["int8" if int8 else "float32"] = manifest.parent / "model.xml"
