@@ -12,7 +12,7 @@ bfloat16 runs float32).
 
 Usage: ``python benchmarks/int8.py [--clips 2000] [--calibration 300] [--alphas 0.95 0.5 -1] [--merging 4 8]
 [--models vivit_b_16x2 vivit_b_16x2_fe] [--size 8x160] [--speed-models vivit_b_16x2] [--tome 24 4] [--repeats 5]
-[--speed-calibration 16] [--vit-alphas 0.95 -1]``.
+[--speed-calibration 16] [--vit-alphas 0.95 -1] [--cache DIR] [--profile]``.
 """
 
 from __future__ import annotations
@@ -64,16 +64,17 @@ def accuracy(clips: int, calibration: int, alphas: list[float], merging: list[in
     videos, labels = make_dataset(clips, [0, 1], num_frames=frames, size=size)
     calib, _ = make_dataset(calibration, [0, 3], num_frames=frames, size=size)
     x, y, cal = scaled(videos), torch.from_numpy(labels), scaled(calib)
-    paths = {"torch float32": model, "openvino float32": vivit.optimize(model, "float32", cache_dir=cache)}
+    paths = {"torch float32": model,
+             "openvino float32": vivit.optimize(model, "float32", cache_dir=cache, backend="openvino")}
     for alpha in alphas:
         start = time.perf_counter()
-        paths[f"int8, SmoothQuant alpha {alpha:g}"] = vivit.optimize(model, "int8", calibration=cal, cache_dir=cache,
-                                                                      smooth_quant=alpha)
+        paths[f"int8, SmoothQuant alpha {alpha:g}"] = vivit.optimize(
+            model, "int8", calibration=cal, cache_dir=cache, backend="openvino", smooth_quant=alpha)
         print(f"vivit_motion int8 alpha {alpha:g}: ready in {time.perf_counter() - start:.0f} s", flush=True)
     for r in merging:
         paths[f"torch float32, token merging r={r}"] = merged(model, r)
         paths[f"int8 (alpha {SMOOTH_QUANT_ALPHA:g}), token merging r={r}"] = vivit.optimize(
-            merged(model, r), "int8", calibration=cal, cache_dir=cache)
+            merged(model, r), "int8", calibration=cal, cache_dir=cache, backend="openvino")
     logits = {name: batched(run, x) for name, run in paths.items()}
     ref = logits["torch float32"]
     print(f"\nvivit_motion, {clips} held-out clips (seed [0, 1]), int8 calibrated on {calibration} clips (seed [0, 3])")
@@ -89,7 +90,7 @@ def accuracy(clips: int, calibration: int, alphas: list[float], merging: list[in
 
 def precision(compiled) -> str:
     """The floating-point precision a compiled OpenVINO model runs (its resolved inference precision)."""
-    return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())  # "f32", "bf16"
 
 
 def ran(optimized) -> str:
@@ -105,7 +106,7 @@ def fidelity(model: torch.nn.Module, name: str, calib: torch.Tensor, tests: torc
         ref = model(tests)
     for alpha in alphas:
         start = time.perf_counter()
-        run = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache, smooth_quant=alpha)
+        run = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache, backend="openvino", smooth_quant=alpha)
         took = time.perf_counter() - start
         with torch.inference_mode():
             lo, mean, top5 = compare(run(tests), ref)
@@ -115,9 +116,12 @@ def fidelity(model: torch.nn.Module, name: str, calib: torch.Tensor, tests: torc
     return runs
 
 
+DEPTH: dict[str, int] = {}  # --depth: fewer blocks than the variant's (the test's plumbing run)
+
+
 def build(name: str, frames: int, size: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = vivit.create_model(name, num_classes=400, num_frames=frames, img_size=size).eval()
+    model = vivit.create_model(name, num_classes=400, num_frames=frames, img_size=size, **DEPTH).eval()
     torch.nn.init.normal_(model.head.weight)
     return model
 
@@ -145,12 +149,13 @@ def speed(name: str, frames: int, size: int, calib: torch.Tensor, r: int, repeat
         runs[key] = lambda x, c=compiled: torch.from_numpy(c(x.numpy())[0])
         ran_as[key] = precision(compiled)
     for dtype in ("float32", "bfloat16"):
-        runs[f"optimize {dtype}"] = vivit.optimize(model, dtype, cache_dir=cache)
-    runs["optimize int8"] = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache)
+        runs[f"optimize {dtype}"] = vivit.optimize(model, dtype, cache_dir=cache, backend="openvino")
+    runs["optimize int8"] = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache, backend="openvino")
     if r:
         runs[f"optimize int8, token merging r={r}"] = vivit.optimize(merged(model, r), "int8", calibration=calib,
-                                                                     cache_dir=cache)
-        runs[f"optimize float32, token merging r={r}"] = vivit.optimize(merged(model, r), "float32", cache_dir=cache)
+                                                                     cache_dir=cache, backend="openvino")
+        runs[f"optimize float32, token merging r={r}"] = vivit.optimize(merged(model, r), "float32", cache_dir=cache,
+                                                                        backend="openvino")
     for key, run in runs.items():
         ran_as.setdefault(key, ran(run))
     with torch.inference_mode():
@@ -174,6 +179,40 @@ def speed(name: str, frames: int, size: int, calib: torch.Tensor, r: int, repeat
               f"{base / statistics.median(v):.2f}× |", flush=True)
 
 
+def profile(name: str, frames: int, size: int, cache: str, x: torch.Tensor) -> None:
+    """Where the time goes: OpenVINO's per-node counters (``PERF_COUNT``) of the dense float32 model and of the int8
+    one read back from the cache, summed by node type and the kernel that ran it."""
+    import json
+    from collections import defaultdict
+    from pathlib import Path
+
+    import openvino as ov
+
+    from vivit.tasks.optimize import cache_key
+
+    core, found = openvino_core(), {}
+    ours = cache_key(build(name, frames, size), (3, frames, size, size), ov.__version__)
+    for manifest in Path(cache).glob("*/manifest.json"):
+        key = json.loads(manifest.read_text())  # the cache key the entry was written under
+        if all(key.get(k) == v for k, v in ours.items()):  # this dense model's entries (not the merging one's)
+            int8 = key.get("int8")
+            if int8 is None or int8.get("smooth_quant") == SMOOTH_QUANT_ALPHA:
+                found["int8" if int8 else "float32"] = manifest.parent / "model.xml"
+    for label, xml in sorted(found.items()):
+        compiled = core.compile_model(core.read_model(xml), "CPU", {"PERF_COUNT": True,
+                                                                   "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        for _ in range(2):
+            request.infer({0: x.numpy()})
+        by_kind: dict[str, float] = defaultdict(float)
+        for node in request.profiling_info:
+            by_kind[f"{node.node_type} [{node.exec_type}]"] += node.real_time.total_seconds() * 1000
+        total = sum(by_kind.values())
+        print(f"\n{name} {label}: {total:.0f} ms in OpenVINO's counters; the largest node kinds:")
+        for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"  {kind}: {ms:.0f} ms ({ms / total:.0%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=2000, help="vivit_motion held-out clips (0: skip)")
@@ -189,8 +228,13 @@ def main() -> None:
     parser.add_argument("--tome", type=int, nargs="*", default=[], help="token merging r per --speed-models entry")
     parser.add_argument("--speed-calibration", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--depth", type=int, help="blocks of the ViViT-B models (default the variant's)")
     parser.add_argument("--cache", help="cache folder (default: a temporary one)")
+    parser.add_argument("--profile", action="store_true", help="per-node-kind time of the --speed-models' float32 "
+                        "and int8 models (OpenVINO's counters)")
     args = parser.parse_args()
+    if args.depth:
+        DEPTH["depth"] = args.depth
     isa = "VNNI" if {"avx512_vnni", "avx_vnni"} & cpu_flags() else "no VNNI"
     bf16 = "native bfloat16" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "no native bfloat16"
     name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -211,7 +255,10 @@ def main() -> None:
             fidelity(build(name, frames, size), name, calib, tests,
                      args.vit_alphas if i == 0 else [SMOOTH_QUANT_ALPHA], cache)
         for name, r in zip(args.speed_models, args.tome + [0] * len(args.speed_models), strict=False):
-            speed(name, frames, size, calib, r, args.repeats, cache)
+            if args.repeats:
+                speed(name, frames, size, calib, r, args.repeats, cache)
+            if args.profile:
+                profile(name, frames, size, cache, calib[:1].contiguous())
 
 
 if __name__ == "__main__":

@@ -168,3 +168,14 @@ def test_timeline_agreement_reports_each_setting_against_the_dense_model(tmp_pat
     assert set(row["rows"]) == {"dense", "reuse", "reuse + ToMe r=2"}
     assert row["rows"]["dense"]["agreement"] == row["rows"]["reuse"]["agreement"] == 1.0  # reuse is exact
     assert "agrees with dense" in out.stdout
+
+
+def test_int8_reports_accuracy_fidelity_speed_and_profile(tmp_path):
+    pytest.importorskip("nncf")
+    out = run_script("int8.py", "--clips", "20", "--calibration", "4", "--alphas", "-1", "--models", "vivit_b_16x2",
+                     "--size", "2x32", "--depth", "1", "--speed-models", "vivit_b_16x2", "--tome", "1",
+                     "--speed-calibration", "2", "--repeats", "1", "--profile", "--cache", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    for line in ("| int8, SmoothQuant alpha -1 |", "| vivit_b_16x2 | 0.95 |", "| optimize int8, token merging r=1 |",
+                 "vivit_b_16x2 int8:", "vivit_b_16x2 float32:"):
+        assert line in out.stdout, line
