@@ -23,6 +23,20 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def env_seconds(name: str, default: float, *, zero: str | None = None) -> float:
+    """Seconds from the environment variable ``name`` (``default`` when unset or empty): a number above 0, or 0 too
+    where ``zero`` says what 0 means; at most 1e6 (``nan``, ``inf`` and typos are refused naming the variable)."""
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value if zero else 0 < value) or not value <= 1e6:
+        low = f"from 0 ({zero})" if zero else "above 0"
+        raise ValueError(f"{name} must be a number of seconds {low} to 1e6, got {text!r}")
+    return value
+
+
 def weights_digest(model: Any) -> str:
     """SHA-256 (hex) over every state-dict entry's name, dtype, shape and bytes, in name order: other weights, other
     digest."""

@@ -186,7 +186,7 @@ def test_a_trickling_server_is_abandoned_at_the_deadline_leaving_nothing(tmp_pat
         with pytest.raises(RuntimeError, match=r"bytes/s.*VIVIT_DOWNLOAD_TIMEOUT=0.5"):
             fetch.download_url(server.file_url("w.bin"), tmp_path)
         elapsed = time.monotonic() - start
-    assert elapsed < 3, elapsed  # the trickle alone would take 10 s, and forever at one byte per 20 s
+    assert elapsed < 8, elapsed  # expected ~0.5 s; the trickle alone takes 10 s (a bound, not a speed test)
     assert list(tmp_path.iterdir()) == []  # no .part, no entry, no record
 
 
@@ -696,7 +696,7 @@ def test_unreachable_hub_is_one_line_within_seconds(tmp_path: Path) -> None:
                           timeout=120)
     status, seconds = json.loads(proc.stdout.strip().splitlines()[-1])
     assert status == 1 and proc.stderr.count("\n") == 1 and "could not be reached" in proc.stderr, proc.stderr
-    assert seconds < 5, seconds  # the command itself, start-up aside
+    assert seconds < 15, seconds  # expected < 1 s; the retries it replaced took 27 s (a bound, not a speed test)
 
 
 def test_a_git_stored_hub_file_is_checked_against_its_git_blob_sha1(tmp_path: Path) -> None:

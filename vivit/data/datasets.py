@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vivit.data.transforms import resolve_data_config
 from vivit.data.video import VideoReadError, ViewSampler, parse_views, read_clip
-from vivit.files import first_line
+from vivit.files import env_seconds, first_line
 
 _logger = logging.getLogger(__name__)
 
@@ -454,14 +454,7 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 def loader_timeout() -> float:
     """``$VIVIT_LOADER_TIMEOUT`` seconds (0: wait forever), else ``LOADER_TIMEOUT``: how long the loader waits for its
     workers' next batch before the run stops with :class:`LoaderTimeout`."""
-    text = os.environ.get("VIVIT_LOADER_TIMEOUT", "").strip()
-    try:
-        value = float(text) if text else LOADER_TIMEOUT
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1e6:  # also refuses nan and inf
-        raise ValueError(f"VIVIT_LOADER_TIMEOUT must be a number of seconds from 0 (no deadline) to 1e6, got {text!r}")
-    return value
+    return env_seconds("VIVIT_LOADER_TIMEOUT", LOADER_TIMEOUT, zero="no deadline")
 
 
 class LoaderTimeout(TimeoutError):

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from vivit._version import __version__
-from vivit.files import first_line, temporary_sibling, write_atomic
+from vivit.files import env_seconds, first_line, temporary_sibling, write_atomic
 from vivit.progress import progress_bar
 from vivit.weights.read import WEIGHTS_NAME, WEIGHTS_NAMES, file_sha256, remember_sha256
 from vivit.weights.source import parse_hub_name, revision_problem  # noqa: F401 (parse_hub_name: re-exported)
@@ -96,14 +96,7 @@ def _manual_hint(url: str, dest: Path) -> str:
 
 def download_timeout() -> float:
     """``$VIVIT_DOWNLOAD_TIMEOUT`` seconds, else ``DOWNLOAD_TIMEOUT``."""
-    text = os.environ.get("VIVIT_DOWNLOAD_TIMEOUT", "").strip()
-    try:
-        value = float(text) if text else DOWNLOAD_TIMEOUT
-    except ValueError:
-        raise ValueError(f"VIVIT_DOWNLOAD_TIMEOUT must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"VIVIT_DOWNLOAD_TIMEOUT must be positive, got {text!r}")
-    return value
+    return env_seconds("VIVIT_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT)
 
 
 def record_path(dest: Path) -> Path:
