@@ -5,6 +5,7 @@ next to the video model it trains the same architecture on clips made of one fra
 
     python scripts/train_motion.py                     # writes vivit/weights/vivit_motion.{safetensors,json}
     python scripts/train_motion.py --steps 20 --out /tmp/motion   # a quick determinism check
+    python scripts/train_motion.py --variant spacetime --baseline-steps 0 --out /tmp/m1   # Model 1, not shipped
 
 Reproducible: data come from seeded NumPy generators, torch is seeded, deterministic algorithms are on and the thread
 count is fixed (different thread counts may sum in different orders). 2-5 minutes on 2 CPU cores.
@@ -38,6 +39,12 @@ MODEL_ARGS: dict[str, Any] = dict(
     variant="factorized_encoder", img_size=32, num_frames=16, tubelet_size=(4, 8, 8), embed_dim=128, depth=2,
     num_heads=4, mlp_dim=256, temporal_depth=2, global_pool="avg", num_classes=len(MOTION_CLASSES),
 )
+# Model 1 (spacetime) on the same task, for measuring static-token skipping (benchmarks/static_accuracy.py): the
+# same tubelets, width and pooling, and as many blocks (4) as Model 2's two encoders together. It does not ship.
+SPACETIME_ARGS: dict[str, Any] = {**{k: v for k, v in MODEL_ARGS.items() if k != "temporal_depth"},
+                                  "variant": "spacetime", "depth": 4}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # variant -> (file stem, model arguments)
+    "factorized_encoder": ("vivit_motion", MODEL_ARGS), "spacetime": ("vivit_motion_spacetime", SPACETIME_ARGS)}
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "vivit" / "assets"
 
 
@@ -62,8 +69,9 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def train(videos: np.ndarray, labels: np.ndarray, *, steps: int, batch_size: int, lr: float, weight_decay: float,
-          seed: int, frames_only: bool = False, log_every: int = 100) -> tuple[nn.Module, list[float]]:
-    """Train a fresh ``ViViT(**MODEL_ARGS)`` with AdamW and a cosine schedule.
+          seed: int, frames_only: bool = False, log_every: int = 100,
+          model_args: dict[str, Any] | None = None) -> tuple[nn.Module, list[float]]:
+    """Train a fresh ``ViViT(**model_args)`` (default :data:`MODEL_ARGS`) with AdamW and a cosine schedule.
 
     Args:
         videos: uint8 ``N x T x H x W x C`` training clips.
@@ -76,12 +84,13 @@ def train(videos: np.ndarray, labels: np.ndarray, *, steps: int, batch_size: int
         frames_only: Train the single-frame baseline: each clip becomes one random frame repeated, drawn anew at
             every visit.
         log_every: Steps between progress lines.
+        model_args: The architecture (default :data:`MODEL_ARGS`, ``vivit_motion``'s).
 
     Returns:
         The trained model (eval mode) and the loss of every step.
     """
     torch.manual_seed(seed)
-    model = vivit.ViViT(**MODEL_ARGS)
+    model = vivit.ViViT(**(MODEL_ARGS if model_args is None else model_args))
     no_decay = model.no_weight_decay()
     decay = [p for n, p in model.named_parameters() if n not in no_decay and p.ndim > 1]
     rest = [p for n, p in model.named_parameters() if n in no_decay or p.ndim <= 1]
@@ -136,18 +145,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-train", type=int, default=16000, help="training clips (generated once, reused)")
     parser.add_argument("--num-test", type=int, default=2000, help="held-out clips, from a different seed")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--baseline-steps", type=int, default=None, help="default: half of --steps")
+    parser.add_argument("--baseline-steps", type=int, default=None, help="default: half of --steps; 0: skip it")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak; 2e-3 and above stall at chance")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2, help="fixed so that reductions run in the same order")
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for vivit_motion.{safetensors,json}")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="factorized_encoder",
+                        help="factorized_encoder: vivit_motion (Model 2); spacetime: a Model 1 that does not ship")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for <stem>.{safetensors,json} (default, for vivit_motion only: vivit/assets)")
     args = parser.parse_args(argv)
+    stem, model_args = VARIANTS[args.variant]
+    if args.out is None:
+        if args.variant != "factorized_encoder":
+            parser.error(f"--variant {args.variant} needs --out: only vivit_motion ships in {WEIGHTS_DIR}")
+        args.out = WEIGHTS_DIR
+    if args.baseline_steps is not None and args.baseline_steps < 0:
+        parser.error(f"--baseline-steps must be >= 0 (0 skips the single-frame baseline), got {args.baseline_steps}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    size, num_frames = MODEL_ARGS["img_size"], MODEL_ARGS["num_frames"]
+    size, num_frames = model_args["img_size"], model_args["num_frames"]
     t0 = time.perf_counter()
     # [seed, 0] and [seed, 1] are independent streams: no held-out clip can repeat a training one.
     train_x, train_y = make_dataset(args.num_train, [args.seed, 0], num_frames=num_frames, size=size)
@@ -157,27 +176,31 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     model, losses = train(train_x, train_y, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          weight_decay=args.weight_decay, seed=args.seed)
+                          weight_decay=args.weight_decay, seed=args.seed, model_args=model_args)
     train_seconds = time.perf_counter() - t0
     held_out = evaluate(model, test_x, test_y)
     _logger.info("video model: held-out accuracy %.4f (%.0fs training); first losses %s", held_out, train_seconds,
                  [round(v, 6) for v in losses[:3]])
 
-    t0 = time.perf_counter()
-    baseline, _ = train(train_x, train_y, steps=args.baseline_steps or args.steps // 2, batch_size=args.batch_size,
-                        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, frames_only=True)
-    baseline_seconds = time.perf_counter() - t0
-    test_frames = single_frame(test_x, np.random.default_rng([args.seed, 3]))
-    single = evaluate(baseline, test_frames, test_y)
-    _logger.info("single-frame baseline: held-out accuracy %.4f (chance %.4f, %.0fs training)", single,
-                 1 / len(MOTION_CLASSES), baseline_seconds)
+    baseline_steps = args.steps // 2 if args.baseline_steps is None else args.baseline_steps
+    single: float | None = None
+    baseline_seconds = 0.0
+    if baseline_steps:
+        t0 = time.perf_counter()
+        baseline, _ = train(train_x, train_y, steps=baseline_steps, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, seed=args.seed, frames_only=True, model_args=model_args)
+        baseline_seconds = time.perf_counter() - t0
+        test_frames = single_frame(test_x, np.random.default_rng([args.seed, 3]))
+        single = evaluate(baseline, test_frames, test_y)
+        _logger.info("single-frame baseline: held-out accuracy %.4f (chance %.4f, %.0fs training)", single,
+                     1 / len(MOTION_CLASSES), baseline_seconds)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    weights = args.out / "vivit_motion.safetensors"
+    weights = args.out / f"{stem}.safetensors"
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights),
               metadata={"format": "pt"})  # one key: a Rust HashMap orders several differently per run
     meta = {
-        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in MODEL_ARGS.items()},
+        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in model_args.items()},
         "classes": MOTION_CLASSES,
         "held_out_accuracy": held_out,
         "single_frame_accuracy": single,
@@ -194,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         "input": "uint8 RGB clips scaled x * 2 / 255 - 1, float B x C x T x H x W",
         "generator": "vivit.data.synthetic.make_dataset",
     }
-    (args.out / "vivit_motion.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _logger.info("wrote %s (%.0f kB) and %s", weights, weights.stat().st_size / 1e3, args.out / "vivit_motion.json")
+    (args.out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _logger.info("wrote %s (%.0f kB) and %s", weights, weights.stat().st_size / 1e3, args.out / f"{stem}.json")
 
 
 if __name__ == "__main__":
