@@ -179,3 +179,16 @@ def test_int8_reports_accuracy_fidelity_speed_and_profile(tmp_path):
     for line in ("| int8, SmoothQuant alpha -1 |", "| vivit_b_16x2 | 0.95 |", "| optimize int8, token merging r=1 |",
                  "vivit_b_16x2 int8:", "vivit_b_16x2 float32:"):
         assert line in out.stdout, line
+
+
+def test_static_accuracy_scores_drop_static_against_dense(tmp_path):
+    out = run_script("static_accuracy.py", "--steps", "2", "--num-train", "16", "--clips", "20", "--taus", "0",
+                     "0.045", "--json", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    dense, off, default = row["rows"]["dense"], row["rows"]["tau=0"], row["rows"]["tau=0.045 (default)"]
+    assert off == {**dense, "tau": 0} and off["max_logit_diff"] == 0 and off["kept"] == 1.0  # tau 0 is dense, exactly
+    assert 0 < default["kept"] < 1 and 0 <= default["top1"] <= 1
+    assert row["per_class"]["tau=0"] == row["per_class"]["dense"]
+    for line in ("| setting | top-1 | tokens kept |", "| dense | ", "| tau=0.045 (default) | ", "per-class top-1"):
+        assert line in out.stdout, line
