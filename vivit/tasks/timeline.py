@@ -175,9 +175,9 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
 class LiveClock:
     """How far a live source's windows are behind its live edge, and which to skip to stay live.
 
-    The live edge is where the source is now: at least the newest frame decoded, and, for a source sending in real
-    time, the first frame's time plus the wall-clock seconds since the stream was opened. A source read faster than
-    real time (a finished recording, a video served whole) is never behind. A window whose last frame arrives more
+    The live edge is the first frame's time plus the wall-clock seconds since the stream was opened (window times
+    count from the first frame), so a source read faster than real time (a finished recording, a video served
+    whole) is never behind. A window whose last frame arrives more
     than ``max_delay`` seconds behind the edge is skipped (its model work only: decoding goes on, which is what lets
     the timeline catch up).
     """
