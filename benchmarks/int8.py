@@ -11,7 +11,8 @@ precision each OpenVINO path really runs is read back from the compiled model (a
 bfloat16 runs float32).
 
 Usage: ``python benchmarks/int8.py [--clips 2000] [--calibration 300] [--alphas 0.95 0.5 -1] [--merging 4 8]
-[--models vivit_b_16x2 vivit_b_16x2_fe] [--size 8x160] [--speed-models vivit_b_16x2] [--tome 24 4] [--repeats 5]
+[--models vivit_b_16x2 vivit_b_16x2_fe] [--size 8x160] [--speed-sizes 8x160 32x224]
+[--speed-models vivit_b_16x2 vivit_b_16x2_fe] [--tome 24,188 4,8] [--repeats 5]
 [--speed-calibration 16] [--vit-alphas 0.95 -1] [--cache DIR] [--profile]``.
 """
 
@@ -142,7 +143,8 @@ def speed(name: str, frames: int, size: int, calib: torch.Tensor, r: int, repeat
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         converted = ov.convert_model(model, example_input=x)
-    runs, ran_as = {}, {}
+    runs: dict = {"torch eager float32": model}
+    ran_as = {"torch eager float32": "f32"}
     for hint in ("f32", "bf16"):
         compiled = openvino_core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         key = f"OpenVINO {'float32' if hint == 'f32' else 'bfloat16'} (direct)"
@@ -151,11 +153,14 @@ def speed(name: str, frames: int, size: int, calib: torch.Tensor, r: int, repeat
     for dtype in ("float32", "bfloat16"):
         runs[f"optimize {dtype}"] = vivit.optimize(model, dtype, cache_dir=cache, backend="openvino")
     runs["optimize int8"] = vivit.optimize(model, "int8", calibration=calib, cache_dir=cache, backend="openvino")
-    if r:
+    if r:  # Models 3 and 4 cannot merge tokens (r=0)
+        runs[f"torch eager float32, token merging r={r}"] = merged(model, r)
+        ran_as[f"torch eager float32, token merging r={r}"] = "f32"
+        for dtype in ("float32", "bfloat16"):
+            runs[f"optimize {dtype}, token merging r={r}"] = vivit.optimize(merged(model, r), dtype, cache_dir=cache,
+                                                                            backend="openvino")
         runs[f"optimize int8, token merging r={r}"] = vivit.optimize(merged(model, r), "int8", calibration=calib,
                                                                      cache_dir=cache, backend="openvino")
-        runs[f"optimize float32, token merging r={r}"] = vivit.optimize(merged(model, r), "float32", cache_dir=cache,
-                                                                        backend="openvino")
     for key, run in runs.items():
         ran_as.setdefault(key, ran(run))
     with torch.inference_mode():
@@ -223,9 +228,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["vivit_b_16x2"], help="ViViT-B variants: int8 fidelity")
     parser.add_argument("--vit-alphas", type=float, nargs="*", default=[SMOOTH_QUANT_ALPHA],
                         help="SmoothQuant alphas for the first of --models")
-    parser.add_argument("--size", default="8x160", help="FRAMESxSIZE")
+    parser.add_argument("--size", default="8x160", help="FRAMESxSIZE of the fidelity runs")
+    parser.add_argument("--speed-sizes", nargs="*", help="FRAMESxSIZE clips of the speed runs (default --size)")
     parser.add_argument("--speed-models", nargs="*", default=["vivit_b_16x2"])
-    parser.add_argument("--tome", type=int, nargs="*", default=[], help="token merging r per --speed-models entry")
+    parser.add_argument("--tome", nargs="*", default=[], help="token merging r per --speed-models entry, one r per "
+                        "speed size joined by commas (24,188: r=24 at the first size, r=188 at the second; 0: none)")
     parser.add_argument("--speed-calibration", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--depth", type=int, help="blocks of the ViViT-B models (default the variant's)")
@@ -254,11 +261,15 @@ def main() -> None:
         for i, name in enumerate(args.models):
             fidelity(build(name, frames, size), name, calib, tests,
                      args.vit_alphas if i == 0 else [SMOOTH_QUANT_ALPHA], cache)
-        for name, r in zip(args.speed_models, args.tome + [0] * len(args.speed_models), strict=False):
-            if args.repeats:
-                speed(name, frames, size, calib, r, args.repeats, cache)
-            if args.profile:
-                profile(name, frames, size, cache, calib[:1].contiguous())
+        for i, speed_size in enumerate(args.speed_sizes or [args.size]):
+            frames, size = (int(v) for v in speed_size.split("x"))
+            calib = clips_for(frames, size, args.speed_calibration)[0]
+            for name, rs in zip(args.speed_models, args.tome + ["0"] * len(args.speed_models), strict=False):
+                r = [int(v) for v in rs.split(",")]
+                if args.repeats:
+                    speed(name, frames, size, calib, r[min(i, len(r) - 1)], args.repeats, cache)
+                if args.profile:
+                    profile(name, frames, size, cache, calib[:1].contiguous())
 
 
 if __name__ == "__main__":
