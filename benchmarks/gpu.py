@@ -41,10 +41,13 @@ def peak_tflops(device_name: str) -> float | None:
     return PEAK_TFLOPS[max(hits, key=len)] if hits else None
 
 
+DEPTH: dict[str, int] = {}  # --depth: fewer blocks than the variant's (the test's plumbing run)
+
+
 def forward_flops(name: str, frames: int, size: int) -> float:
     """FLOPs (2 x MACs) of ``model(x)`` for one clip."""
     with torch.device("meta"):
-        model = vivit.create_model(name, num_frames=frames, img_size=size).eval()
+        model = vivit.create_model(name, num_frames=frames, img_size=size, **DEPTH).eval()
         x = torch.empty(1, 3, frames, size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
@@ -78,7 +81,7 @@ def make_step(model: torch.nn.Module, x: torch.Tensor, train: bool, dtype: torch
 def run(name: str, dtype: torch.dtype, batch: int, train: bool, steps: int, backend: SDPBackend,
         device: torch.device, frames: int = 32, size: int = 224) -> dict:
     """Seconds per step (mean of ``steps`` after 3 warm-ups) and the peak memory above the weights."""
-    model = vivit.create_model(name, num_frames=frames, img_size=size).to(device).train(train)
+    model = vivit.create_model(name, num_frames=frames, img_size=size, **DEPTH).to(device).train(train)
     x = torch.randn(batch, 3, frames, size, size, device=device)
     step = make_step(model, x, train, dtype, backend)
     if device.type == "cuda":
@@ -128,8 +131,11 @@ def main() -> None:
                         help="batch 1 over --frames: peak memory should grow linearly with tokens")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak of the GPU in this dtype")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke run")
+    parser.add_argument("--depth", type=int, help="blocks of each encoder (default the variant's; a smoke run)")
     parser.add_argument("--json", help="append results to this JSON-lines file")
     args = parser.parse_args()
+    if args.depth:
+        DEPTH["depth"] = args.depth
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu for a smoke run)")

@@ -45,7 +45,7 @@ def test_cpu_dtypes_compares_bfloat16_with_float32(tmp_path):
 
 def test_gpu_benchmark_runs_its_code_path_on_cpu(tmp_path):
     out = run_script("gpu.py", "--device", "cpu", "--models", "vivit_b_16x2", "vivit_b_16x2_fe", "--frames", "2",
-                     "--size", "32", "--batch", "2", "--steps", "1", "--dtype", "bf16", "--train",
+                     "--size", "32", "--batch", "2", "--steps", "1", "--dtype", "bf16", "--train", "--depth", "1",
                      "--json", str(tmp_path / "r.jsonl"))
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
