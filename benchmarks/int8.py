@@ -13,7 +13,7 @@ bfloat16 runs float32).
 Usage: ``python benchmarks/int8.py [--clips 2000] [--calibration 300] [--alphas 0.95 0.5 -1] [--merging 4 8]
 [--models vivit_b_16x2 vivit_b_16x2_fe] [--size 8x160] [--speed-sizes 8x160 32x224]
 [--speed-models vivit_b_16x2 vivit_b_16x2_fe] [--tome 24,188 4,8] [--repeats 5]
-[--speed-calibration 16] [--vit-alphas 0.95 -1] [--cache DIR] [--profile]``.
+[--speed-calibration 16] [--vit-alphas 0.95 -1] [--cache DIR] [--profile] [--gemm 400 3136]``.
 """
 
 from __future__ import annotations
@@ -218,6 +218,42 @@ def profile(name: str, frames: int, size: int, cache: str, x: torch.Tensor) -> N
             print(f"  {kind}: {ms:.0f} ms ({ms / total:.0%})")
 
 
+def gemm(tokens: int, dim: int, repeats: int) -> None:
+    """What the CPU gives int8 at all: one ``Linear(dim, 4 * dim)`` (ViViT-B's MLP) on ``tokens`` tokens, OpenVINO
+    float32 against NNCF int8 of the same layer, interleaved. Without VNNI (or AMX) the int8 kernel has no 8-bit dot
+    product instruction to use, so int8 cannot beat float32 however the model around it is quantized."""
+    import nncf
+    import openvino as ov
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(dim, 4 * dim).eval()
+    x = torch.randn(1, tokens, dim)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(layer, example_input=x)
+    quantized = nncf.quantize(converted, nncf.Dataset([x.numpy()]), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=1)
+    core = openvino_core()
+    runs = {"float32": core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
+            "int8": core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for compiled in runs.values():
+        compiled(x.numpy())
+    for _ in range(repeats):
+        for k, compiled in runs.items():
+            t = time.perf_counter()
+            for _ in range(10):
+                compiled(x.numpy())
+            times[k].append((time.perf_counter() - t) / 10)
+    flops = 2 * tokens * dim * 4 * dim
+    print(f"\nOne Linear({dim}, {4 * dim}) on {tokens} tokens, OpenVINO, median of {repeats} interleaved repeats")
+    print("| precision | time | GFLOP/s | vs float32 |\n| --- | ---: | ---: | ---: |")
+    base = statistics.median(times["float32"])
+    for k, v in times.items():
+        print(f"| {k} | {statistics.median(v) * 1000:.2f} ms | {flops / statistics.median(v) / 1e9:.0f} | "
+              f"{base / statistics.median(v):.2f}× |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=2000, help="vivit_motion held-out clips (0: skip)")
@@ -239,6 +275,8 @@ def main() -> None:
     parser.add_argument("--cache", help="cache folder (default: a temporary one)")
     parser.add_argument("--profile", action="store_true", help="per-node-kind time of the --speed-models' float32 "
                         "and int8 models (OpenVINO's counters)")
+    parser.add_argument("--gemm", type=int, nargs="*", default=[], help="token counts for the one-Linear int8 "
+                        "against float32 measurement (e.g. 400 3136)")
     args = parser.parse_args()
     if args.depth:
         DEPTH["depth"] = args.depth
@@ -248,6 +286,8 @@ def main() -> None:
                 "?") if os.path.exists("/proc/cpuinfo") else "?"
     print(f"{name}, {os.cpu_count()} CPUs, {isa}, {bf16}; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; load average {os.getloadavg()[0]:.1f}", flush=True)
+    for tokens in args.gemm:
+        gemm(tokens, 768, max(args.repeats, 1))
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or tmp
         if args.clips:

@@ -174,10 +174,11 @@ def test_int8_reports_accuracy_fidelity_speed_and_profile(tmp_path):
     pytest.importorskip("nncf")
     out = run_script("int8.py", "--clips", "20", "--calibration", "4", "--alphas", "-1", "--models", "vivit_b_16x2",
                      "--size", "2x32", "--depth", "1", "--speed-models", "vivit_b_16x2", "--tome", "1",
-                     "--speed-calibration", "2", "--repeats", "1", "--profile", "--cache", str(tmp_path))
+                     "--speed-calibration", "2", "--repeats", "1", "--profile", "--cache", str(tmp_path),
+                     "--gemm", "8")
     assert out.returncode == 0, out.stderr
     for line in ("| int8, SmoothQuant alpha -1 |", "| vivit_b_16x2 | 0.95 |", "| optimize int8, token merging r=1 |",
-                 "| torch eager float32 |", "| optimize bfloat16, token merging r=1 |",
+                 "| torch eager float32 |", "| optimize bfloat16, token merging r=1 |", "One Linear(768, 3072) on 8",
                  "vivit_b_16x2 int8:", "vivit_b_16x2 float32:"):
         assert line in out.stdout, line
 
