@@ -174,9 +174,12 @@ class ViViT(TokenMergingMixin, nn.Module):
             self.global_pool = ""
         self.init_weights()
         self.token_merging: TokenMerging = 0
-        self.set_token_merging(token_merging)
         self.drop_static = 0.0
-        self.set_drop_static(drop_static)
+        # The encoders are built dense: only another setting needs parsing (the int 0 is the default, and valid).
+        if type(token_merging) is not int or token_merging != 0:
+            self.set_token_merging(token_merging)
+        if drop_static is not False and drop_static != 0:
+            self.set_drop_static(drop_static)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
