@@ -277,23 +277,20 @@ def top1(record: dict[str, Any]) -> tuple[str, float]:
 
 def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0,
              confident: float = TRANSITION_CONFIDENT) -> list[dict[str, Any]]:
-    """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}``.
+    """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}`` (the mean
+    top-1 score), tiling the timeline: two segments meet halfway between their nearest window centres.
 
-    Segments tile the timeline without overlaps: two meet halfway between the centres of the last window of one and
-    the first window of the next. A change of activity inside a window makes a *transition*: the windows that
-    straddle it see half of each side and are often given a third label. So a run of at most ``ceil(window / step) -
-    1`` windows (1 at the default step of half a window) between two segments of other labels makes no segment of its
-    own unless its mean top-1 score reaches ``confident``: its neighbours meet at its centre instead (and join when
-    they have the same label). Segments at either end of the video are kept as they are.
+    A change of activity inside a window makes a *transition*: the windows straddling it see both sides and are
+    often given a third label. So a run of at most ``ceil(window / step) - 1`` windows (1 at the default step)
+    between two other labels makes no segment unless its mean top-1 score reaches ``confident``: its neighbours meet
+    at its centre (and join when they share a label). Segments at either end of the video are kept as they are.
 
     Args:
         windows: Records of :func:`timeline`, in time order.
-        smooth: Average each window's label scores with its neighbours' (a centred window of ``smooth`` windows;
-            labels outside a window's top-k count 0) before taking the top-1; 1 = off.
-        min_segment: Segments shorter than this many seconds are absorbed by a neighbour (the longer one), shortest
-            first.
-        confident: Mean top-1 score from which a transition-length run is kept as a segment; above 1 absorbs every
-            transition, 0 keeps all.
+        smooth: Average each window's label scores over a centred run of ``smooth`` windows (labels outside a
+            window's top-k count 0) before taking the top-1; 1 = off.
+        min_segment: Segments shorter than this many seconds are absorbed by their longer neighbour, shortest first.
+        confident: Above 1 absorbs every transition, 0 keeps all.
     """
     if not (smooth >= 1 and min_segment >= 0):  # also refuses a NaN min_segment, which would compare False
         raise ValueError(f"smooth must be >= 1 and min_segment >= 0, found {smooth}, {min_segment}")
@@ -420,10 +417,8 @@ def _is_window(record: Any) -> bool:
             and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))
             and record["start"] <= record["end"] and isinstance(record.get("padded", False), bool)):
         return False
-    if "top" in record:
-        return top(record["top"])
-    splits = record.get("top_by_split")
-    return isinstance(splits, list) and bool(splits) and all(top(t) for t in splits)
+    tops = [record["top"]] if "top" in record else record.get("top_by_split")
+    return isinstance(tops, list) and bool(tops) and all(top(t) for t in tops)
 
 
 def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str, Any]]:
@@ -441,22 +436,23 @@ def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str
     return kept
 
 
-def _append_windows(lines: Path, records: Any, bar: Progress, on_window: Any, stop_after: int | None, done: int,
-                    batch_size: int) -> tuple[str | None, bool]:
-    """Append each window's line as it finishes: ``(the one-line error of a video broken midway, stopped early)``.
-    ``stop_after`` leaves at the end of the batch that reaches it (``done``: windows before, in whole batches)."""
-    new = 0
+def _append_windows(lines: Path, windows: list[dict[str, Any]], records: Any, bar: Progress, on_window: Any,
+                    stop_after: int | None, batch_size: int) -> tuple[str | None, bool]:
+    """Append each record to ``lines`` and ``windows`` (those kept, in whole batches) as it finishes: ``(the one-line
+    error of a video broken midway, stopped early)``; ``stop_after`` new windows leave at the end of their batch."""
+    kept = len(windows)
     with open(lines, "a") as f:
         try:
             for record in records:
                 f.write(json.dumps(record, allow_nan=False) + "\n")
                 f.flush()
-                new += 1
+                windows.append(record)
+                new = len(windows) - kept
                 minutes, secs = divmod(record["end"], 60)
                 bar.update(note=f"video at {int(minutes // 60)}:{int(minutes % 60):02d}:{secs:04.1f}")
                 if on_window is not None:
                     on_window(record)
-                if stop_after is not None and new >= stop_after and (done + new) % batch_size == 0:
+                if stop_after is not None and new >= stop_after and len(windows) % batch_size == 0:
                     records.close()
                     bar.close()
                     _logger.warning("stopping after %d windows (whole batches of %d) as asked; run again with the "
@@ -528,25 +524,24 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                 write_text_atomic(out / RUN, json.dumps(settings, indent=2) + "\n")
             finished = None if stream.live else read_json(out / RUN, "the settings of a run").get("finished")
             finished = finished if isinstance(finished, dict) and isinstance(finished.get("windows"), int) else {}
-            kept = _resume(lines, batch_size, finished.get("windows"))
-            if len(kept) == finished.get("windows"):  # a finished run: nothing to compute
+            windows = _resume(lines, batch_size, finished.get("windows"))
+            if len(windows) == finished.get("windows"):  # a finished run: nothing to compute
                 error = finished.get("error")
             else:
                 bar = Progress(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None,
-                               "timeline", unit="window", initial=len(kept), show=progress_bar, log=_logger)
+                               "timeline", unit="window", initial=len(windows), show=progress_bar, log=_logger)
                 records = _timeline(ran.model, stream, plan, transform, clock, batch_size=batch_size, top_k=top_k,
-                                    device=None, first=kept[-1]["index"] + 1 if kept else 0, run=ran.fast,
+                                    device=None, first=windows[-1]["index"] + 1 if windows else 0, run=ran.fast,
                                     reuse=reuse)
                 try:
-                    error, stopped = _append_windows(lines, records, bar, on_window, stop_after, len(kept), batch_size)
-                except KeyboardInterrupt:  # the finished windows' segments are written before it propagates
+                    error, stopped = _append_windows(lines, windows, records, bar, on_window, stop_after, batch_size)
+                except KeyboardInterrupt:  # the segments of the windows in the file are written, then it propagates
                     _write_segments(out, _read_windows(lines), smooth, min_segment)
                     raise
                 finally:
                     rate = bar.close()
                 if stopped:
                     return None
-            windows = _read_windows(lines)
             segs = _write_segments(out, windows, smooth, min_segment)
             # run.json says the run went to the end: a rerun re-segments without computing its last batch again
             write_text_atomic(out / RUN, json.dumps({**settings, "finished": {"windows": len(windows), "error": error}},
