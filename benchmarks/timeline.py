@@ -40,7 +40,7 @@ import vivit
 from vivit.data.transforms import eval_transform
 from vivit.model.static import DROP_STATIC_DEFAULT, static_keep
 from vivit.tasks.optimize import native_bfloat16
-from vivit.tasks.reuse import _SPATIAL, slice_reuse
+from vivit.tasks.reuse import SpatialHalf, slice_reuse
 from vivit.tasks.timeline import timeline
 
 FPS = 25
@@ -153,7 +153,7 @@ def run_once(model: torch.nn.Module, fast: Any, video: Path, extras: dict) -> di
         patched = {"forward_from_slices": cls.forward_from_slices}
         if fast is not None:  # OpenVINO: the converted spatial half slice_reuse keeps for this optimized model
             slice_reuse(model, fast, eval_transform(model), None, torch.float32)
-            timers["spatial"] = _SPATIAL[fast] = Timed(_SPATIAL[fast])
+            timers["spatial"] = SpatialHalf.converted[fast] = Timed(SpatialHalf.converted[fast])
         else:
             patched["forward_slices"] = cls.forward_slices
         run = fast
@@ -171,8 +171,8 @@ def run_once(model: torch.nn.Module, fast: Any, video: Path, extras: dict) -> di
     finally:
         for name, method in patched.items():
             setattr(cls, name, method)
-        if fast is not None and isinstance(_SPATIAL.get(fast), Timed):
-            _SPATIAL[fast] = _SPATIAL[fast].fn
+        if fast is not None and isinstance(SpatialHalf.converted.get(fast), Timed):
+            SpatialHalf.converted[fast] = SpatialHalf.converted[fast].fn
     seconds = time.perf_counter() - start
     parts = {name: t.seconds for name, t in timers.items()}
     return {"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "windows": windows, **parts,

@@ -1,27 +1,21 @@
 """What happens when: a classifier slid over a whole video, in memory bounded by a few windows, not by its length.
 
-:func:`timeline` yields one record per window as it is classified (``index``, ``start``, ``end`` in seconds from the
-video's first frame, ``top``: ``{"label", "score"}`` best first). Windows come from
+:func:`timeline` yields one record per window as it is classified. Windows come from
 :func:`vivit.data.stream.sliding_windows`: the model's clip (its ``num_frames`` at its ``frame_stride``) every half
-window by default, each preprocessed exactly as ``classify`` preprocesses a view (:func:`vivit.data.transforms.
-eval_transform`: one centre crop, or three), several windows per forward pass.
-
-:func:`timeline_video` writes into ``out``:
+window by default, each preprocessed exactly as ``classify`` preprocesses a view (one centre crop, or three), several
+windows per forward pass. :func:`timeline_video` writes into ``out``:
 
 - ``windows.jsonl``: one line per window, in time order, written as windows finish;
-- ``segments.json``: consecutive windows with the same top-1 label merged (``start``, ``end``, ``label``, ``score``:
-  the mean top-1 score), after an optional moving average over ``smooth`` windows; segments shorter than
-  ``min_segment`` seconds are absorbed by their neighbours;
-- ``timeline.png`` (needs matplotlib): the top labels' scores over time over coloured segment bands, in rows that
-  follow the video's length, with thumbnails at segment boundaries over the whole video.
+- ``segments.json``: consecutive windows with the same top-1 label merged (:func:`segments`);
+- ``timeline.png`` (needs matplotlib): the top labels' scores over time over coloured segment bands, with thumbnails
+  at segment boundaries (:func:`plot_timeline`).
 
 A run killed midway continues where it stopped when started again with the same ``out`` (``run.json``: the same
 video, model, weights, config, token merging and settings, or it is refused, as ``vivit evaluate`` does) and ends with
 identical files: lines are kept in whole batches, so every window is computed in the same batch as in an uninterrupted
 run. A finished run started again computes nothing; outputs without ``run.json`` are refused. The video is opened once
 (one :class:`~vivit.data.stream.VideoStream` gives the header, the windows and the thumbnails) and its windows are
-planned once.
-:func:`timeline_listing` does every video of a listing, one sub-folder each, sharded over ``torchrun`` ranks.
+planned once. :func:`timeline_listing` does every video of a listing, one sub-folder each, sharded over ``torchrun``.
 """
 
 from __future__ import annotations
@@ -33,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +43,7 @@ from vivit.files import read_json, trim_torn_line, write_text_atomic
 from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import top_k as _top_k
-from vivit.tasks.reuse import SliceReuse, slice_reuse
+from vivit.tasks.reuse import slice_reuse
 from vivit.tasks.run import NOT_FINITE, RUN, Run, RunOptions, Task, claimed, model_identity, prepare_model, run_job
 from vivit.tasks.runtime import dtype_name, setup_runtime
 from vivit.weights.fetch import download_timeout
@@ -117,10 +112,19 @@ def _check_classifier(model: torch.nn.Module) -> None:
                          "a head, or `vivit extract` for features")
 
 
-def _open_stream(path: str | Path, transform: Any, follow: float | None) -> VideoStream:
-    """The video decoded at the model's short side; a URL with the download rule's read deadline."""
-    return VideoStream(path, transform.resize_size, transform.interpolation, follow=follow,
-                       timeout=download_timeout() if is_url(path) else None)
+@contextlib.contextmanager
+def _opened(model: torch.nn.Module, path: str | Path, *, crops: int, follow: float | None, step: float | None,
+            window_stride: int | None, batch_size: int,
+            max_delay: float | None) -> Iterator[tuple[VideoStream, tuple[int, int, float], Any, LiveClock | None]]:
+    """The video decoded at the model's short side (a URL with the download rule's read deadline), with the
+    transform, the window plan and a live stream's clock (by default a window may be a batch of steps plus one window
+    behind: what waiting for a batch costs)."""
+    transform = eval_transform(model, num_crops=crops)
+    with VideoStream(path, transform.resize_size, transform.interpolation, follow=follow,
+                     timeout=download_timeout() if is_url(path) else None) as stream:
+        plan = clip_len, stride, step_s = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
+        delay = batch_size * step_s + clip_len * stride / stream.info.fps if max_delay is None else max_delay
+        yield stream, plan, transform, LiveClock(delay) if stream.live else None
 
 
 def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = None, window_stride: int | None = None,
@@ -131,56 +135,44 @@ def timeline(model: torch.nn.Module, path: str | Path, *, step: float | None = N
     """Classify every window of a video, yielding one record per window as soon as its batch is done.
 
     Args:
-        model: A ViViT classifier (its ``pretrained_cfg`` fixes clip, stride and preprocessing), or any module with
-            the same ``pretrained_cfg`` / ``num_frames`` / ``img_size`` (an optimised wrapper).
+        model: A ViViT classifier: its ``pretrained_cfg`` fixes clip, stride, preprocessing and labels.
         path: A video file, or a stream URL (``rtsp://``, ``http://`` ...) read as it comes.
-        step: Seconds between window starts (default: half a window at the video's frame rate).
+        step: Seconds between window starts (default: half a window).
         window_stride: Frames between a window's frames (default: the model's ``frame_stride``).
         crops: 1 (centre crop) or 3 (along the long side, logits averaged), as ``classify --views Nx3``.
-        batch_size: Windows per forward pass.
+        batch_size: Windows per forward pass (at most ``MAX_BATCH_SIZE``).
         top_k: Labels per window.
         device: Where to run; default the model's device.
         first: Window index to start at (resuming).
-        follow: ``path`` is a file still being written (Matroska, MPEG-TS): at its end, wait up to this many seconds
-            for more before ending (:class:`vivit.data.stream.VideoStream`).
-        run: Called instead of ``model`` on each batch of float32 windows, e.g. ``vivit.optimize(model)``; the model
-            still gives the clip, stride, preprocessing and labels.
-        reuse: Model 2: encode each tubelet-time slice once and reuse its token in every window that holds it
-            (:mod:`vivit.tasks.reuse`; the same scores up to float32 rounding; with an OpenVINO ``run`` its spatial
-            half is converted on its own); ``False`` computes every window whole. Other models ignore it.
-        max_delay: A live source (a URL, ``follow``): seconds a window may be behind the live edge when its last
-            frame is decoded; a later one is skipped, so a model slower than the video stays live (see
-            :class:`LiveClock`). Default ``batch_size`` steps plus one window, which a model faster than the video
-            never reaches. Files ignore it.
+        follow: ``path`` is a file still being written (Matroska, MPEG-TS): wait up to this many seconds at its end.
+        run: Called instead of ``model`` on each batch of float32 windows, e.g. ``vivit.optimize(model)``.
+        reuse: Model 2: encode each tubelet-time slice once for every window that holds it (:mod:`vivit.tasks.reuse`:
+            the same scores up to float32 rounding); ``False`` computes every window whole.
+        max_delay: A live source's (a URL, ``follow``) windows further behind its live edge are skipped
+            (:class:`LiveClock`); default a batch of steps plus one window, which a model faster than the video never
+            reaches.
 
     Yields:
-        ``{"index", "start", "end", "top": [{"label", "score"}, ...]}`` (and ``"padded": true`` for the looped
-        window of a video shorter than one window; ``"top_by_split"`` instead of ``"top"`` for a split head). A live
-        source's records also have ``"delay"`` (seconds behind the live edge when the record was made) and, after
-        windows skipped to stay live, ``"skipped"`` (how many since the record before).
+        ``{"index", "start", "end", "top": [{"label", "score"}, ...]}``, seconds from the first frame (``"padded":
+        true`` for the looped window of a video shorter than one window; ``"top_by_split"`` for a split head). A live
+        source's records add ``"delay"`` (seconds behind the live edge) and ``"skipped"`` (windows skipped to stay
+        live since the record before).
 
     Raises:
-        VideoReadError: (a ``ValueError``) no video stream, a still image, or decoding failing midway (raised after
-            the windows finished before the failure were yielded).
+        VideoReadError: No video stream, a still image, or decoding failing midway (after the windows before it).
     """
     _check_options(step, window_stride, crops, batch_size, top_k, max_delay)
     _check_classifier(model)
-    transform = eval_transform(model, num_crops=crops)
-    with _open_stream(path, transform, follow) as stream:
-        plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
-        yield from _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=device,
-                             first=first, run=run, reuse=reuse, max_delay=max_delay)
+    with _opened(model, path, crops=crops, follow=follow, step=step, window_stride=window_stride,
+                 batch_size=batch_size, max_delay=max_delay) as (stream, plan, transform, clock):
+        yield from _timeline(model, stream, plan, transform, clock, batch_size=batch_size, top_k=top_k, device=device,
+                             first=first, run=run, reuse=reuse)
 
 
 class LiveClock:
-    """How far a live source's windows are behind its live edge, and which to skip to stay live.
-
-    The live edge is the first frame's time plus the wall-clock seconds since the stream was opened (window times
-    count from the first frame), so a source read faster than real time (a finished recording, a video served
-    whole) is never behind. A window whose last frame arrives more
-    than ``max_delay`` seconds behind the edge is skipped (its model work only: decoding goes on, which is what lets
-    the timeline catch up).
-    """
+    """How far a live source's windows are behind its live edge (the first frame's time plus the wall-clock seconds
+    since opening, so a source read faster than real time is never behind); those more than ``max_delay`` seconds
+    behind are skipped (their model work only: decoding goes on, which is what lets the timeline catch up)."""
 
     def __init__(self, max_delay: float) -> None:
         self.max_delay, self.opened, self.skipped = max_delay, time.monotonic(), 0
@@ -196,51 +188,49 @@ class LiveClock:
         return late
 
 
-def _default_delay(batch_size: int, plan: tuple[int, int, float], fps: float) -> float:
-    """A live window may be a batch of steps plus one window behind: what waiting for a batch costs."""
-    clip_len, stride, step_s = plan
-    return batch_size * step_s + clip_len * stride / fps
-
-
-def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any, *,
-              batch_size: int, top_k: int, device: str | torch.device | None, first: int,
-              run: Callable[[torch.Tensor], torch.Tensor] | None, reuse: bool = True, max_delay: float | None = None,
-              clock: LiveClock | None = None) -> Iterator[dict[str, Any]]:
-    """:func:`timeline` over an open stream with its window plan (made once by the caller); a live stream's
-    ``clock`` (made here when not given) counts the windows skipped to stay live."""
+def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any,
+              clock: LiveClock | None, *, batch_size: int, top_k: int, device: str | torch.device | None, first: int,
+              run: Callable[[torch.Tensor], torch.Tensor] | None, reuse: bool) -> Iterator[dict[str, Any]]:
+    """:func:`timeline` over an open stream with its window plan; ``clock`` (a live stream's) skips windows too far
+    behind and its records say their delay."""
     param = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (param.device if param is not None else None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    labels, splits = cfg.get("label_names"), cfg.get("class_splits")
-    # --- slice reuse hook (vivit.tasks.reuse): replaces the per-batch forward, nothing else changes
-    slices = slice_reuse(model, run, transform, device, dtype) if reuse else None
-    run = slices if slices is not None else run
-    clip_len, stride, step_s = plan
-    if stream.live and clock is None:
-        clock = LiveClock(_default_delay(batch_size, plan, stream.info.fps) if max_delay is None else max_delay)
-    clock = clock if stream.live else None
-    skipped_before: dict[int, int] = {}  # window index -> windows skipped since the window computed before it
+    slices = slice_reuse(model, run, transform, device, dtype) if reuse else None  # replaces the forward, nothing else
+    batch: list[tuple[Window, int]] = []  # each window with the windows skipped since the one before it
     since = 0
-    batch: list[Window] = []
+    if clock is not None:  # live time counts from here, when windows are first read, not from setting up
+        clock.opened = time.monotonic()
 
+    @torch.inference_mode()
     def classify() -> Iterator[dict[str, Any]]:
-        records = _classify(model, run, batch, transform, device, dtype, top_k, labels, splits)
-        if clock is None:
-            return records
-        return ({**r, "delay": round(clock.delay(r["end"]), 3),
-                 **({"skipped": skipped_before.pop(r["index"])} if r["index"] in skipped_before else {})}
-                for r in records)
+        if not batch:
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            windows = [w for w, _ in batch]
+            logits = (slices([w.frames for w in windows]) if slices is not None else
+                      _forward(model, run, windows, transform, device, dtype)).float().cpu()
+        finally:
+            model.train(was_training)
+        logits = logits.view(len(batch), -1, logits.shape[-1]).mean(1)  # classify's view average: mean of logits
+        # every record is made before the first is yielded: a batch is written whole or not at all
+        records = [_record(w, row, top_k, cfg) for w, row in zip(windows, logits, strict=True)]
+        for record, (_, skipped) in zip(records, batch, strict=True):
+            if clock is not None:
+                record["delay"] = round(clock.delay(record["end"]), 3)
+                record.update({"skipped": skipped} if skipped else {})
+            yield record
 
     try:
-        for window in sliding_windows(stream, clip_len, stride, step_s, first=first):
-            if clock is not None:
-                if clock.skip(window):
-                    since += 1
-                    continue
-                if since:
-                    skipped_before[window.index], since = since, 0
-            batch.append(window)
+        for window in sliding_windows(stream, *plan, first=first):
+            if clock is not None and clock.skip(window):
+                since += 1
+                continue
+            batch.append((window, since))
+            since = 0
             if len(batch) == batch_size:
                 yield from classify()
                 batch = []
@@ -250,33 +240,15 @@ def _timeline(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int,
     yield from classify()
 
 
-@torch.inference_mode()
-def _classify(model: torch.nn.Module, run: Callable[[torch.Tensor], torch.Tensor] | None, batch: list[Window],
-              transform: Any, device: torch.device | None, dtype: torch.dtype, k: int, labels: Sequence[str] | None,
-              splits: Sequence[int] | None) -> Iterator[dict[str, Any]]:
-    if not batch:
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        if isinstance(run, SliceReuse):  # slice-reuse hook: takes the frames, transforms only slices it lacks
-            logits = run([w.frames for w in batch]).float().cpu()
-        else:
-            logits = _forward(model, run, batch, transform, device, dtype).cpu()
-    finally:
-        model.train(was_training)
-    logits = logits.view(len(batch), -1, logits.shape[-1]).mean(1)  # classify's view average: mean of logits
-    records = []
-    for window, row in zip(batch, logits, strict=True):
-        tops = [[{"label": t["label"], "score": t["score"]} for t in top] for top in _top_k(row, k, labels, splits)]
-        if not (bool(torch.isfinite(row).all()) and all(math.isfinite(t["score"]) for top in tops for t in top)):
-            raise NotFinite(f"window {window.index} ({window.start:.2f}-{window.end:.2f} s): {NOT_FINITE}")
-        record: dict[str, Any] = {"index": window.index, "start": round(window.start, 6), "end": round(window.end, 6)}
-        record.update({"top": tops[0]} if len(tops) == 1 else {"top_by_split": tops})
-        if window.padded:
-            record["padded"] = True
-        records.append(record)
-    yield from records  # a batch is written whole or not at all
+def _record(window: Window, logits: torch.Tensor, k: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A window's record of its logits (:class:`NotFinite` when they are not finite: the video fails)."""
+    if not bool(torch.isfinite(logits).all()):  # float64 softmax of finite logits is finite: scores need no check
+        raise NotFinite(f"window {window.index} ({window.start:.2f}-{window.end:.2f} s): {NOT_FINITE}")
+    tops = [[{"label": t["label"], "score": t["score"]} for t in top]
+            for top in _top_k(logits, k, cfg.get("label_names"), cfg.get("class_splits"))]
+    return {"index": window.index, "start": round(window.start, 6), "end": round(window.end, 6),
+            **({"top": tops[0]} if len(tops) == 1 else {"top_by_split": tops}),
+            **({"padded": True} if window.padded else {})}
 
 
 class NotFinite(ValueError):
@@ -305,76 +277,60 @@ def top1(record: dict[str, Any]) -> tuple[str, float]:
 
 def segments(windows: Sequence[dict[str, Any]], *, smooth: int = 1, min_segment: float = 0.0,
              confident: float = TRANSITION_CONFIDENT) -> list[dict[str, Any]]:
-    """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}``.
+    """Merge consecutive windows with the same top-1 label into ``{"start", "end", "label", "score"}`` (the mean
+    top-1 score), tiling the timeline: two segments meet halfway between their nearest window centres.
 
-    Two segments meet halfway between the centres of the last window of one and the first window of the next; the
-    first starts at its first window's start and the last ends at its last window's end, so segments tile the
-    timeline without overlaps.
-
-    A change of activity inside a window makes a *transition*: the windows that straddle it see half of each side
-    and are often given a third label. So a run of at most ``ceil(window / step) - 1`` windows (the most windows that
-    can straddle one change: 1 at the default step of half a window) between two segments of other labels makes no
-    segment of its own unless its mean top-1 score reaches ``confident``: its neighbours meet at its centre instead
-    (and join when they have the same label). Segments at either end of the video are kept as they are.
+    A change of activity inside a window makes a *transition*: the windows straddling it see both sides and are
+    often given a third label. So a run of at most ``ceil(window / step) - 1`` windows (1 at the default step)
+    between two other labels makes no segment unless its mean top-1 score reaches ``confident``: its neighbours meet
+    at its centre (and join when they share a label). Segments at either end of the video are kept as they are.
 
     Args:
         windows: Records of :func:`timeline`, in time order.
-        smooth: Average each window's label scores with its neighbours' (a centred window of ``smooth`` windows;
-            labels outside a window's top-k count 0) before taking the top-1; 1 = off.
-        min_segment: Segments shorter than this many seconds are absorbed by a neighbour (the longer one), shortest
-            first.
-        confident: Mean top-1 score from which a transition-length run is kept as a segment; above 1 absorbs every
-            transition, 0 keeps all.
+        smooth: Average each window's label scores over a centred run of ``smooth`` windows (labels outside a
+            window's top-k count 0) before taking the top-1; 1 = off.
+        min_segment: Segments shorter than this many seconds are absorbed by their longer neighbour, shortest first.
+        confident: Above 1 absorbs every transition, 0 keeps all.
     """
     if not (smooth >= 1 and min_segment >= 0):  # also refuses a NaN min_segment, which would compare False
         raise ValueError(f"smooth must be >= 1 and min_segment >= 0, found {smooth}, {min_segment}")
     if not windows:
         return []
     best = [top1(w) for w in windows] if smooth == 1 else _smoothed(windows, smooth)
-    segs: list[dict[str, Any]] = []
     centre = [(w["start"] + w["end"]) / 2 for w in windows]
-    for i, (w, (label, score)) in enumerate(zip(windows, best, strict=True)):
-        if segs and segs[-1]["label"] == label:
-            segs[-1]["scores"].append(score)
-            segs[-1]["end"] = w["end"]
-        else:
-            start = round((centre[i - 1] + centre[i]) / 2, 6) if segs else w["start"]
-            if segs:
-                segs[-1]["end"] = start
-            segs.append({"start": start, "end": w["end"], "label": label, "scores": [score]})
-    segs = _absorb(_absorb_transitions(segs, _straddling(windows), confident), min_segment)
+    cuts = [windows[0]["start"], *(round((a + b) / 2, 6) for a, b in pairwise(centre)), windows[-1]["end"]]
+    segs = _join([{"start": cuts[i], "end": cuts[i + 1], "label": label, "scores": [score]}
+                  for i, (label, score) in enumerate(best)])
+    span = float(np.median([w["end"] - w["start"] for w in windows]))
+    step = float(np.median(np.diff([w["start"] for w in windows]))) if len(windows) > 1 else 0.0
+    straddling = max(math.ceil(span / step - 1e-6) - 1, 0) if step > 0 else 0  # windows that can straddle one change
+    segs = _absorb(_absorb_transitions(segs, straddling, confident), min_segment)
     return [{"start": s["start"], "end": s["end"], "label": s["label"], "score": round(float(np.mean(s["scores"])), 6)}
             for s in segs]
 
 
-def _straddling(windows: Sequence[dict[str, Any]]) -> int:
-    """The most consecutive windows that can straddle one change: ``ceil(window / step) - 1``."""
-    if len(windows) < 2:
-        return 0
-    span = float(np.median([w["end"] - w["start"] for w in windows]))
-    step = float(np.median(np.diff([w["start"] for w in windows])))
-    return max(math.ceil(span / step - 1e-6) - 1, 0) if step > 0 else 0
-
-
 def _absorb_transitions(segs: list[dict[str, Any]], most: int, confident: float) -> list[dict[str, Any]]:
     """Give each unconfident run of at most ``most`` windows between two other labels to its neighbours, who meet at
-    its centre (``segments``)."""
+    its centre."""
     out: list[dict[str, Any]] = []
     for i, seg in enumerate(segs):
-        inner = 0 < i < len(segs) - 1
-        if inner and len(seg["scores"]) <= most and float(np.mean(seg["scores"])) < confident:
+        if 0 < i < len(segs) - 1 and len(seg["scores"]) <= most and float(np.mean(seg["scores"])) < confident:
             middle = round((seg["start"] + seg["end"]) / 2, 6)
             out[-1]["end"] = middle
             segs[i + 1] = {**segs[i + 1], "start": middle}
-            continue
-        out.append(dict(seg))
+        else:
+            out.append(dict(seg))
     return _join(out)
+
+
+def _scores(window: dict[str, Any]) -> dict[str, float]:
+    """A window's scores by label (a split head: its :func:`top1`)."""
+    return {t["label"]: float(t["score"]) for t in window["top"]} if "top" in window else dict([top1(window)])
 
 
 def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, float]]:
     """Top-1 of each window's label scores averaged over ``n`` neighbouring windows."""
-    scores = [{t["label"]: float(t["score"]) for t in w["top"]} if "top" in w else dict([top1(w)]) for w in windows]
-    half, out = n // 2, []
+    scores, half, out = [_scores(w) for w in windows], n // 2, []
     for i in range(len(scores)):
         near = scores[max(0, i - half):i - half + n]
         total: dict[str, float] = {}
@@ -403,6 +359,7 @@ def _absorb(segs: list[dict[str, Any]], min_segment: float) -> list[dict[str, An
 
 
 def _join(segs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Neighbours with the same label as one segment."""
     out: list[dict[str, Any]] = []
     for seg in segs:
         if out and out[-1]["label"] == seg["label"]:
@@ -460,10 +417,8 @@ def _is_window(record: Any) -> bool:
             and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))
             and record["start"] <= record["end"] and isinstance(record.get("padded", False), bool)):
         return False
-    if "top" in record:
-        return top(record["top"])
-    splits = record.get("top_by_split")
-    return isinstance(splits, list) and bool(splits) and all(top(t) for t in splits)
+    tops = [record["top"]] if "top" in record else record.get("top_by_split")
+    return isinstance(tops, list) and bool(tops) and all(top(t) for t in tops)
 
 
 def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str, Any]]:
@@ -471,7 +426,7 @@ def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str
     batch as in an uninterrupted run), or every window of a finished run; ``windows.jsonl`` is cut back to them."""
     trim_torn_line(lines)
     done = _read_windows(lines)
-    if finished is not None and finished == len(done):
+    if finished == len(done):
         return done
     kept = done[:len(done) // batch_size * batch_size]
     if len(done) != len(kept):
@@ -481,21 +436,23 @@ def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str
     return kept
 
 
-def _append_windows(lines: Path, records: Any, bar: Progress, on_window: Any, stop_after: int | None, done: int,
-                    batch_size: int) -> tuple[str | None, bool]:
-    """Append each window's line as it finishes: ``(the one-line error of a video broken midway, stopped early)``.
-    ``stop_after`` leaves at the end of the batch that reaches it (``done``: windows before, in whole batches)."""
-    new = 0
+def _append_windows(lines: Path, windows: list[dict[str, Any]], records: Any, bar: Progress, on_window: Any,
+                    stop_after: int | None, batch_size: int) -> tuple[str | None, bool]:
+    """Append each record to ``lines`` and ``windows`` (those kept, in whole batches) as it finishes: ``(the one-line
+    error of a video broken midway, stopped early)``; ``stop_after`` new windows leave at the end of their batch."""
+    kept = len(windows)
     with open(lines, "a") as f:
         try:
             for record in records:
                 f.write(json.dumps(record, allow_nan=False) + "\n")
                 f.flush()
-                new += 1
-                bar.update(note=f"video at {_clock(record['end'])}")
+                windows.append(record)
+                new = len(windows) - kept
+                minutes, secs = divmod(record["end"], 60)
+                bar.update(note=f"video at {int(minutes // 60)}:{int(minutes % 60):02d}:{secs:04.1f}")
                 if on_window is not None:
                     on_window(record)
-                if stop_after is not None and new >= stop_after and (done + new) % batch_size == 0:
+                if stop_after is not None and new >= stop_after and len(windows) % batch_size == 0:
                     records.close()
                     bar.close()
                     _logger.warning("stopping after %d windows (whole batches of %d) as asked; run again with the "
@@ -515,24 +472,18 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    max_delay: float | None = None) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
-    The video is opened once (header, windows and thumbnails come from one :class:`~vivit.data.stream.VideoStream`)
-    and its windows are planned once. A URL's reads have a deadline: ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60)
-    without data end it with the windows before kept. Ctrl-C (``KeyboardInterrupt``) leaves ``windows.jsonl`` and the
-    ``segments.json`` of the windows finished, then propagates.
+    ``step``, ``window_stride``, ``crops``, ``batch_size`` (keep it to resume: a resumed run keeps whole batches),
+    ``top_k``, ``follow``, ``reuse`` and ``max_delay`` are :func:`timeline`'s; ``smooth`` and ``min_segment`` are
+    :func:`segments`'. A URL's reads have a deadline: ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60) without data end
+    it with the windows before kept. Ctrl-C leaves ``windows.jsonl`` and the ``segments.json`` of the windows
+    finished, then propagates.
 
     Args:
-        path: A video file or stream URL (a URL is read from its current position and never resumed).
+        path: A video file or stream URL (a URL, like a followed file, is read from its current position and never
+            resumed).
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; one holding an interrupted run with the same settings is continued, a finished one is
             re-segmented without computing again; outputs without ``run.json`` are refused.
-        step: Seconds between window starts (default: half a window), as in :func:`timeline`.
-        window_stride: Frames between a window's frames (default: the model's).
-        crops: 1 or 3 spatial views per window.
-        batch_size: Windows per forward pass (at most ``MAX_BATCH_SIZE``); a resumed run keeps whole batches, so
-            keep it to resume.
-        top_k: Labels per window.
-        smooth: Windows averaged before segmenting, as in :func:`segments`.
-        min_segment: Seconds below which a segment joins a neighbour.
         device: Default the model's device (a name: CUDA when available).
         dtype: Cast the weights (``"bfloat16"`` ...).
         plot: Draw ``timeline.png`` (skipped with a log line when matplotlib is missing).
@@ -540,13 +491,9 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         stop_after: Leave at the end of the batch that reaches this many new windows, as a killed run would; returns
             ``None``.
         on_window: Called with each window's record as it is written (the CLI prints live streams' windows).
-        follow: As in :func:`timeline`; like a URL, a followed file is never resumed.
-        runtime: What runs the model: ``"torch"`` (the model as it is, cast to ``dtype``), ``"auto"`` or
-            ``"openvino"`` (through :func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized`
-            of this model. The backend and dtype that ran are part of the run's identity, with the model's config and
-            token merging.
-        reuse: As in :func:`timeline` (Model 2: each slice encoded once).
-        max_delay: As in :func:`timeline`: a live source's windows further behind are skipped.
+        runtime: What runs the model: ``"torch"`` (cast to ``dtype``), ``"auto"`` or ``"openvino"``
+            (:func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized` of this model; the
+            backend and dtype that ran are part of the run's identity.
 
     Returns:
         ``{"windows", "segments", "duration", "padded", "error", "out", "windows_per_second"}``; ``error`` holds the
@@ -555,77 +502,56 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
     """
     out = Path(out)
     _check_options(step, window_stride, crops, batch_size, top_k, max_delay)
-    if not isinstance(model, str) and device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else None
-    env = Dist(device=torch.device(device) if device is not None else
-               torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        param = None if isinstance(model, str) else next(model.parameters(), None)
+        device = param.device if param is not None else "cuda" if torch.cuda.is_available() else "cpu"
+    env = Dist(device=torch.device(device))
     model, name, weights = prepare_model(model, env)
     _check_classifier(model)
     ran = setup_runtime(model, env.device, dtype, runtime)
-    model, fast = ran.model, ran.fast
-    live = is_url(path) or follow is not None
-    transform = eval_transform(model, num_crops=crops)
-    # One stream for the header, the windows and the thumbnails; no video stream, not a file: refused before writing
-    with _open_stream(path, transform, follow) as stream:
-        plan = window_plan(model, stream.info.fps, step=step, window_stride=window_stride)
-        clip_len, stride, step_s = plan
-        settings = {"video": _video_identity(path, live), "model": name, "weights": weights, **model_identity(model),
-                    "dtype": dtype_name(ran.dtype), "backend": ran.backend, "window": clip_len, "window_stride": stride,
-                    "step": step_s, "crops": crops, "top_k": top_k, "batch_size": batch_size}
-        lines = out / WINDOWS
+    # No video stream, not a file: refused here, before anything is written
+    with _opened(ran.model, path, crops=crops, follow=follow, step=step, window_stride=window_stride,
+                 batch_size=batch_size, max_delay=max_delay) as (stream, plan, transform, clock):
+        settings = {"video": _video_identity(path, stream.live), "model": name, "weights": weights,
+                    **model_identity(ran.model), "dtype": dtype_name(ran.dtype), "backend": ran.backend,
+                    "window": plan[0], "window_stride": plan[1], "step": plan[2], "crops": crops, "top_k": top_k,
+                    "batch_size": batch_size}
+        lines, error, rate = out / WINDOWS, None, 0.0
         with claimed(out, settings, env, (WINDOWS, SEGMENTS, PLOT)):  # one writer; a resume with the same settings
-            finished = None
-            if live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
+            if stream.live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
                 for stale in (lines, out / SEGMENTS, out / PLOT):
                     stale.unlink(missing_ok=True)
                 write_text_atomic(out / RUN, json.dumps(settings, indent=2) + "\n")
+            finished = None if stream.live else read_json(out / RUN, "the settings of a run").get("finished")
+            finished = finished if isinstance(finished, dict) and isinstance(finished.get("windows"), int) else {}
+            windows = _resume(lines, batch_size, finished.get("windows"))
+            if len(windows) == finished.get("windows"):  # a finished run: nothing to compute
+                error = finished.get("error")
             else:
-                finished = read_json(out / RUN, "the settings of a run").get("finished")
-            done = finished if isinstance(finished, dict) and isinstance(finished.get("windows"), int) else None
-            kept = _resume(lines, batch_size, done and done["windows"])
-            complete = done is not None and len(kept) == done["windows"]  # a finished run: nothing to compute
-            error, rate, clock = (done.get("error") if done else None), 0.0, None
-            if not complete:
-                clock = LiveClock(_default_delay(batch_size, plan, stream.info.fps) if max_delay is None
-                                  else max_delay) if live else None
-                error, stopped, rate = _run_windows(model, stream, plan, transform, lines, kept, fast,
-                                                    batch_size=batch_size, top_k=top_k, on_window=on_window,
-                                                    stop_after=stop_after, progress_bar=progress_bar, smooth=smooth,
-                                                    min_segment=min_segment, reuse=reuse, clock=clock)
+                bar = Progress(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None,
+                               "timeline", unit="window", initial=len(windows), show=progress_bar, log=_logger)
+                records = _timeline(ran.model, stream, plan, transform, clock, batch_size=batch_size, top_k=top_k,
+                                    device=None, first=windows[-1]["index"] + 1 if windows else 0, run=ran.fast,
+                                    reuse=reuse)
+                try:
+                    error, stopped = _append_windows(lines, windows, records, bar, on_window, stop_after, batch_size)
+                except KeyboardInterrupt:  # the segments of the windows in the file are written, then it propagates
+                    _write_segments(out, _read_windows(lines), smooth, min_segment)
+                    raise
+                finally:
+                    rate = bar.close()
                 if stopped:
                     return None
-            windows = _read_windows(lines)
             segs = _write_segments(out, windows, smooth, min_segment)
-            _record_finished(out, settings, len(windows), error)
+            # run.json says the run went to the end: a rerun re-segments without computing its last batch again
+            write_text_atomic(out / RUN, json.dumps({**settings, "finished": {"windows": len(windows), "error": error}},
+                                                    indent=2) + "\n")
             if plot and windows:
                 plot_timeline(windows, segs, out / PLOT, title=f"{Path(str(path)).name}: {name}",
-                              thumbnails=None if live else stream)
+                              thumbnails=None if stream.live else stream)
     return {"windows": len(windows), "segments": len(segs), "duration": windows[-1]["end"] if windows else 0.0,
             "padded": bool(windows and windows[0].get("padded")), "error": error, "out": str(out),
             "windows_per_second": round(rate, 3), **({"skipped": clock.skipped} if clock is not None else {})}
-
-
-def _run_windows(model: torch.nn.Module, stream: VideoStream, plan: tuple[int, int, float], transform: Any,
-                 lines: Path, kept: list[dict[str, Any]], fast: Optimized | None, *, batch_size: int, top_k: int,
-                 on_window: Any, stop_after: int | None, progress_bar: bool | None, smooth: int,
-                 min_segment: float, reuse: bool = True,
-                 clock: LiveClock | None = None) -> tuple[str | None, bool, float]:
-    """Classify the windows after ``kept`` into ``lines``: ``(error line, stopped early, windows/s)``; a live
-    stream's ``clock`` counts the windows skipped. On Ctrl-C the finished windows' segments are written before it
-    propagates."""
-    first = kept[-1]["index"] + 1 if kept else 0
-    bar = Progress(math.ceil(stream.info.duration / plan[2]) if stream.info.duration else None, "timeline",
-                   unit="window", initial=len(kept), show=progress_bar, log=_logger)
-    records = _timeline(model, stream, plan, transform, batch_size=batch_size, top_k=top_k, device=None, first=first,
-                        run=fast, reuse=reuse, clock=clock)
-    try:
-        error, stopped = _append_windows(lines, records, bar, on_window, stop_after, len(kept), batch_size)
-    except KeyboardInterrupt:
-        bar.close()
-        _write_segments(lines.parent, _read_windows(lines), smooth, min_segment)
-        raise
-    return error, stopped, bar.close()
 
 
 def _write_segments(out: Path, windows: list[dict[str, Any]], smooth: int, min_segment: float) -> list[dict[str, Any]]:
@@ -634,41 +560,24 @@ def _write_segments(out: Path, windows: list[dict[str, Any]], smooth: int, min_s
     return segs
 
 
-def _record_finished(out: Path, settings: dict[str, Any], windows: int, error: str | None) -> None:
-    """``run.json`` says the run went to the end (a rerun re-segments without computing its last batch again)."""
-    write_text_atomic(out / RUN, json.dumps({**settings, "finished": {"windows": windows, "error": error}},
-                                            indent=2) + "\n")
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(seconds, 60)
-    return f"{int(minutes // 60)}:{int(minutes % 60):02d}:{secs:04.1f}"
-
-
 # ================================================================================================ the picture
 ROW_WINDOWS = 60  # windows per row of the picture: enough to follow the score lines
 MAX_ROWS = 12  # rows at most; a longer video gets longer rows
 THUMBS_PER_ROW = 10
 MAX_THUMBNAILS = 24  # each is a seek and a decode from the keyframe before it
+THUMBNAIL_SIDE = 64
 
 
 def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, Any]], path: str | Path, *,
                   title: str = "", thumbnails: str | Path | VideoStream | None = None,
                   max_labels: int = 8) -> Path | None:
-    """Draw the top labels' scores over time over the segments as coloured bands; ``None`` without matplotlib.
+    """Draw the ``max_labels`` top labels' scores (the segments' labels by time covered) over the segments as
+    coloured bands into the PNG ``path``; ``None`` without matplotlib.
 
-    The picture reads at any length: time runs in rows (like lines of text) of at most ``ROW_WINDOWS`` windows, at
-    most ``MAX_ROWS`` of them, so a long video gets a taller picture rather than a denser one; each row shows up to
-    ``THUMBS_PER_ROW`` thumbnails (``MAX_THUMBNAILS`` in all) at segment boundaries spread over it (its start when
-    no segment starts in it).
-
-    Args:
-        windows: Records of :func:`timeline`.
-        segs: :func:`segments` of them.
-        path: PNG to write.
-        title: Figure title.
-        thumbnails: The video (a file, or an open :class:`~vivit.data.stream.VideoStream` of one), to show frames.
-        max_labels: Labels drawn: the segments' labels by time covered.
+    Time runs in rows (like lines of text) of ``ROW_WINDOWS`` windows, at most ``MAX_ROWS`` of them, so a long video
+    gets a taller picture rather than a denser one. ``thumbnails``, the video (a file or an open
+    :class:`~vivit.data.stream.VideoStream`), adds frames at segment starts spread over each row (its start when none
+    starts in it), up to ``THUMBS_PER_ROW`` a row and ``MAX_THUMBNAILS`` in all.
     """
     try:
         from matplotlib.figure import Figure
@@ -682,13 +591,8 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
     labels = sorted(cover, key=lambda lab: -cover[lab])[:max_labels]
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     centres = np.array([(w["start"] + w["end"]) / 2 for w in windows])
-    scores = {lab: np.array([next((float(t["score"]) for t in _tops(w) if t["label"] == lab), 0.0) for w in windows])
-              for lab in labels}
-    end = max(w["end"] for w in windows)
-    rows = _rows(windows, end)
-    per_row = max(1, min(THUMBS_PER_ROW, MAX_THUMBNAILS // len(rows)))
-    thumbs = ([_thumbnail_times(segs, lo, hi, per_row) for lo, hi in rows] if thumbnails is not None
-              else [[] for _ in rows])
+    scores = {lab: np.array([_scores(w).get(lab, 0.0) for w in windows]) for lab in labels}
+    rows = _rows(windows, max(w["end"] for w in windows))
     fig = Figure(figsize=(12, len(rows) * (2.9 if thumbnails is not None else 2.2) + 0.4), layout="constrained")
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     width = rows[0][1] - rows[0][0]
@@ -706,7 +610,8 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
     if title:
         fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     if thumbnails is not None:
-        _draw_thumbnails(axes, rows, thumbs, width, thumbnails)
+        per_row = max(1, min(THUMBS_PER_ROW, MAX_THUMBNAILS // len(rows)))
+        _draw_thumbnails(axes, rows, [_thumbnail_times(segs, lo, hi, per_row) for lo, hi in rows], width, thumbnails)
     fig.savefig(path, dpi=80)
     return Path(path)
 
@@ -728,10 +633,6 @@ def _thumbnail_times(segs: Sequence[dict[str, Any]], lo: float, hi: float, most:
     return starts
 
 
-def _tops(window: dict[str, Any]) -> list[dict[str, Any]]:
-    return window["top"] if "top" in window else [dict(zip(("label", "score"), top1(window), strict=True))]
-
-
 def _draw_thumbnails(axes: Any, rows: Sequence[tuple[float, float]], times: Sequence[Sequence[float]], width: float,
                      video: str | Path | VideoStream) -> None:
     """A small frame above each row at each of its times (segment starts)."""
@@ -745,15 +646,10 @@ def _draw_thumbnails(axes: Any, rows: Sequence[tuple[float, float]], times: Sequ
     size = 0.07
     for ax, (lo, _), row_times, row_frames in zip(axes, rows, times, frames, strict=True):
         for t, frame in zip(row_times, row_frames, strict=True):
-            if frame is None:
-                continue
-            x = min(max((t - lo) / width, 0.0), 1.0 - size)
-            inset = ax.inset_axes((x, 1.04, size, 0.3))
-            inset.imshow(frame)
-            inset.set_axis_off()
-
-
-THUMBNAIL_SIDE = 64
+            if frame is not None:
+                inset = ax.inset_axes((min(max((t - lo) / width, 0.0), 1.0 - size), 1.04, size, 0.3))
+                inset.imshow(frame)
+                inset.set_axis_off()
 
 
 def _frame_at(stream: VideoStream, t: float) -> np.ndarray | None:
@@ -767,20 +663,14 @@ def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                      stop_after: int | None = None, env: Dist | None = None, runtime: str | Optimized = "torch",
                      **kwargs: Any) -> dict[str, Any] | None:
-    """:func:`timeline_video` for every video of a listing, one sub-folder each (``<row>-<file stem>``), as a task of
-    the dataset-job driver (:func:`vivit.tasks.run.run_job`: ``run.json``, the lock, ``torchrun`` shards); rank 0
-    writes ``timelines.json`` (every video's folder and outcome).
+    """:func:`timeline_video` for every video of a listing (anything :func:`vivit.data.read_listing` reads; labels are
+    ignored) into a sub-folder of ``out`` each (``<row>-<file stem>``), as a task of :func:`vivit.tasks.run.run_job`
+    (``run.json``, the lock, ``torchrun`` shards; a run with the same settings is continued, each video where it
+    stopped); rank 0 writes ``timelines.json`` (every video's folder and outcome).
 
-    Args:
-        listing: Anything :func:`vivit.data.read_listing` reads (labels are ignored).
-        model: A model or a name.
-        out: Output folder; a run with the same settings is continued (each video where it stopped).
-        device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
-        dtype: Cast the weights (``"bfloat16"`` ...).
-        stop_after: Leave after this many new windows of a video (testing resumption); returns ``None``.
-        env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it).
-        runtime: As in :func:`timeline_video`; the model is optimized once for every video.
-        **kwargs: The other arguments of :func:`timeline_video`.
+    ``model`` is a model or a name; ``device`` defaults to ``cuda:LOCAL_RANK`` when available, else CPU; ``env`` is a
+    :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it); ``runtime`` optimizes the
+    model once for every video; ``dtype``, ``stop_after`` (per video) and ``**kwargs`` are :func:`timeline_video`'s.
 
     Returns:
         ``{"videos": [...], "num_failed"}`` on rank 0; ``None`` on other ranks and when stopped early.
