@@ -247,12 +247,8 @@ def run_job(listing: str | Path, model: torch.nn.Module | str, out: str | Path, 
 
 
 def _gathered(env: Dist, mine: dict[int, Any], into: dict[int, Any]) -> dict[int, Any]:
-    """``into`` with every rank's ``mine`` added (an index already there keeps its value)."""
-    merged = dict(into)
-    for part in env.all_gather_object(mine):
-        for i, value in part.items():
-            merged.setdefault(i, value)
-    return merged
+    """``into`` with every rank's ``mine`` added (an index already there keeps its value, a lower rank's wins)."""
+    return {i: value for part in reversed(env.all_gather_object(mine)) for i, value in part.items()} | into
 
 
 def _loop(run: Run, task: Task, mine: list[int]) -> dict[int, Any] | None:
