@@ -60,7 +60,7 @@ class _Head:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> _Head:
-        """One part unless ``class_splits`` says more, named by the package's label files (``…_nouns.txt``: nouns)."""
+        """One part unless ``class_splits`` says more, named by the package's label files (``*_nouns.txt``: nouns)."""
         cfg = getattr(model, "pretrained_cfg", None) or {}
         num = int(model.num_classes)
         splits = [int(s) for s in cfg.get("class_splits") or [num]]
