@@ -24,8 +24,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from vivit.zoo import ARCHS, PRETRAINED, list_models  # the zoo is data: listing it loads neither torch nor timm
 
     names = list_models(args.filter or "", pretrained=args.pretrained)
-    if not names:
-        raise ValueError(_nothing_matches(args.filter, list_models(pretrained=args.pretrained)))
+    if not names:  # the closest names and how to see them all
+        stem, every = args.filter.strip("*?[]"), list_models(pretrained=args.pretrained)
+        close = difflib.get_close_matches(stem, every, n=5, cutoff=0.3) if stem else []
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise ValueError(f"no model matches {args.filter!r}.{hint} Run `vivit list` (all architectures) or `vivit list "
+                         "--pretrained`.")
     if args.json:
         rows = [PRETRAINED[n].to_dict() if n in PRETRAINED else {"architecture": n, **ARCHS[n]} for n in names]
         print(json.dumps(rows, indent=2, default=list, allow_nan=False))
@@ -34,18 +38,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nothing_matches(pattern: str, names: Sequence[str]) -> str:
-    """What ``vivit list PATTERN`` says when PATTERN matches no name: the closest names and how to see them all."""
-    stem = pattern.strip("*?[]")
-    close = difflib.get_close_matches(stem, names, n=5, cutoff=0.3) if stem else []
-    hint = f" Closest: {', '.join(close)}." if close else ""
-    return f"no model matches {pattern!r}.{hint} Run `vivit list` (all architectures) or `vivit list --pretrained`."
-
-
 def _load_source(args: argparse.Namespace):
     """Build the model ``convert`` saves: a tag / hf-hub name, or a file with --arch or --scenic-config."""
     import vivit
     from vivit.weights.build import build
+    from vivit.weights.fit import last_load
     from vivit.weights.read import detect_format
     from vivit.weights.source import parse_source
 
@@ -66,21 +63,8 @@ def _load_source(args: argparse.Namespace):
     if not args.arch:
         raise SystemExit(f"vivit convert: {args.source} needs --arch NAME (a registered architecture) or "
                          "--scenic-config CONFIG.json to say what model the weights belong to")
-    return _load_into_arch(args, source, overrides)
-
-
-def _load_into_arch(args: argparse.Namespace, source, overrides: dict):
-    """Weights with no config of their own (the parsed ``source``) into ``--arch``: the head size comes from the
-    weights.
-
-    A head of another size is replaced only when ``--num-classes`` asks for it; positional embeddings that do not fit
-    the architecture's token grid are resampled only to an explicit ``--num-frames`` / ``--img-size`` (and printed),
-    and are an error otherwise.
-    """
-    from vivit.weights.build import build
-    from vivit.weights.fit import last_load
-    from vivit.weights.source import parse_source
-
+    # Weights with no config of their own into --arch: the head size is the weights' (another only with
+    # --num-classes); positional embeddings that do not fit are resampled only to an explicit --num-frames/--img-size.
     model = build(parse_source(args.arch), source, num_classes=args.num_classes, force_download=args.force_download,
                   **overrides)
     report = last_load(model)
@@ -542,20 +526,18 @@ def _dataset_job(args: argparse.Namespace, job, own: dict[str, object], **more: 
     """``job`` (``evaluate_dataset`` / ``extract_features``) run with its own settings ``own`` (and ``more``), the
     model and one :class:`~vivit.tasks.run.RunOptions` built from the flags; a resume with other settings than the
     folder's ``run.json`` shows is refused before the model is loaded."""
+    import dataclasses
+
     from vivit.tasks.run import OtherSettings, RunOptions, check_settings
 
     if os.environ.get("RANK", "0") == "0":  # progress lines on rank 0 (the other ranks only warn)
         logging.getLogger("vivit.tasks").setLevel(logging.INFO)
     int8 = args.dtype == "int8"  # the int8 model is made once the model is loaded; the run records "int8"
-    fields: dict[str, object] = dict(
-        views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        dtype=None if int8 else resolve_dtype(args.dtype, args.device, args.command),
-        backend="openvino" if int8 else args.backend, decoder=args.decoder,
-        token_merging=args.token_merging, compile=args.compile, video_root=args.video_root,
-        log_every=args.log_every, stop_after=args.stop_after)
-    if args.pattern is not None:  # only when given: the library has the default
-        fields["pattern"] = args.pattern
-    options = RunOptions(**fields)
+    # every flag named as a field (--pattern only when given: the library has the default)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)
+              if getattr(args, f.name, None) is not None}
+    options = RunOptions(**{**fields, "dtype": None if int8 else resolve_dtype(args.dtype, args.device, args.command),
+                            "backend": "openvino" if int8 else args.backend})
     try:  # the flags against the folder's run.json: bad usage, found before the model is built
         check_settings(args.out, options, **own)
     except OtherSettings as err:
