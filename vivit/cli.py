@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import logging
 import math
@@ -23,8 +24,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from vivit.zoo import ARCHS, PRETRAINED, list_models  # the zoo is data: listing it loads neither torch nor timm
 
     names = list_models(args.filter or "", pretrained=args.pretrained)
-    if not names:
-        raise ValueError(_nothing_matches(args.filter, list_models(pretrained=args.pretrained)))
+    if not names:  # the closest names and how to see them all
+        stem, every = args.filter.strip("*?[]"), list_models(pretrained=args.pretrained)
+        close = difflib.get_close_matches(stem, every, n=5, cutoff=0.3) if stem else []
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise ValueError(f"no model matches {args.filter!r}.{hint} Run `vivit list` (all architectures) or `vivit list "
+                         "--pretrained`.")
     if args.json:
         rows = [PRETRAINED[n].to_dict() if n in PRETRAINED else {"architecture": n, **ARCHS[n]} for n in names]
         print(json.dumps(rows, indent=2, default=list, allow_nan=False))
@@ -33,18 +38,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nothing_matches(pattern: str, names: Sequence[str]) -> str:
-    """What ``vivit list PATTERN`` says when PATTERN matches no name: the closest names and how to see them all."""
-    stem = pattern.strip("*?[]")
-    close = difflib.get_close_matches(stem, names, n=5, cutoff=0.3) if stem else []
-    hint = f" Closest: {', '.join(close)}." if close else ""
-    return f"no model matches {pattern!r}.{hint} Run `vivit list` (all architectures) or `vivit list --pretrained`."
-
-
 def _load_source(args: argparse.Namespace):
     """Build the model ``convert`` saves: a tag / hf-hub name, or a file with --arch or --scenic-config."""
     import vivit
     from vivit.weights.build import build
+    from vivit.weights.fit import last_load
     from vivit.weights.read import detect_format
     from vivit.weights.source import parse_source
 
@@ -65,21 +63,8 @@ def _load_source(args: argparse.Namespace):
     if not args.arch:
         raise SystemExit(f"vivit convert: {args.source} needs --arch NAME (a registered architecture) or "
                          "--scenic-config CONFIG.json to say what model the weights belong to")
-    return _load_into_arch(args, source, overrides)
-
-
-def _load_into_arch(args: argparse.Namespace, source, overrides: dict):
-    """Weights with no config of their own (the parsed ``source``) into ``--arch``: the head size comes from the
-    weights.
-
-    A head of another size is replaced only when ``--num-classes`` asks for it; positional embeddings that do not fit
-    the architecture's token grid are resampled only to an explicit ``--num-frames`` / ``--img-size`` (and printed),
-    and are an error otherwise.
-    """
-    from vivit.weights.build import build
-    from vivit.weights.fit import last_load
-    from vivit.weights.source import parse_source
-
+    # Weights with no config of their own into --arch: the head size is the weights' (another only with
+    # --num-classes); positional embeddings that do not fit are resampled only to an explicit --num-frames/--img-size.
     model = build(parse_source(args.arch), source, num_classes=args.num_classes, force_download=args.force_download,
                   **overrides)
     report = last_load(model)
@@ -121,14 +106,6 @@ BACKEND_HELP = ("what runs the model: auto (OpenVINO on CPU when installed, pip 
 EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "stopped": 3, "interrupted": 130}
 
 
-def _progress(items: Sequence, desc: str):
-    """tqdm over ``items`` when stderr is a terminal and tqdm is installed; the plain sequence otherwise."""
-    from vivit.progress import progress_bar
-
-    bar = progress_bar(items, desc=desc, unit="video", leave=False)
-    return items if bar is None else bar
-
-
 def load_model_for_cli(name: str, **kwargs: object):
     """A model from a tag/arch name, ``hf-hub:`` name, or a local folder, in eval mode; one-line errors for the CLI
     (``kwargs`` go to the builder)."""
@@ -147,39 +124,36 @@ def load_model_for_cli(name: str, **kwargs: object):
     return model.eval()
 
 
-def check_model_flags(args: argparse.Namespace) -> str | None:
-    """What the ``--model`` would refuse of ``--token-merging`` / ``--drop-static``, found from its config alone (the
-    zoo's data, a folder's or Hub repo's ``config.json``) before any weights are read: the line to print, or ``None``.
+def _model_from_flags(args: argparse.Namespace, **kwargs: object):
+    """The ``--model`` of a command (:func:`load_model_for_cli`) with ``--drop-static`` set.
 
-    A config that cannot be read is the load's own error (raised as :func:`load_model_for_cli` raises it); a source
-    whose config only its weights tell (a bare file) is checked by the model once loaded.
+    What the model would refuse of ``--token-merging`` / ``--drop-static`` is found first from its config alone (the
+    zoo's data, a folder's or Hub repo's ``config.json``): bad usage, before any weights are read. A source whose
+    config only its weights tell (a bare file) is checked by the model once loaded.
     """
-    if not args.token_merging and not args.drop_static:
-        return None  # nothing to check: no config is fetched
-    from vivit.model.args import check_token_merging, static_refusal
-    from vivit.weights.load import peek_model_args
-    from vivit.weights.source import parse_source
-
-    source = parse_source(args.model, folder_first=True)
-    try:
-        model_args = peek_model_args(source, force_download=args.force_download)
-    except (RuntimeError, FileNotFoundError, OSError) as err:
+    if args.token_merging or args.drop_static:  # else no config is fetched
         from vivit.files import first_line
+        from vivit.model.args import check_token_merging, static_refusal
+        from vivit.weights.load import peek_model_args
+        from vivit.weights.source import parse_source
 
-        raise RuntimeError(f"cannot load {args.model}: {first_line(err)} — {OFFLINE_HINT}") from None
-    if model_args is None:
-        return None
-    if args.drop_static and (refusal := static_refusal(model_args["variant"], model_args["embedding"])):
-        return f"--drop-static: {args.model}: {refusal}"
-    try:
-        check_token_merging(model_args, args.token_merging)
-    except ValueError as err:
-        return f"--token-merging {_merging_text(args.token_merging)}: {args.model}: {err}"
-    return None
-
-
-def _merging_text(r: object) -> str:
-    return str(r).replace(" ", "")
+        source = parse_source(args.model, folder_first=True)
+        try:
+            model_args = peek_model_args(source, force_download=args.force_download)
+        except (RuntimeError, FileNotFoundError, OSError) as err:
+            raise RuntimeError(f"cannot load {args.model}: {first_line(err)} — {OFFLINE_HINT}") from None
+        if model_args is not None:
+            if args.drop_static and (refusal := static_refusal(model_args["variant"], model_args["embedding"])):
+                raise UsageError(f"--drop-static: {args.model}: {refusal}")
+            try:
+                check_token_merging(model_args, args.token_merging)
+            except ValueError as err:
+                merging = str(args.token_merging).replace(" ", "")
+                raise UsageError(f"--token-merging {merging}: {args.model}: {err}") from None
+    model = load_model_for_cli(args.model, force_download=args.force_download, **kwargs)
+    if args.drop_static:
+        model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
+    return model
 
 
 def _integer(low: int = 1, most: int | None = None):
@@ -208,10 +182,6 @@ def _seconds(text: str, zero: bool = False) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds {'from 0 to' if zero else 'above 0 and at most'}"
                                          f" 1e6, got {text[:30]}")
     return value
-
-
-def _seconds_or_zero(text: str) -> float:
-    return _seconds(text, zero=True)
 
 
 def _token_merging(text: str) -> int | tuple | list:
@@ -277,8 +247,6 @@ def _model_runtime(args: argparse.Namespace, command: str, model):
     its one line)."""
     from vivit.tasks.runtime import setup_runtime
 
-    if args.drop_static:
-        model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
     logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
     if args.dtype == "int8":
         dtype, backend = None, _int8_model(args, model)
@@ -341,19 +309,21 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     import time
 
     from vivit.data.video import parse_views
+    from vivit.progress import progress_bar
     from vivit.tasks.predict import default_views, predict_video, top_k
 
-    if refused := check_model_flags(args):
-        raise UsageError(refused)
-    model = load_model_for_cli(args.model, force_download=args.force_download)
+    model = _model_from_flags(args)
     views = parse_views(args.views) if args.views else default_views(model)
-    print(_classify_plan(args.model, model, views), file=sys.stderr, flush=True)
+    c, t, (h, w) = model.in_chans, model.num_frames, model.img_size  # what runs (the runtime's line: dtype, device)
+    print(f"vivit classify: {args.model}, {views[0]}x{views[1]} views ({_count(views[0] * views[1], 'clip')} of "
+          f"{c}x{t}x{h}x{w}) per video", file=sys.stderr, flush=True)
     runtime = _model_runtime(args, "classify", model)
     model, run = runtime.model, runtime.fn
     labels = model.pretrained_cfg.get("label_names")
     class_splits = model.pretrained_cfg.get("class_splits")
     failed = 0
-    for path in _progress(args.videos, "classifying"):
+    bar = progress_bar(args.videos, desc="classifying", unit="video", leave=False)
+    for path in args.videos if bar is None else bar:
         start = time.perf_counter()
         try:
             logits = predict_video(model, path, views, args.batch_size, device=args.device, run=run)
@@ -377,14 +347,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if failed:
         print(f"vivit classify: {failed} of {len(args.videos)} videos failed", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _classify_plan(name: str, model, views: tuple[int, int]) -> str:
-    """One line saying what ``classify`` is about to run: model, views and clip size (the runtime's line says the
-    dtype and device)."""
-    c, t, (h, w) = model.in_chans, model.num_frames, model.img_size
-    return (f"vivit classify: {name}, {views[0]}x{views[1]} views ({_count(views[0] * views[1], 'clip')} of "
-            f"{c}x{t}x{h}x{w}) per video")
 
 
 def _count(n: int, noun: str) -> str:
@@ -525,17 +487,10 @@ CLASSIFY_TIMING = (
 STOPPED_EXIT_CODE = EXIT_STATUS["stopped"]  # --stop-after: the run left early, as a killed job would; run again
 
 
-def _dataset_logging() -> None:
-    """Progress lines of ``evaluate`` / ``extract`` on rank 0 (the other ranks only warn)."""
-    if os.environ.get("RANK", "0") == "0":
-        logging.getLogger("vivit.tasks").setLevel(logging.INFO)
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from vivit.tasks.evaluate import evaluate_dataset
 
-    model, options = _dataset_job(args, "evaluate", {})
-    report = evaluate_dataset(args.listing, model, args.out, options)
+    report = _dataset_job(args, evaluate_dataset, {})
     if report is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
     # An unlabelled listing has no accuracy: its summary says so instead of printing "top1 None".
@@ -552,9 +507,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if args.layer is not None and args.token_merging:
         return _usage("extract", "--layer features are one block's tokens, which token merging changes from block "
                                  "to block: drop --token-merging, or --layer for the pooled pre-logits")
-    own = dict(per_clip=args.per_clip, layer=args.layer)
-    model, options = _dataset_job(args, "extract", own)
-    index = extract_features(args.listing, model, args.out, options, shard_size=args.shard_size, **own)
+    index = _dataset_job(args, extract_features, {"per_clip": args.per_clip, "layer": args.layer},
+                         shard_size=args.shard_size)
     if index is None:
         return STOPPED_EXIT_CODE if args.stop_after else EXIT_STATUS["ok"]
     print(f"{_count(index['num_extracted'], 'video')}, {index['dim']}-d features -> {args.out / 'index.json'} "
@@ -568,34 +522,30 @@ def _usage(command: str, message: str) -> int:
     return EXIT_STATUS["usage"]
 
 
-def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object]):
-    """The model of ``evaluate`` / ``extract`` and their :class:`~vivit.tasks.run.RunOptions`, built once from the
-    flags; a resume with other settings that the folder's ``run.json`` shows is refused before the model is loaded."""
+def _dataset_job(args: argparse.Namespace, job, own: dict[str, object], **more: object):
+    """``job`` (``evaluate_dataset`` / ``extract_features``) run with its own settings ``own`` (and ``more``), the
+    model and one :class:`~vivit.tasks.run.RunOptions` built from the flags; a resume with other settings than the
+    folder's ``run.json`` shows is refused before the model is loaded."""
+    import dataclasses
+
     from vivit.tasks.run import OtherSettings, RunOptions, check_settings
 
-    _dataset_logging()
+    if os.environ.get("RANK", "0") == "0":  # progress lines on rank 0 (the other ranks only warn)
+        logging.getLogger("vivit.tasks").setLevel(logging.INFO)
     int8 = args.dtype == "int8"  # the int8 model is made once the model is loaded; the run records "int8"
-    fields: dict[str, object] = dict(
-        views=args.views, batch_size=args.batch_size, workers=args.workers, device=args.device,
-        dtype=None if int8 else resolve_dtype(args.dtype, args.device, command),
-        backend="openvino" if int8 else args.backend, decoder=args.decoder,
-        token_merging=args.token_merging, compile=args.compile, video_root=args.video_root,
-        log_every=args.log_every, stop_after=args.stop_after)
-    if args.pattern is not None:  # only when given: the library has the default
-        fields["pattern"] = args.pattern
-    options = RunOptions(**fields)
+    # every flag named as a field (--pattern only when given: the library has the default)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)
+              if getattr(args, f.name, None) is not None}
+    options = RunOptions(**{**fields, "dtype": None if int8 else resolve_dtype(args.dtype, args.device, args.command),
+                            "backend": "openvino" if int8 else args.backend})
     try:  # the flags against the folder's run.json: bad usage, found before the model is built
         check_settings(args.out, options, **own)
     except OtherSettings as err:
         raise UsageError(_collapse(err)) from None
-    if refused := check_model_flags(args):
-        raise UsageError(refused)
-    model = load_model_for_cli(args.model, force_download=args.force_download)
-    if args.drop_static:
-        model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
+    model = _model_from_flags(args)
     if int8:
-        options = RunOptions.of(options, {"backend": _int8_model(args, model, pre_logits=command == "extract")})
-    return model, options
+        options = RunOptions.of(options, {"backend": _int8_model(args, model, pre_logits=args.command == "extract")})
+    return job(args.listing, model, args.out, options, **own, **more)
 
 
 def _report_failures(failed: Sequence[dict], total: int) -> int:
@@ -622,13 +572,11 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     from vivit.tasks.timeline import timeline_listing, timeline_video
 
     logging.getLogger("vivit.tasks.timeline").setLevel(logging.INFO)
-    if refused := check_model_flags(args):
-        raise UsageError(refused)
     source = args.input
     live = is_url(source)
     listing = not live and (Path(source).is_dir() or Path(source).suffix.lower() in (".csv", ".txt", ".tsv", ".list"))
     _check_timeline_resume(args, listing)
-    runtime = _model_runtime(args, "timeline", load_model_for_cli(args.model, force_download=args.force_download))
+    runtime = _model_runtime(args, "timeline", _model_from_flags(args))
     model = runtime.model
     options = dict(step=args.step, window_stride=args.window_stride, crops=args.crops, batch_size=args.batch_size,
                    top_k=args.top_k, smooth=args.smooth, min_segment=args.min_segment, stop_after=args.stop_after,
@@ -707,29 +655,6 @@ class _DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _add_dataset_parser(sub: argparse._SubParsersAction, name: str, summary: str, description: str):
-    """The ``evaluate`` / ``extract`` sub-command with the arguments both take; defaults shown in ``--help``."""
-    p = sub.add_parser(name, help=summary, description=description, epilog=DATASET_EPILOG,
-                       formatter_class=_DefaultsFormatter)
-    p.add_argument("listing", type=Path, help="CSV (path,label), Kinetics CSV, folder per class, or a list of files")
-    _add_model_args(p, required=True)
-    p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
-    p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
-    p.add_argument("--batch-size", type=_integer(), default=16,
-                   help="views per forward pass (views of several videos share one)")
-    p.add_argument("--workers", type=_integer(0, MAX_WORKERS), default=2, help="decoding processes per rank")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
-                   help="video decoder (auto: PyAV when installed, else torchcodec)")
-    p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
-    p.add_argument("--pattern", default=None, help="file name of a Kinetics CSV row, str.format over its columns "
-                                                   f"(default: {KINETICS_PATTERN_HELP})")
-    p.add_argument("--log-every", type=_integer(), default=100, help="videos between progress lines (no TTY)")
-    p.add_argument("--stop-after", type=_integer(), help="leave after N videos per rank (exit status 3), as a "
-                                                            "killed job would; for testing resumption")
-    return p
-
-
 # vivit.data.KINETICS_PATTERN, written out so that building the parser imports no torch (a test holds them equal)
 KINETICS_PATTERN_HELP = "{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 MAX_WORKERS = 16  # vivit.tasks.run.MAX_WORKERS, written out for the same reason (a test holds them equal)
@@ -764,27 +689,42 @@ def _add_task_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
-    """``evaluate`` and ``extract``."""
-    p = _add_dataset_parser(sub, "evaluate", "evaluate on a labelled listing of videos: predictions.jsonl, report.json "
-                            "(top-1/5, per class, failures), confusion matrix; resumable, torchrun-ready",
-                            "Evaluate a model on every video of a listing with multi-view averaging, as the paper "
-                            "reports its accuracies: writes predictions.jsonl, logits.npy, report.json (top-1/5, mean "
-                            "class accuracy, failed videos), per_class.csv and confusion.png into --out. A run stopped "
-                            "midway continues when started again with the same inputs and --out; torchrun "
-                            "--nproc_per_node N -m vivit evaluate ... splits the videos over N processes.")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = _add_dataset_parser(sub, "extract", "pooled pre-logits features of a listing into safetensors shards + "
-                            "index.json", "Extract pooled pre-logits features (or the token mean of one block with "
-                            "--layer) of every video of a listing, averaged over the views or one per view "
-                            "(--per-clip), into safetensors shards under --out/shards and --out/index.json "
-                            "(vivit.tasks.extract.load_features reads them back). Resumable and torchrun-ready like "
-                            "evaluate.")
+    """``evaluate`` and ``extract``, with the arguments both take; defaults shown in ``--help``."""
+    for name, func, summary, description in (
+        ("evaluate", _cmd_evaluate, "evaluate on a labelled listing of videos: predictions.jsonl, report.json "
+         "(top-1/5, per class, failures), confusion matrix; resumable, torchrun-ready", "Evaluate a model on every "
+         "video of a listing with multi-view averaging, as the paper reports its accuracies: writes predictions.jsonl, "
+         "logits.npy, report.json (top-1/5, mean class accuracy, failed videos), per_class.csv and confusion.png into "
+         "--out. A run stopped midway continues when started again with the same inputs and --out; torchrun "
+         "--nproc_per_node N -m vivit evaluate ... splits the videos over N processes."),
+        ("extract", _cmd_extract, "pooled pre-logits features of a listing into safetensors shards + index.json",
+         "Extract pooled pre-logits features (or the token mean of one block with --layer) of every video of a "
+         "listing, averaged over the views or one per view (--per-clip), into safetensors shards under --out/shards "
+         "and --out/index.json (vivit.tasks.extract.load_features reads them back). Resumable and torchrun-ready like "
+         "evaluate.")):
+        p = sub.add_parser(name, help=summary, description=description, epilog=DATASET_EPILOG,
+                           formatter_class=_DefaultsFormatter)
+        p.add_argument("listing", type=Path,
+                       help="CSV (path,label), Kinetics CSV, folder per class, or a list of files")
+        _add_model_args(p, required=True)
+        p.add_argument("--out", type=Path, required=True, help="output folder (a run stopped midway is continued)")
+        p.add_argument("--views", default=None, help="temporal x spatial views, e.g. 4x3 (default: the model's)")
+        p.add_argument("--batch-size", type=_integer(), default=16,
+                       help="views per forward pass (views of several videos share one)")
+        p.add_argument("--workers", type=_integer(0, MAX_WORKERS), default=2, help="decoding processes per rank")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model")
+        p.add_argument("--decoder", choices=("auto", "pyav", "torchcodec"), default="auto",
+                       help="video decoder (auto: PyAV when installed, else torchcodec)")
+        p.add_argument("--video-root", type=Path, help="folder of a Kinetics CSV's videos (default: the CSV's folder)")
+        p.add_argument("--pattern", default=None, help="file name of a Kinetics CSV row, str.format over its columns "
+                                                       f"(default: {KINETICS_PATTERN_HELP})")
+        p.add_argument("--log-every", type=_integer(), default=100, help="videos between progress lines (no TTY)")
+        p.add_argument("--stop-after", type=_integer(), help="leave after N videos per rank (exit status 3), as a "
+                                                                "killed job would; for testing resumption")
+        p.set_defaults(func=func)
     p.add_argument("--per-clip", action="store_true", help="one feature per view instead of the mean over views")
     p.add_argument("--layer", type=int, help="token mean of this block's output instead of the pre-logits")
     p.add_argument("--shard-size", type=_integer(), default=1024, help="videos per shard file")
-    p.set_defaults(func=_cmd_extract)
-
 
 
 def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
@@ -808,7 +748,7 @@ def _add_timeline_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views per window")
     p.add_argument("--top-k", type=_integer(), default=5, help="labels per window")
     p.add_argument("--smooth", type=_integer(), default=1, help="average scores over N windows before segmenting")
-    p.add_argument("--min-segment", type=_seconds_or_zero, default=0.0,
+    p.add_argument("--min-segment", type=functools.partial(_seconds, zero=True), default=0.0,
                    help="seconds: shorter segments join a neighbour")
     p.add_argument("--batch-size", type=_integer(1, 256), default=8, help="windows per forward pass")
     p.add_argument("--print", action="store_true", help="print each window's labels as it is classified (always "

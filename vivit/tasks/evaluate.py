@@ -1,36 +1,31 @@
-"""Whole datasets: evaluate a classifier on every video of a listing (feature extraction: ``vivit.tasks.extract``).
+"""Evaluate a classifier on every video of a listing, as a task of the dataset-job driver ``vivit.tasks.run`` (one
+process or ``torchrun --nproc_per_node N``, whose rank 0 writes what a single process would).
 
-Both jobs run in the driver ``vivit.tasks.run`` (one process or ``torchrun --nproc_per_node N``: rank 0 writes the
-merged outputs, identical to those of a single-process run); evaluation is the task here: its targets and report.
-
-**evaluate** (:func:`evaluate_dataset`) writes into ``out``:
+:func:`evaluate_dataset` writes into ``out``:
 
 - ``predictions.jsonl``: one line per video as it is done (``index`` in the listing, ``path``, ``label``, ``status``
-  ``ok``/``failed``, top-5 or the failure ``reason``, ``logits_row``); ranks of a distributed run write
-  ``predictions.rank<r>.jsonl`` and rank 0 merges them at the end. The finished file is in listing order.
+  ``ok``/``failed``, top-5 or the failure ``reason``, ``logits_row``); the ranks of a distributed run write
+  ``predictions.rank<r>.jsonl``, merged at the end. The finished file is in listing order.
 - ``logits.npy``: ``(num_videos, num_classes)`` float32 view-averaged logits, row = listing index (NaN: failed).
 - ``report.json``: ``top1``, ``top5``, ``mean_class_accuracy`` (percent, over the videos that could be read),
   ``top1_failed_as_wrong``, ``num_videos``, ``num_labelled``, ``num_evaluated``, ``num_failed``, ``failed`` (path and
-  one-line reason each), ``views``, ``model``, ``dtype``; for a split head (EPIC-Kitchens: nouns | verbs) ``parts``
-  with each part's top-1/top-5/mean class accuracy; ``top1`` / ``top5`` are then the *action* accuracies (every part
-  right, within its top 5) and ``mean_class_accuracy`` the mean over the parts.
-- ``per_class.csv`` (per-class accuracy and the class each one is most confused with) and ``confusion.png``
-  (row-normalised confusion matrix; needs matplotlib).
+  reason each), ``views``, ``model``, ``dtype``; a split head (EPIC-Kitchens: nouns | verbs) adds ``parts`` (each
+  part's figures), and ``top1`` / ``top5`` are then the *action* accuracies (every part right).
+- ``per_class.csv`` (per-class accuracy, the class each is most confused with) and ``confusion.png`` (row-normalised;
+  needs matplotlib).
 
-A video that cannot be decoded, or whose logits are not finite, is a failed video with its reason. A run killed
-midway and started again with the same ``out`` continues where it stopped (``run.json`` holds the inputs it must
-keep, see ``vivit.tasks.run``) and ends with the same report as an uninterrupted run. On a resume
-``predictions.jsonl`` and ``logits.npy`` are checked against each other: a video recorded as done whose logits row is
-missing or not finite is evaluated again; a file that is not what this module writes is refused, naming it, and so
-is a folder holding these files but no ``run.json`` (its settings are unknown).
+A video that cannot be decoded, or whose logits are not finite, is failed with its reason. A run started again with
+the same ``out`` continues where it stopped and ends with the same report. On a resume a video recorded as done whose
+logits row is missing or not finite is evaluated again; a file that is not what this module writes is refused,
+naming it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +43,7 @@ from vivit.tasks.run import Run, RunOptions, Task, run_job
 _logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
+RANK_PREDICTIONS = "predictions.rank*.jsonl"
 REPORT = "report.json"
 LOGITS = "logits.npy"
 SPLIT_SEPARATOR = "|"  # a split head's label: one label per part, in logit order ("noun|verb" for EPIC-Kitchens)
@@ -62,72 +58,62 @@ class _Head:
     names: list[str]
     parts: list[str]
 
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> _Head:
+        """One part unless ``class_splits`` says more, named by the package's label files (``*_nouns.txt``: nouns)."""
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        num = int(model.num_classes)
+        splits = [int(s) for s in cfg.get("class_splits") or [num]]
+        if sum(splits) != num:
+            raise ValueError(f"pretrained_cfg class_splits {splits} do not add up to the head's {num} classes")
+        label_set = cfg.get("label_set") or ""
+        if len(splits) == 1:
+            parts = ["classes"]
+        elif label_set and len(files := LABEL_SETS.get(label_set, ())) == len(splits):
+            parts = [Path(f).stem.removeprefix(f"{label_set}_") for f in files]
+        else:
+            parts = [f"part{i}" for i in range(len(splits))]
+        return cls(splits, list(cfg.get("label_names") or [str(i) for i in range(num)]), parts)
 
-# ================================================================================================ labels
-def _class_parts(model: torch.nn.Module) -> _Head:
-    """The model's head as a :class:`_Head`; one part unless ``class_splits`` says more."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    num = int(model.num_classes)
-    splits = [int(s) for s in cfg.get("class_splits") or [num]]
-    if sum(splits) != num:
-        raise ValueError(f"pretrained_cfg class_splits {splits} do not add up to the head's {num} classes")
-    names = list(cfg.get("label_names") or [str(i) for i in range(num)])
-    parts = list(_split_names(cfg.get("label_set"), len(splits)))
-    return _Head(splits, names, parts)
+    @property
+    def offsets(self) -> list[int]:
+        return np.cumsum([0, *self.splits]).tolist()
 
-
-def _split_names(label_set: str | None, n: int) -> list[str]:
-    """Part names of a split head: the package label files' suffixes (``epic_kitchens100_nouns.txt`` -> nouns)."""
-    if n == 1:
-        return ["classes"]
-    files = LABEL_SETS.get(label_set or "", ())
-    if len(files) == n and label_set:
-        return [Path(f).stem.removeprefix(f"{label_set}_") for f in files]
-    return [f"part{i}" for i in range(n)]
-
-
-def _targets(labels: Sequence[str | None], where: Sequence[str], splits: Sequence[int], names: Sequence[str],
-             what: str) -> list[tuple[int, ...]]:
-    """Global logit index of each part's label, per row (``()`` for unlabelled rows)."""
-    offsets = np.cumsum([0, *splits]).tolist()
-    lookups = [class_index(names[offsets[p]:offsets[p + 1]], allow_indices=True) for p in range(len(splits))]
-    out: list[tuple[int, ...]] = []
-    bad: list[str] = []
-    for label, w in zip(labels, where, strict=True):
-        if label is None:
-            out.append(())
-            continue
-        pieces = label.split(SPLIT_SEPARATOR) if len(splits) > 1 else [label]
-        found = [lookups[p](piece.strip()) for p, piece in enumerate(pieces)] if len(pieces) == len(splits) else []
-        if not found or any(f is None for f in found):
-            bad.append(f"{w}: {label!r}")
-            out.append(())
-            continue
-        out.append(tuple(offsets[p] + int(f) for p, f in enumerate(found)))  # type: ignore[arg-type]
-    if bad:
-        form = (" (a split head: one label per part, '" + SPLIT_SEPARATOR.join(
-            f"<part {i} ({s} classes) label>" for i, s in enumerate(splits)) + "')" if len(splits) > 1 else "")
-        known = ", ".join(list(names)[:10]) + (" ..." if len(names) > 10 else "")
-        raise DataError(f"{what}: {len(bad)} rows have labels the model does not know{form}: {'; '.join(bad[:5])}. "
-                        f"The model's classes ({len(names)}): {known}; labels may be names or class indices")
-    return out
+    def targets(self, labels: list[str | None], where: list[str], what: str) -> list[tuple[int, ...]]:
+        """Global logit index of each part's label, per row (``()`` for unlabelled rows); unknown labels refused."""
+        offsets, splits, names = self.offsets, self.splits, self.names
+        lookups = [class_index(names[offsets[p]:offsets[p + 1]], allow_indices=True) for p in range(len(splits))]
+        out: list[tuple[int, ...]] = []
+        bad: list[str] = []
+        for label, w in zip(labels, where, strict=True):
+            if label is None:
+                out.append(())
+                continue
+            pieces = label.split(SPLIT_SEPARATOR) if len(splits) > 1 else [label]
+            found = [lookups[p](piece.strip()) for p, piece in enumerate(pieces)] if len(pieces) == len(splits) else []
+            if not found or None in found:
+                bad.append(f"{w}: {label!r}")  # refused below, so its target does not matter
+            out.append(tuple(offsets[p] + int(f) for p, f in enumerate(found) if f is not None))
+        if bad:
+            form = (" (a split head: one label per part, '" + SPLIT_SEPARATOR.join(
+                f"<part {i} ({s} classes) label>" for i, s in enumerate(splits)) + "')" if len(splits) > 1 else "")
+            shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+            raise DataError(f"{what}: {len(bad)} rows have labels the model does not know{form}: {'; '.join(bad[:5])}. "
+                            f"The model's classes ({len(names)}): {shown}; labels may be names or class indices")
+        return out
 
 
-# ================================================================================================ evaluate
 def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str | Path,
                      options: RunOptions | None = None, **kwargs: Any) -> dict[str, Any] | None:
     """Evaluate ``model`` on every video of ``listing`` with multi-view averaging; write the outputs of the module
     docstring into ``out``.
 
     Args:
-        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are class names of the model
-            (Kinetics CSVs spell them with spaces, folder trees often with ``_``: both match) or class indices; a
-            split head takes ``"noun|verb"``. Unlabelled rows get predictions only.
+        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are the model's class names (with
+            spaces or ``_``) or class indices; a split head takes ``"noun|verb"``. Unlabelled rows get predictions.
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
         out: Output folder; an existing one from an interrupted run with the same settings is continued.
-        options: How it runs (:class:`~vivit.tasks.run.RunOptions`: views, batch_size, workers, device, dtype,
-            backend, decoder, ...).
-        **kwargs: Fields of :class:`~vivit.tasks.run.RunOptions` instead (or on top of ``options``), e.g.
+        options: How it runs (:class:`~vivit.tasks.run.RunOptions`), and/or its fields as ``kwargs``, e.g.
             ``views="4x3", backend="openvino", decoder="pyav"``.
 
     Returns:
@@ -143,33 +129,46 @@ class _Evaluate(Task):
     """Targets from the labels, logits rows and prediction lines per video, the report at the end."""
 
     what = "evaluate"
-    outputs = (PREDICTIONS, "predictions.rank*.jsonl", LOGITS, REPORT)
+    outputs = (PREDICTIONS, RANK_PREDICTIONS, LOGITS, REPORT)
 
     def prepare(self, run: Run) -> dict[str, Any]:
-        self.head = _class_parts(run.model)
-        # The targets hold the labels (one index per part); unknown labels are refused before any work.
-        self.targets = _targets(run.rows.labels, run.rows.where, self.head.splits, self.head.names, str(run.listing))
+        self.head = _Head.of(run.model)
+        self.targets = self.head.targets(run.rows.labels, run.rows.where, str(run.listing))  # before any work
         return {"num_classes": int(run.model.num_classes)}
 
     def resume(self, run: Run) -> dict[int, _Result]:
+        """What this rank finds done; a video recorded ``ok`` whose logits row is not finite (the file deleted or
+        damaged) is evaluated again, never reported with NaN logits."""
         self.table = _open_logits(run.out / LOGITS, run.num, len(self.head.names), run.env)
-        done = _resume(run, self.table)
+        known = _read_predictions(run.out, run.rows.paths)
+        redo = [i for i, r in known.items() if r["status"] == "ok" and not np.isfinite(self.table[i]).all()]
+        if redo:
+            _logger.warning("%s: %d videos recorded in %s have no finite logits in %s (missing or damaged); "
+                            "evaluating them again", run.out, len(redo), PREDICTIONS, LOGITS)
         self.own = run.out / (PREDICTIONS if run.env.world_size == 1 else f"predictions.rank{run.env.rank}.jsonl")
         trim_torn_line(self.own)
         self.lines = open(self.own, "a", encoding="utf-8")
         self.new: dict[int, _Result] = {}
-        return done
+        return {i: (r, np.array(self.table[i]) if r["status"] == "ok" else None) for i, r in known.items()
+                if i not in redo}
 
     def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
-        done_now = [_prediction(i, path, run.rows.labels[i], logits, reason, self.head)
-                    for i, path, logits, reason in batch]
-        for index, _, row in done_now:
-            if row is not None:
-                self.table[index] = row
+        done = []
+        for i, path, logits, reason in batch:
+            entry: dict[str, Any] = {"index": i, "path": path, "label": run.rows.labels[i], "status": "ok"}
+            row = None
+            if logits is None:
+                entry.update(status="failed", reason=reason)
+            else:
+                mean = logits.mean(0)
+                tops = top_k(mean, 5, self.head.names, self.head.splits)
+                entry.update({"top5": tops[0]} if len(tops) == 1 else {"top5_by_split": tops}, logits_row=i)
+                row = self.table[i] = mean.numpy()
+            done.append((i, entry, row))
         self.table.flush()  # the batch's rows are on disk before the lines that point to them
-        for index, entry, row in done_now:
+        for i, entry, row in done:
             self.lines.write(json.dumps(entry) + "\n")
-            self.new[index] = (entry, row)
+            self.new[i] = (entry, row)
         self.lines.flush()
 
     def end(self, run: Run, completed: bool) -> dict[int, _Result]:
@@ -191,7 +190,7 @@ class _Evaluate(Task):
         if run.env.world_size > 1:
             self.own.unlink(missing_ok=True)
         if run.env.main:
-            for stale in run.out.glob("predictions.rank*.jsonl"):
+            for stale in run.out.glob(RANK_PREDICTIONS):
                 stale.unlink(missing_ok=True)
 
 
@@ -222,25 +221,11 @@ def _open_logits(path: Path, num: int, num_classes: int, env: Dist) -> np.ndarra
     return table
 
 
-def _resume(run: Run, table: np.ndarray) -> dict[int, _Result]:
-    """The videos this rank finds done, each with its logits row (``None``: failed); every rank reports what it found
-    (its node may not share the folder).
-
-    A video recorded ``ok`` whose row in ``logits.npy`` is not finite (the file was deleted or damaged) is not done:
-    it is evaluated again, never reported with NaN logits.
-    """
-    known = _read_predictions(run.out, run.rows.paths)
-    redo = [i for i, r in known.items() if r["status"] == "ok" and not np.isfinite(table[i]).all()]
-    if redo:
-        _logger.warning("%s: %d videos recorded in %s have no finite logits in %s (missing or damaged); evaluating "
-                        "them again", run.out, len(redo), PREDICTIONS, LOGITS)
-    return {i: (r, np.array(table[i]) if r["status"] == "ok" else None) for i, r in known.items() if i not in redo}
-
-
-def _read_predictions(out: Path, paths: Sequence[str]) -> dict[int, dict[str, Any]]:
-    """Records already written in ``out`` (this run's files and any rank's), skipping a last line a kill cut."""
+def _read_predictions(out: Path, paths: list[str]) -> dict[int, dict[str, Any]]:
+    """Records already written in ``out`` (this run's files and any rank's), checked against the listing; a last
+    line a kill cut is skipped."""
     found: dict[int, dict[str, Any]] = {}
-    for path in [out / PREDICTIONS, *sorted(out.glob("predictions.rank*.jsonl"))]:
+    for path in [out / PREDICTIONS, *sorted(out.glob(RANK_PREDICTIONS))]:
         if not path.exists():
             continue
         try:
@@ -250,105 +235,85 @@ def _read_predictions(out: Path, paths: Sequence[str]) -> dict[int, dict[str, An
                              "(its videos are then evaluated again) or pass another --out") from None
         lines = text.splitlines()
         for number, line in enumerate(lines, start=1):
-            entry = _parse_prediction(path, number, line, paths, torn=number == len(lines) and not text.endswith("\n"))
-            if entry is not None:
-                found.setdefault(entry["index"], entry)
+            try:
+                entry = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                if number == len(lines) and not text.endswith("\n"):
+                    continue  # torn by a kill
+                entry = None
+            index = entry.get("index") if isinstance(entry, dict) else None
+            if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(paths)
+                    and entry.get("path") == paths[index] and entry.get("status") in STATUSES
+                    and (isinstance(entry.get("reason"), str) if entry["status"] == "failed"
+                         else entry.get("logits_row") == index)):
+                raise ValueError(f"{path}:{number}: is not a prediction record of this run's listing (expected "
+                                 "index, path, status and a reason or logits_row, as vivit evaluate writes them); "
+                                 "delete the line (its video is then evaluated again) or pass another --out")
+            found.setdefault(index, entry)
     return found
-
-
-def _parse_prediction(path: Path, number: int, line: str, paths: Sequence[str], torn: bool) -> dict[str, Any] | None:
-    """One line of ``predictions.jsonl`` checked against the listing; ``None`` for a last line cut by a kill."""
-    try:
-        entry = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        if torn:
-            return None
-        entry = None
-    index = entry.get("index") if isinstance(entry, dict) else None
-    valid = (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(paths)
-             and entry.get("path") == paths[index] and entry.get("status") in STATUSES
-             and (isinstance(entry.get("reason"), str) if entry["status"] == "failed"
-                  else entry.get("logits_row") == index))
-    if not valid:
-        raise ValueError(f"{path}:{number}: is not a prediction record of this run's listing (expected index, path, "
-                         "status and a reason or logits_row, as vivit evaluate writes them); delete the line (its "
-                         "video is then evaluated again) or pass another --out")
-    return entry
-
-
-def _prediction(index: int, path: str, label: str | None, logits: torch.Tensor | None, reason: str | None,
-                head: _Head) -> tuple[int, dict[str, Any], np.ndarray | None]:
-    """``(index, predictions line, logits row)``; ``logits`` ``None``: failed for ``reason``."""
-    entry: dict[str, Any] = {"index": index, "path": path, "label": label, "status": "ok"}
-    if logits is None:
-        entry.update(status="failed", reason=reason)
-        return index, entry, None
-    row = logits.mean(0)
-    tops = top_k(row, 5, head.names, head.splits)
-    entry.update({"top5": tops[0]} if len(tops) == 1 else {"top5_by_split": tops})
-    entry["logits_row"] = index
-    return index, entry, row.numpy()
 
 
 def _report(entries: list[dict[str, Any]], table: np.ndarray, targets: list[tuple[int, ...]], head: _Head,
             settings: dict[str, Any], out: Path) -> dict[str, Any]:
     """Accuracy figures, per-class table and confusion matrix of the merged results."""
-    splits, names, part_names = head.splits, head.names, head.parts
     failed = [{"path": e["path"], "reason": e["reason"]} for e in entries if e["status"] == "failed"]
     labelled = [i for i, t in enumerate(targets) if t]
     scored = [i for i in labelled if entries[i]["status"] == "ok"]
-    offsets = np.cumsum([0, *splits]).tolist()
+    offsets = head.offsets
     parts: dict[str, dict[str, Any]] = {}
-    right1 = np.ones(len(scored), bool)
-    right5 = np.ones(len(scored), bool)
-    confusions, per_class_rows = [], []
-    for p, part in enumerate(part_names):
+    right1 = right5 = np.ones(len(scored), bool)
+    confusions, per_class = [], []
+    for p, part in enumerate(head.parts):
         lo, hi = offsets[p], offsets[p + 1]
         truth = np.array([targets[i][p] - lo for i in scored], dtype=np.int64)
         logits = table[scored, lo:hi] if scored else np.zeros((0, hi - lo), np.float32)
         ranked = np.argsort(-logits, axis=1, kind="stable")[:, :5]
         hit1, hit5 = ranked[:, 0] == truth, (ranked == truth[:, None]).any(1)
-        right1 &= hit1
-        right5 &= hit5
+        right1, right5 = right1 & hit1, right5 & hit5
         confusion = np.zeros((hi - lo, hi - lo), np.int64)
         np.add.at(confusion, (truth, ranked[:, 0]), 1)
         confusions.append(confusion)
-        per_class = _per_class(confusion, truth, hit5, names[lo:hi], part)
-        per_class_rows.extend(per_class)
-        present = [r["top1"] for r in per_class if r["videos"]]
-        parts[part] = {"top1": _pct(hit1.mean()) if len(scored) else None,
-                       "top5": _pct(hit5.mean()) if len(scored) else None,
-                       "mean_class_accuracy": round(float(np.mean(present)), 4) if present else None}
+        rows = _per_class(confusion, truth, hit5, head.names[lo:hi], part)
+        per_class.extend(rows)
+        parts[part] = {"top1": _pct(hit1, len(scored)), "top5": _pct(hit5, len(scored)),
+                       "mean_class_accuracy": _mean([r["top1"] for r in rows if r["videos"]])}
     report: dict[str, Any] = {
         "model": settings["model"], "views": settings["views"], "dtype": settings["dtype"],
         "token_merging": settings["token_merging"],
         "num_videos": len(entries), "num_labelled": len(labelled), "num_evaluated": len(entries) - len(failed),
-        "num_failed": len(failed),
-        "top1": _pct(right1.mean()) if scored else None, "top5": _pct(right5.mean()) if scored else None,
-        "mean_class_accuracy": parts[part_names[0]]["mean_class_accuracy"] if len(splits) == 1 else None,
-        "top1_failed_as_wrong": _pct(right1.sum() / len(labelled)) if labelled else None,
-        "failed": failed,
+        "num_failed": len(failed), "top1": _pct(right1, len(scored)), "top5": _pct(right5, len(scored)),
+        "mean_class_accuracy": parts[head.parts[0]]["mean_class_accuracy"] if len(parts) == 1 else None,
+        "top1_failed_as_wrong": _pct(right1, len(labelled)), "failed": failed,
     }
-    if len(splits) > 1:
+    if len(parts) > 1:
         # scenic's EPIC-Kitchens metrics: each part alone, and the "action" (every part right), which top1 reports.
-        report["mean_class_accuracy"] = round(float(np.mean([p["mean_class_accuracy"] for p in parts.values()
-                                                            if p["mean_class_accuracy"] is not None] or [0.0])), 4)
+        report["mean_class_accuracy"] = _mean([p["mean_class_accuracy"] for p in parts.values()
+                                               if p["mean_class_accuracy"] is not None] or [0.0])
         report["parts"] = parts
-        report["class_splits"] = list(splits)
+        report["class_splits"] = list(head.splits)
     report["per_class"] = report["confusion_png"] = None
     if labelled:  # an unlabelled listing (predictions only) has no per-class figures to draw
-        _write_per_class(out / "per_class.csv", per_class_rows)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, list(per_class[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(per_class)
+        write_text_atomic(out / "per_class.csv", text.getvalue())
         report["per_class"] = "per_class.csv"
-        report["confusion_png"] = _plot_confusion(out / "confusion.png", confusions, names, offsets, part_names)
+        report["confusion_png"] = _plot_confusion(out / "confusion.png", confusions, head)
     report["predictions"], report["logits"] = PREDICTIONS, LOGITS
     return report
 
 
-def _pct(value: float) -> float:
-    return round(100.0 * float(value), 4)
+def _pct(hits: Any, n: int) -> float | None:
+    """``hits`` (a count, or booleans) of ``n`` in percent; ``None`` of none."""
+    return round(100.0 * float(np.sum(hits) / n), 4) if n else None
 
 
-def _per_class(confusion: np.ndarray, truth: np.ndarray, hit5: np.ndarray, names: Sequence[str],
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _per_class(confusion: np.ndarray, truth: np.ndarray, hit5: np.ndarray, names: list[str],
                part: str) -> list[dict[str, Any]]:
     rows = []
     for c, name in enumerate(names):
@@ -357,26 +322,13 @@ def _per_class(confusion: np.ndarray, truth: np.ndarray, hit5: np.ndarray, names
         wrong[c] = 0
         other = int(wrong.argmax()) if wrong.any() else None
         rows.append({"part": part, "index": c, "class": name, "videos": videos,
-                     "top1": _pct(confusion[c, c] / videos) if videos else None,
-                     "top5": _pct(hit5[truth == c].mean()) if videos else None,
+                     "top1": _pct(confusion[c, c], videos), "top5": _pct(hit5[truth == c], videos),
                      "most_confused_with": names[other] if other is not None else "",
                      "confused": int(wrong[other]) if other is not None else 0})
     return rows
 
 
-def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, ["part", "index", "class", "videos", "top1", "top5", "most_confused_with",
-                                        "confused"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    write_atomic(path, write)
-
-
-def _plot_confusion(path: Path, confusions: list[np.ndarray], names: Sequence[str], offsets: Sequence[int],
-                    part_names: Sequence[str]) -> str | None:
+def _plot_confusion(path: Path, confusions: list[np.ndarray], head: _Head) -> str | None:
     """Row-normalised confusion matrices, one panel per part; ``None`` (and a log line) without matplotlib."""
     try:
         from matplotlib.figure import Figure
@@ -386,13 +338,13 @@ def _plot_confusion(path: Path, confusions: list[np.ndarray], names: Sequence[st
         return None
     size = max(5.0, min(16.0, 0.3 * max(c.shape[0] for c in confusions)))
     fig = Figure(figsize=(size * len(confusions), size), layout="constrained")
-    for p, (confusion, part) in enumerate(zip(confusions, part_names, strict=True)):
+    for p, (confusion, part) in enumerate(zip(confusions, head.parts, strict=True)):
         ax = fig.add_subplot(1, len(confusions), p + 1)
         rows = confusion.sum(1, keepdims=True)
         image = ax.imshow(confusion / np.maximum(rows, 1), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         k = confusion.shape[0]
         if k <= 40:
-            labels = list(names[offsets[p]:offsets[p + 1]])
+            labels = head.names[head.offsets[p]:head.offsets[p + 1]]
             ax.set_xticks(range(k), labels, rotation=90, fontsize=7)
             ax.set_yticks(range(k), labels, fontsize=7)
         ax.set(xlabel="predicted", ylabel="true", title=part if len(confusions) > 1 else "confusion (row-normalised)")

@@ -19,15 +19,8 @@ from vivit.model.vivit import ViViT
 
 
 def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
-    """Attention received per token of the last spatial attention layer.
-
-    Args:
-        model: A ViViT built with ``attn_impl="eager"``.
-        clip: One normalised clip ``(C, T, H, W)`` (or a batch of one).
-
-    Returns:
-        ``(t', h', w')`` heatmap on the model's token grid, scaled to ``[0, 1]``.
-    """
+    """Attention received per token of ``model``'s (built with ``attn_impl="eager"``) last spatial attention layer
+    on one normalised ``clip`` ``(C, T, H, W)`` (or a batch of one): a ``(t', h', w')`` heatmap scaled to ``[0, 1]``."""
     video = clip if clip.ndim == 5 else clip[None]
     if video.shape[0] != 1:
         raise ValueError(f"attention_heatmap explains one clip; got a batch of {video.shape[0]}")
@@ -43,12 +36,8 @@ def attention_heatmap(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
 
 
 def _last_spatial_attention(model: ViViT) -> str:
-    """Module name of the last attention layer that attends over space, found from the encoder's structure.
-
-    The blocks ``forward_intermediates`` walks (``encoder.intermediate_blocks``) are the spatial ones: Model 2's
-    spatial encoder (its temporal encoder comes after them); in Model 3's block the space attention is
-    ``attn_space`` (``attn_time`` attends over time); Models 1 and 4 have one ``attn`` (Model 4 splits its heads).
-    """
+    """Module name of the last attention layer that attends over space: the last of the blocks
+    ``forward_intermediates`` walks (Model 2: its spatial encoder's), Model 3's ``attn_space``, else ``attn``."""
     last = model.encoder.get_submodule(model.encoder.intermediate_blocks)[-1]
     attention = last.attn_space if isinstance(last, FactorizedSelfAttentionBlock) else last.attn
     return next(name for name, module in model.named_modules() if module is attention)
@@ -79,14 +68,8 @@ def frames_for_tokens(model: ViViT, clip: torch.Tensor) -> torch.Tensor:
 
 
 def save_attention_grid(frames: torch.Tensor, heat: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """Draw ``heat`` ``(t', h', w')`` over ``frames`` ``(t', H, W, C)`` as one PNG row; returns the path.
-
-    The image is written to a temporary file beside ``path`` and renamed, so ``path`` is either the previous file or
-    the complete new image: a failed or interrupted write leaves nothing behind.
-
-    Raises:
-        OSError: ``path`` cannot be written (a read-only folder, a full disk); the message names ``path``.
-    """
+    """Draw ``heat`` ``(t', h', w')`` over ``frames`` ``(t', H, W, C)`` as one PNG row, written whole or not at all;
+    returns the path. Raises ``OSError`` naming ``path`` when it cannot be written (a read-only folder, a full disk)."""
     try:
         # A bare Figure renders without pyplot, so the caller's backend (a notebook's inline one) is left alone.
         from matplotlib.figure import Figure

@@ -1,12 +1,9 @@
-"""Feature extraction over a whole listing: pooled features of every video into safetensors shards plus an index.
+"""Feature extraction over a whole listing, as a task of the dataset-job driver ``vivit.tasks.run``.
 
-:func:`extract_features` writes pooled pre-logits features (``forward_head(forward_features(x), pre_logits=True)``,
-or the token mean of block ``layer``) per video (the mean over views) or per view, in safetensors shards under
-``out/shards/`` (each rank writes its own, ``shard_size`` videos each, so a kill loses at most one pending shard) and
-``out/index.json`` mapping each video to its shard and rows; :func:`load_features` reads them back in listing order.
-A video that cannot be decoded, or whose features are not finite, is recorded as failed with its reason. The job runs
-in the driver ``vivit.tasks.run`` as evaluation does; the :class:`~vivit.tasks.run.Task` here holds the shards and the
-index.
+:func:`extract_features` writes pooled features per video (or per view) into safetensors shards under
+``out/shards/`` (each rank its own, ``shard_size`` videos each, so a kill loses at most one pending shard) and
+``out/index.json`` mapping each video to its shard and rows, or to its failure reason; :func:`load_features` reads
+them back in listing order.
 """
 
 from __future__ import annotations
@@ -32,19 +29,11 @@ def extract_features(listing: str | Path, model: torch.nn.Module | str, out: str
     """Pooled features of every video of ``listing`` into safetensors shards plus ``index.json``.
 
     A feature is ``model.forward_head(model.forward_features(x), pre_logits=True)`` (``layer=None``), or the mean
-    over tokens of block ``layer``'s output after the final norm (``forward_intermediates``; Model 2: a spatial block).
-    Per video it is the mean over its views; ``per_clip`` keeps one row per view (``clip * crops + crop``).
-
-    Args:
-        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are kept as given.
-        model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
-        out: Output folder; an interrupted run is continued (shards already written are kept).
-        options: How it runs (:class:`~vivit.tasks.run.RunOptions`); ``stop_after`` leaves without writing the
-            pending shard or the index. ``layer`` features run on the torch backend.
-        per_clip: One row per view instead of the mean.
-        layer: Block index (negative from the end) instead of the pre-logits.
-        shard_size: Videos per shard file (a kill loses at most one unwritten shard per rank).
-        **kwargs: Fields of :class:`~vivit.tasks.run.RunOptions` instead (or on top of ``options``).
+    over tokens of block ``layer``'s output after the final norm (``forward_intermediates``; Model 2: a spatial block;
+    run on the torch backend). Per video it is the mean over its views; ``per_clip`` keeps one row per view
+    (``clip * crops + crop``). ``listing``, ``model``, ``out``, ``options`` and ``kwargs`` are as in
+    :func:`~vivit.tasks.evaluate.evaluate_dataset` (labels are kept as given); ``stop_after`` leaves without writing
+    the pending shard or the index. ``shard_size`` is the videos per shard file.
 
     Returns:
         The index on rank 0; ``None`` on other ranks and when stopped early.
@@ -68,6 +57,7 @@ class _Extract(Task):
     def __init__(self, per_clip: bool, layer: int | None, shard_size: int) -> None:
         self.per_clip, self.layer, self.shard_size = per_clip, layer, shard_size
         self.settings = {"per_clip": per_clip, "layer": layer}
+        self.pending: list[tuple[int, torch.Tensor | None, str | None]] = []  # (index, features or None, reason)
 
     def forward(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
         if self.layer is None:
@@ -89,19 +79,47 @@ class _Extract(Task):
     def resume(self, run: Run) -> dict[int, dict[str, Any]]:
         self.shards = run.out / SHARDS
         self.shards.mkdir(parents=True, exist_ok=True)
-        self.writer = _ShardWriter(self.shards, run.env.rank, run.name)
+        self.prefix = f"features-{run.env.rank:03d}-"
+        self.seq = 1 + max((int(p.stem.split("-")[-1]) for p in self.shards.glob(f"{self.prefix}*.safetensors")),
+                           default=-1)
         return _scan_shards(self.shards, run.num)
 
     def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
         for index, _, feats, reason in batch:
-            self.writer.add(index, feats, reason, self.per_clip)
-        if self.writer.videos >= self.shard_size:
-            self.writer.flush()
+            self.pending.append((index, feats if feats is None or self.per_clip else feats.mean(0, keepdim=True),
+                                 reason))
+        if len(self.pending) >= self.shard_size:
+            self._flush(run)
 
     def end(self, run: Run, completed: bool) -> dict[int, dict[str, Any]]:
-        if completed:
-            self.writer.flush()
-        return _scan_shards(self.shards, run.num) if completed else {}
+        if not completed:
+            return {}
+        self._flush(run)
+        return _scan_shards(self.shards, run.num)
+
+    def _flush(self, run: Run) -> None:
+        """Write the pending videos as the next shard (a killed write leaves no shard)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import save_file
+
+        if not self.pending:
+            return
+        done = [(i, feats) for i, feats, _ in self.pending if feats is not None]
+        tensors = {"features": torch.cat([f for _, f in done]) if done else torch.zeros(0, 0),
+                   "video": torch.tensor([i for i, f in done for _ in range(len(f))], dtype=torch.int64),
+                   "view": torch.tensor([v for _, f in done for v in (range(len(f)) if self.per_clip else [-1])],
+                                        dtype=torch.int64)}
+        failed = [{"index": i, "reason": reason} for i, feats, reason in self.pending if feats is None]
+        metadata = {"failed": json.dumps(failed), "model": run.name}
+        path = self.shards / f"{self.prefix}{self.seq:05d}.safetensors"
+        try:  # safetensors writes 0600; the shard gets the mode of the folder's other outputs
+            write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), mode=umask_mode())
+        except SafetensorError as err:  # e.g. a full disk: one line, not the library's traceback
+            reason = " ".join(str(err).split())
+            raise OSError(f"{path}: cannot write the shard ({reason}); free disk space (or fix the folder's "
+                          "permissions) and run again with the same --out to continue") from None
+        self.seq += 1
+        self.pending.clear()
 
     def finish(self, run: Run, identity: dict[str, Any], merged: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """``index.json`` of every rank's shards (``merged``: each video's entry of :func:`_scan_shards`)."""
@@ -119,55 +137,6 @@ class _Extract(Task):
                  "videos": [{k: v for k, v in video.items() if k != "dim"} for video in videos]}
         write_text_atomic(run.out / INDEX, json.dumps(index, indent=2) + "\n")
         return index
-
-
-class _ShardWriter:
-    """Collects one rank's features and failure records and writes them as numbered shards."""
-
-    def __init__(self, shards: Path, rank: int, name: str) -> None:
-        self.shards, self.rank, self.name = shards, rank, name
-        self.seq = 1 + max((int(p.stem.split("-")[-1]) for p in shards.glob(f"features-{rank:03d}-*.safetensors")),
-                           default=-1)
-        self.features: list[torch.Tensor] = []
-        self.video: list[int] = []
-        self.view: list[int] = []
-        self.failed: list[dict[str, Any]] = []
-        self.videos = 0
-
-    def add(self, index: int, feats: torch.Tensor | None, reason: str | None, per_clip: bool) -> None:
-        """Record one video (``feats`` ``None``: failed for ``reason``)."""
-        self.videos += 1
-        if feats is None:
-            self.failed.append({"index": index, "reason": reason})
-            return
-        feats = feats if per_clip else feats.mean(0, keepdim=True)
-        self.features.append(feats)
-        self.video.extend([index] * feats.shape[0])
-        self.view.extend(range(feats.shape[0]) if per_clip else [-1])
-
-    def flush(self) -> None:
-        """Write the pending videos as the next shard (a killed write leaves no shard)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import save_file
-
-        if not self.videos:
-            return
-        dim = self.features[0].shape[1] if self.features else 0
-        tensors = {"features": torch.cat(self.features) if self.features else torch.zeros(0, dim),
-                   "video": torch.tensor(self.video, dtype=torch.int64),
-                   "view": torch.tensor(self.view, dtype=torch.int64)}
-        path = self.shards / f"features-{self.rank:03d}-{self.seq:05d}.safetensors"
-        metadata = {"failed": json.dumps(self.failed), "model": self.name}
-        try:  # safetensors writes 0600; the shard gets the mode of the folder's other outputs
-            write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), mode=umask_mode())
-        except SafetensorError as err:  # e.g. a full disk: one line, not the library's traceback
-            reason = " ".join(str(err).split())
-            raise OSError(f"{path}: cannot write the shard ({reason}); free disk space (or fix the folder's "
-                          "permissions) and run again with the same --out to continue") from None
-        self.seq += 1
-        self.videos = 0
-        for pending in (self.features, self.video, self.view, self.failed):
-            pending.clear()
 
 
 def _scan_shards(shards: Path, num: int) -> dict[int, dict[str, Any]]:
@@ -205,22 +174,18 @@ def load_features(out: str | Path) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     from safetensors.torch import load_file
 
     out = Path(out)
-    index_path = out / INDEX
-    if not index_path.exists():
-        raise FileNotFoundError(f"{index_path}: no such file; run vivit extract (extract_features) into {out} first, "
+    if not (out / INDEX).exists():
+        raise FileNotFoundError(f"{out / INDEX}: no such file; run vivit extract (extract_features) into {out} first, "
                                 "or let an interrupted run finish")
-    index = read_json(index_path, "the index of an extract run")
-    cache: dict[str, dict[str, torch.Tensor]] = {}
+    index = read_json(out / INDEX, "the index of an extract run")
+    shards: dict[str, dict[str, torch.Tensor]] = {}
     parts, rows = [], []
-    for video in index["videos"]:
-        if "shard" not in video:
-            continue
-        if video["shard"] not in cache:
-            cache[video["shard"]] = load_file(str(out / SHARDS / video["shard"]))
-        parts.append(cache[video["shard"]]["features"][video["row"]:video["row"] + video["rows"]])
+    for video in (v for v in index["videos"] if "shard" in v):
+        if video["shard"] not in shards:
+            shards[video["shard"]] = load_file(str(out / SHARDS / video["shard"]))
+        parts.append(shards[video["shard"]]["features"][video["row"]:video["row"] + video["rows"]])
         rows.extend([video] * video["rows"])
-    features = torch.cat(parts) if parts else torch.zeros(0, index.get("dim") or 0)
-    return features, rows
+    return (torch.cat(parts) if parts else torch.zeros(0, index.get("dim") or 0)), rows
 
 
 __all__ = ["extract_features", "load_features"]

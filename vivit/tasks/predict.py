@@ -13,21 +13,12 @@ import torch
 def predict_views(model: torch.nn.Module, clips: torch.Tensor, batch_size: int = 4, *,
                   device: torch.device | str | None = None, reduce: bool = True,
                   progress: bool = False, run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits of every view, averaged as the reference does (mean of logits, no softmax first).
+    """The ``(K,)`` float32 logits of ``clips`` ``(V, C, T, H, W)`` averaged over views as the reference does (mean
+    of logits, no softmax first), on the CPU; ``reduce=False`` returns the per-view ``(V, K)``.
 
-    The model runs in eval mode (its previous mode is restored afterwards), ``batch_size`` views at a time.
-
-    Args:
-        model: A classifier taking ``(B, C, T, H, W)``.
-        clips: ``(V, C, T, H, W)`` views, e.g. from :func:`vivit.data.video.multi_view_clips`.
-        batch_size: Views per forward pass.
-        device: Where to run; default the model's device. Views are moved there one batch at a time.
-        reduce: ``False`` returns the per-view logits ``(V, K)`` instead of their mean.
-        progress: Show a tqdm bar over batches (needs ``tqdm``).
-        run: Called instead of ``model`` on each batch, e.g. ``vivit.optimize(model)``.
-
-    Returns:
-        ``(K,)`` float32 averaged logits (``(V, K)`` with ``reduce=False``), on the CPU.
+    The model runs in eval mode (its mode is restored afterwards), ``batch_size`` views at a time, moved to ``device``
+    (default the model's) batch by batch; ``progress`` shows a tqdm bar; ``run`` is called instead of ``model``
+    (e.g. ``vivit.optimize(model)``).
     """
     if clips.ndim != 5:
         raise ValueError(f"expected views (V, C, T, H, W), found shape {tuple(clips.shape)}; add a view dim with "
@@ -64,27 +55,17 @@ def default_views(model: torch.nn.Module) -> tuple[int, int]:
 def predict_video(model: torch.nn.Module, path: str | Path, views: Any = None, batch_size: int = 4, *,
                   device: torch.device | str | None = None, decoder: str = "auto",
                   short_video: str = "loop", run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Decode ``path`` into the model's test views and return the view-averaged logits ``(K,)``.
+    """Decode ``path`` into the model's test views and return the view-averaged logits ``(K,)`` (:func:`predict_views`).
 
-    Args:
-        model: A ViViT (its ``pretrained_cfg`` fixes clip length, stride and preprocessing).
-        path: A video file.
-        views: ``(clips, crops)`` or ``"4x3"``; default the model's ``eval_views`` (4x3 Kinetics, 4x1 EPIC-Kitchens),
-            else 4x3.
-        batch_size: Views per forward pass.
-        device: Where to run; default the model's device.
-        decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
-        short_video: ``"loop"`` (reference) or ``"error"`` for videos shorter than one clip.
-        run: Called instead of ``model`` on each batch, e.g. ``vivit.optimize(model)``.
+    ``views``: ``(clips, crops)`` or ``"4x3"``, default the model's ``eval_views`` (:func:`default_views`); ``decoder``:
+    ``"auto"``, ``"pyav"`` or ``"torchcodec"``; ``short_video``: ``"loop"`` (reference) or ``"error"`` for videos
+    shorter than one clip.
     """
     from vivit.data.video import multi_view_clips
 
     clips = multi_view_clips(path, model, default_views(model) if views is None else views, backend=decoder,
                              short_video=short_video)
     return predict_views(model, clips, batch_size, device=device, run=run)
-
-
-__all__ = ["default_views", "predict_video", "predict_views", "top_k"]
 
 
 def top_k(logits: torch.Tensor, k: int, labels: Sequence[str] | None = None,
@@ -104,3 +85,6 @@ def top_k(logits: torch.Tensor, k: int, labels: Sequence[str] | None = None,
                       "score": round(float(v), 6)} for v, i in zip(values.tolist(), indices.tolist(), strict=True)])
         offset += size
     return tops
+
+
+__all__ = ["default_views", "predict_video", "predict_views", "top_k"]

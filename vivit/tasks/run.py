@@ -1,19 +1,15 @@
-"""The dataset-job driver: one sequence from options to result, which evaluate, extract and timelines plug into.
+"""The dataset-job driver: :func:`run_job` runs one :class:`RunOptions` from start to result; evaluate, extract and a
+listing's timelines are :class:`Task` s plugged into it, each holding only its own outputs.
 
-:func:`run_job` owns it: start (torchrun's group, the listing, the model on this rank's runtime) -> identity ->
-claim the output folder -> resume (what any rank finds done) -> shard the rest (each rank a disjoint share) ->
-loader loop (decode in DataLoader workers while the model runs, the views of several videos in one forward pass) ->
-the task consumes each batch's outputs -> stop (``stop_after``) -> gather every rank's results (``torch.distributed``:
-gloo on CPU, NCCL on GPU) -> the task finishes (rank 0 writes). A :class:`Task` holds only what is its own: evaluate
-its targets and report, extract its shards and index, a listing's timelines their windows (each video streamed
-through ``timeline_video`` in place of the loader loop) and summary.
+start (torchrun's group, the listing, the model on this rank's runtime) -> identity -> claim the output folder ->
+resume (what any rank finds done) -> shard the rest over the ranks -> loader loop (DataLoader workers decode while the
+model runs) -> the task consumes each batch -> stop (``stop_after``) -> gather every rank's results -> the task
+finishes (rank 0 writes).
 
-A run's **identity** is its inputs: the weights (a digest of the state dict), the model's config, the views, the
-dtype, the decoder, the runtime that ran, token merging, the listing's rows, and each task's own settings.
-``run.json`` records it on the first start; a resume with any other input is refused with one line naming what
-differs, and a folder holding a task's outputs without ``run.json`` is refused. One process writes an output folder
-at a time: rank 0 holds an ``fcntl`` lock on ``out/.lock`` for the whole run, which the system releases when the
-process dies, so a killed run never leaves the folder locked.
+A run's **identity** is its inputs (weights digest, model config, views, dtype, decoder, runtime, token merging, the
+listing's rows, the task's settings). ``run.json`` records it on the first start; a resume with other inputs is
+refused naming what differs, and so is a folder holding a task's outputs without ``run.json``. Rank 0 holds an
+``fcntl`` lock on ``out/.lock`` for the whole run, which the system releases when the process dies.
 """
 
 from __future__ import annotations
@@ -59,9 +55,9 @@ _logger = logging.getLogger(__name__)
 
 RUN = "run.json"
 LOCK = ".lock"
-
-
 MAX_WORKERS = 16  # decoding processes per rank; each holds a decoder and its clips (24 once took 6.8 GB)
+NOT_FINITE = ("the model's outputs for this video are not finite (NaN or Inf), so they mean nothing; check the "
+              "weights (or --dtype float16 overflowing)")
 
 
 class RunError(RuntimeError):
@@ -70,17 +66,15 @@ class RunError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a dataset job runs: what :func:`vivit.tasks.evaluate.evaluate_dataset` and
-    :func:`vivit.tasks.extract.extract_features` both take (as one object, or as keywords).
+    """How a dataset job runs (evaluate_dataset's and extract_features' options, as one object or as keywords).
 
     Attributes:
         views: ``"4x3"``; default the weights' ``eval_views``, else 4x3.
         batch_size: Views per forward pass; the views of ``batch_size // views`` videos share one pass.
         workers: Decoding processes per rank.
         device: Default ``cuda:LOCAL_RANK`` when available, else CPU.
-        dtype: ``"bfloat16"`` etc.: the precision the model runs in (inputs follow; outputs are stored as float32).
-        backend: What runs the model: ``"torch"`` (the model as it is), ``"auto"`` or ``"openvino"``
-            (:func:`vivit.optimize`), or an :func:`vivit.optimize` callable of the model (e.g. int8).
+        dtype: The precision the model runs in (``"bfloat16"`` ...); outputs are stored as float32.
+        backend: ``"torch"``, ``"auto"``, ``"openvino"`` or a :func:`vivit.optimize` callable of the model (int8).
         decoder: The video decoder: ``"auto"``, ``"pyav"`` or ``"torchcodec"``.
         token_merging: ToMe's ``r`` to set on the model (``None`` keeps the model's).
         compile: ``torch.compile`` the model (torch backend).
@@ -88,8 +82,7 @@ class RunOptions:
         pattern: File names of a Kinetics CSV's rows.
         log_every: Videos between progress lines (without a terminal).
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
-        stop_after: Leave after this many videos on this rank without finishing, as a killed job would (the job then
-            returns ``None``); for testing resumption.
+        stop_after: Leave after this many videos on this rank, as a killed job would (the job returns ``None``).
         env: A :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by torchrun).
     """
 
@@ -120,7 +113,7 @@ class RunOptions:
 
     @classmethod
     def of(cls, options: RunOptions | None, changes: dict[str, Any]) -> RunOptions:
-        """``options`` (default the defaults) with ``changes``, the keywords a job function was called with."""
+        """``options`` (default the defaults) with ``changes``, a job function's keywords."""
         return dataclasses.replace(options or cls(), **changes)
 
 
@@ -146,15 +139,13 @@ class Run:
     def identity(self, **extra: Any) -> dict[str, Any]:
         """The inputs a resume must share with the first start (``extra``: the task's own settings); a new option
         that changes the outputs joins here, so runs recorded without it are refused rather than mixed."""
+        fast = self.runtime.fast  # an int8 model's calibration set: another set quantizes another model
+        calibration = {"calibration": fast.calibration} if fast is not None and fast.calibration else {}
+        rows = "\n".join(f"{p}\t{lab}" for p, lab in zip(self.rows.paths, self.rows.labels, strict=True))
         return {"model": self.name, "weights": self.weights, **model_identity(self.model),
                 "views": f"{self.views[0]}x{self.views[1]}", "dtype": dtype_name(self.runtime.dtype),
-                "decoder": self.opts.decoder, "backend": self.runtime.backend, **extra, **self._calibration(),
-                "num_videos": self.num, "listing": _listing_digest(self.rows)}
-
-    def _calibration(self) -> dict[str, str]:
-        """An int8 model's calibration set (its digest): another set quantizes another model."""
-        fast = self.runtime.fast
-        return {"calibration": fast.calibration} if fast is not None and fast.calibration else {}
+                "decoder": self.opts.decoder, "backend": self.runtime.backend, **extra, **calibration,
+                "num_videos": self.num, "listing": _digest(rows)}
 
     @property
     def num(self) -> int:
@@ -181,10 +172,33 @@ class Task:
         return {}
 
     def batches(self, run: Run, mine: list[int]) -> Iterator[list[tuple[int, str, Any, str | None]] | None]:
-        """This rank's videos, batch by batch: decoded in the loader's workers and run through the model (``None``:
-        the task stops early on a count of its own)."""
-        for records, outs in outputs(run, [run.items[i] for i in mine]):
-            yield [(mine[r["index"]], r["path"], *_finite(o, r["error"])) for r, o in zip(records, outs, strict=True)]
+        """This rank's videos, batch by batch: decoded in the loader's workers, run through the model and checked
+        finite (``None``: the task stops early on a count of its own). Running out of memory stops the run with what
+        to lower (it is no fault of one video)."""
+        ds = EvalVideos([run.items[i] for i in mine], run.model, run.views, decoder=run.opts.decoder)
+        per_batch = max(1, run.opts.batch_size // math.prod(run.views))  # whole videos, as many as fit (at least one)
+        loader = make_loader(ds, batch_size=per_batch, workers=run.opts.workers, collate_fn=collate_views,
+                             pin_memory=run.env.device.type == "cuda")
+        try:
+            for batch in loader:
+                views = batch["views"]  # float32 on the CPU: predict_views moves and casts each chunk
+                out = None if views is None else predict_views(run.model, views, run.opts.batch_size, reduce=False,
+                                                               device=run.runtime.device, run=run.runtime.fn)
+                parts = iter(out.split([c for c in batch["counts"] if c]) if out is not None else [])
+                done = []
+                for record, count in zip(batch["records"], batch["counts"], strict=True):
+                    values = next(parts) if count else None  # None: no views (decoding failed)
+                    bad = values is not None and not bool(torch.isfinite(values).all())
+                    done.append((mine[record["index"]], record["path"], None if bad else values,
+                                 NOT_FINITE if bad else record["error"]))
+                yield done
+        except (MemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError) and not is_out_of_memory(err):
+                raise
+            raise RunError(f"out of memory running {run.name} on {run.env.device} ({type(err).__name__}); lower "
+                           f"--batch-size (now {run.opts.batch_size}), --workers (now {run.opts.workers}) or --views "
+                           f"(now {run.views[0]}x{run.views[1]}), or use --dtype bfloat16; run again with the same "
+                           "--out to continue") from None
 
     def consume(self, run: Run, batch: list[tuple[int, str, Any, str | None]]) -> None:
         """Per video: listing index, path, its outputs (of ``batches``: per-view outputs) or ``None`` (unreadable or
@@ -208,7 +222,12 @@ def run_job(listing: str | Path, model: torch.nn.Module | str, out: str | Path, 
     check_settings(out, opts, **task.settings)
     # torchrun's process group is joined here (and left at the end) unless the caller passes its own
     with contextlib.nullcontext(opts.env) if opts.env else contextlib.closing(init_distributed(opts.device)) as env:
-        run = start(listing, model, out, opts, env, task)
+        rows = read_listing(listing, video_root=opts.video_root, pattern=opts.pattern)
+        model, name, weights = prepare_model(model, env)
+        runtime = setup_runtime(model, env.device, opts.dtype, opts.backend, opts.token_merging,
+                                pre_logits=task.pre_logits, compile=opts.compile, forward=task.forward)
+        views = default_views(model) if opts.views is None else parse_views(opts.views)
+        run = Run(Path(listing), Path(out), rows, runtime, name, views, opts, env, weights)
         extra = task.prepare(run)
         # A listing none of whose files exists (a wrong --video-root) is refused here, before anything is written.
         run.items = to_items(run.rows.paths, [None] * run.num, run.rows.where, [], str(run.listing))
@@ -228,12 +247,8 @@ def run_job(listing: str | Path, model: torch.nn.Module | str, out: str | Path, 
 
 
 def _gathered(env: Dist, mine: dict[int, Any], into: dict[int, Any]) -> dict[int, Any]:
-    """``into`` with every rank's ``mine`` added (an index already there keeps its value)."""
-    merged = dict(into)
-    for part in env.all_gather_object(mine):
-        for i, value in part.items():
-            merged.setdefault(i, value)
-    return merged
+    """``into`` with every rank's ``mine`` added (an index already there keeps its value, a lower rank's wins)."""
+    return {i: value for part in reversed(env.all_gather_object(mine)) for i, value in part.items()} | into
 
 
 def _loop(run: Run, task: Task, mine: list[int]) -> dict[int, Any] | None:
@@ -260,34 +275,20 @@ def _loop(run: Run, task: Task, mine: list[int]) -> dict[int, Any] | None:
     return collected
 
 
-def start(listing: str | Path, model: torch.nn.Module | str, out: str | Path, opts: RunOptions, env: Dist,
-          task: Task) -> Run:
-    """Read the listing and make the model ready on this rank's runtime (nothing is written yet)."""
-    rows = read_listing(listing, video_root=opts.video_root, pattern=opts.pattern)
-    model, name, weights = prepare_model(model, env)
-    runtime = setup_runtime(model, env.device, opts.dtype, opts.backend, opts.token_merging,
-                            pre_logits=task.pre_logits, compile=opts.compile, forward=task.forward)
-    views = default_views(model) if opts.views is None else parse_views(opts.views)
-    return Run(Path(listing), Path(out), rows, runtime, name, views, opts, env, weights)
-
-
 def prepare_model(model: torch.nn.Module | str, env: Dist) -> tuple[Any, str, str]:
-    """The model (a name is created with its released weights, downloaded by rank 0 first), its name and the digest
-    of its weights."""
-    name = model if isinstance(model, str) else model_name(model)
+    """The model (a name is created with its released weights, downloaded by rank 0 first), its name (``arch.tag``,
+    else the class name) and the digest of its weights."""
     if isinstance(model, str):
+        name = model
         if not env.main:
             env.barrier()  # rank 0 downloads (and caches) the weights first, the others then read the cache
         model = create_model(name, pretrained=True)
         if env.main:
             env.barrier()
+    else:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        name = tagged_name(cfg.get("architecture") or type(model).__name__, cfg.get("tag"))
     return model, name, weights_digest(model)[:16]
-
-
-def model_name(model: torch.nn.Module) -> str:
-    """``arch.tag`` of the model's pretrained cfg (the class name without one)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tagged_name(cfg.get("architecture") or type(model).__name__, cfg.get("tag"))
 
 
 def model_identity(model: torch.nn.Module) -> dict[str, Any]:
@@ -307,11 +308,6 @@ def _digest(text: str) -> str:
 def _merging_json(r: Any) -> Any:
     """ToMe's ``r`` as JSON: an ``(r, inflection)`` pair as a dict, so it never reads as a per-block list."""
     return {"r": r[0], "inflection": r[1]} if isinstance(r, tuple) else list(r) if isinstance(r, list) else r
-
-
-def _listing_digest(rows: Listing) -> str:
-    """Paths and labels of the listing: a run resumes only on the same rows."""
-    return _digest("\n".join(f"{p}\t{lab}" for p, lab in zip(rows.paths, rows.labels, strict=True)))
 
 
 # ================================================================================================ output folder
@@ -365,9 +361,9 @@ def check_settings(out: str | Path, opts: RunOptions, **extra: Any) -> None:
     ``out/run.json`` recorded, before the model is built or downloaded."""
     if not (Path(out) / RUN).exists():
         return
-    # "auto" is recorded as what it picked; an optimized callable as its backend
+    backend = opts.backend.backend if isinstance(opts.backend, Optimized) else opts.backend
     known = {"decoder": opts.decoder, **extra, "views": opts.views and "{}x{}".format(*parse_views(opts.views)),
-             "backend": _backend_name(opts.backend),
+             "backend": None if backend == "auto" else backend,  # "auto" is recorded as what it picked
              "dtype": opts.dtype and dtype_name(as_dtype(opts.dtype)), "token_merging": opts.token_merging}
     check_recorded(out, {k: v for k, v in known.items() if v is not None})
 
@@ -383,13 +379,6 @@ def check_recorded(out: str | Path, known: dict[str, Any]) -> None:
 class OtherSettings(ValueError):
     """A resume with other settings than the folder's ``run.json`` recorded (the CLI's bad usage when the flags
     differ)."""
-
-
-def _backend_name(backend: str | Optimized) -> str | None:
-    """The backend a run records: ``"auto"`` is recorded as what it picked (unknown before the model is loaded)."""
-    if isinstance(backend, Optimized):
-        return backend.backend
-    return backend if backend != "auto" else None
 
 
 def _compare(out: Path, identity: dict[str, Any]) -> None:
@@ -409,42 +398,5 @@ def _difference(key: str, old: Any, new: Any) -> str:
     return f"{key} was {old!r}, now {new!r}"
 
 
-# ================================================================================================ batch loop
-def outputs(run: Run, items: Sequence[Item]) -> Iterator[tuple[list[dict[str, Any]], list[torch.Tensor | None]]]:
-    """Per loaded batch of ``items``: its video records and each video's per-view outputs (``None`` where decoding
-    failed). Running out of memory stops the run with what to lower (it is no fault of one video)."""
-    ds = EvalVideos(items, run.model, run.views, decoder=run.opts.decoder)
-    per_batch = max(1, run.opts.batch_size // math.prod(run.views))  # whole videos, as many as fit (at least one)
-    loader = make_loader(ds, batch_size=per_batch, workers=run.opts.workers, collate_fn=collate_views,
-                         pin_memory=run.env.device.type == "cuda")
-    try:
-        for batch in loader:
-            views = batch["views"]  # float32 on the CPU: predict_views moves and casts each chunk
-            out = None if views is None else predict_views(run.model, views, run.opts.batch_size, reduce=False,
-                                                           device=run.runtime.device, run=run.runtime.fn)
-            parts = iter(out.split([c for c in batch["counts"] if c]) if out is not None else [])
-            yield batch["records"], [next(parts) if c else None for c in batch["counts"]]  # None: no views
-    except (MemoryError, RuntimeError) as err:
-        if not isinstance(err, MemoryError) and not is_out_of_memory(err):
-            raise
-        raise RunError(f"out of memory running {run.name} on {run.env.device} ({type(err).__name__}); lower "
-                       f"--batch-size (now {run.opts.batch_size}), --workers (now {run.opts.workers}) or --views "
-                       f"(now {run.views[0]}x{run.views[1]}), or use --dtype bfloat16; run again with the same --out "
-                       "to continue") from None
-
-
-NOT_FINITE = ("the model's outputs for this video are not finite (NaN or Inf), so they mean nothing; check the "
-              "weights (or --dtype float16 overflowing)")
-
-
-def _finite(values: torch.Tensor | None, error: str | None) -> tuple[torch.Tensor | None, str | None]:
-    """``(values, None)`` when every value is finite; ``(None, reason)`` for a failed video or non-finite outputs."""
-    if values is None:
-        return None, error
-    if not bool(torch.isfinite(values).all()):
-        return None, NOT_FINITE
-    return values, None
-
-
-__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_identity", "model_name",
-           "outputs", "prepare_model", "run_job"]
+__all__ = ["Run", "RunError", "RunOptions", "Task", "check_settings", "claimed", "model_identity", "prepare_model",
+           "run_job"]
