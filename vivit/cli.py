@@ -275,17 +275,21 @@ def _model_runtime(args: argparse.Namespace, command: str, model):
     """The ``--model`` of a command (loaded: ``model``) made ready by :func:`vivit.tasks.runtime.setup_runtime`, which
     says on stderr which runtime, dtype and device run it (``--dtype auto`` resolved after loading: a failed load is
     its one line)."""
-    from vivit.tasks.runtime import setup_runtime
+    from vivit.tasks.predict import default_views
+    from vivit.tasks.runtime import int8_backend, setup_runtime
 
     if args.drop_static:
         model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
     logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
+    say = lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True)  # noqa: E731
     if args.dtype == "int8":
-        dtype, backend = None, _int8_model(args, model)
+        views = getattr(args, "views", None) or default_views(model)
+        dtype, backend = None, int8_backend(model, args.calibration, views, args.calibration_clips,
+                                            decoder=getattr(args, "decoder", "auto"),
+                                            token_merging=args.token_merging, say=say)
     else:
         dtype, backend = resolve_dtype(args.dtype, args.device, command), args.backend
-    return setup_runtime(model, args.device, dtype, backend, args.token_merging,
-                         say=lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True))
+    return setup_runtime(model, args.device, dtype, backend, args.token_merging, say=say)
 
 
 def _int8_problem(args: argparse.Namespace) -> str | None:
@@ -319,22 +323,6 @@ def _int8_problem(args: argparse.Namespace) -> str | None:
     except ValueError as err:
         return f"--calibration: {err}"
     return None
-
-
-def _int8_model(args: argparse.Namespace, model, pre_logits: bool = False):
-    """``vivit.optimize(model, "int8")`` calibrated on clips of ``--calibration`` sampled as the command samples its
-    inputs (the command's ``--views``, else the model's)."""
-    from vivit.tasks.optimize import calibration_clips, optimize
-    from vivit.tasks.predict import default_views
-
-    if args.token_merging:
-        model.set_token_merging(args.token_merging)  # before quantizing: the quantized graph is the merging one
-    views = getattr(args, "views", None) or default_views(model)
-    clips = calibration_clips(args.calibration, model.cpu().eval(), views, args.calibration_clips,
-                              decoder=getattr(args, "decoder", "auto"))
-    print(f"vivit {args.command}: --dtype int8: {len(clips)} calibration clips from {args.calibration}",
-          file=sys.stderr, flush=True)
-    return optimize(model, "int8", backend="openvino", calibration=clips, pre_logits=pre_logits)  # int8 is OpenVINO's
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -594,7 +582,14 @@ def _dataset_job(args: argparse.Namespace, command: str, own: dict[str, object])
     if args.drop_static:
         model.set_drop_static(args.drop_static)  # Models 2-4 refuse it in one line
     if int8:
-        options = RunOptions.of(options, {"backend": _int8_model(args, model, pre_logits=command == "extract")})
+        from vivit.tasks.predict import default_views
+        from vivit.tasks.runtime import int8_backend
+
+        quantized = int8_backend(model, args.calibration, getattr(args, "views", None) or default_views(model),
+                                 args.calibration_clips, decoder=args.decoder, token_merging=args.token_merging,
+                                 pre_logits=command == "extract",
+                                 say=lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True))
+        options = RunOptions.of(options, {"backend": quantized})
     return model, options
 
 
