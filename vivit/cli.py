@@ -249,11 +249,25 @@ def _model_runtime(args: argparse.Namespace, command: str, model):
 
     logging.getLogger("vivit.tasks.optimize").setLevel(logging.INFO)  # "converting once" before a long wait
     if args.dtype == "int8":
-        dtype, backend = None, _int8_model(args, model)
+        dtype, backend = None, _int8_backend(args, model, command)
     else:
         dtype, backend = resolve_dtype(args.dtype, args.device, command), args.backend
-    return setup_runtime(model, args.device, dtype, backend, args.token_merging,
-                         say=lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True))
+    return setup_runtime(model, args.device, dtype, backend, args.token_merging, say=_say(command))
+
+
+def _say(command: str):
+    """A line on stderr naming the command (the runtime's and the calibration's progress)."""
+    return lambda line: print(f"vivit {command}: {line}", file=sys.stderr, flush=True)
+
+
+def _int8_backend(args: argparse.Namespace, model, command: str, pre_logits: bool = False):
+    """``--dtype int8``: the model quantized on clips of ``--calibration`` sampled as the command samples its own."""
+    from vivit.tasks.predict import default_views
+    from vivit.tasks.runtime import int8_backend
+
+    return int8_backend(model, args.calibration, getattr(args, "views", None) or default_views(model),
+                        args.calibration_clips, decoder=getattr(args, "decoder", "auto"),
+                        token_merging=args.token_merging, pre_logits=pre_logits, say=_say(command))
 
 
 def _int8_problem(args: argparse.Namespace) -> str | None:
@@ -287,22 +301,6 @@ def _int8_problem(args: argparse.Namespace) -> str | None:
     except ValueError as err:
         return f"--calibration: {err}"
     return None
-
-
-def _int8_model(args: argparse.Namespace, model, pre_logits: bool = False):
-    """``vivit.optimize(model, "int8")`` calibrated on clips of ``--calibration`` sampled as the command samples its
-    inputs (the command's ``--views``, else the model's)."""
-    from vivit.tasks.optimize import calibration_clips, optimize
-    from vivit.tasks.predict import default_views
-
-    if args.token_merging:
-        model.set_token_merging(args.token_merging)  # before quantizing: the quantized graph is the merging one
-    views = getattr(args, "views", None) or default_views(model)
-    clips = calibration_clips(args.calibration, model.cpu().eval(), views, args.calibration_clips,
-                              decoder=getattr(args, "decoder", "auto"))
-    print(f"vivit {args.command}: --dtype int8: {len(clips)} calibration clips from {args.calibration}",
-          file=sys.stderr, flush=True)
-    return optimize(model, "int8", backend="openvino", calibration=clips, pre_logits=pre_logits)  # int8 is OpenVINO's
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -544,7 +542,8 @@ def _dataset_job(args: argparse.Namespace, job, own: dict[str, object], **more: 
         raise UsageError(_collapse(err)) from None
     model = _model_from_flags(args)
     if int8:
-        options = RunOptions.of(options, {"backend": _int8_model(args, model, pre_logits=args.command == "extract")})
+        options = RunOptions.of(options, {"backend": _int8_backend(args, model, args.command,
+                                                                    pre_logits=args.command == "extract")})
     return job(args.listing, model, args.out, options, **own, **more)
 
 

@@ -3,17 +3,20 @@
 A killed or failed write leaves the old file (or none) and no temporary file behind; readers never see half a file.
 Also the one-line form of an error (``first_line``), shared by the weights and data paths; for the tasks' output
 folders a JSON object read with a one-line error (``read_json``), an appended file's torn last line cut
-(``trim_torn_line``) and the digest of a model's weights (``weights_digest``). Imports nothing else of vivit.
+(``trim_torn_line``) and the digest of a model's weights (``weights_digest``); for caches of folders the trust check
+(``untrusted``) and least-recently-used eviction (``evict_least_recent``). Imports nothing else of vivit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +108,50 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], *, tmp_suffi
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def untrusted(folder: Path, names: Sequence[str]) -> str | None:
+    """Why ``folder`` and its files ``names`` must not be read (a link, not a folder or regular file, another user's,
+    writable by others), or ``None``. As in huggingface_hub's cache, only this user's files no one else can change
+    are trusted, and only regular files are opened (a FIFO or ``/dev/zero`` behind a name would hang the read)."""
+    uid = os.geteuid()
+    for path in (folder, *(folder / name for name in names)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # a missing file is damage, found when the entry is read
+        except OSError as err:
+            return f"{path.name} cannot be inspected ({err.strerror or err})"
+        label = "the folder" if path == folder else path.name
+        if stat.S_ISLNK(st.st_mode):
+            return f"{label} is a symbolic link"
+        if not (stat.S_ISDIR(st.st_mode) if path == folder else stat.S_ISREG(st.st_mode)):
+            return f"{label} is not a {'folder' if path == folder else 'regular file'}"
+        if st.st_uid != uid:
+            return f"{label} belongs to user id {st.st_uid}, not to you ({uid})"
+        if st.st_mode & 0o022:
+            return f"other users can write to {label} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def evict_least_recent(root: Path, pattern: str, names: Sequence[str], limit: int, keep: Path) -> list[Path]:
+    """Remove the trusted folders ``root/pattern`` least recently used (the time of their last file of ``names``)
+    until their files take at most ``limit`` bytes; ``keep`` stays. Returns the folders removed."""
+    entries = []
+    for entry in root.glob(pattern):
+        files = [entry / name for name in names]
+        with contextlib.suppress(OSError):
+            if untrusted(entry, names) is None:
+                entries.append((files[-1].stat().st_mtime, sum(f.stat().st_size for f in files if f.exists()), entry))
+    total, removed = sum(size for _, size, _ in entries), []
+    for _, size, entry in sorted(entries):
+        if total <= limit:
+            break
+        if entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+            total -= size
+    return removed
 
 
 def umask_mode() -> int:

@@ -1,10 +1,7 @@
-"""Inference at the hardware's speed: :func:`optimize` runs a model through the fastest backend for its device.
+"""Inference at the hardware's speed: :func:`optimize` runs a model on the fastest runtime of its device.
 
-On CPU that is OpenVINO (the optional extra ``vivit[openvino]``): the model is converted once, kept in the vivit
-cache as OpenVINO IR keyed by everything its graph depends on (weights, every module's settings, input size, source
-dtype, versions), and compiled for the CPU (bfloat16 through the CPU plugin's inference precision) by the one
-``ov.Core`` of the process. Without the extra, and on CUDA, it is torch (SDPA).
-"""
+On CPU that is OpenVINO (``vivit[openvino]``): converted once, cached as IR keyed by all its graph depends on, compiled
+by the process's one ``ov.Core``; without the extra, and on CUDA, torch (SDPA)."""
 
 from __future__ import annotations
 
@@ -14,10 +11,10 @@ import enum
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
-import stat
 import sys
 import threading
 import time
@@ -30,7 +27,7 @@ import torch
 
 from vivit._version import __version__ as _vivit_version
 from vivit.data.video import BACKENDS as DECODERS
-from vivit.files import umask_mode, weights_digest, write_folder_atomic
+from vivit.files import evict_least_recent, first_line, umask_mode, untrusted, weights_digest, write_folder_atomic
 from vivit.weights.fetch import default_cache_dir
 from vivit.weights.read import file_sha256
 
@@ -44,7 +41,12 @@ CALIBRATION_CLIPS = 300  # NNCF's default subset_size
 MAX_CALIBRATION_BYTES = 1 << 30  # calibration clips are held in memory (and hashed) as float32: at most 1 GiB
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 matrix instructions
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHE_LIMIT_ENV = "VIVIT_OPTIMIZE_CACHE_GB"
+DEFAULT_CACHE_GB = 4.0  # about ten ViViT-B conversions (~350 MB each)
+_MANIFEST_BYTES = 1 << 20
 _ENTRY_FILES = ("model.xml", "model.bin")
+_FILES = (*_ENTRY_FILES, "manifest.json")  # the manifest last: its time is the entry's last use
+_UNTRUSTED = object()
 _said: set[str] = set()
 _core: Any = None  # the process's one ov.Core: created once, never released (see openvino_core)
 _core_lock = threading.Lock()
@@ -57,6 +59,10 @@ class BackendUnavailable(RuntimeError):
     """OpenVINO cannot run this model here; ``backend="auto"`` falls back to torch with this message."""
 
 
+class ModelChanged(RuntimeError):
+    """The model changed after :func:`optimize` in a way its optimized graph cannot follow: optimize it again."""
+
+
 def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
@@ -64,9 +70,7 @@ def _say_once(message: str) -> None:
 
 
 def check_backend(backend: str | Optimized) -> None:
-    """``backend`` names what runs the model (or is :func:`optimize`'s callable of it); a decoder's name there (its
-    meaning in ``evaluate_dataset`` before) is refused naming ``decoder=``, so an old call never silently means
-    something else."""
+    """Refuse a ``backend`` that names no runtime; a decoder's name (its old meaning) is refused naming ``decoder=``."""
     if isinstance(backend, Optimized):
         return
     if backend in DECODERS:
@@ -102,10 +106,7 @@ def cpu_flags() -> set[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    return next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")), set())
 
 
 def native_bfloat16() -> bool:
@@ -120,14 +121,9 @@ def auto_dtype(device: torch.device | str | None = None) -> torch.dtype:
 
 
 def openvino_core() -> Any:
-    """The process's one ``openvino.Core``, made on first use and never released.
-
-    Every OpenVINO path in vivit (and its benchmarks) compiles through it. Each ``Core`` loads its own CPU plugin,
-    which installs an ``mmap``ed alternate signal stack on the calling thread and unmaps it when released; cores
-    released oldest-first leave the thread on an unmapped stack, and the next signal (Ctrl-C, a DataLoader worker
-    exiting) kills the process with SIGSEGV (docs/guides/performance.md has the report). One core never released
-    cannot do that. Code that makes its own ``ov.Core`` objects must keep them alive until the process ends.
-    """
+    """The process's one ``openvino.Core``, made on first use and never released: cores released oldest-first leave
+    the thread on an unmapped signal stack, and the next signal kills the process (docs/guides/performance.md). Code
+    that makes its own ``ov.Core`` must keep it alive until the process ends."""
     global _core
     with _core_lock:
         if _core is None:
@@ -137,40 +133,11 @@ def openvino_core() -> Any:
         return _core
 
 
-class ModelChanged(RuntimeError):
-    """The model changed after :func:`optimize` in a way its optimized graph cannot follow: optimize it again."""
-
-
-class _Snapshot:
-    """What a converted (or copied) model was made from, to notice when the model it came from has changed since.
-
-    Weights are compared by storage and version counter (every in-place change through a parameter bumps it:
-    ``load_state_dict``, ``torch.nn.init``, an optimizer step), not by their bytes, so the check costs a walk over
-    the modules (ViViT-B: ~3 ms, see the performance guide) instead of a pass over 350 MB. Changes made through
-    ``param.data`` bypass version counters and are not seen.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.tensors = self._tensors()
-        self.settings = graph_settings(model, training=False)  # run in eval mode whatever the model's mode now
-
-    def _tensors(self) -> list[tuple[str, int, int, tuple[int, ...], torch.dtype]]:
-        return [(name, t.data_ptr(), t._version, tuple(t.shape), t.dtype)
-                for name, t in self.model.state_dict(keep_vars=True).items()]
-
-    def check(self) -> None:
-        """Raise :class:`ModelChanged` naming what changed since the snapshot; nothing when nothing did."""
-        settings = graph_settings(self.model, training=False)
-        if settings != self.settings:
-            raise ModelChanged(f"the model changed after vivit.optimize ({_what_changed(self.settings, settings)}), "
-                               "so its optimized graph would compute the old model: call vivit.optimize(model) again")
-        tensors = self._tensors()
-        if tensors != self.tensors:
-            names = [now[0] for then, now in zip(self.tensors, tensors, strict=False) if then != now] or ["the list"]
-            raise ModelChanged(f"the model's weights changed after vivit.optimize ({names[0]}"
-                               f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}), so its optimized graph "
-                               "would run the old ones: call vivit.optimize(model) again")
+def _tensors(model: torch.nn.Module) -> list[tuple[str, int, int, tuple[int, ...], torch.dtype]]:
+    """Weights by storage and version counter (``load_state_dict``, ``torch.nn.init``, optimizer steps bump it), not
+    bytes: ~3 ms for ViViT-B instead of a pass over 350 MB. Changes through ``param.data`` are not seen."""
+    return [(name, t.data_ptr(), t._version, tuple(t.shape), t.dtype)
+            for name, t in model.state_dict(keep_vars=True).items()]
 
 
 def _what_changed(then: list[Any], now: list[Any]) -> str:
@@ -189,80 +156,45 @@ def _what_changed(then: list[Any], now: list[Any]) -> str:
 
 
 class Optimized:
-    """``model(x)`` through a faster backend; call it with the model's ``B x C x T x H x W`` float input.
-
-    Outputs are float32 torch tensors on the model's device. Where the backend runs a converted graph or a copy of
-    the weights, every call first checks that the model it was made from has not changed since (weights, structure,
-    settings such as token merging, input size) and raises :class:`ModelChanged` if it has: it never runs a stale
-    model. Threads may each call their own ``Optimized`` (OpenVINO inferences take turns in the process); one
-    ``Optimized`` is not shared between threads (the OpenVINO path reuses one infer request).
-
-    Attributes:
-        model: The module it runs (the torch path's own low-precision copy where it made one).
-        backend: ``"openvino"`` or ``"torch"``.
-        dtype: The precision the model runs in.
-        note: One line saying what runs, for logs and the CLI.
-        calibration: For int8, the sha256 of the calibration clips (``None`` otherwise).
-    """
+    """``model(x)`` on a faster runtime: call it with the model's ``B x C x T x H x W`` float input; outputs are
+    float32 tensors on the model's device. Where it runs a converted graph or a copy of the weights, each call first
+    raises :class:`ModelChanged` if the model it was made from changed since (weights, structure, settings, input
+    size). Threads each call their own ``Optimized`` (the OpenVINO path reuses one infer request). It holds ``model``
+    (what it runs: the torch path's own low-precision copy where it made one), ``backend`` (``"openvino"`` or
+    ``"torch"``), ``dtype``, ``note`` (one line saying what runs) and ``calibration`` (int8: the clips' sha256)."""
 
     def __init__(self, model: torch.nn.Module, backend: str, dtype: torch.dtype,
                  run: Callable[[torch.Tensor], Any], note: str, *, source: torch.nn.Module | None = None) -> None:
         self.model, self.backend, self.dtype, self.note = model, backend, dtype, note
-        self.calibration: str | None = None  # int8: the calibration set's sha256
-        self._run = run
-        self._snapshot = _Snapshot(source) if source is not None else None
+        self.calibration: str | None = None
+        self._run, self._source = run, source  # source: the model a converted graph or copy was made from
+        if source is not None:  # run in eval mode whatever the model's mode now
+            self._tensors, self._settings = _tensors(source), graph_settings(source, training=False)
 
     def __call__(self, x: torch.Tensor) -> Any:
         """``(B, C, T, H, W)`` -> the model's output (logits ``(B, K)``, or features for a headless model)."""
-        if self._snapshot is not None:
-            self._snapshot.check()
+        if self._source is not None:
+            self._check()
         return self._run(x)
+
+    def _check(self) -> None:
+        settings = graph_settings(self._source, training=False)
+        if settings != self._settings:
+            raise ModelChanged(f"the model changed after vivit.optimize ({_what_changed(self._settings, settings)}), "
+                               "so its optimized graph would compute the old model: call vivit.optimize(model) again")
+        tensors = _tensors(self._source)
+        if tensors != self._tensors:
+            names = [now[0] for then, now in zip(self._tensors, tensors, strict=False) if then != now] or ["the list"]
+            raise ModelChanged(f"the model's weights changed after vivit.optimize ({names[0]}"
+                               f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}), so its optimized graph "
+                               "would run the old ones: call vivit.optimize(model) again")
 
     def __repr__(self) -> str:
         return f"Optimized({self.note})"
 
 
-class _TorchRun:
-    """The model in torch under ``inference_mode``; ``autocast`` on CUDA when asked for a lower precision."""
-
-    def __init__(self, model: torch.nn.Module, autocast: torch.dtype | None) -> None:
-        param = next(model.parameters(), None)
-        self.model, self.autocast, self.dtype = model, autocast, param_dtype(model)
-        self.device = param.device if param is not None else torch.device("cpu")
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        with torch.inference_mode(), torch.autocast(self.device.type, self.autocast or torch.bfloat16,
-                                                    enabled=self.autocast is not None):
-            out = self.model(x.to(self.device, self.dtype))
-        return out.float() if isinstance(out, torch.Tensor) else out
-
-
-class _OpenVINORun:
-    """One compiled model and one reused infer request; inputs are shared with OpenVINO, not copied."""
-
-    def __init__(self, compiled: Any, input_size: tuple[int, ...]) -> None:
-        self.compiled = compiled  # held as long as its request: the request must never outlive the compiled model
-        self.request = compiled.create_infer_request()
-        self.input_size = input_size
-        self.num_outputs = len(compiled.outputs)
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        if x.ndim != 5 or tuple(x.shape[1:]) != self.input_size:
-            size = "x".join(map(str, self.input_size))
-            raise ValueError(f"expected a video tensor B x C x T x H x W = B x {size}, got shape {tuple(x.shape)}; "
-                             "the optimized model is built for that size: call vivit.optimize(model, input_size=...) "
-                             "for another")
-        x = x.detach()
-        if x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous():
-            x = x.to("cpu", torch.float32).contiguous()
-        with _infer_lock:
-            result = self.request.infer({0: x.numpy()}, share_inputs=True)  # outputs copied: the request reuses them
-        outs = [torch.from_numpy(result[i]) for i in range(self.num_outputs)]
-        return outs[0] if self.num_outputs == 1 else tuple(outs)
-
-
-class _PreLogits(torch.nn.Module):
-    """A ViViT's pooled pre-logits features as its forward, so they convert like logits do."""
+class PreLogits(torch.nn.Module):
+    """A ViViT's pooled pre-logits features as its forward, so they convert (and run) like logits do."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -276,20 +208,17 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
              input_size: Sequence[int] | None = None, pre_logits: bool = False,
              cache_dir: str | Path | None = None, calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
              smooth_quant: float = SMOOTH_QUANT_ALPHA) -> Optimized:
-    """``model`` compiled for the fastest backend of its device, as a callable with the model's inputs and outputs.
-
-    On CPU: OpenVINO when installed (``pip install "vivit[openvino]"``), converted once and cached on disk; else
-    torch eager (SDPA), said once. On CUDA: torch (SDPA flash; ``autocast`` for a lower ``dtype``). The model is put
-    in eval mode and otherwise left unchanged.
+    """``model`` compiled for the fastest runtime of its device, as a callable with the model's inputs and outputs:
+    on CPU OpenVINO when installed (converted once, cached on disk), else torch eager (SDPA), said once; on CUDA torch
+    (SDPA flash; ``autocast`` for a lower ``dtype``). The model is put in eval mode and otherwise left unchanged.
 
     Args:
         model: A ViViT (or any module taking one ``B x C x T x H x W`` tensor), on CPU or CUDA.
         dtype: ``torch.float32`` or ``torch.bfloat16`` (CUDA also ``float16``); default the weights' dtype.
             ``"int8"``: weights and activations quantized by NNCF on the OpenVINO model (CPU, the extra
             ``vivit[int8]``), calibrated on ``calibration``; the quantized model is cached like a conversion.
-        backend: ``"auto"`` (the fastest available; the environment variable ``VIVIT_BACKEND`` may pin what it
-            picks, e.g. ``torch`` in a process that must not load OpenVINO), ``"torch"`` or ``"openvino"`` (an error
-            where it cannot run).
+        backend: ``"auto"`` (the fastest available; ``$VIVIT_BACKEND`` may pin it, e.g. ``torch``), ``"torch"`` or
+            ``"openvino"`` (an error where it cannot run).
         input_size: ``(C, T, H, W)`` the OpenVINO model is built for; default the ViViT's own. The batch is free.
         pre_logits: Return the pooled pre-logits features instead of ``model(x)`` (feature extraction).
         cache_dir: Where converted models are kept; default ``<vivit cache>/optimized``.
@@ -303,37 +232,52 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     if backend == "auto":
         backend = os.environ.get("VIVIT_BACKEND") or "auto"
     check_backend(backend)
+    int8 = dtype in ("int8", torch.int8)
     if getattr(model, "drop_static", 0):  # each clip keeps its own number of tokens: no fixed-shape graph holds that
-        if backend == "openvino" or isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
+        if backend == "openvino" or int8:
             raise ValueError("this model skips static tubelets (drop_static), so each clip keeps its own number of "
                              "tokens, which a converted OpenVINO graph cannot: run it with backend='torch' (or "
                              "backend='auto'), or call model.set_drop_static(0) before vivit.optimize")
         _say_once("vivit.optimize: drop_static keeps a different number of tokens per clip, which a converted graph "
                   "cannot: the model runs in torch (eager, SDPA)")
         backend = "torch"
-    model = (_PreLogits(model) if pre_logits else model).eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    if isinstance(dtype, str) and dtype == "int8" or dtype == torch.int8:
-        return _int8(model, backend, device, _input_size(model, input_size), cache_dir, calibration, smooth_quant)
+    model = (PreLogits(model) if pre_logits else model).eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if int8:  # no fallback: int8 was asked for by name
+        if backend == "torch" or device.type != "cpu":
+            raise ValueError(f"dtype='int8' runs through OpenVINO on the CPU (backend {backend!r}, model on {device}): "
+                             "use backend='auto' with the model on the CPU, or a float dtype")
+        if calibration is None:
+            raise ValueError("dtype='int8' needs calibration=clips: a few hundred clips preprocessed as at inference, "
+                             "(N, C, T, H, W) or an iterable of batches")
+        size = _input_size(model, input_size)
+        clips = _calibration_clips(calibration, size)
+        try:
+            import nncf
+            import openvino as ov
+        except ImportError:
+            raise ImportError(f"dtype='int8' needs NNCF and OpenVINO: {INT8_HINT}") from None
+        run = _openvino(ov, model, torch.int8, size, cache_dir, int8=(nncf, clips, float(smooth_quant)))
+        run.calibration = _clips_digest(clips)  # a dataset run's identity records it: another set is another model
+        return run
     dtype = as_dtype(dtype) or param_dtype(model)
     if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, found {dtype}")
+    if backend == "openvino" and device.type != "cpu":
+        raise ValueError(f"backend='openvino' runs on the CPU, the model is on {device}: move it with "
+                         "model.cpu() or use backend='auto' (torch on CUDA)")
     if backend == "torch" or device.type != "cpu":
-        if backend == "openvino":
-            raise ValueError(f"backend='openvino' runs on the CPU, the model is on {device}: move it with "
-                             "model.cpu() or use backend='auto' (torch on CUDA)")
         return _torch(model, dtype, device)
     try:
         import openvino as ov
     except ImportError:
         if backend == "openvino":
             raise ImportError(f"backend='openvino' needs OpenVINO: {INSTALL_HINT}") from None
-        _say_once(f"vivit.optimize: OpenVINO is not installed, so the model runs in torch (eager, SDPA); "
-                  f"{INSTALL_HINT} makes it 1.2-5x faster on CPU (ViViT-B at 8 x 160² on a 2-core AMD EPYC; "
-                  "docs/guides/performance.md)")
-        return _torch(model, dtype, device)
+        ov = None
     try:
+        if ov is None:
+            raise BackendUnavailable(f"OpenVINO is not installed ({INSTALL_HINT} makes it 1.2-5x faster on CPU: "
+                                     "ViViT-B at 8 x 160² on a 2-core AMD EPYC, docs/guides/performance.md)")
         return _openvino(ov, model, dtype, _input_size(model, input_size), cache_dir)
     except BackendUnavailable as err:
         if backend == "openvino":
@@ -342,25 +286,36 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
         return _torch(model, dtype, device)
 
 
-def _int8(model: torch.nn.Module, backend: str, device: torch.device, input_size: tuple[int, ...],
-          cache_dir: str | Path | None, calibration: torch.Tensor | Iterable[torch.Tensor] | None,
-          smooth_quant: float) -> Optimized:
-    """The int8 path: no fallback, since int8 was asked for by name."""
-    if backend == "torch" or device.type != "cpu":
-        raise ValueError(f"dtype='int8' runs through OpenVINO on the CPU (backend {backend!r}, model on {device}): "
-                         "use backend='auto' with the model on the CPU, or a float dtype")
-    if calibration is None:
-        raise ValueError("dtype='int8' needs calibration=clips: a few hundred clips preprocessed as at inference, "
-                         "(N, C, T, H, W) or an iterable of batches")
-    clips = _calibration_clips(calibration, input_size)
+def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Optimized:
+    """The torch path: on CPU a low-precision copy of the weights (faster than autocast), on CUDA autocast."""
+    source, autocast, how = None, None, "eager, SDPA"
+    if dtype != param_dtype(model) and device.type == "cpu":
+        source, model = model, copy.deepcopy(model).to(dtype)
+        how += f", its own {dtype_name(dtype)} copy of the weights"
+    elif dtype != param_dtype(model):
+        autocast, how = dtype, how + f", {dtype_name(dtype)} autocast"
+    weights = param_dtype(model)
+
+    def run(x: torch.Tensor) -> Any:
+        with torch.inference_mode(), torch.autocast(device.type, autocast or torch.bfloat16, enabled=bool(autocast)):
+            out = model(x.to(device, weights))
+        return out.float() if isinstance(out, torch.Tensor) else out
+
+    return Optimized(model, "torch", dtype, run, f"torch {torch.__version__} ({how}), {dtype_name(dtype)} on {device}",
+                     source=source)
+
+
+def _input_size(model: torch.nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
+    if input_size is not None:
+        size = tuple(int(v) for v in input_size)
+        if len(size) != 4 or min(size) < 1:
+            raise ValueError(f"input_size must be (C, T, H, W) of positive ints, found {input_size!r}")
+        return size
+    vit = model.model if isinstance(model, PreLogits) else model
     try:
-        import nncf
-        import openvino as ov
-    except ImportError:
-        raise ImportError(f"dtype='int8' needs NNCF and OpenVINO: {INT8_HINT}") from None
-    run = _openvino(ov, model, torch.int8, input_size, cache_dir, int8=(nncf, clips, float(smooth_quant)))
-    run.calibration = _clips_digest(clips)  # a dataset run's identity records it: another set is another model
-    return run
+        return (int(vit.in_chans), int(vit.num_frames), *(int(v) for v in vit.img_size))
+    except AttributeError:
+        raise ValueError("this model does not say its input size: pass input_size=(C, T, H, W)") from None
 
 
 def _clips_digest(clips: list[Any]) -> str:
@@ -373,9 +328,8 @@ def _clips_digest(clips: list[Any]) -> str:
 
 def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input_size: tuple[int, ...]) -> list[Any]:
     """The calibration set as float32 numpy batches of ``input_size``; one clear error for anything else."""
-    batches = [calibration] if isinstance(calibration, torch.Tensor) else list(calibration)
     out = []
-    for batch in batches:
+    for batch in [calibration] if isinstance(calibration, torch.Tensor) else calibration:
         if not isinstance(batch, torch.Tensor) or batch.ndim != 5 or tuple(batch.shape[1:]) != input_size:
             found = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise ValueError(f"calibration clips must be (N, {', '.join(map(str, input_size))}) tensors, found {found}")
@@ -388,109 +342,140 @@ def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input
 
 
 def calibration_clips(listing: str | Path, model: torch.nn.Module, views: str | Sequence[int],
-                      num_clips: int | None = None, *, decoder: str = "auto", video_root: str | Path | None = None,
-                      pattern: str | None = None) -> torch.Tensor:
-    """Clips of a listing's videos for ``optimize(model, "int8", calibration=...)``, sampled as at inference.
-
-    Each video gives the test ``views`` that evaluation and ``classify`` take of it (the model's clip length and
-    frame stride, resize, crops, ``[-1, 1]`` scaling: :class:`vivit.data.video.ViewSampler`); the videos are spread
-    evenly over the listing (all of its views per video, ``ceil(num_clips / views)`` videos), an unreadable one is
-    skipped for the next.
-
-    Args:
-        listing: What :func:`vivit.data.datasets.read_listing` reads (CSV, Kinetics CSV, folder per class, list).
-        model: The model to calibrate (its pretrained cfg sets the sampling).
-        views: ``"4x3"`` or ``(clips, crops)`` per video.
-        num_clips: How many clips; default ``CALIBRATION_CLIPS`` (NNCF's 300) or fewer where they would take more
-            than ``MAX_CALIBRATION_BYTES`` (1 GiB) as float32; at most the listing's videos times ``views``.
-        decoder, video_root, pattern: As in :func:`vivit.data.datasets.read_listing` and the evaluation.
-
-    Returns:
-        ``(N, C, T, H, W)`` float32 clips.
+                      num_clips: int | None = None, *, decoder: str = "auto") -> torch.Tensor:
+    """``(N, C, T, H, W)`` float32 clips of a listing's videos for ``optimize(model, "int8", calibration=...)``: the
+    test ``views`` evaluation takes (:class:`vivit.data.datasets.EvalVideos`) of videos spread evenly over the listing,
+    an unreadable one skipped for the next. ``num_clips`` defaults to ``CALIBRATION_CLIPS`` (NNCF's 300), fewer where
+    they would take over 1 GiB as float32; ``decoder`` as in the evaluation.
 
     Raises:
         ValueError: A missing or empty listing, ``num_clips`` beyond the memory bound, no readable video.
     """
-    import math
+    from vivit.data.datasets import EvalVideos, Item, read_listing
 
-    from vivit.data.datasets import KINETICS_PATTERN, READ_ERRORS, read_listing
-    from vivit.data.video import ViewSampler
-
-    rows = read_listing(listing, video_root=video_root, pattern=pattern or KINETICS_PATTERN)
-    sampler = ViewSampler.for_model(model, views)
-    size = (model.in_chans, model.num_frames, *model.img_size)
+    rows = read_listing(listing)
+    videos = EvalVideos([Item(path) for path in rows.paths], model, views, decoder=decoder)
+    size = _input_size(model, None)
     most = max(1, MAX_CALIBRATION_BYTES // (4 * math.prod(size)))
     if num_clips is not None and not 1 <= num_clips <= most:
         raise ValueError(f"calibration clips of {'x'.join(map(str, size))} are held in memory: at most {most} "
                          f"(1 GiB of float32), found {num_clips}")
-    wanted = min(num_clips or CALIBRATION_CLIPS, most)
-    per_video = sampler.num_clips * sampler.transform.num_crops
-    count = len(rows.paths)
-    spread = min(count, math.ceil(wanted / per_video))
+    wanted, count = min(num_clips or CALIBRATION_CLIPS, most), len(rows.paths)
+    spread = min(count, math.ceil(wanted / math.prod(videos.views)))
     first = [i * count // spread for i in range(spread)]
-    order = first + sorted(set(range(count)) - set(first))  # the evenly spread videos, then the rest for failures
-    clips: list[torch.Tensor] = []
-    failed = 0
-    for index in order:
-        if sum(len(c) for c in clips) >= wanted:
+    clips, tried = [], 0
+    for index in first + sorted(set(range(count)) - set(first)):  # the evenly spread videos, then the rest
+        if sum(map(len, clips)) >= wanted:
             break
-        try:
-            clips.append(sampler(rows.paths[index], backend=decoder))
-        except READ_ERRORS as err:
-            failed += 1
-            _logger.warning("calibration: skipping unreadable video %s (%s)", rows.paths[index], _first_line(err))
+        tried += 1
+        if (item := videos[index])["status"] == "ok":  # EvalVideos logs an unreadable one
+            clips.append(item["views"])
     if not clips:
         raise ValueError(f"{listing}: none of its {count} videos could be read, so there is nothing to calibrate on")
     out = torch.cat(clips)[:wanted].float()
     _logger.info("calibration: %d clips from %d videos of %s%s", len(out), len(clips), listing,
-                 f" ({failed} unreadable skipped)" if failed else "")
+                 f" ({tried - len(clips)} unreadable skipped)" if tried > len(clips) else "")
     return out
 
 
-def _input_size(model: torch.nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
-    if input_size is not None:
-        size = tuple(int(v) for v in input_size)
-        if len(size) != 4 or min(size) < 1:
-            raise ValueError(f"input_size must be (C, T, H, W) of positive ints, found {input_size!r}")
-        return size
-    vit = getattr(model, "model", model) if isinstance(model, _PreLogits) else model
+def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: tuple[int, ...],
+              cache_dir: str | Path | None, int8: tuple[Any, list[Any], float] | None = None) -> Optimized:
+    """Read the converted (and for int8 quantized) model from the cache or make and cache it, then compile it."""
+    if dtype == torch.float16:
+        raise BackendUnavailable("OpenVINO on CPU runs float32 or bfloat16, not float16")
+    core = openvino_core()
+    if "CPU" not in core.available_devices:
+        raise BackendUnavailable(f"OpenVINO {ov.__version__.split('-')[0]} finds no CPU device it supports here")
+    if dtype == torch.bfloat16 and not native_bfloat16():
+        _say_once("vivit.optimize: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where bfloat16 is "
+                  "slower than float32: OpenVINO runs float32")
+        dtype = torch.float32
+    key = cache_key(model, input_size, ov.__version__)
+    start = time.perf_counter()
+    def converted() -> tuple[Any, str]:
+        return _cached(cache_dir, key, lambda: _convert(ov, model, input_size), "converted")
+
+    if int8 is None:
+        ov_model, how = converted()
+    else:  # the quantized entry first: the float one is read (or made) only to quantize it
+        nncf, clips, alpha = int8
+        int8_key = {**key, "int8": {"calibration": _clips_digest(clips), "clips": len(clips), "nncf": nncf.__version__,
+                                    "smooth_quant": alpha}}
+        ov_model, how = _cached(cache_dir, int8_key, lambda: _quantize(nncf, converted()[0], clips, alpha), "quantized")
+    # int8: what stays in floating point (LayerNorm, softmax, where NNCF keeps them) runs bfloat16 where it is native
+    rest = "bf16" if dtype == torch.bfloat16 or (dtype == torch.int8 and native_bfloat16()) else "f32"
+    config = {"INFERENCE_PRECISION_HINT": rest, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     try:
-        return (int(vit.in_chans), int(vit.num_frames), *(int(v) for v in vit.img_size))
-    except AttributeError:
-        raise ValueError("this model does not say its input size: pass input_size=(C, T, H, W)") from None
+        compiled = core.compile_model(ov_model, "CPU", config)
+    except RuntimeError as err:
+        raise BackendUnavailable(f"OpenVINO cannot compile this model for this CPU ({_first_line(err)})") from None
+    ready = time.perf_counter() - start
+    request, outputs = compiled.create_infer_request(), len(compiled.outputs)
+
+    def run(x: torch.Tensor) -> Any:
+        if x.ndim != 5 or tuple(x.shape[1:]) != input_size:
+            raise ValueError(f"expected a video tensor B x C x T x H x W = B x {'x'.join(map(str, input_size))}, got "
+                             f"shape {tuple(x.shape)}; the optimized model is built for that size: call "
+                             "vivit.optimize(model, input_size=...) for another")
+        x = x.detach().to("cpu", torch.float32).contiguous()  # shared with OpenVINO, not copied, where it can be
+        with _infer_lock:
+            result = request.infer({0: x.numpy()}, share_inputs=True)  # outputs copied: the request reuses them
+        outs = [torch.from_numpy(result[i]) for i in range(outputs)]
+        return outs[0] if outputs == 1 else tuple(outs)
+
+    run.compiled = compiled  # the request must never outlive the compiled model
+    note = f"openvino {ov.__version__.split('-')[0]} on CPU, {dtype_name(dtype)} ({how}, ready in {ready:.1f} s)"
+    return Optimized(model, "openvino", dtype, run, note, source=model)
 
 
-def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> Optimized:
-    """The torch path: on CPU a low-precision copy of the weights (faster than autocast), on CUDA autocast."""
-    param = next(model.parameters(), None)
-    weights = param.dtype if param is not None and param.is_floating_point() else dtype
-    autocast, how = None, "eager, SDPA"
-    source = None
-    if dtype != weights and device.type == "cpu":
-        source, model = model, copy.deepcopy(model).to(dtype)
-        how += f", its own {dtype_name(dtype)} copy of the weights"
-    elif dtype != weights:
-        autocast, how = dtype, how + f", {dtype_name(dtype)} autocast"
-    return Optimized(model, "torch", dtype, _TorchRun(model, autocast),
-                     f"torch {torch.__version__} ({how}), {dtype_name(dtype)} on {device}", source=source)
+def _quantize(nncf: Any, ov_model: Any, clips: list[Any], alpha: float) -> Any:
+    """NNCF's post-training int8 quantization of the OpenVINO model, with its transformer settings."""
+    params = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is the caller's (JSON, pipes)
+            return nncf.quantize(ov_model, nncf.Dataset(clips), model_type=nncf.ModelType.TRANSFORMER,
+                                 subset_size=len(clips), advanced_parameters=params)
+    except (RuntimeError, ValueError) as err:
+        raise BackendUnavailable(f"NNCF cannot quantize this model ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The line of an OpenVINO error that names the problem (its report lists unconverted ops below a header)."""
+    named = [line.strip(" -") for line in str(err).splitlines() if "no conversion rule" in line.lower()]
+    return (named[0] if named else first_line(err))[:300]
+
+
+def _convert(ov: Any, model: torch.nn.Module, input_size: tuple[int, ...]) -> Any:
+    """torch -> OpenVINO with a free batch and the fixed ``input_size`` (the positional embeddings fix T, H, W)."""
+    from openvino.frontend import GeneralFailure, OpConversionFailure
+
+    source = model if param_dtype(model) == torch.float32 else copy.deepcopy(model).float()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # the tracer's deprecation notice and its warnings about shape checks, constant for the fixed input size
+            warnings.simplefilter("ignore")
+            return ov.convert_model(source, example_input=torch.zeros(1, *input_size), input=[(-1, *input_size)])
+    except (RuntimeError, TypeError, ValueError, OpConversionFailure, GeneralFailure) as err:
+        raise BackendUnavailable(f"OpenVINO cannot convert this model ({_first_line(err)})") from None
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
+_PLAIN = (bool, int, float, str)
 
 
 def _holds_tensor(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
+    if isinstance(value, dict):
+        value = list(value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
         return any(_holds_tensor(v) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_tensor(v) for v in value.values())
-    return False
+    return isinstance(value, torch.Tensor)
 
 
 def _stable(value: Any) -> Any:
     """``value`` as JSON data that is the same in every process (no memory addresses)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, _PLAIN):
         return value
     if isinstance(value, (list, tuple)):
         return [_stable(v) for v in value]
@@ -500,27 +485,21 @@ def _stable(value: Any) -> Any:
         return {str(k): _stable(v) for k, v in value.items()}
     if isinstance(value, (torch.dtype, torch.device, enum.Enum)):
         return str(value)
+    name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
     code = getattr(value, "__code__", None)
     if callable(value) and code is not None:  # a function: its name and its code (two lambdas differ by their code)
-        body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}:{body}"
+        return f"{name}:{hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]}"
     if isinstance(value, type) or callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+        return name
     return f"{type(value).__qualname__}:{_ADDRESS.sub('', repr(value))}"
 
 
-_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
-_PLAIN = (bool, int, float, str)
-
-
 def graph_settings(model: torch.nn.Module, *, training: bool = True) -> list[Any]:
-    """Every module's class and public non-tensor state (and its forward hooks), in module order, as JSON data.
+    """Every module's class, public non-tensor state and forward hooks, in module order, as JSON data.
 
-    This is what the forward reads besides the weights, derived from the modules instead of listed by hand: token
-    merging schedules, grid and input sizes, attention implementation, pooling, head sizes, dropout rates, train mode
-    (``training=False`` leaves it out) and whatever a later feature stores on a module. Private attributes
-    (``_name``: torch's bookkeeping, caches) and tensors or ``None`` (per-call outputs such as token sizes or attention
-    maps, which the forward writes but never reads as a setting) are left out.
+    What the forward reads besides the weights, derived from the modules rather than listed by hand (token merging,
+    grid and input sizes, attention, pooling, head sizes, dropout, train mode unless ``training=False``). Private
+    attributes and tensors or ``None`` (per-call outputs such as token sizes, never read as settings) are left out.
     """
     settings = []
     for name, module in model.named_modules():
@@ -541,10 +520,7 @@ def graph_settings(model: torch.nn.Module, *, training: bool = True) -> list[Any
 
 def cache_key(model: torch.nn.Module, input_size: tuple[int, ...], openvino_version: str) -> dict[str, Any]:
     """What a converted model depends on: weights, every module's settings, input size, source dtype, versions.
-
-    The precision is not part of it: OpenVINO IR keeps float32 weights and the precision is chosen when it is
-    compiled, so float32 and bfloat16 share one entry.
-    """
+    Not the precision: the IR keeps float32 weights and float32 and bfloat16 share one entry."""
     settings = json.dumps(graph_settings(model), sort_keys=True)
     param = next(model.parameters(), None)
     return {"weights": weights_digest(model), "settings": hashlib.sha256(settings.encode()).hexdigest(),
@@ -552,87 +528,9 @@ def cache_key(model: torch.nn.Module, input_size: tuple[int, ...], openvino_vers
             "openvino": openvino_version, "torch": torch.__version__, "vivit": _vivit_version}
 
 
-def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: tuple[int, ...],
-              cache_dir: str | Path | None, int8: tuple[Any, list[Any], float] | None = None) -> Optimized:
-    """Read the converted (and for int8 quantized) model from the cache or make and cache it, then compile it."""
-    if dtype == torch.float16:
-        raise BackendUnavailable("OpenVINO on CPU runs float32 or bfloat16, not float16")
-    core = openvino_core()
-    if "CPU" not in core.available_devices:
-        raise BackendUnavailable(f"OpenVINO {ov.__version__.split('-')[0]} finds no CPU device it supports here")
-    if dtype in (torch.bfloat16, torch.int8) and not native_bfloat16():
-        if dtype == torch.bfloat16:
-            _say_once("vivit.optimize: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where bfloat16 is "
-                      "slower than float32: OpenVINO runs float32")
-            dtype = torch.float32
-    key = cache_key(model, input_size, ov.__version__)
-    start = time.perf_counter()
-    def converted() -> tuple[Any, str]:
-        return _cached(ov, cache_dir, key, input_size, lambda: _convert(ov, model, input_size), "converted")
-
-    if int8 is None:
-        ov_model, how = converted()
-    else:  # the quantized entry first: the float one is read (or made) only to quantize it
-        nncf, clips, alpha = int8
-        int8_key = {**key, "int8": {"calibration": _clips_digest(clips), "clips": len(clips), "nncf": nncf.__version__,
-                                    "smooth_quant": alpha}}
-        ov_model, how = _cached(ov, cache_dir, int8_key, input_size,
-                                lambda: _quantize(nncf, converted()[0], clips, alpha), "quantized")
-    # int8: what stays in floating point (LayerNorm, softmax, where NNCF keeps them) runs bfloat16 where it is native
-    rest = "bf16" if dtype == torch.bfloat16 or (dtype == torch.int8 and native_bfloat16()) else "f32"
-    config = {"INFERENCE_PRECISION_HINT": rest,
-              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
-    try:
-        compiled = core.compile_model(ov_model, "CPU", config)
-    except RuntimeError as err:
-        raise BackendUnavailable(f"OpenVINO cannot compile this model for this CPU ({_first_line(err)})") from None
-    ready = time.perf_counter() - start
-    note = f"openvino {ov.__version__.split('-')[0]} on CPU, {dtype_name(dtype)} ({how}, ready in {ready:.1f} s)"
-    return Optimized(model, "openvino", dtype, _OpenVINORun(compiled, input_size), note, source=model)
-
-
-def _quantize(nncf: Any, ov_model: Any, clips: list[Any], alpha: float) -> Any:
-    """NNCF's post-training int8 quantization of the OpenVINO model, with its transformer settings."""
-    params = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=alpha))
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is the caller's (JSON, pipes)
-            return nncf.quantize(ov_model, nncf.Dataset(clips), model_type=nncf.ModelType.TRANSFORMER,
-                                 subset_size=len(clips), advanced_parameters=params)
-    except (RuntimeError, ValueError) as err:
-        raise BackendUnavailable(f"NNCF cannot quantize this model ({_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    """The line of an OpenVINO error that names the problem (its report lists unconverted ops below a header)."""
-    lines = [line.strip(" -") for line in str(err).splitlines() if line.strip(" -")]
-    named = [line for line in lines if "no conversion rule" in line.lower()]
-    return (named or lines or [type(err).__name__])[0][:300]
-
-
-def _convert(ov: Any, model: torch.nn.Module, input_size: tuple[int, ...]) -> Any:
-    """torch -> OpenVINO with a free batch and the fixed ``input_size`` (the positional embeddings fix T, H, W)."""
-    from openvino.frontend import GeneralFailure, OpConversionFailure
-
-    param = next(model.parameters(), None)
-    source = model if param is None or param.dtype == torch.float32 else copy.deepcopy(model).float()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # the tracer's deprecation notice and its warnings about shape checks, constant for the fixed input size
-            warnings.simplefilter("ignore")
-            return ov.convert_model(source, example_input=torch.zeros(1, *input_size), input=[(-1, *input_size)])
-    except (RuntimeError, TypeError, ValueError, OpConversionFailure, GeneralFailure) as err:
-        raise BackendUnavailable(f"OpenVINO cannot convert this model ({_first_line(err)})") from None
-
-
-CACHE_LIMIT_ENV = "VIVIT_OPTIMIZE_CACHE_GB"
-DEFAULT_CACHE_GB = 4.0  # about ten ViViT-B conversions (~350 MB each)
-_MANIFEST_BYTES = 1 << 20
-_UNTRUSTED = object()
-
-
 def cache_limit_bytes() -> int:
-    """The optimize cache's size bound: ``$VIVIT_OPTIMIZE_CACHE_GB`` gigabytes (default 4); least recently used
-    entries beyond it are removed when a new one is written."""
+    """The optimize cache's bound, ``$VIVIT_OPTIMIZE_CACHE_GB`` gigabytes (default 4): least recently used entries
+    beyond it are removed when a new one is written."""
     text = os.environ.get(CACHE_LIMIT_ENV, "").strip()
     try:
         gigabytes = float(text) if text else DEFAULT_CACHE_GB
@@ -643,58 +541,30 @@ def cache_limit_bytes() -> int:
     return int(gigabytes * 1e9)
 
 
-def _cached(ov: Any, cache_dir: str | Path | None, key: dict[str, Any], input_size: tuple[int, ...],
-            make: Callable[[], Any], made: str) -> tuple[Any, str]:
+def _cached(cache_dir: str | Path | None, key: dict[str, Any], make: Callable[[], Any], made: str) -> tuple[Any, str]:
     """The cache entry of ``key`` (read, or made with ``make()`` and written), and how it was obtained."""
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    root = Path(cache_dir or default_cache_dir() / "optimized").expanduser()
-    folder = root / f"openvino-{name}"
+    folder = Path(cache_dir or default_cache_dir() / "optimized").expanduser() / f"openvino-{name}"
     start = time.perf_counter()
-    ov_model = _read_entry(ov, folder, key, input_size)
+    ov_model = _read_entry(folder, key)
     if ov_model is not None and ov_model is not _UNTRUSTED:
         return ov_model, f"read from {folder}"
     _logger.info("vivit.optimize: %s once (ViViT-B: ~30 s), cached in %s",
                  "converting the model to OpenVINO" if made == "converted" else "quantizing the model to int8", folder)
     fresh = make()
     how = f"{made} in {time.perf_counter() - start:.0f} s"
-    if ov_model is _UNTRUSTED:
-        return fresh, how + ", not cached"
-    return fresh, how + (f", cached in {folder}" if _write_entry(ov, fresh, folder, key) else ", not cached")
+    written = ov_model is not _UNTRUSTED and _write_entry(fresh, folder, key)
+    return fresh, how + (f", cached in {folder}" if written else ", not cached")
 
 
-def _untrusted(folder: Path) -> str | None:
-    """Why a cache entry must not be read (a link, a foreign owner, writable by others, not a regular file), or None.
-
-    As huggingface_hub's cache does: only files of this user that no one else can change are trusted, and nothing
-    but a regular file is ever opened (a FIFO or ``/dev/zero`` behind a name would hang the read).
-    """
-    uid = os.geteuid()
-    for path in (folder, *(folder / f for f in (*_ENTRY_FILES, "manifest.json"))):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue  # a missing file is damage, found when the entry is read
-        except OSError as err:
-            return f"{path.name} cannot be inspected ({err.strerror or err})"
-        label = "the folder" if path == folder else path.name
-        if stat.S_ISLNK(st.st_mode):
-            return f"{label} is a symbolic link"
-        if not (stat.S_ISDIR(st.st_mode) if path == folder else stat.S_ISREG(st.st_mode)):
-            return f"{label} is not a {'folder' if path == folder else 'regular file'}"
-        if st.st_uid != uid:
-            return f"{label} belongs to user id {st.st_uid}, not to you ({uid})"
-        if st.st_mode & 0o022:
-            return f"other users can write to {label} (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
-
-
-def _read_entry(ov: Any, folder: Path, key: dict[str, Any], input_size: tuple[int, ...]) -> Any:
+def _read_entry(folder: Path, key: dict[str, Any]) -> Any:
     """The cached OpenVINO model; ``None`` when there is none (a damaged one is removed), ``_UNTRUSTED`` when an
     entry is there that must not be read nor replaced."""
+    import openvino as ov
+
     if not os.path.lexists(folder):
         return None
-    reason = _untrusted(folder)
-    if reason is not None:
+    if (reason := untrusted(folder, _FILES)) is not None:
         _say_once(f"vivit.optimize: not using the cached OpenVINO model in {folder}: {reason}; converting the model "
                   f"in memory (remove that entry to cache it again)")
         return _UNTRUSTED
@@ -706,11 +576,10 @@ def _read_entry(ov: Any, folder: Path, key: dict[str, Any], input_size: tuple[in
             raise ValueError("another model's entry")  # copied here, or a name collision: never run it
         if all(file_sha256(folder / f) == manifest["files"][f] for f in _ENTRY_FILES):
             ov_model = openvino_core().read_model(folder / "model.xml")
-            if _input_shape(ov_model) == [-1, *input_size]:  # a planted IR of another size fails here, not at call
-                try:
+            want = ov.PartialShape([-1, *key["input_size"]])  # a planted IR of another size fails here, not at a call
+            if len(ov_model.inputs) == 1 and ov_model.inputs[0].get_partial_shape() == want:
+                with contextlib.suppress(OSError):
                     os.utime(folder / "manifest.json")  # its time is when the entry was last used (the LRU order)
-                except OSError:
-                    pass
                 return ov_model
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
         pass
@@ -720,17 +589,11 @@ def _read_entry(ov: Any, folder: Path, key: dict[str, Any], input_size: tuple[in
     return None
 
 
-def _input_shape(ov_model: Any) -> list[int] | None:
-    """The IR's one input shape with -1 for a free dimension; ``None`` for another signature."""
-    if len(ov_model.inputs) != 1:
-        return None
-    shape = ov_model.inputs[0].get_partial_shape()
-    return [d.get_length() if d.is_static else -1 for d in shape] if shape.rank.is_static else None
-
-
-def _write_entry(ov: Any, ov_model: Any, folder: Path, key: dict[str, Any]) -> bool:
+def _write_entry(ov_model: Any, folder: Path, key: dict[str, Any]) -> bool:
     """Save the model as a whole folder (IR + manifest of key and digests), then keep the cache within its bound;
     ``False`` where it cannot be written (read-only, full disk: nothing of it is left)."""
+    import openvino as ov
+
     file_mode = umask_mode() & ~0o022  # never writable by others: such an entry would not be trusted when read
     folder_mode = (file_mode | (file_mode & 0o444) >> 2) & ~0o022
 
@@ -738,7 +601,7 @@ def _write_entry(ov: Any, ov_model: Any, folder: Path, key: dict[str, Any]) -> b
         ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)  # fp16 weights would cost accuracy
         files = {f: file_sha256(tmp / f) for f in _ENTRY_FILES}
         (tmp / "manifest.json").write_text(json.dumps({**key, "files": files}, indent=1), encoding="utf-8")
-        for f in (*_ENTRY_FILES, "manifest.json"):
+        for f in _FILES:
             os.chmod(tmp / f, file_mode)
         os.chmod(tmp, folder_mode)
 
@@ -752,27 +615,7 @@ def _write_entry(ov: Any, ov_model: Any, folder: Path, key: dict[str, Any]) -> b
                   "cached and every process converts it again; free space there or set VIVIT_CACHE to a writable "
                   "folder")
         return False
-    _evict(folder.parent, limit, keep=folder)
+    for entry in evict_least_recent(folder.parent, "openvino-*", _FILES, limit, keep=folder):
+        _logger.info("vivit.optimize: removed the least recently used entry %s (the cache is above %s = %.1f GB)",
+                     entry, CACHE_LIMIT_ENV, limit / 1e9)
     return True
-
-
-def _evict(root: Path, limit: int, keep: Path) -> None:
-    """Remove least recently used trusted entries until the cache is within ``limit`` bytes (``keep`` stays)."""
-    entries = []
-    for entry in root.glob("openvino-*"):
-        if _untrusted(entry) is None:
-            try:
-                files = [entry / f for f in (*_ENTRY_FILES, "manifest.json")]
-                size = sum(f.stat().st_size for f in files if f.exists())
-                entries.append(((entry / "manifest.json").stat().st_mtime, size, entry))
-            except OSError:
-                continue
-    total = sum(size for _, size, _ in entries)
-    for _, size, entry in sorted(entries):
-        if total <= limit:
-            break
-        if entry != keep:
-            _logger.info("vivit.optimize: removing the least recently used entry %s (the cache is above %s = %.1f GB)",
-                         entry, CACHE_LIMIT_ENV, limit / 1e9)
-            shutil.rmtree(entry, ignore_errors=True)
-            total -= size

@@ -5,29 +5,31 @@ it chose. ``backend`` names the runtime everywhere (``"torch"``: the model as it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from vivit.tasks.optimize import Optimized, as_dtype, check_backend, dtype_name, optimize, param_dtype
+from vivit.tasks.optimize import (
+    Optimized,
+    PreLogits,
+    as_dtype,
+    calibration_clips,
+    check_backend,
+    dtype_name,
+    optimize,
+    param_dtype,
+)
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Runtime:
-    """A model made ready to run.
-
-    Attributes:
-        model: The module on ``device`` in eval mode (cast to ``dtype`` on the torch backend).
-        fn: What to call on a batch: the model (its pre-logits with ``pre_logits``), or :func:`vivit.optimize`'s.
-        backend: The runtime that runs: ``"torch"`` or ``"openvino"`` (never ``"auto"``).
-        dtype: The precision the model runs in.
-        device: Where inputs go.
-        note: The one line saying so.
-    """
+    """A model made ready to run: ``fn`` is what to call on a batch (on ``device``); ``backend`` (never ``"auto"``)
+    and ``dtype`` what runs it, ``note`` the one line saying so. ``model`` is on ``device`` in eval mode."""
 
     model: torch.nn.Module
     fn: Callable[[torch.Tensor], torch.Tensor]
@@ -53,7 +55,8 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
         model: The model (moved, and on the torch backend cast, in place).
         device: Default the model's.
         dtype: ``"bfloat16"``, ``torch.float16`` ...; default the weights'.
-        backend: ``"torch"``, ``"auto"``, ``"openvino"``, or an :func:`vivit.optimize` callable of this model.
+        backend: ``"torch"``, ``"auto"``, ``"openvino"``, or an :func:`vivit.optimize` callable of this model (e.g.
+            :func:`int8_backend`'s).
         token_merging: ToMe's ``r`` to set (``None`` keeps the model's).
         pre_logits: Run the pooled pre-logits features instead of the logits.
         compile: ``torch.compile`` the torch backend's callable.
@@ -61,12 +64,8 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
             returns ``None``) the model.
         say: Called with the one line.
     """
-    if token_merging is not None:
-        model.set_token_merging(token_merging)
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else "cpu"
-    device = torch.device(device)
+    _set_token_merging(model, token_merging)
+    device = torch.device(device if device is not None else next((p.device for p in model.parameters()), "cpu"))
     model = model.to(device).eval()
     if isinstance(backend, str) and backend != "torch":
         backend = optimize(model, dtype, backend=backend, pre_logits=pre_logits)
@@ -75,9 +74,7 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
     else:
         wanted = as_dtype(dtype)
         model = model if wanted is None else model.to(wanted)
-        fn = (forward(model) if forward else None) or model
-        if pre_logits and fn is model:
-            fn = lambda x: model.forward_head(model.forward_features(x), pre_logits=True)  # noqa: E731
+        fn = (forward(model) if forward else None) or (PreLogits(model) if pre_logits else model)
         how = "eager, SDPA, compiled" if compile else "eager, SDPA"
         runtime = Runtime(model, torch.compile(fn) if compile else fn, "torch", param_dtype(model), device,
                           f"torch {torch.__version__} ({how}), {dtype_name(param_dtype(model))} on {device}")
@@ -85,4 +82,21 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
     return runtime
 
 
-__all__ = ["Runtime", "as_dtype", "check_backend", "dtype_name", "param_dtype", "setup_runtime"]
+def int8_backend(model: torch.nn.Module, calibration: str | Path, views: str | Sequence[int],
+                 num_clips: int | None = None, *, decoder: str = "auto", token_merging: Any = None,
+                 pre_logits: bool = False, say: Callable[[str], Any] | None = None) -> Optimized:
+    """``vivit.optimize(model, "int8")`` (OpenVINO on the CPU) calibrated on clips of the listing ``calibration``
+    sampled with ``views`` (:func:`vivit.tasks.optimize.calibration_clips`), saying how many it took."""
+    _set_token_merging(model, token_merging)  # before quantizing: the quantized graph is the merging one
+    clips = calibration_clips(calibration, model.cpu().eval(), views, num_clips, decoder=decoder)
+    (say or _logger.info)(f"--dtype int8: {len(clips)} calibration clips from {calibration}")
+    return optimize(model, "int8", backend="openvino", calibration=clips, pre_logits=pre_logits)
+
+
+def _set_token_merging(model: torch.nn.Module, r: Any) -> None:
+    """Set ToMe's ``r`` only where it changes the model: no merging asked of a dense model leaves the model alone."""
+    if r is not None and (r or getattr(model, "token_merging", 0)):
+        model.set_token_merging(r)
+
+
+__all__ = ["Runtime", "as_dtype", "check_backend", "dtype_name", "int8_backend", "param_dtype", "setup_runtime"]
