@@ -1,23 +1,12 @@
 """Evaluate a classifier on every video of a listing, as a task of the dataset-job driver ``vivit.tasks.run`` (one
 process or ``torchrun --nproc_per_node N``, whose rank 0 writes what a single process would).
 
-:func:`evaluate_dataset` writes into ``out``:
-
-- ``predictions.jsonl``: one line per video as it is done (``index`` in the listing, ``path``, ``label``, ``status``
-  ``ok``/``failed``, top-5 or the failure ``reason``, ``logits_row``); the ranks of a distributed run write
-  ``predictions.rank<r>.jsonl``, merged at the end. The finished file is in listing order.
-- ``logits.npy``: ``(num_videos, num_classes)`` float32 view-averaged logits, row = listing index (NaN: failed).
-- ``report.json``: ``top1``, ``top5``, ``mean_class_accuracy`` (percent, over the videos that could be read),
-  ``top1_failed_as_wrong``, ``num_videos``, ``num_labelled``, ``num_evaluated``, ``num_failed``, ``failed`` (path and
-  reason each), ``views``, ``model``, ``dtype``; a split head (EPIC-Kitchens: nouns | verbs) adds ``parts`` (each
-  part's figures), and ``top1`` / ``top5`` are then the *action* accuracies (every part right).
-- ``per_class.csv`` (per-class accuracy, the class each is most confused with) and ``confusion.png`` (row-normalised;
-  needs matplotlib).
-
-A video that cannot be decoded, or whose logits are not finite, is failed with its reason. A run started again with
-the same ``out`` continues where it stopped and ends with the same report. On a resume a video recorded as done whose
-logits row is missing or not finite is evaluated again; a file that is not what this module writes is refused,
-naming it.
+:func:`evaluate_dataset` writes ``predictions.jsonl`` (a line per video as it is done, in listing order at the end;
+ranks write ``predictions.rank<r>.jsonl``, merged at the end), ``logits.npy`` (float32 view-averaged logits, row =
+listing index, NaN: failed), ``report.json``, ``per_class.csv`` and ``confusion.png`` (needs matplotlib); the Kinetics
+guide ("What comes out") lists their fields. A video that cannot be decoded, or whose logits are not finite, is failed
+with its reason. A run started again with the same ``out`` continues where it stopped (a video recorded as done
+without finite logits is evaluated again) and ends with the same report; a file this module did not write is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +15,6 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,53 +35,40 @@ RANK_PREDICTIONS = "predictions.rank*.jsonl"
 REPORT = "report.json"
 LOGITS = "logits.npy"
 SPLIT_SEPARATOR = "|"  # a split head's label: one label per part, in logit order ("noun|verb" for EPIC-Kitchens)
-STATUSES = ("ok", "failed")
 
 
-@dataclass(frozen=True)
 class _Head:
-    """The model's classes: ``splits`` (sizes of the head's parts), class ``names`` and ``parts`` (part names)."""
+    """The model's classes: ``splits`` (sizes of the head's parts), their logit ``spans``, class ``names`` and part
+    names ``parts``: one part unless ``class_splits`` says more, named by the package's label files (``*_nouns.txt``:
+    nouns)."""
 
-    splits: list[int]
-    names: list[str]
-    parts: list[str]
-
-    @classmethod
-    def of(cls, model: torch.nn.Module) -> _Head:
-        """One part unless ``class_splits`` says more, named by the package's label files (``*_nouns.txt``: nouns)."""
+    def __init__(self, model: torch.nn.Module) -> None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         num = int(model.num_classes)
-        splits = [int(s) for s in cfg.get("class_splits") or [num]]
-        if sum(splits) != num:
-            raise ValueError(f"pretrained_cfg class_splits {splits} do not add up to the head's {num} classes")
+        self.splits = [int(s) for s in cfg.get("class_splits") or [num]]
+        if sum(self.splits) != num:
+            raise ValueError(f"pretrained_cfg class_splits {self.splits} do not add up to the head's {num} classes")
+        ends = np.cumsum(self.splits).tolist()
+        self.spans = [(end - size, end) for size, end in zip(self.splits, ends, strict=True)]
+        self.names = list(cfg.get("label_names") or [str(i) for i in range(num)])
         label_set = cfg.get("label_set") or ""
-        if len(splits) == 1:
-            parts = ["classes"]
-        elif label_set and len(files := LABEL_SETS.get(label_set, ())) == len(splits):
-            parts = [Path(f).stem.removeprefix(f"{label_set}_") for f in files]
-        else:
-            parts = [f"part{i}" for i in range(len(splits))]
-        return cls(splits, list(cfg.get("label_names") or [str(i) for i in range(num)]), parts)
-
-    @property
-    def offsets(self) -> list[int]:
-        return np.cumsum([0, *self.splits]).tolist()
+        self.parts = ["classes"] if len(self.splits) == 1 else [f"part{i}" for i in range(len(self.splits))]
+        if len(self.splits) > 1 and len(files := LABEL_SETS.get(label_set, ())) == len(self.splits):
+            self.parts = [Path(f).stem.removeprefix(f"{label_set}_") for f in files]
 
     def targets(self, labels: list[str | None], where: list[str], what: str) -> list[tuple[int, ...]]:
         """Global logit index of each part's label, per row (``()`` for unlabelled rows); unknown labels refused."""
-        offsets, splits, names = self.offsets, self.splits, self.names
-        lookups = [class_index(names[offsets[p]:offsets[p + 1]], allow_indices=True) for p in range(len(splits))]
+        spans, splits, names = self.spans, self.splits, self.names
+        lookups = [class_index(names[lo:hi], allow_indices=True) for lo, hi in spans]
         out: list[tuple[int, ...]] = []
         bad: list[str] = []
         for label, w in zip(labels, where, strict=True):
-            if label is None:
-                out.append(())
-                continue
-            pieces = label.split(SPLIT_SEPARATOR) if len(splits) > 1 else [label]
-            found = [lookups[p](piece.strip()) for p, piece in enumerate(pieces)] if len(pieces) == len(splits) else []
-            if not found or None in found:
+            pieces = [] if label is None else label.split(SPLIT_SEPARATOR) if len(splits) > 1 else [label]
+            found = ([look(piece.strip()) for look, piece in zip(lookups, pieces, strict=True)]
+                     if len(pieces) == len(splits) else [None])
+            if label is not None and None in found:
                 bad.append(f"{w}: {label!r}")  # refused below, so its target does not matter
-            out.append(tuple(offsets[p] + int(f) for p, f in enumerate(found) if f is not None))
+            out.append(() if None in found else tuple(lo + int(f) for (lo, _), f in zip(spans, found, strict=True)))
         if bad:
             form = (" (a split head: one label per part, '" + SPLIT_SEPARATOR.join(
                 f"<part {i} ({s} classes) label>" for i, s in enumerate(splits)) + "')" if len(splits) > 1 else "")
@@ -105,19 +80,14 @@ class _Head:
 
 def evaluate_dataset(listing: str | Path, model: torch.nn.Module | str, out: str | Path,
                      options: RunOptions | None = None, **kwargs: Any) -> dict[str, Any] | None:
-    """Evaluate ``model`` on every video of ``listing`` with multi-view averaging; write the outputs of the module
-    docstring into ``out``.
+    """Evaluate ``model`` on every video of ``listing`` with multi-view averaging into ``out`` (module docstring).
 
-    Args:
-        listing: Anything :func:`vivit.data.datasets.read_listing` reads; labels are the model's class names (with
-            spaces or ``_``) or class indices; a split head takes ``"noun|verb"``. Unlabelled rows get predictions.
-        model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
-        out: Output folder; an existing one from an interrupted run with the same settings is continued.
-        options: How it runs (:class:`~vivit.tasks.run.RunOptions`), and/or its fields as ``kwargs``, e.g.
-            ``views="4x3", backend="openvino", decoder="pyav"``.
-
-    Returns:
-        The report on rank 0; ``None`` on other ranks and when stopped early.
+    ``listing``: anything :func:`vivit.data.datasets.read_listing` reads; labels are the model's class names (with
+    spaces or ``_``) or class indices, ``"noun|verb"`` for a split head; unlabelled rows get predictions. ``model``: a
+    model or a name for ``vivit.create_model(name, pretrained=True)``. ``out``: one of an interrupted run with the same
+    settings is continued. ``options`` (:class:`~vivit.tasks.run.RunOptions`) and/or its fields as ``kwargs``
+    (``views="4x3", backend="openvino", decoder="pyav"``): how it runs. Returns the report on rank 0; ``None`` on
+    other ranks and when stopped early.
     """
     return run_job(listing, model, out, _Evaluate(), RunOptions.of(options, kwargs))
 
@@ -132,7 +102,7 @@ class _Evaluate(Task):
     outputs = (PREDICTIONS, RANK_PREDICTIONS, LOGITS, REPORT)
 
     def prepare(self, run: Run) -> dict[str, Any]:
-        self.head = _Head.of(run.model)
+        self.head = _Head(run.model)
         self.targets = self.head.targets(run.rows.labels, run.rows.where, str(run.listing))  # before any work
         return {"num_classes": int(run.model.num_classes)}
 
@@ -153,22 +123,17 @@ class _Evaluate(Task):
                 if i not in redo}
 
     def consume(self, run: Run, batch: list[tuple[int, str, torch.Tensor | None, str | None]]) -> None:
-        done = []
         for i, path, logits, reason in batch:
-            entry: dict[str, Any] = {"index": i, "path": path, "label": run.rows.labels[i], "status": "ok"}
-            row = None
+            entry: dict[str, Any] = {"index": i, "path": path, "label": run.rows.labels[i]}
             if logits is None:
-                entry.update(status="failed", reason=reason)
-            else:
-                mean = logits.mean(0)
-                tops = top_k(mean, 5, self.head.names, self.head.splits)
-                entry.update({"top5": tops[0]} if len(tops) == 1 else {"top5_by_split": tops}, logits_row=i)
-                row = self.table[i] = mean.numpy()
-            done.append((i, entry, row))
+                self.new[i] = ({**entry, "status": "failed", "reason": reason}, None)
+                continue
+            self.table[i] = row = logits.mean(0).numpy()
+            tops = top_k(torch.from_numpy(row), 5, self.head.names, self.head.splits)
+            top5 = {"top5": tops[0]} if len(tops) == 1 else {"top5_by_split": tops}
+            self.new[i] = ({**entry, "status": "ok", **top5, "logits_row": i}, row)
         self.table.flush()  # the batch's rows are on disk before the lines that point to them
-        for i, entry, row in done:
-            self.lines.write(json.dumps(entry) + "\n")
-            self.new[i] = (entry, row)
+        self.lines.write("".join(json.dumps(self.new[i][0]) + "\n" for i, *_ in batch))
         self.lines.flush()
 
     def end(self, run: Run, completed: bool) -> dict[int, _Result]:
@@ -186,22 +151,17 @@ class _Evaluate(Task):
         write_text_atomic(run.out / REPORT, json.dumps(report, indent=2) + "\n")
         return report
 
-    def cleanup(self, run: Run) -> None:
-        if run.env.world_size > 1:
-            self.own.unlink(missing_ok=True)
-        if run.env.main:
-            for stale in run.out.glob(RANK_PREDICTIONS):
-                stale.unlink(missing_ok=True)
+    def cleanup(self, run: Run) -> None:  # each rank its merged file (a folder per node), rank 0 any left
+        merged = list(run.out.glob(RANK_PREDICTIONS)) if run.env.main else []
+        for path in [*merged, self.own] if run.env.world_size > 1 else merged:
+            path.unlink(missing_ok=True)
 
 
 def _open_logits(path: Path, num: int, num_classes: int, env: Dist) -> np.ndarray:
     """``logits.npy`` opened for writing, created (NaN rows) when missing (by rank 0, then by any rank whose node
     does not share the folder); a file of another run is refused."""
-    def fill(tmp: Path) -> None:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, num_classes))
-        array[:] = np.nan
-        array.flush()
-        del array
+    def fill(tmp: Path) -> None:  # on disk, not in memory: a listing may have millions of rows
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num, num_classes))[:] = np.nan
 
     for first in (env.main, True):
         if first and not path.exists():
@@ -225,9 +185,7 @@ def _read_predictions(out: Path, paths: list[str]) -> dict[int, dict[str, Any]]:
     """Records already written in ``out`` (this run's files and any rank's), checked against the listing; a last
     line a kill cut is skipped."""
     found: dict[int, dict[str, Any]] = {}
-    for path in [out / PREDICTIONS, *sorted(out.glob(RANK_PREDICTIONS))]:
-        if not path.exists():
-            continue
+    for path in [p for p in [out / PREDICTIONS, *sorted(out.glob(RANK_PREDICTIONS))] if p.exists()]:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -243,7 +201,7 @@ def _read_predictions(out: Path, paths: list[str]) -> dict[int, dict[str, Any]]:
                 entry = None
             index = entry.get("index") if isinstance(entry, dict) else None
             if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(paths)
-                    and entry.get("path") == paths[index] and entry.get("status") in STATUSES
+                    and entry.get("path") == paths[index] and entry.get("status") in ("ok", "failed")
                     and (isinstance(entry.get("reason"), str) if entry["status"] == "failed"
                          else entry.get("logits_row") == index)):
                 raise ValueError(f"{path}:{number}: is not a prediction record of this run's listing (expected "
@@ -259,48 +217,41 @@ def _report(entries: list[dict[str, Any]], table: np.ndarray, targets: list[tupl
     failed = [{"path": e["path"], "reason": e["reason"]} for e in entries if e["status"] == "failed"]
     labelled = [i for i, t in enumerate(targets) if t]
     scored = [i for i in labelled if entries[i]["status"] == "ok"]
-    offsets = head.offsets
     parts: dict[str, dict[str, Any]] = {}
     right1 = right5 = np.ones(len(scored), bool)
-    confusions, per_class = [], []
-    for p, part in enumerate(head.parts):
-        lo, hi = offsets[p], offsets[p + 1]
+    panels, per_class = [], []
+    for p, (part, (lo, hi)) in enumerate(zip(head.parts, head.spans, strict=True)):
         truth = np.array([targets[i][p] - lo for i in scored], dtype=np.int64)
-        logits = table[scored, lo:hi] if scored else np.zeros((0, hi - lo), np.float32)
-        ranked = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+        ranked = np.argsort(-table[scored, lo:hi], axis=1, kind="stable")[:, :5]
         hit1, hit5 = ranked[:, 0] == truth, (ranked == truth[:, None]).any(1)
         right1, right5 = right1 & hit1, right5 & hit5
         confusion = np.zeros((hi - lo, hi - lo), np.int64)
         np.add.at(confusion, (truth, ranked[:, 0]), 1)
-        confusions.append(confusion)
-        rows = _per_class(confusion, truth, hit5, head.names[lo:hi], part)
+        wrong = confusion - np.diag(np.diag(confusion))  # the mistakes alone
+        names, other = head.names[lo:hi], wrong.argmax(1)
+        panels.append((part, names, confusion))
+        rows = [{"part": part, "index": c, "class": names[c], "videos": int(n), "top1": _pct(confusion[c, c], n),
+                 "top5": _pct(hit5[truth == c], n), "most_confused_with": names[other[c]] if wrong[c].any() else "",
+                 "confused": int(wrong[c, other[c]])} for c, n in enumerate(confusion.sum(1))]
         per_class.extend(rows)
         parts[part] = {"top1": _pct(hit1, len(scored)), "top5": _pct(hit5, len(scored)),
                        "mean_class_accuracy": _mean([r["top1"] for r in rows if r["videos"]])}
+    # scenic's EPIC-Kitchens metrics: each part alone, and the "action" (every part right), which top1 reports
+    class_means = [m for part in parts.values() if (m := part["mean_class_accuracy"]) is not None]
     report: dict[str, Any] = {
-        "model": settings["model"], "views": settings["views"], "dtype": settings["dtype"],
-        "token_merging": settings["token_merging"],
+        **{key: settings[key] for key in ("model", "views", "dtype", "token_merging")},
         "num_videos": len(entries), "num_labelled": len(labelled), "num_evaluated": len(entries) - len(failed),
         "num_failed": len(failed), "top1": _pct(right1, len(scored)), "top5": _pct(right5, len(scored)),
-        "mean_class_accuracy": parts[head.parts[0]]["mean_class_accuracy"] if len(parts) == 1 else None,
+        "mean_class_accuracy": _mean(class_means or [0.0]) if len(parts) > 1 else _mean(class_means),
         "top1_failed_as_wrong": _pct(right1, len(labelled)), "failed": failed,
+        **({"parts": parts, "class_splits": list(head.splits)} if len(parts) > 1 else {}),
+        "per_class": None, "confusion_png": None, "predictions": PREDICTIONS, "logits": LOGITS,
     }
-    if len(parts) > 1:
-        # scenic's EPIC-Kitchens metrics: each part alone, and the "action" (every part right), which top1 reports.
-        report["mean_class_accuracy"] = _mean([p["mean_class_accuracy"] for p in parts.values()
-                                               if p["mean_class_accuracy"] is not None] or [0.0])
-        report["parts"] = parts
-        report["class_splits"] = list(head.splits)
-    report["per_class"] = report["confusion_png"] = None
     if labelled:  # an unlabelled listing (predictions only) has no per-class figures to draw
         text = io.StringIO()
-        writer = csv.DictWriter(text, list(per_class[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(per_class)
+        csv.writer(text, lineterminator="\n").writerows([list(per_class[0]), *(row.values() for row in per_class)])
         write_text_atomic(out / "per_class.csv", text.getvalue())
-        report["per_class"] = "per_class.csv"
-        report["confusion_png"] = _plot_confusion(out / "confusion.png", confusions, head)
-    report["predictions"], report["logits"] = PREDICTIONS, LOGITS
+        report.update(per_class="per_class.csv", confusion_png=_plot_confusion(out / "confusion.png", panels))
     return report
 
 
@@ -313,43 +264,26 @@ def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 4) if values else None
 
 
-def _per_class(confusion: np.ndarray, truth: np.ndarray, hit5: np.ndarray, names: list[str],
-               part: str) -> list[dict[str, Any]]:
-    rows = []
-    for c, name in enumerate(names):
-        videos = int(confusion[c].sum())
-        wrong = confusion[c].copy()
-        wrong[c] = 0
-        other = int(wrong.argmax()) if wrong.any() else None
-        rows.append({"part": part, "index": c, "class": name, "videos": videos,
-                     "top1": _pct(confusion[c, c], videos), "top5": _pct(hit5[truth == c], videos),
-                     "most_confused_with": names[other] if other is not None else "",
-                     "confused": int(wrong[other]) if other is not None else 0})
-    return rows
-
-
-def _plot_confusion(path: Path, confusions: list[np.ndarray], head: _Head) -> str | None:
-    """Row-normalised confusion matrices, one panel per part; ``None`` (and a log line) without matplotlib."""
+def _plot_confusion(path: Path, panels: list[tuple[str, list[str], np.ndarray]]) -> str | None:
+    """Row-normalised confusion matrices, a panel per (part, class names, matrix); ``None`` without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         _logger.warning('no confusion.png: drawing it needs matplotlib, in the video extra '
                         '(pip install "vivit[video]" or pip install matplotlib)')
         return None
-    size = max(5.0, min(16.0, 0.3 * max(c.shape[0] for c in confusions)))
-    fig = Figure(figsize=(size * len(confusions), size), layout="constrained")
-    for p, (confusion, part) in enumerate(zip(confusions, head.parts, strict=True)):
-        ax = fig.add_subplot(1, len(confusions), p + 1)
+    size = max(5.0, min(16.0, 0.3 * max(len(names) for _, names, _ in panels)))
+    fig = Figure(figsize=(size * len(panels), size), layout="constrained")
+    for p, (part, names, confusion) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), p)
         rows = confusion.sum(1, keepdims=True)
         image = ax.imshow(confusion / np.maximum(rows, 1), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        k = confusion.shape[0]
-        if k <= 40:
-            labels = head.names[head.offsets[p]:head.offsets[p + 1]]
-            ax.set_xticks(range(k), labels, rotation=90, fontsize=7)
-            ax.set_yticks(range(k), labels, fontsize=7)
-        ax.set(xlabel="predicted", ylabel="true", title=part if len(confusions) > 1 else "confusion (row-normalised)")
+        if len(names) <= 40:
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="true", title=part if len(panels) > 1 else "confusion (row-normalised)")
         fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), keep_suffix=True)
     return path.name
 
 
