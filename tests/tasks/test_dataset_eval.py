@@ -355,6 +355,39 @@ def test_a_damaged_output_file_is_refused_with_one_line_naming_it(clips, model, 
         evaluate_dataset(listing, model, out, workers=0)
 
 
+def test_an_extract_index_naming_shards_rank_0_lacks_is_refused(tmp_path):
+    # Ranks on nodes that do not share the folder: each scanned its own shards, so the gathered results are complete,
+    # but rank 0's folder lacks the shard another rank wrote; the index must not name a file that is not there.
+    from types import SimpleNamespace
+
+    from vivit.tasks.extract import _Extract
+
+    task = _Extract(per_clip=False, layer=None, shard_size=1)
+    task.shards = tmp_path / "shards"
+    task.shards.mkdir()
+    run = SimpleNamespace(num=1, out=tmp_path, rows=SimpleNamespace(paths=["a.mp4"], labels=[None]))
+    merged = {0: {"shard": "features-001-00000.safetensors", "row": 0, "rows": 1, "dim": 4}}
+    with pytest.raises(RuntimeError, match=r"lacks 1 shards other ranks wrote .*the ranks do not share"):
+        task.finish(run, {}, merged)
+    assert not (tmp_path / "index.json").exists()
+
+
+def test_a_confusion_plot_that_fails_midway_leaves_no_file(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from vivit.tasks.evaluate import _plot_confusion
+
+    def full_disk(self, fname, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG, half of it")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _plot_confusion(tmp_path / "confusion.png", [("classes", ["a", "b"], np.eye(2, dtype=np.int64))])
+    assert list(tmp_path.iterdir()) == []  # neither a half confusion.png nor a temporary file
+
+
 def test_non_finite_outputs_fail_their_video_in_evaluate_and_extract(clips, model, tmp_path):
     import copy
 
