@@ -325,11 +325,9 @@ def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, floa
     """Top-1 of each window's label scores averaged over ``n`` neighbouring windows."""
     scores, half, out = [_scores(w) for w in windows], n // 2, []
     for i in range(len(scores)):
-        near = scores[max(0, i - half):i - half + n]
-        total: dict[str, float] = {}
+        near, total = scores[max(0, i - half):i - half + n], Counter[str]()
         for s in near:
-            for label, value in s.items():
-                total[label] = total.get(label, 0.0) + value / len(near)
+            total.update({label: value / len(near) for label, value in s.items()})
         out.append(max(total.items(), key=lambda kv: (kv[1], kv[0])))
     return out
 
@@ -429,33 +427,28 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    max_delay: float | None = None) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
-    ``step``, ``window_stride``, ``crops``, ``batch_size`` (keep it to resume: a resumed run keeps whole batches),
-    ``top_k``, ``follow``, ``reuse`` and ``max_delay`` are :func:`timeline`'s; ``smooth`` and ``min_segment`` are
-    :func:`segments`'. A URL's reads have a deadline: ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60) without data end
-    it with the windows before kept. Ctrl-C leaves ``windows.jsonl`` and the ``segments.json`` of the windows
-    finished, then propagates.
+    ``step``, ``window_stride``, ``crops``, ``batch_size`` (keep it to resume), ``top_k``, ``follow``, ``reuse`` and
+    ``max_delay`` are :func:`timeline`'s, ``smooth`` and ``min_segment`` :func:`segments`'. A URL, like a followed
+    file, is read from its current position and never resumed; ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60)
+    without data end it with the windows before kept. Ctrl-C leaves ``windows.jsonl`` and the segments of the
+    windows finished, then propagates.
 
     Args:
-        path: A video file or stream URL (a URL, like a followed file, is read from its current position and never
-            resumed).
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
-        out: Output folder; one holding an interrupted run with the same settings is continued, a finished one is
-            re-segmented without computing again; outputs without ``run.json`` are refused.
+        out: Output folder: an interrupted run in it is continued, a finished one re-segmented without computing.
         device: Default the model's device (a name: CUDA when available).
         dtype: Cast the weights (``"bfloat16"`` ...).
         plot: Draw ``timeline.png`` (skipped with a log line when matplotlib is missing).
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
-        stop_after: Leave at the end of the batch that reaches this many new windows, as a killed run would; returns
-            ``None``.
+        stop_after: Leave at the end of the batch reaching this many new windows, as a killed run would (``None``).
         on_window: Called with each window's record as it is written (the CLI prints live streams' windows).
-        runtime: What runs the model: ``"torch"`` (cast to ``dtype``), ``"auto"`` or ``"openvino"``
-            (:func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized` of this model; the
-            backend and dtype that ran are part of the run's identity.
+        runtime: ``"torch"``, ``"auto"``, ``"openvino"`` (:func:`vivit.optimize` in ``dtype``) or an
+            :class:`~vivit.tasks.optimize.Optimized` of this model; what ran is part of the run's identity.
 
     Returns:
-        ``{"windows", "segments", "duration", "padded", "error", "out", "windows_per_second"}``; ``error`` holds the
-        one line of a video that broke midway, stalled, or whose model outputs were not finite (its earlier windows
-        are kept), else ``None``. A live source adds ``"skipped"``: windows skipped to stay live.
+        ``{"windows", "segments", "duration", "padded", "error", "out", "windows_per_second"}`` (a live source adds
+        ``"skipped"``); ``error`` is the one line of a video that broke midway, stalled or gave outputs that are not
+        finite (its earlier windows kept), else ``None``.
     """
     out = Path(out)
     _check_options(step, window_stride, crops, batch_size, top_k, max_delay)
@@ -477,8 +470,8 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
         with claimed(out, settings, env, (WINDOWS, SEGMENTS, PLOT)) as saved:  # one writer; resumes the same settings
             if stream.live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
                 saved = {}
-                for name in (WINDOWS, SEGMENTS, PLOT):
-                    (out / name).unlink(missing_ok=True)
+                for stale in (WINDOWS, SEGMENTS, PLOT):
+                    (out / stale).unlink(missing_ok=True)
             finished = saved.get("finished") if isinstance(saved.get("finished"), dict) else {}
             windows = _resume(lines, batch_size, finished.get("windows"))
             if len(windows) == finished.get("windows"):  # a finished run: nothing to compute
@@ -633,14 +626,11 @@ def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                      stop_after: int | None = None, env: Dist | None = None, runtime: str | Optimized = "torch",
                      **kwargs: Any) -> dict[str, Any] | None:
-    """:func:`timeline_video` for every video of a listing (anything :func:`vivit.data.read_listing` reads; labels are
-    ignored) into a sub-folder of ``out`` each (``<row>-<file stem>``), as a task of :func:`vivit.tasks.run.run_job`
-    (``run.json``, the lock, ``torchrun`` shards; a run with the same settings is continued, each video where it
-    stopped); rank 0 writes ``timelines.json`` (every video's folder and outcome).
-
-    ``model`` is a model or a name; ``device`` defaults to ``cuda:LOCAL_RANK`` when available, else CPU; ``env`` is a
-    :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it); ``runtime`` optimizes the
-    model once for every video; ``dtype``, ``stop_after`` (per video) and ``**kwargs`` are :func:`timeline_video`'s.
+    """:func:`timeline_video` for every video of a listing (labels ignored) into a sub-folder of ``out`` each
+    (``<row>-<file stem>``), as a task of :func:`vivit.tasks.run.run_job` (``run.json``, the lock, ``torchrun``
+    shards, resumes); rank 0 writes ``timelines.json`` (every video's folder and outcome). ``device`` and ``env`` are
+    as in :class:`~vivit.tasks.run.RunOptions`; ``runtime`` optimizes the model once for every video; ``dtype``,
+    ``stop_after`` (per video) and ``**kwargs`` are :func:`timeline_video`'s.
 
     Returns:
         ``{"videos": [...], "num_failed"}`` on rank 0; ``None`` on other ranks and when stopped early.
