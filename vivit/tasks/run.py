@@ -383,7 +383,6 @@ class OtherSettings(ValueError):
 
 
 def _compare(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """What ``out/run.json`` holds, when ``identity`` matches it."""
     saved = read_json(out / RUN, "the settings of a run")
     changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
     if changed:
