@@ -312,14 +312,15 @@ def _merging_json(r: Any) -> Any:
 
 # ================================================================================================ output folder
 @contextlib.contextmanager
-def claimed(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str] = ()) -> Iterator[None]:
+def claimed(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
     """Own ``out`` for the run: the lock (rank 0), then the identity checked against ``run.json`` (a run started with
     other inputs is refused) or recorded on a first start (a folder holding any of ``outputs``, glob patterns of the
-    job's files, but no ``run.json`` is refused)."""
+    job's files, but no ``run.json`` is refused). Yields what ``run.json`` held (``{}`` on a first start)."""
     lock = _lock(out) if env.main else None
+    saved: dict[str, Any] = {}
     try:
         if (out / RUN).exists():
-            _compare(out, identity)
+            saved = _compare(out, identity)
         elif found := next((p for pattern in outputs for p in sorted(out.glob(pattern))), None):
             raise ValueError(f"{found}: an output of a run without {RUN}, so its settings are unknown (an older "
                              "vivit's, or another tool's); delete the folder's outputs to start over, or pass another "
@@ -328,7 +329,7 @@ def claimed(out: Path, identity: dict[str, Any], env: Dist, outputs: Sequence[st
             out.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out / RUN, json.dumps(identity, indent=2) + "\n")
         env.barrier()
-        yield
+        yield saved
     finally:
         if lock is not None:
             lock.close()  # closing the file releases the lock
@@ -381,13 +382,14 @@ class OtherSettings(ValueError):
     differ)."""
 
 
-def _compare(out: Path, identity: dict[str, Any]) -> None:
+def _compare(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     saved = read_json(out / RUN, "the settings of a run")
     changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
     if changed:
         raise OtherSettings(f"{out}: holds a run with other settings (" + ", ".join(
             _difference(k, old, new) for k, (old, new) in changed.items())
             + "); continue it with the same settings, or pass another --out")
+    return saved
 
 
 def _difference(key: str, old: Any, new: Any) -> str:

@@ -1,21 +1,13 @@
 """What happens when: a classifier slid over a whole video, in memory bounded by a few windows, not by its length.
 
-:func:`timeline` yields one record per window as it is classified. Windows come from
-:func:`vivit.data.stream.sliding_windows`: the model's clip (its ``num_frames`` at its ``frame_stride``) every half
-window by default, each preprocessed exactly as ``classify`` preprocesses a view (one centre crop, or three), several
-windows per forward pass. :func:`timeline_video` writes into ``out``:
-
-- ``windows.jsonl``: one line per window, in time order, written as windows finish;
-- ``segments.json``: consecutive windows with the same top-1 label merged (:func:`segments`);
-- ``timeline.png`` (needs matplotlib): the top labels' scores over time over coloured segment bands, with thumbnails
-  at segment boundaries (:func:`plot_timeline`).
-
-A run killed midway continues where it stopped when started again with the same ``out`` (``run.json``: the same
-video, model, weights, config, token merging and settings, or it is refused, as ``vivit evaluate`` does) and ends with
-identical files: lines are kept in whole batches, so every window is computed in the same batch as in an uninterrupted
-run. A finished run started again computes nothing; outputs without ``run.json`` are refused. The video is opened once
-(one :class:`~vivit.data.stream.VideoStream` gives the header, the windows and the thumbnails) and its windows are
-planned once. :func:`timeline_listing` does every video of a listing, one sub-folder each, sharded over ``torchrun``.
+:func:`timeline` yields one record per window as it is classified: windows of
+:func:`vivit.data.stream.sliding_windows` (the model's clip, every half window by default), each preprocessed as
+``classify`` preprocesses a view, several per forward pass. :func:`timeline_video` writes into ``out``
+``windows.jsonl`` (a line per window, as windows finish), ``segments.json`` (:func:`segments`) and ``timeline.png``
+(:func:`plot_timeline`, needs matplotlib), opening the video once and planning its windows once. Started again with
+the same ``out`` and settings (``run.json``, as ``vivit evaluate``: other settings are refused), a killed run goes on
+where it stopped and ends with identical files, since lines are kept in whole batches; a finished run computes
+nothing. :func:`timeline_listing` does every video of a listing, one sub-folder each, sharded over ``torchrun``.
 """
 
 from __future__ import annotations
@@ -26,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -39,7 +32,7 @@ from vivit.data.datasets import Dist, one_line
 from vivit.data.stream import VideoStream, Window, is_url, sliding_windows
 from vivit.data.transforms import eval_transform, resolve_data_config
 from vivit.data.video import VideoReadError
-from vivit.files import read_json, trim_torn_line, write_text_atomic
+from vivit.files import trim_torn_line, write_text_atomic
 from vivit.progress import Progress
 from vivit.tasks.optimize import Optimized
 from vivit.tasks.predict import top_k as _top_k
@@ -332,11 +325,9 @@ def _smoothed(windows: Sequence[dict[str, Any]], n: int) -> list[tuple[str, floa
     """Top-1 of each window's label scores averaged over ``n`` neighbouring windows."""
     scores, half, out = [_scores(w) for w in windows], n // 2, []
     for i in range(len(scores)):
-        near = scores[max(0, i - half):i - half + n]
-        total: dict[str, float] = {}
+        near, total = scores[max(0, i - half):i - half + n], Counter[str]()
         for s in near:
-            for label, value in s.items():
-                total[label] = total.get(label, 0.0) + value / len(near)
+            total.update({label: value / len(near) for label, value in s.items()})
         out.append(max(total.items(), key=lambda kv: (kv[1], kv[0])))
     return out
 
@@ -379,53 +370,26 @@ def _video_identity(path: str | Path, live: bool) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _read_windows(path: Path) -> list[dict[str, Any]]:
-    """The window records of ``windows.jsonl``; one line naming the file and line when one is not a record this
-    module wrote (in index order)."""
-    if not path.exists():
-        return []
-    records: list[dict[str, Any]] = []
+def _resume(lines: Path, batch_size: int, finished: Any) -> list[dict[str, Any]]:
+    """The windows in ``windows.jsonl`` (one line naming the file and line when one is not the next record this module
+    wrote): a finished run's all, an interrupted run's in whole batches (so that each window left is recomputed in the
+    same batch as in an uninterrupted run), to which the file is cut back."""
+    trim_torn_line(lines)
+    start_over = "delete the folder's outputs to start over, or pass another --out"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = lines.read_text(encoding="utf-8") if lines.exists() else ""
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: is not text; {_START_OVER}") from None
-    for n, line in enumerate(lines, 1):
+        raise ValueError(f"{lines}: is not text; {start_over}") from None
+    done: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
             record = None
-        if not _is_window(record) or (records and record["index"] <= records[-1]["index"]):
-            raise ValueError(f"{path}: line {n} is not the next window record of a timeline ({line[:40]!r}); "
-                             f"{_START_OVER}")
-        records.append(record)
-    return records
-
-
-_START_OVER = "delete the folder's outputs to start over, or pass another --out"
-
-
-def _is_window(record: Any) -> bool:
-    def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-    def top(entries: Any) -> bool:  # a one-line label and a probability, as this module writes them
-        return isinstance(entries, list) and bool(entries) and all(
-            isinstance(t, dict) and isinstance(t.get("label"), str) and not any(c in t["label"] for c in "\r\n\x00")
-            and number(t.get("score")) and 0 <= t["score"] <= 1 for t in entries)
-
-    if not (isinstance(record, dict) and isinstance(record.get("index"), int) and not isinstance(record["index"], bool)
-            and 0 <= record["index"] < 2 ** 53 and number(record.get("start")) and number(record.get("end"))
-            and record["start"] <= record["end"] and isinstance(record.get("padded", False), bool)):
-        return False
-    tops = [record["top"]] if "top" in record else record.get("top_by_split")
-    return isinstance(tops, list) and bool(tops) and all(top(t) for t in tops)
-
-
-def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str, Any]]:
-    """The windows an interrupted run finished, in whole batches (so that each window left is recomputed in the same
-    batch as in an uninterrupted run), or every window of a finished run; ``windows.jsonl`` is cut back to them."""
-    trim_torn_line(lines)
-    done = _read_windows(lines)
+        if not _is_window(record, after=done[-1]["index"] if done else -1):
+            raise ValueError(f"{lines}: line {n} is not the next window record of a timeline ({line[:40]!r}); "
+                             f"{start_over}")
+        done.append(record)
     if finished == len(done):
         return done
     kept = done[:len(done) // batch_size * batch_size]
@@ -436,31 +400,22 @@ def _resume(lines: Path, batch_size: int, finished: int | None) -> list[dict[str
     return kept
 
 
-def _append_windows(lines: Path, windows: list[dict[str, Any]], records: Any, bar: Progress, on_window: Any,
-                    stop_after: int | None, batch_size: int) -> tuple[str | None, bool]:
-    """Append each record to ``lines`` and ``windows`` (those kept, in whole batches) as it finishes: ``(the one-line
-    error of a video broken midway, stopped early)``; ``stop_after`` new windows leave at the end of their batch."""
-    kept = len(windows)
-    with open(lines, "a") as f:
-        try:
-            for record in records:
-                f.write(json.dumps(record, allow_nan=False) + "\n")
-                f.flush()
-                windows.append(record)
-                new = len(windows) - kept
-                minutes, secs = divmod(record["end"], 60)
-                bar.update(note=f"video at {int(minutes // 60)}:{int(minutes % 60):02d}:{secs:04.1f}")
-                if on_window is not None:
-                    on_window(record)
-                if stop_after is not None and new >= stop_after and len(windows) % batch_size == 0:
-                    records.close()
-                    bar.close()
-                    _logger.warning("stopping after %d windows (whole batches of %d) as asked; run again with the "
-                                    "same --out to continue", new, batch_size)
-                    return None, True
-        except READ_ERRORS as err:  # broken midway: what came before is kept and summarised
-            return one_line(err), False
-    return None, False
+def _is_window(record: Any, after: int) -> bool:
+    """``record`` is one :func:`_record` wrote, of a window after the one indexed ``after``."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    def top(entries: Any) -> bool:  # a one-line label and a probability, as this module writes them
+        return isinstance(entries, list) and bool(entries) and all(
+            isinstance(t, dict) and isinstance(t.get("label"), str) and not any(c in t["label"] for c in "\r\n\x00")
+            and number(t.get("score")) and 0 <= t["score"] <= 1 for t in entries)
+
+    if not (isinstance(record, dict) and type(record.get("index")) is int and after < record["index"] < 2 ** 53
+            and number(record.get("start")) and number(record.get("end")) and record["start"] <= record["end"]
+            and isinstance(record.get("padded", False), bool)):
+        return False
+    tops = [record["top"]] if "top" in record else record.get("top_by_split")
+    return isinstance(tops, list) and bool(tops) and all(top(t) for t in tops)
 
 
 def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Path, *, step: float | None = None,
@@ -472,33 +427,28 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                    max_delay: float | None = None) -> dict[str, Any] | None:
     """Write ``windows.jsonl``, ``segments.json`` and ``timeline.png`` of one video into ``out`` (module docstring).
 
-    ``step``, ``window_stride``, ``crops``, ``batch_size`` (keep it to resume: a resumed run keeps whole batches),
-    ``top_k``, ``follow``, ``reuse`` and ``max_delay`` are :func:`timeline`'s; ``smooth`` and ``min_segment`` are
-    :func:`segments`'. A URL's reads have a deadline: ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60) without data end
-    it with the windows before kept. Ctrl-C leaves ``windows.jsonl`` and the ``segments.json`` of the windows
-    finished, then propagates.
+    ``step``, ``window_stride``, ``crops``, ``batch_size`` (keep it to resume), ``top_k``, ``follow``, ``reuse`` and
+    ``max_delay`` are :func:`timeline`'s, ``smooth`` and ``min_segment`` :func:`segments`'. A URL, like a followed
+    file, is read from its current position and never resumed; ``VIVIT_DOWNLOAD_TIMEOUT`` seconds (default 60)
+    without data end it with the windows before kept. Ctrl-C leaves ``windows.jsonl`` and the segments of the
+    windows finished, then propagates.
 
     Args:
-        path: A video file or stream URL (a URL, like a followed file, is read from its current position and never
-            resumed).
         model: A model, or a name for ``vivit.create_model(name, pretrained=True)``.
-        out: Output folder; one holding an interrupted run with the same settings is continued, a finished one is
-            re-segmented without computing again; outputs without ``run.json`` are refused.
+        out: Output folder: an interrupted run in it is continued, a finished one re-segmented without computing.
         device: Default the model's device (a name: CUDA when available).
         dtype: Cast the weights (``"bfloat16"`` ...).
         plot: Draw ``timeline.png`` (skipped with a log line when matplotlib is missing).
         progress_bar: Force the tqdm bar on or off (default: on a terminal).
-        stop_after: Leave at the end of the batch that reaches this many new windows, as a killed run would; returns
-            ``None``.
+        stop_after: Leave at the end of the batch reaching this many new windows, as a killed run would (``None``).
         on_window: Called with each window's record as it is written (the CLI prints live streams' windows).
-        runtime: What runs the model: ``"torch"`` (cast to ``dtype``), ``"auto"`` or ``"openvino"``
-            (:func:`vivit.optimize` in ``dtype``), or an :class:`~vivit.tasks.optimize.Optimized` of this model; the
-            backend and dtype that ran are part of the run's identity.
+        runtime: ``"torch"``, ``"auto"``, ``"openvino"`` (:func:`vivit.optimize` in ``dtype``) or an
+            :class:`~vivit.tasks.optimize.Optimized` of this model; what ran is part of the run's identity.
 
     Returns:
-        ``{"windows", "segments", "duration", "padded", "error", "out", "windows_per_second"}``; ``error`` holds the
-        one line of a video that broke midway, stalled, or whose model outputs were not finite (its earlier windows
-        are kept), else ``None``. A live source adds ``"skipped"``: windows skipped to stay live.
+        ``{"windows", "segments", "duration", "padded", "error", "out", "windows_per_second"}`` (a live source adds
+        ``"skipped"``); ``error`` is the one line of a video that broke midway, stalled or gave outputs that are not
+        finite (its earlier windows kept), else ``None``.
     """
     out = Path(out)
     _check_options(step, window_stride, crops, batch_size, top_k, max_delay)
@@ -517,13 +467,12 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                     "window": plan[0], "window_stride": plan[1], "step": plan[2], "crops": crops, "top_k": top_k,
                     "batch_size": batch_size}
         lines, error, rate = out / WINDOWS, None, 0.0
-        with claimed(out, settings, env, (WINDOWS, SEGMENTS, PLOT)):  # one writer; a resume with the same settings
+        with claimed(out, settings, env, (WINDOWS, SEGMENTS, PLOT)) as saved:  # one writer; resumes the same settings
             if stream.live:  # a live stream cannot go back: every run starts afresh, once the folder is this run's
-                for stale in (lines, out / SEGMENTS, out / PLOT):
-                    stale.unlink(missing_ok=True)
-                write_text_atomic(out / RUN, json.dumps(settings, indent=2) + "\n")
-            finished = None if stream.live else read_json(out / RUN, "the settings of a run").get("finished")
-            finished = finished if isinstance(finished, dict) and isinstance(finished.get("windows"), int) else {}
+                saved = {}
+                for stale in (WINDOWS, SEGMENTS, PLOT):
+                    (out / stale).unlink(missing_ok=True)
+            finished = saved.get("finished") if isinstance(saved.get("finished"), dict) else {}
             windows = _resume(lines, batch_size, finished.get("windows"))
             if len(windows) == finished.get("windows"):  # a finished run: nothing to compute
                 error = finished.get("error")
@@ -533,15 +482,29 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                 records = _timeline(ran.model, stream, plan, transform, clock, batch_size=batch_size, top_k=top_k,
                                     device=None, first=windows[-1]["index"] + 1 if windows else 0, run=ran.fast,
                                     reuse=reuse)
-                try:
-                    error, stopped = _append_windows(lines, windows, records, bar, on_window, stop_after, batch_size)
-                except KeyboardInterrupt:  # the segments of the windows in the file are written, then it propagates
-                    _write_segments(out, _read_windows(lines), smooth, min_segment)
-                    raise
-                finally:
-                    rate = bar.close()
-                if stopped:
-                    return None
+                with open(lines, "a") as f:
+                    try:
+                        for record in records:  # each window is in the file as soon as its batch is done
+                            f.write(json.dumps(record, allow_nan=False) + "\n")
+                            f.flush()
+                            windows.append(record)
+                            minutes, secs = divmod(record["end"], 60)
+                            bar.update(note=f"video at {int(minutes // 60)}:{int(minutes % 60):02d}:{secs:04.1f}")
+                            if on_window is not None:
+                                on_window(record)
+                            if stop_after is not None and bar.new >= stop_after and len(windows) % batch_size == 0:
+                                records.close()
+                                bar.close()
+                                _logger.warning("stopping after %d windows (whole batches of %d) as asked; run again "
+                                                "with the same --out to continue", bar.new, batch_size)
+                                return None
+                    except READ_ERRORS as err:  # broken midway: the windows before are kept and summarised
+                        error = one_line(err)
+                    except KeyboardInterrupt:  # the segments of the windows in the file are written, then it propagates
+                        _write_segments(out, windows, smooth, min_segment)
+                        raise
+                    finally:
+                        rate = bar.close()
             segs = _write_segments(out, windows, smooth, min_segment)
             # run.json says the run went to the end: a rerun re-segments without computing its last batch again
             write_text_atomic(out / RUN, json.dumps({**settings, "finished": {"windows": len(windows), "error": error}},
@@ -585,10 +548,10 @@ def plot_timeline(windows: Sequence[dict[str, Any]], segs: Sequence[dict[str, An
         _logger.warning('no %s: drawing it needs matplotlib, in the video extra '
                         '(pip install "vivit[video]" or pip install matplotlib)', Path(path).name)
         return None
-    cover: dict[str, float] = {}
+    cover: Counter[str] = Counter()
     for seg in segs:
-        cover[seg["label"]] = cover.get(seg["label"], 0.0) + seg["end"] - seg["start"]
-    labels = sorted(cover, key=lambda lab: -cover[lab])[:max_labels]
+        cover[seg["label"]] += seg["end"] - seg["start"]
+    labels = [label for label, _ in cover.most_common(max_labels)]
     colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     centres = np.array([(w["start"] + w["end"]) / 2 for w in windows])
     scores = {lab: np.array([_scores(w).get(lab, 0.0) for w in windows]) for lab in labels}
@@ -663,14 +626,11 @@ def timeline_listing(listing: str | Path, model: torch.nn.Module | str, out: str
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                      stop_after: int | None = None, env: Dist | None = None, runtime: str | Optimized = "torch",
                      **kwargs: Any) -> dict[str, Any] | None:
-    """:func:`timeline_video` for every video of a listing (anything :func:`vivit.data.read_listing` reads; labels are
-    ignored) into a sub-folder of ``out`` each (``<row>-<file stem>``), as a task of :func:`vivit.tasks.run.run_job`
-    (``run.json``, the lock, ``torchrun`` shards; a run with the same settings is continued, each video where it
-    stopped); rank 0 writes ``timelines.json`` (every video's folder and outcome).
-
-    ``model`` is a model or a name; ``device`` defaults to ``cuda:LOCAL_RANK`` when available, else CPU; ``env`` is a
-    :class:`vivit.data.datasets.Dist` (default: join torchrun's group when launched by it); ``runtime`` optimizes the
-    model once for every video; ``dtype``, ``stop_after`` (per video) and ``**kwargs`` are :func:`timeline_video`'s.
+    """:func:`timeline_video` for every video of a listing (labels ignored) into a sub-folder of ``out`` each
+    (``<row>-<file stem>``), as a task of :func:`vivit.tasks.run.run_job` (``run.json``, the lock, ``torchrun``
+    shards, resumes); rank 0 writes ``timelines.json`` (every video's folder and outcome). ``device`` and ``env`` are
+    as in :class:`~vivit.tasks.run.RunOptions`; ``runtime`` optimizes the model once for every video; ``dtype``,
+    ``stop_after`` (per video) and ``**kwargs`` are :func:`timeline_video`'s.
 
     Returns:
         ``{"videos": [...], "num_failed"}`` on rank 0; ``None`` on other ranks and when stopped early.
