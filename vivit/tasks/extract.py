@@ -88,8 +88,9 @@ class _Extract(Task):
                                         dtype=torch.int64)}
         failed = [{"index": i, "reason": reason} for i, feats, reason in self.pending if feats is None]
         metadata = {"failed": json.dumps(failed), "model": run.name}
-        # named by its rank and first video: unique, as each video is written once (a shard deleted is written anew)
-        path = self.shards / f"features-{run.env.rank:03d}-{self.pending[0][0]:05d}.safetensors"
+        # named by its rank and first video: unique, as each video is written once (a shard deleted is written anew);
+        # the "v" keeps these names apart from the sequence numbers (features-000-00001) of folders written before
+        path = self.shards / f"features-{run.env.rank:03d}-v{self.pending[0][0]:05d}.safetensors"
         try:  # safetensors writes 0600; the shard gets the mode of the folder's other outputs
             write_atomic(path, lambda tmp: st.save_file(tensors, str(tmp), metadata=metadata), mode=umask_mode())
         except SafetensorError as err:  # e.g. a full disk: one line, not the library's traceback

@@ -472,6 +472,7 @@ def timeline_video(path: str | Path, model: torch.nn.Module | str, out: str | Pa
                 saved = {}
                 for stale in (WINDOWS, SEGMENTS, PLOT):
                     (out / stale).unlink(missing_ok=True)
+                write_text_atomic(out / RUN, json.dumps(settings, indent=2) + "\n")  # no earlier run's "finished"
             finished = saved.get("finished") if isinstance(saved.get("finished"), dict) else {}
             windows = _resume(lines, batch_size, finished.get("windows"))
             if len(windows) == finished.get("windows"):  # a finished run: nothing to compute
