@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -324,14 +325,10 @@ def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input
 
 def calibration_clips(listing: str | Path, model: torch.nn.Module, views: str | Sequence[int],
                       num_clips: int | None = None, *, decoder: str = "auto") -> torch.Tensor:
-    """``(N, C, T, H, W)`` float32 clips of a listing's videos for ``optimize(model, "int8", calibration=...)``: the
-    test ``views`` evaluation takes (:class:`vivit.data.datasets.EvalVideos`) of videos spread evenly over the listing,
-    an unreadable one skipped for the next. ``num_clips`` defaults to ``CALIBRATION_CLIPS`` (NNCF's 300), fewer where
-    they would take over 1 GiB as float32; ``decoder`` as in the evaluation.
-
-    Raises:
-        ValueError: A missing or empty listing, ``num_clips`` beyond the memory bound, no readable video.
-    """
+    """``(N, C, T, H, W)`` float32 clips for ``optimize(model, "int8", calibration=...)``: the evaluation's ``views``
+    (:class:`vivit.data.datasets.EvalVideos`) of videos spread evenly over the listing, an unreadable one skipped.
+    ``num_clips``: default ``CALIBRATION_CLIPS`` (NNCF's 300), fewer where they would take over 1 GiB as float32.
+    Raises ValueError for a missing or empty listing, ``num_clips`` beyond that bound, or no readable video."""
     from vivit.data.datasets import EvalVideos, Item, read_listing
 
     rows = read_listing(listing)
@@ -378,9 +375,7 @@ def _openvino(model: torch.nn.Module, dtype: torch.dtype, input_size: tuple[int,
         dtype = torch.float32
     key = cache_key(model, input_size, ov.__version__)
     start = time.perf_counter()
-    def converted() -> tuple[Any, str]:
-        return _cached(cache_dir, key, lambda: _convert(ov, model, input_size), "converted")
-
+    converted = functools.partial(_cached, cache_dir, key, lambda: _convert(ov, model, input_size), "converted")
     if int8 is None:
         ov_model, how = converted()
     else:  # the quantized entry first: the float one is read (or made) only to quantize it
@@ -480,12 +475,9 @@ def _stable(value: Any) -> Any:
 
 
 def graph_settings(model: torch.nn.Module, *, training: bool = True) -> list[Any]:
-    """Every module's class, public non-tensor state and forward hooks, in module order, as JSON data.
-
-    What the forward reads besides the weights, derived from the modules rather than listed by hand (token merging,
-    grid and input sizes, attention, pooling, head sizes, dropout, train mode unless ``training=False``). Private
-    attributes and tensors or ``None`` (per-call outputs such as token sizes, never read as settings) are left out.
-    """
+    """Every module's class, public state and forward hooks, in module order, as JSON data: what the forward reads
+    besides the weights (token merging, sizes, attention, pooling, dropout, train mode unless ``training=False``).
+    Private attributes, tensors and ``None`` (per-call outputs such as token sizes) are left out."""
     settings = []
     for name, module in model.named_modules():
         cls = type(module)
