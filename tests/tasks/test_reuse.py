@@ -58,6 +58,14 @@ def test_slice_tokens_are_refused_where_a_slice_is_not_encoded_alone():
     assert slice_reuse(_tiny("spacetime"), None, lambda x: x, None, torch.float32) is None
 
 
+def test_a_torch_optimized_run_reuses_slices_with_the_weights_it_runs():
+    """vivit.optimize's torch path on CPU runs its own bfloat16 copy (no autocast): reuse runs that copy."""
+    model = _tiny()
+    fast = vivit.optimize(model, torch.bfloat16, backend="torch")
+    reuse = slice_reuse(model, fast, lambda x: x, None, torch.float32)
+    assert reuse is not None and reuse.model is fast.model and reuse.dtype == torch.bfloat16
+
+
 def test_each_slice_is_encoded_once_and_memory_holds_one_window():
     model = _tiny()
     model.pretrained_cfg = {"input_size": (3, 8, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
+import functools
 import hashlib
 import json
 import logging
@@ -46,7 +47,6 @@ DEFAULT_CACHE_GB = 4.0  # about ten ViViT-B conversions (~350 MB each)
 _MANIFEST_BYTES = 1 << 20
 _ENTRY_FILES = ("model.xml", "model.bin")
 _FILES = (*_ENTRY_FILES, "manifest.json")  # the manifest last: its time is the entry's last use
-_UNTRUSTED = object()
 _said: set[str] = set()
 _core: Any = None  # the process's one ov.Core: created once, never released (see openvino_core)
 _core_lock = threading.Lock()
@@ -71,22 +71,18 @@ def _say_once(message: str) -> None:
 
 def check_backend(backend: str | Optimized) -> None:
     """Refuse a ``backend`` that names no runtime; a decoder's name (its old meaning) is refused naming ``decoder=``."""
-    if isinstance(backend, Optimized):
-        return
     if backend in DECODERS:
         raise ValueError(f"backend={backend!r} names a video decoder, but backend now chooses what runs the model "
                          f"({', '.join(BACKENDS)}); choose the decoder with decoder={backend!r}")
-    if backend not in BACKENDS:
+    if not isinstance(backend, Optimized) and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
 
 
 def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"bfloat16"`` -> ``torch.bfloat16`` (a dtype or ``None`` passes through); an unknown name is refused."""
-    if not isinstance(dtype, str):
-        return dtype
-    if dtype not in DTYPES:
+    if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
-    return DTYPES[dtype]
+    return DTYPES[dtype] if isinstance(dtype, str) else dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -116,8 +112,7 @@ def native_bfloat16() -> bool:
 
 def auto_dtype(device: torch.device | str | None = None) -> torch.dtype:
     """bfloat16 on a CPU with native bfloat16 (2-4x faster there), else float32."""
-    device = torch.device(device or "cpu")
-    return torch.bfloat16 if device.type == "cpu" and native_bfloat16() else torch.float32
+    return torch.bfloat16 if torch.device(device or "cpu").type == "cpu" and native_bfloat16() else torch.float32
 
 
 def openvino_core() -> Any:
@@ -156,12 +151,10 @@ def _what_changed(then: list[Any], now: list[Any]) -> str:
 
 
 class Optimized:
-    """``model(x)`` on a faster runtime: call it with the model's ``B x C x T x H x W`` float input; outputs are
-    float32 tensors on the model's device. Where it runs a converted graph or a copy of the weights, each call first
-    raises :class:`ModelChanged` if the model it was made from changed since (weights, structure, settings, input
-    size). Threads each call their own ``Optimized`` (the OpenVINO path reuses one infer request). It holds ``model``
-    (what it runs: the torch path's own low-precision copy where it made one), ``backend`` (``"openvino"`` or
-    ``"torch"``), ``dtype``, ``note`` (one line saying what runs) and ``calibration`` (int8: the clips' sha256)."""
+    """``model(x)`` on a faster runtime, float32 outputs on the model's device; one per thread (OpenVINO reuses one
+    infer request). Where it runs a converted graph or a copy of the weights, each call first raises
+    :class:`ModelChanged` if the model it was made from changed since. ``model`` is what it runs (the torch path's
+    own low-precision copy where it made one); ``note`` says what runs; ``calibration`` is int8's clips' sha256."""
 
     def __init__(self, model: torch.nn.Module, backend: str, dtype: torch.dtype,
                  run: Callable[[torch.Tensor], Any], note: str, *, source: torch.nn.Module | None = None) -> None:
@@ -173,21 +166,15 @@ class Optimized:
 
     def __call__(self, x: torch.Tensor) -> Any:
         """``(B, C, T, H, W)`` -> the model's output (logits ``(B, K)``, or features for a headless model)."""
-        if self._source is not None:
-            self._check()
-        return self._run(x)
-
-    def _check(self) -> None:
-        settings = graph_settings(self._source, training=False)
-        if settings != self._settings:
+        if self._source is not None and (settings := graph_settings(self._source, training=False)) != self._settings:
             raise ModelChanged(f"the model changed after vivit.optimize ({_what_changed(self._settings, settings)}), "
                                "so its optimized graph would compute the old model: call vivit.optimize(model) again")
-        tensors = _tensors(self._source)
-        if tensors != self._tensors:
+        if self._source is not None and (tensors := _tensors(self._source)) != self._tensors:
             names = [now[0] for then, now in zip(self._tensors, tensors, strict=False) if then != now] or ["the list"]
             raise ModelChanged(f"the model's weights changed after vivit.optimize ({names[0]}"
                                f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}), so its optimized graph "
                                "would run the old ones: call vivit.optimize(model) again")
+        return self._run(x)
 
     def __repr__(self) -> str:
         return f"Optimized({self.note})"
@@ -254,11 +241,12 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
         clips = _calibration_clips(calibration, size)
         try:
             import nncf
-            import openvino as ov
+            import openvino  # noqa: F401
         except ImportError:
             raise ImportError(f"dtype='int8' needs NNCF and OpenVINO: {INT8_HINT}") from None
-        run = _openvino(ov, model, torch.int8, size, cache_dir, int8=(nncf, clips, float(smooth_quant)))
-        run.calibration = _clips_digest(clips)  # a dataset run's identity records it: another set is another model
+        digest = _clips_digest(clips)
+        run = _openvino(model, torch.int8, size, cache_dir, int8=(nncf, clips, digest, float(smooth_quant)))
+        run.calibration = digest  # a dataset run's identity records it: another set is another model
         return run
     dtype = as_dtype(dtype) or param_dtype(model)
     if dtype not in DTYPES.values():
@@ -269,17 +257,10 @@ def optimize(model: torch.nn.Module, dtype: torch.dtype | str | None = None, *, 
     if backend == "torch" or device.type != "cpu":
         return _torch(model, dtype, device)
     try:
-        import openvino as ov
-    except ImportError:
-        if backend == "openvino":
-            raise ImportError(f"backend='openvino' needs OpenVINO: {INSTALL_HINT}") from None
-        ov = None
-    try:
-        if ov is None:
-            raise BackendUnavailable(f"OpenVINO is not installed ({INSTALL_HINT} makes it 1.2-5x faster on CPU: "
-                                     "ViViT-B at 8 x 160² on a 2-core AMD EPYC, docs/guides/performance.md)")
-        return _openvino(ov, model, dtype, _input_size(model, input_size), cache_dir)
+        return _openvino(model, dtype, _input_size(model, input_size), cache_dir)
     except BackendUnavailable as err:
+        if backend == "openvino" and isinstance(err.__cause__, ImportError):
+            raise ImportError(f"backend='openvino' needs OpenVINO: {INSTALL_HINT}") from None
         if backend == "openvino":
             raise
         _say_once(f"vivit.optimize: {err}; running the model in torch (eager, SDPA) instead")
@@ -301,6 +282,7 @@ def _torch(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> 
             out = model(x.to(device, weights))
         return out.float() if isinstance(out, torch.Tensor) else out
 
+    run.autocast = autocast  # slice reuse runs the module itself, which it can only where no autocast is on
     return Optimized(model, "torch", dtype, run, f"torch {torch.__version__} ({how}), {dtype_name(dtype)} on {device}",
                      source=source)
 
@@ -343,14 +325,10 @@ def _calibration_clips(calibration: torch.Tensor | Iterable[torch.Tensor], input
 
 def calibration_clips(listing: str | Path, model: torch.nn.Module, views: str | Sequence[int],
                       num_clips: int | None = None, *, decoder: str = "auto") -> torch.Tensor:
-    """``(N, C, T, H, W)`` float32 clips of a listing's videos for ``optimize(model, "int8", calibration=...)``: the
-    test ``views`` evaluation takes (:class:`vivit.data.datasets.EvalVideos`) of videos spread evenly over the listing,
-    an unreadable one skipped for the next. ``num_clips`` defaults to ``CALIBRATION_CLIPS`` (NNCF's 300), fewer where
-    they would take over 1 GiB as float32; ``decoder`` as in the evaluation.
-
-    Raises:
-        ValueError: A missing or empty listing, ``num_clips`` beyond the memory bound, no readable video.
-    """
+    """``(N, C, T, H, W)`` float32 clips for ``optimize(model, "int8", calibration=...)``: the evaluation's ``views``
+    (:class:`vivit.data.datasets.EvalVideos`) of videos spread evenly over the listing, an unreadable one skipped.
+    ``num_clips``: default ``CALIBRATION_CLIPS`` (NNCF's 300), fewer where they would take over 1 GiB as float32.
+    Raises ValueError for a missing or empty listing, ``num_clips`` beyond that bound, or no readable video."""
     from vivit.data.datasets import EvalVideos, Item, read_listing
 
     rows = read_listing(listing)
@@ -378,9 +356,14 @@ def calibration_clips(listing: str | Path, model: torch.nn.Module, views: str | 
     return out
 
 
-def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: tuple[int, ...],
-              cache_dir: str | Path | None, int8: tuple[Any, list[Any], float] | None = None) -> Optimized:
+def _openvino(model: torch.nn.Module, dtype: torch.dtype, input_size: tuple[int, ...], cache_dir: str | Path | None,
+              int8: tuple[Any, list[Any], str, float] | None = None) -> Optimized:
     """Read the converted (and for int8 quantized) model from the cache or make and cache it, then compile it."""
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise BackendUnavailable(f"OpenVINO is not installed ({INSTALL_HINT} makes it 1.2-5x faster on CPU: "
+                                 "ViViT-B at 8 x 160² on a 2-core AMD EPYC, docs/guides/performance.md)") from err
     if dtype == torch.float16:
         raise BackendUnavailable("OpenVINO on CPU runs float32 or bfloat16, not float16")
     core = openvino_core()
@@ -392,14 +375,12 @@ def _openvino(ov: Any, model: torch.nn.Module, dtype: torch.dtype, input_size: t
         dtype = torch.float32
     key = cache_key(model, input_size, ov.__version__)
     start = time.perf_counter()
-    def converted() -> tuple[Any, str]:
-        return _cached(cache_dir, key, lambda: _convert(ov, model, input_size), "converted")
-
+    converted = functools.partial(_cached, cache_dir, key, lambda: _convert(ov, model, input_size), "converted")
     if int8 is None:
         ov_model, how = converted()
     else:  # the quantized entry first: the float one is read (or made) only to quantize it
-        nncf, clips, alpha = int8
-        int8_key = {**key, "int8": {"calibration": _clips_digest(clips), "clips": len(clips), "nncf": nncf.__version__,
+        nncf, clips, digest, alpha = int8
+        int8_key = {**key, "int8": {"calibration": digest, "clips": len(clips), "nncf": nncf.__version__,
                                     "smooth_quant": alpha}}
         ov_model, how = _cached(cache_dir, int8_key, lambda: _quantize(nncf, converted()[0], clips, alpha), "quantized")
     # int8: what stays in floating point (LayerNorm, softmax, where NNCF keeps them) runs bfloat16 where it is native
@@ -465,24 +446,23 @@ _HOOKS = ("_forward_pre_hooks", "_forward_hooks")
 _PLAIN = (bool, int, float, str)
 
 
-def _holds_tensor(value: Any) -> bool:
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_tensor(v) for v in value)
-    return isinstance(value, torch.Tensor)
+_TENSOR = object()  # what _stable makes of a value that holds a tensor
 
 
 def _stable(value: Any) -> Any:
-    """``value`` as JSON data that is the same in every process (no memory addresses)."""
+    """``value`` as JSON data that is the same in every process (no memory addresses); ``_TENSOR`` where it holds a
+    tensor."""
     if value is None or isinstance(value, _PLAIN):
         return value
-    if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(json.dumps(_stable(v), sort_keys=True) for v in value)
-    if isinstance(value, dict):
-        return {str(k): _stable(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return _TENSOR
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        items = [_stable(v) for v in (value.values() if isinstance(value, dict) else value)]
+        if any(v is _TENSOR for v in items):
+            return _TENSOR
+        if isinstance(value, dict):
+            return dict(zip(map(str, value), items, strict=True))
+        return items if isinstance(value, (list, tuple)) else sorted(json.dumps(v, sort_keys=True) for v in items)
     if isinstance(value, (torch.dtype, torch.device, enum.Enum)):
         return str(value)
     name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
@@ -495,12 +475,9 @@ def _stable(value: Any) -> Any:
 
 
 def graph_settings(model: torch.nn.Module, *, training: bool = True) -> list[Any]:
-    """Every module's class, public non-tensor state and forward hooks, in module order, as JSON data.
-
-    What the forward reads besides the weights, derived from the modules rather than listed by hand (token merging,
-    grid and input sizes, attention, pooling, head sizes, dropout, train mode unless ``training=False``). Private
-    attributes and tensors or ``None`` (per-call outputs such as token sizes, never read as settings) are left out.
-    """
+    """Every module's class, public state and forward hooks, in module order, as JSON data: what the forward reads
+    besides the weights (token merging, sizes, attention, pooling, dropout, train mode unless ``training=False``).
+    Private attributes, tensors and ``None`` (per-call outputs such as token sizes) are left out."""
     settings = []
     for name, module in model.named_modules():
         cls = type(module)
@@ -510,8 +487,8 @@ def graph_settings(model: torch.nn.Module, *, training: bool = True) -> list[Any
                 continue
             if type(v) in _PLAIN:  # the common case, first: every check runs before each optimized call
                 state[k] = v
-            elif not _holds_tensor(v):
-                state[k] = _stable(v)
+            elif (v := _stable(v)) is not _TENSOR:
+                state[k] = v
         hooks = [_stable(hook) for attr in _HOOKS for hook in getattr(module, attr).values()] if (
             module._forward_hooks or module._forward_pre_hooks) else []
         settings.append([name, f"{cls.__module__}.{cls.__qualname__}", state, hooks])
@@ -532,48 +509,46 @@ def cache_limit_bytes() -> int:
     """The optimize cache's bound, ``$VIVIT_OPTIMIZE_CACHE_GB`` gigabytes (default 4): least recently used entries
     beyond it are removed when a new one is written."""
     text = os.environ.get(CACHE_LIMIT_ENV, "").strip()
-    try:
-        gigabytes = float(text) if text else DEFAULT_CACHE_GB
-    except ValueError:
-        gigabytes = -1.0
-    if not 0 <= gigabytes < float("inf"):
-        raise ValueError(f"{CACHE_LIMIT_ENV} must be a size in gigabytes (e.g. 4 or 0.5), found {text!r}")
-    return int(gigabytes * 1e9)
+    with contextlib.suppress(ValueError):
+        if 0 <= (gigabytes := float(text or DEFAULT_CACHE_GB)) < float("inf"):
+            return int(gigabytes * 1e9)
+    raise ValueError(f"{CACHE_LIMIT_ENV} must be a size in gigabytes (e.g. 4 or 0.5), found {text!r}")
 
 
 def _cached(cache_dir: str | Path | None, key: dict[str, Any], make: Callable[[], Any], made: str) -> tuple[Any, str]:
-    """The cache entry of ``key`` (read, or made with ``make()`` and written), and how it was obtained."""
+    """The cache entry of ``key`` (read, or made with ``make()`` and written), and how it was obtained. An entry not
+    to be trusted is neither read nor replaced; a damaged one, or another model's, is removed and made again."""
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(cache_dir or default_cache_dir() / "optimized").expanduser() / f"openvino-{name}"
     start = time.perf_counter()
-    ov_model = _read_entry(folder, key)
-    if ov_model is not None and ov_model is not _UNTRUSTED:
-        return ov_model, f"read from {folder}"
+    reason = untrusted(folder, _FILES) if os.path.lexists(folder) else None
+    if reason is not None:
+        _say_once(f"vivit.optimize: not using the cached OpenVINO model in {folder}: {reason}; converting the model "
+                  f"in memory (remove that entry to cache it again)")
+    elif os.path.lexists(folder):
+        if (ov_model := _read_entry(folder, key)) is not None:
+            return ov_model, f"read from {folder}"
+        _say_once(f"vivit.optimize: the cached OpenVINO model in {folder} is damaged or another model's: "
+                  "converting it again")
+        shutil.rmtree(folder, ignore_errors=True)
     _logger.info("vivit.optimize: %s once (ViViT-B: ~30 s), cached in %s",
                  "converting the model to OpenVINO" if made == "converted" else "quantizing the model to int8", folder)
     fresh = make()
     how = f"{made} in {time.perf_counter() - start:.0f} s"
-    written = ov_model is not _UNTRUSTED and _write_entry(fresh, folder, key)
+    written = reason is None and _write_entry(fresh, folder, key)
     return fresh, how + (f", cached in {folder}" if written else ", not cached")
 
 
 def _read_entry(folder: Path, key: dict[str, Any]) -> Any:
-    """The cached OpenVINO model; ``None`` when there is none (a damaged one is removed), ``_UNTRUSTED`` when an
-    entry is there that must not be read nor replaced."""
+    """The entry's OpenVINO model; ``None`` where it is damaged or another model's."""
     import openvino as ov
 
-    if not os.path.lexists(folder):
-        return None
-    if (reason := untrusted(folder, _FILES)) is not None:
-        _say_once(f"vivit.optimize: not using the cached OpenVINO model in {folder}: {reason}; converting the model "
-                  f"in memory (remove that entry to cache it again)")
-        return _UNTRUSTED
     try:
         if (folder / "manifest.json").stat().st_size > _MANIFEST_BYTES:
-            raise ValueError("manifest too large")
+            return None
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        if {k: manifest.get(k) for k in key} != key:
-            raise ValueError("another model's entry")  # copied here, or a name collision: never run it
+        if {k: manifest.get(k) for k in key} != key:  # copied here, or a name collision: never run it
+            return None
         if all(file_sha256(folder / f) == manifest["files"][f] for f in _ENTRY_FILES):
             ov_model = openvino_core().read_model(folder / "model.xml")
             want = ov.PartialShape([-1, *key["input_size"]])  # a planted IR of another size fails here, not at a call
@@ -583,9 +558,6 @@ def _read_entry(folder: Path, key: dict[str, Any]) -> Any:
                 return ov_model
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
         pass
-    _say_once(f"vivit.optimize: the cached OpenVINO model in {folder} is damaged or another model's: "
-              "converting it again")
-    shutil.rmtree(folder, ignore_errors=True)
     return None
 
 

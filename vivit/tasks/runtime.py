@@ -28,8 +28,8 @@ _logger = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """A model made ready to run: ``fn`` is what to call on a batch (on ``device``); ``backend`` (never ``"auto"``)
-    and ``dtype`` what runs it, ``note`` the one line saying so. ``model`` is on ``device`` in eval mode."""
+    """A model (``model``, on ``device`` in eval mode) made ready: ``fn`` runs a batch; ``backend`` (never
+    ``"auto"``) and ``dtype`` run it, as ``note`` says."""
 
     model: torch.nn.Module
     fn: Callable[[torch.Tensor], torch.Tensor]
@@ -49,21 +49,11 @@ def setup_runtime(model: torch.nn.Module, device: str | torch.device | None = No
                   token_merging: Any = None, *, pre_logits: bool = False, compile: bool = False,
                   forward: Callable[[Any], Callable[[torch.Tensor], torch.Tensor]] | None = None,
                   say: Callable[[str], Any] | None = None) -> Runtime:
-    """Make ``model`` ready on ``backend`` and say which runtime, dtype and device run it (``say``, default a log line).
-
-    Args:
-        model: The model (moved, and on the torch backend cast, in place).
-        device: Default the model's.
-        dtype: ``"bfloat16"``, ``torch.float16`` ...; default the weights'.
-        backend: ``"torch"``, ``"auto"``, ``"openvino"``, or an :func:`vivit.optimize` callable of this model (e.g.
-            :func:`int8_backend`'s).
-        token_merging: ToMe's ``r`` to set (``None`` keeps the model's).
-        pre_logits: Run the pooled pre-logits features instead of the logits.
-        compile: ``torch.compile`` the torch backend's callable.
-        forward: What the torch backend calls, made from the model (e.g. one block's features); default (or when it
-            returns ``None``) the model.
-        say: Called with the one line.
-    """
+    """``model`` (moved, and on the torch backend cast, in place) ready on ``backend``: ``"torch"``, ``"auto"``,
+    ``"openvino"`` or a :func:`vivit.optimize` callable of it (e.g. :func:`int8_backend`'s), with ToMe's ``r`` set to
+    ``token_merging`` (``None`` keeps the model's); ``say`` (default a log line) is given the line naming the runtime,
+    dtype and device. ``device`` and ``dtype`` default to the model's; ``pre_logits`` runs the pooled features;
+    on the torch backend ``forward(model)`` (unless ``None``) is what runs, ``torch.compile``d with ``compile``."""
     _set_token_merging(model, token_merging)
     device = torch.device(device if device is not None else next((p.device for p in model.parameters()), "cpu"))
     model = model.to(device).eval()
